@@ -1,0 +1,1 @@
+"""Pure core: parsing, validation, codecs and allocation. No I/O, no etcd, no kernel."""
