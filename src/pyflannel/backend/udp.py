@@ -1,0 +1,139 @@
+"""The udp backend (flannel's default, FLANNEL-COMPAT §4.1): TUN ``flannel0`` + UDP/8285.
+
+Kernel side, as flannel: ``flannel0`` with ``<our subnet's network address>/32`` (no broadcast
+routes), MTU = external MTU - 28, a route for the whole Network via flannel0. Data side:
+``UdpPump``. Our lease is ``{"PublicIP":…,"PublicIPv6":null}`` with no BackendType, so udp leases
+of Go flannel nodes and ours are the same thing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import socket
+from collections.abc import Mapping
+
+from ..core.config import NetworkConfig
+from ..core.errors import ConfigError, LocalConfigError
+from ..core.lease import Lease, LeaseAttrs
+from ..core.routes import RouteTable, SourceCheck
+from ..kernel import netlink
+from ..kernel.iface import ExternalInterface
+from ..kernel.tun import open_tun
+from .udp_pump import Tables, UdpPump
+
+log = logging.getLogger(__name__)
+
+ENCAP_OVERHEAD = 28  # 20 IP + 8 UDP
+DEFAULT_PORT = 8285
+SO_RCVBUFFORCE = 33
+SOCKET_BUFFER = 4 << 20
+TXQUEUELEN = 1000
+
+
+def _port(config: NetworkConfig) -> int:
+    port = config.backend_option("Port", DEFAULT_PORT)
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise ConfigError(f"udp backend: Port must be an integer 1..65535, got {port!r}")
+    return port
+
+
+class UdpBackend:
+    name = "udp"
+
+    def __init__(self, ext: ExternalInterface, config: NetworkConfig) -> None:
+        self.ext = ext
+        self.config = config
+        self.port = _port(config)
+        self.tun_fd: int | None = None
+        self.tun_name = ""
+        self.tun_index = 0
+        self.sock: socket.socket | None = None
+        self.pump: UdpPump | None = None
+        self.lease: Lease | None = None
+        self._warned: set[ipaddress.IPv4Network] = set()
+
+    def lease_attrs(self) -> LeaseAttrs:
+        return LeaseAttrs(public_ip=self.ext.ext_addr)
+
+    def mtu(self) -> int:
+        return self.ext.mtu - ENCAP_OVERHEAD
+
+    def accepts(self, lease: Lease) -> bool:
+        ok = lease.attrs.backend_type in ("", "udp")
+        if not ok and lease.subnet not in self._warned:
+            self._warned.add(lease.subnet)
+            log.warning("skipping peer %s: its backend is %r, this network runs udp",
+                        lease.subnet, lease.attrs.backend_type)
+        return ok
+
+    async def setup(self, lease: Lease) -> None:
+        self.lease = lease
+        self.tun_fd, self.tun_name = open_tun("flannel%d")
+        link = await asyncio.to_thread(netlink.link_by_name, self.tun_name)
+        if link is None:
+            raise LocalConfigError(f"TUN device {self.tun_name} vanished right after creation")
+        self.tun_index = link.index
+        await asyncio.to_thread(self._configure_kernel)
+        self.sock = self._open_socket()
+        local_ip = int(lease.subnet.network_address)
+        self.pump = UdpPump(self.tun_fd, self.sock, local_ip, self.mtu())
+        self.pump.start()
+        log.info("udp backend ready tun=%s mtu=%d listen=%s:%d", self.tun_name, self.mtu(),
+                 self.ext.iface_addr, self.port)
+
+    def _configure_kernel(self) -> None:
+        assert self.lease is not None and self.config.network is not None
+        netlink.ensure_link_up(self.tun_index, mtu=self.mtu(), txqueuelen=TXQUEUELEN)
+        addr = ipaddress.IPv4Interface(f"{self.lease.subnet.network_address}/32")
+        netlink.ensure_only_address(self.tun_index, addr, self.config.network)
+        netlink.ensure_route(self.config.network, self.tun_index)
+
+    def _open_socket(self) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            for opt, fallback in ((SO_RCVBUFFORCE, socket.SO_RCVBUF), (32, socket.SO_SNDBUF)):  # 32 = SNDBUFFORCE
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+                except OSError:
+                    sock.setsockopt(socket.SOL_SOCKET, fallback, SOCKET_BUFFER)
+            sock.bind((str(self.ext.iface_addr), self.port))
+        except OSError as err:
+            sock.close()
+            raise LocalConfigError(
+                f"cannot listen on UDP {self.ext.iface_addr}:{self.port}: {err.strerror} "
+                "(another flanneld running? pick another Port in the network config)"
+            ) from err
+        return sock
+
+    async def apply_peers(self, peers: Mapping[ipaddress.IPv4Network, Lease]) -> None:
+        routes: RouteTable[tuple[str, int]] = RouteTable(
+            (sn, (str(le.attrs.public_ip), self.port)) for sn, le in sorted(peers.items()) if self.accepts(le)
+        )
+        if self.pump is not None:
+            self.pump.set_tables(Tables(routes, SourceCheck.from_routes(routes)))
+
+    async def resync(self) -> None:
+        if self.pump is not None and not self.pump.alive():
+            raise RuntimeError("udp pump thread died")
+        await asyncio.to_thread(self._configure_kernel)
+
+    def peer_routes(self) -> list[tuple[ipaddress.IPv4Network, tuple[str, int]]]:
+        return list(self.pump.tables.routes) if self.pump else []
+
+    def stats(self) -> dict[str, int]:
+        return dict(self.pump.stats) if self.pump else {}
+
+    async def close(self) -> None:
+        if self.pump is not None:
+            self.pump.stop()
+            self.pump = None
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        if self.tun_fd is not None:
+            os.close(self.tun_fd)  # non-persistent: flannel0 and its route go with it
+            self.tun_fd = None

@@ -1,0 +1,1 @@
+"""Front doors only: parse flags, environment and files into frozen options, then run."""

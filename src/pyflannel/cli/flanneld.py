@@ -1,0 +1,132 @@
+"""``flanneld``: flannel's flags (both spellings, FLANNELD_* env) -> ``daemon.Options`` -> run."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .. import __version__
+from ..daemon import Options, run
+from ..store.etcd import EtcdOptions
+from .flags import Flag, FlagSet, HelpRequested, UsageError
+
+ETCD_FLAGS = [
+    Flag("etcd-endpoints", "str", "http://127.0.0.1:4001,http://127.0.0.1:2379",
+         "a comma-delimited list of etcd endpoints"),
+    Flag("etcd-prefix", "str", "/coreos.com/network", "etcd prefix"),
+    Flag("etcd-keyfile", "str", "", "SSL key file used to secure etcd communication"),
+    Flag("etcd-certfile", "str", "", "SSL certification file used to secure etcd communication"),
+    Flag("etcd-cafile", "str", "", "SSL Certificate Authority file used to secure etcd communication"),
+    Flag("etcd-username", "str", "", "username for BasicAuth to etcd"),
+    Flag("etcd-password", "str", "", "password for BasicAuth to etcd"),
+]
+
+FLANNELD_FLAGS = [
+    *ETCD_FLAGS,
+    Flag("iface", "list", [], "interface to use (IP or name) for inter-host communication; repeatable"),
+    Flag("iface-regex", "list", [], "regex of the IP address or name of the interface to use; repeatable"),
+    Flag("iface-can-reach", "str", "", "detect the interface to use by the route to this IP"),
+    Flag("subnet-file", "str", "/run/flannel/subnet.env",
+         "filename where env variables (subnet, MTU, ...) are written"),
+    Flag("public-ip", "str", "", "IP accessible by other nodes for inter-host communication"),
+    Flag("public-ipv6", "str", "", "IPv6 accessible by other nodes (dual stack: not yet supported)"),
+    Flag("subnet-lease-renew-margin", "int", 60, "subnet lease renewal margin, in minutes (1..1439)"),
+    Flag("subnet-lease-ttl", "int", 86400, "pyflannel: TTL of the subnet lease in etcd, in seconds"),
+    Flag("ip-masq", "bool", False, "setup IP masquerade rule for traffic destined outside of overlay network"),
+    Flag("ip-masq-fully-random-disable", "bool", False, "disable --random-fully in the MASQUERADE rule"),
+    Flag("kube-subnet-mgr", "bool", False, "contact the Kubernetes API for subnet assignment instead of etcd"),
+    Flag("kube-api-url", "str", "", "Kubernetes API server URL"),
+    Flag("kube-annotation-prefix", "str", "flannel.alpha.coreos.com", "Kubernetes annotation prefix"),
+    Flag("kubeconfig-file", "str", "", "kubeconfig file location"),
+    Flag("net-config-path", "str", "/etc/kube-flannel/net-conf.json", "path to the network configuration file"),
+    Flag("set-node-network-unavailable", "bool", True, "set NodeNetworkUnavailable after ready"),
+    Flag("healthz-ip", "str", "0.0.0.0", "the IP address for healthz server to listen"),
+    Flag("healthz-port", "int", 0, "the port for healthz server to listen (0 to disable)"),
+    Flag("iptables-resync", "int", 5, "resync period for iptables rules and kernel state, in seconds"),
+    Flag("iptables-forward-rules", "bool", True, "add default accept rules to FORWARD chain in iptables"),
+    Flag("ip-blackhole-route", "bool", False, "add a blackhole route for the node's own subnet"),
+    Flag("version", "bool", False, "print version and exit"),
+    Flag("v", "int", 0, "log level for V logs"),
+    Flag("vmodule", "str", "", "(accepted for compatibility; ignored)"),
+    Flag("log_backtrace_at", "str", "", "(accepted for compatibility; ignored)"),
+]
+
+_NOT_YET = {"kube-subnet-mgr": "the Kubernetes subnet manager", "public-ipv6": "IPv6 (dual stack)"}
+
+
+def etcd_options(v: Mapping[str, Any]) -> EtcdOptions:
+    return EtcdOptions(
+        endpoints=tuple(e for e in v["etcd-endpoints"].split(",") if e.strip()),
+        prefix=v["etcd-prefix"],
+        keyfile=v["etcd-keyfile"],
+        certfile=v["etcd-certfile"],
+        cafile=v["etcd-cafile"],
+        username=v["etcd-username"],
+        password=v["etcd-password"],
+    )
+
+
+def build_options(v: Mapping[str, Any]) -> Options:
+    margin = v["subnet-lease-renew-margin"]
+    if margin >= 1440 or margin <= 0:
+        raise UsageError("Invalid subnet-lease-renew-margin option, out of acceptable range (1..1439 minutes)")
+    if v["subnet-lease-ttl"] < 5:
+        raise UsageError("-subnet-lease-ttl must be at least 5 seconds")
+    if v["iptables-resync"] <= 0:
+        raise UsageError("-iptables-resync must be a positive number of seconds")
+    for name, what in _NOT_YET.items():
+        if v[name]:
+            raise UsageError(f"-{name}: {what} is not supported by this version of pyflannel yet")
+    return Options(
+        etcd=etcd_options(v),
+        ifaces=tuple(v["iface"]),
+        iface_regex=tuple(v["iface-regex"]),
+        iface_can_reach=v["iface-can-reach"],
+        public_ip=v["public-ip"],
+        subnet_file=v["subnet-file"],
+        renew_margin_min=margin,
+        lease_ttl_s=v["subnet-lease-ttl"],
+        ip_masq=v["ip-masq"],
+        resync_s=float(v["iptables-resync"]),
+    )
+
+
+def setup_logging(verbosity: int) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbosity >= 2 else logging.INFO,
+        format="%(asctime)s %(levelname).1s %(process)d %(name)s] %(message)s",
+        stream=sys.stderr,
+    )
+    if verbosity < 3:
+        logging.getLogger("etcd3aio").setLevel(logging.ERROR)  # we log outages once, ourselves
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    flags = FlagSet("flanneld", FLANNELD_FLAGS, env_prefix="FLANNELD")
+    try:
+        values, rest = flags.parse(sys.argv[1:] if argv is None else argv, os.environ if environ is None else environ)
+        if values["version"]:
+            print(__version__, file=sys.stderr)
+            return 0
+        if rest:
+            raise UsageError(f"unexpected argument {rest[0]!r}")
+        opts = build_options(values)
+    except HelpRequested:
+        print(flags.usage())
+        return 0
+    except UsageError as err:
+        print(f"flanneld: {err}\nRun 'flanneld -h' for the flags.", file=sys.stderr)
+        return 2
+    setup_logging(values["v"])
+    if values["ip-masq"]:
+        logging.getLogger("flanneld").warning(
+            "--ip-masq: FLANNEL_IPMASQ=true is written to subnet.env, but this version does not install "
+            "the masquerade rules yet")
+    return run(opts)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

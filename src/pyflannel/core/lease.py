@@ -1,0 +1,135 @@
+"""Leases as flannel stores them: the subnet key codec and the lease JSON, byte for byte.
+
+A Go flannel node and a pyflannel node must read each other's keys, so the renderers here emit
+exactly what Go's ``json.Marshal(LeaseAttrs)`` emits (field order PublicIP, PublicIPv6, BackendType,
+BackendData, BackendV6Data; compact RawMessage) and the parsers accept what Go's decoder accepts
+(case-insensitive keys). Parsers raise ``StoreDataError``: a bad key or value is someone else's
+garbage, to be skipped, never a reason to forget the other peers.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import StoreDataError
+
+# flannel's regex (pkg/subnet/subnet.go), unanchored at the start so it matches a full key's tail.
+_SUBNET_KEY_RE = re.compile(r"(\d+\.\d+.\d+.\d+)-(\d+)(?:&([a-f\d:]+)-(\d+))?$")
+
+
+def render_subnet_key(subnet: ipaddress.IPv4Network, ipv6_subnet: ipaddress.IPv6Network | None = None) -> str:
+    """``10.0.53.0/24`` -> ``10.0.53.0-24`` (dual stack: ``10.0.53.0-24&fd00:1::-64``)."""
+    key = f"{subnet.network_address}-{subnet.prefixlen}"
+    if ipv6_subnet is not None:
+        key += f"&{ipv6_subnet.network_address.compressed}-{ipv6_subnet.prefixlen}"
+    return key
+
+
+def parse_subnet_key(key: str) -> tuple[ipaddress.IPv4Network, ipaddress.IPv6Network | None]:
+    """Parse a subnet key (or the tail of a full etcd key) as flannel's ParseSubnetKey does."""
+    m = _SUBNET_KEY_RE.search(key)
+    if m is None:
+        raise StoreDataError(f"not a subnet key: {key!r} (expected A.B.C.D-LEN, e.g. 10.0.53.0-24)")
+    try:
+        plen = int(m.group(2))
+        if plen > 31:
+            raise ValueError(f"prefix length {plen} > 31")
+        subnet = ipaddress.IPv4Network(f"{m.group(1)}/{plen}")
+        v6 = None
+        if m.group(3) is not None:
+            plen6 = int(m.group(4))
+            if plen6 > 127:
+                raise ValueError(f"IPv6 prefix length {plen6} > 127")
+            v6 = ipaddress.IPv6Network(f"{m.group(3)}/{plen6}")
+    except ValueError as err:
+        raise StoreDataError(f"bad subnet key {key!r}: {err}") from err
+    return subnet, v6
+
+
+@dataclass(frozen=True)
+class LeaseAttrs:
+    """The JSON value stored at ``<prefix>/subnets/<key>``."""
+
+    public_ip: ipaddress.IPv4Address
+    public_ipv6: ipaddress.IPv6Address | None = None
+    backend_type: str = ""
+    backend_data: Any = None  # decoded JSON (dict) or None when absent
+    backend_v6_data: Any = None
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A subnet leased to one host, as seen in the store."""
+
+    subnet: ipaddress.IPv4Network
+    attrs: LeaseAttrs
+    ipv6_subnet: ipaddress.IPv6Network | None = None
+    lease_id: int = 0  # etcd lease id; 0 = a reservation (a key without a TTL)
+    mod_revision: int = 0
+    expiration: float | None = field(default=None, compare=False)  # unix time; None = unknown/never
+
+    @property
+    def key(self) -> str:
+        return render_subnet_key(self.subnet, self.ipv6_subnet)
+
+    @property
+    def is_reservation(self) -> bool:
+        return self.lease_id == 0
+
+
+def render_lease_attrs(attrs: LeaseAttrs) -> bytes:
+    """Exactly Go's ``json.Marshal(LeaseAttrs)``: e.g. ``{"PublicIP":"1.2.3.4","PublicIPv6":null}``."""
+    parts = [f'"PublicIP":{json.dumps(str(attrs.public_ip))}']
+    parts.append('"PublicIPv6":' + (json.dumps(attrs.public_ipv6.compressed) if attrs.public_ipv6 else "null"))
+    if attrs.backend_type:
+        parts.append(f'"BackendType":{json.dumps(attrs.backend_type)}')
+    if attrs.backend_data is not None:
+        parts.append('"BackendData":' + json.dumps(attrs.backend_data, separators=(",", ":")))
+    if attrs.backend_v6_data is not None:
+        parts.append('"BackendV6Data":' + json.dumps(attrs.backend_v6_data, separators=(",", ":")))
+    return ("{" + ",".join(parts) + "}").encode()
+
+
+def _field(obj: dict[str, Any], name: str) -> Any:
+    """Go encoding/json field matching: exact name first, then case-insensitive."""
+    if name in obj:
+        return obj[name]
+    lower = name.lower()
+    found = None
+    for k, v in obj.items():
+        if k.lower() == lower:
+            found = v
+    return found
+
+
+def parse_lease_attrs(data: bytes | str) -> LeaseAttrs:
+    """Decode a lease value; raises ``StoreDataError`` naming what is wrong."""
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise StoreDataError(f"lease value is not JSON: {err}") from err
+    if not isinstance(obj, dict):
+        raise StoreDataError(f"lease value is not a JSON object: {type(obj).__name__}")
+    try:
+        pip = _field(obj, "PublicIP")
+        public_ip = ipaddress.IPv4Address(pip) if pip is not None else ipaddress.IPv4Address(0)
+        pip6 = _field(obj, "PublicIPv6")
+        public_ipv6 = ipaddress.IPv6Address(pip6) if pip6 is not None else None
+    except (ValueError, TypeError) as err:
+        raise StoreDataError(f"lease value has a bad public IP: {err}") from err
+    btype = _field(obj, "BackendType")
+    if btype is None:
+        btype = ""
+    if not isinstance(btype, str):
+        raise StoreDataError(f"lease BackendType is not a string: {btype!r}")
+    return LeaseAttrs(
+        public_ip=public_ip,
+        public_ipv6=public_ipv6,
+        backend_type=btype,
+        backend_data=_field(obj, "BackendData"),
+        backend_v6_data=_field(obj, "BackendV6Data"),
+    )

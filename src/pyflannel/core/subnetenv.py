@@ -1,0 +1,211 @@
+"""subnet.env as flannel writes and reads it: the file Docker, the CNI plugin and a restart rely on.
+
+Three readers depend on this file: ``mk-docker-opts``, flannel's CNI plugin (a strict, case-sensitive
+reader with no quoting support) and flanneld itself on its next start, which reads the previous
+subnet back to keep its lease. So the writer is byte-exact with Go's ``WriteSubnetFile``
+(FLANNEL-COMPAT §5.1): fixed line order, IPv4 and IPv6 lines only when that family is enabled, no
+quoting, no ``export``, a trailing newline. The reader is lenient like ``godotenv.Read``, because a
+human may have edited the file or another tool may have written it.
+
+Everything here is pure: callers do the file I/O (the daemon writes atomically, the CLI reads). A
+line that is not ``KEY=VALUE`` raises ``LocalConfigError``: the file lives on this host and the
+operator fixes it.
+
+Differences from godotenv, on purpose: no ``$VAR`` expansion, no multi-line quoted values, no
+YAML-style ``KEY: value`` lines. None of these occur in a file flannel writes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+
+from .errors import LocalConfigError
+
+SUBNET_KEY = "FLANNEL_SUBNET"
+IPV6_SUBNET_KEY = "FLANNEL_IPV6_SUBNET"
+
+_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
+_INLINE_COMMENT_RE = re.compile(r"\s#")
+_PREFIX_LEN_RE = re.compile(r"[0-9]{1,3}")
+_DOUBLE_QUOTE_ESCAPES = {"n": "\n", "r": "\r"}
+
+_Iface = TypeVar("_Iface", ipaddress.IPv4Interface, ipaddress.IPv6Interface)
+
+
+@dataclass(frozen=True)
+class SubnetEnv:
+    """What flanneld tells its neighbours on this host: network, our subnet, MTU and masquerading.
+
+    ``subnet`` is the first usable address of the leased subnet with the lease's prefix
+    (``10.0.53.1/24`` for the lease ``10.0.53.0/24``): Docker uses it as the bridge IP. A family is
+    either fully present (network and subnet) or absent.
+    """
+
+    network: ipaddress.IPv4Network | None
+    subnet: ipaddress.IPv4Interface | None
+    ipv6_network: ipaddress.IPv6Network | None
+    ipv6_subnet: ipaddress.IPv6Interface | None
+    mtu: int
+    ipmasq: bool
+
+    def __post_init__(self) -> None:
+        if (self.network is None) != (self.subnet is None):
+            raise ValueError("SubnetEnv needs both network and subnet for IPv4, or neither")
+        if (self.ipv6_network is None) != (self.ipv6_subnet is None):
+            raise ValueError("SubnetEnv needs both ipv6_network and ipv6_subnet for IPv6, or neither")
+        if isinstance(self.mtu, bool) or not isinstance(self.mtu, int):
+            raise ValueError(f"SubnetEnv mtu must be an int, got {self.mtu!r}")
+        if not isinstance(self.ipmasq, bool):
+            raise ValueError(f"SubnetEnv ipmasq must be a bool, got {self.ipmasq!r}")
+
+
+def render_subnet_env(env: SubnetEnv) -> str:
+    """The file's text, byte for byte what Go flannel's ``WriteSubnetFile`` writes."""
+    lines: list[str] = []
+    if env.network is not None:
+        lines.append(f"FLANNEL_NETWORK={env.network}")
+        lines.append(f"{SUBNET_KEY}={env.subnet}")
+    if env.ipv6_network is not None:
+        lines.append(f"FLANNEL_IPV6_NETWORK={env.ipv6_network}")
+        lines.append(f"{IPV6_SUBNET_KEY}={env.ipv6_subnet}")
+    lines.append(f"FLANNEL_MTU={env.mtu}")
+    lines.append(f"FLANNEL_IPMASQ={'true' if env.ipmasq else 'false'}")
+    return "\n".join(lines) + "\n"
+
+
+def parse_subnet_env(text: str, *, source: str = "subnet.env") -> dict[str, str]:
+    """Read ``KEY=VALUE`` lines leniently, like godotenv; a later duplicate key wins.
+
+    Skips blank lines and ``#`` comments, accepts an ``export`` prefix, strips matching single or
+    double quotes (double quotes understand ``\\n``, ``\\r`` and backslash-escaped characters) and
+    drops an inline `` # comment`` after an unquoted value. ``source`` only names the file in errors.
+    """
+    values: dict[str, str] = {}
+    for lineno, raw in enumerate(text.replace("\r\n", "\n").split("\n"), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            key, value = _parse_line(line)
+        except ValueError as err:
+            raise LocalConfigError(
+                f"{source} line {lineno}: {err}: {raw!r}; expected KEY=VALUE lines such as FLANNEL_MTU=1450"
+            ) from err
+        values[key] = value
+    return values
+
+
+def _parse_line(line: str) -> tuple[str, str]:
+    """One non-blank, non-comment line -> (key, value); ValueError says what is wrong."""
+    if line.startswith(("export ", "export\t")):
+        line = line[len("export") :].lstrip()
+    key, sep, value = line.partition("=")
+    if not sep:
+        raise ValueError("no '=' in line")
+    key = key.strip()
+    if not _KEY_RE.fullmatch(key):
+        raise ValueError(f"invalid key {key!r}")
+    return key, _parse_value(value.strip())
+
+
+def _parse_value(value: str) -> str:
+    if value[:1] == "'":
+        end = value.find("'", 1)
+        if end == -1:
+            raise ValueError("unterminated single quote")
+        _check_after_quote(value[end + 1 :])
+        return value[1:end]
+    if value[:1] == '"':
+        return _parse_double_quoted(value)
+    comment = _INLINE_COMMENT_RE.search(value)
+    return value if comment is None else value[: comment.start()].rstrip()
+
+
+def _parse_double_quoted(value: str) -> str:
+    out: list[str] = []
+    i = 1
+    while i < len(value):
+        ch = value[i]
+        if ch == "\\" and i + 1 < len(value):
+            nxt = value[i + 1]
+            out.append(_DOUBLE_QUOTE_ESCAPES.get(nxt, nxt))
+            i += 2
+            continue
+        if ch == '"':
+            _check_after_quote(value[i + 1 :])
+            return "".join(out)
+        out.append(ch)
+        i += 1
+    raise ValueError("unterminated double quote")
+
+
+def _check_after_quote(rest: str) -> None:
+    rest = rest.strip()
+    if rest and not rest.startswith("#"):
+        raise ValueError("text after the closing quote")
+
+
+def previous_subnets(
+    values: Mapping[str, str],
+) -> tuple[ipaddress.IPv4Network | None, ipaddress.IPv6Network | None]:
+    """The subnets a previous run wrote, in network form (``10.5.52.1/24`` -> ``10.5.52.0/24``).
+
+    Values may be comma-separated lists; invalid entries are skipped and the first valid CIDR wins.
+    (Go flannel, given more than one valid entry, logs an error and ignores them all; a list never
+    comes from flannel's own writer, so taking the first is the kinder reading.) ``None`` when the
+    key is absent or holds no valid CIDR of the right family.
+    """
+    v4 = _first_cidr(values.get(SUBNET_KEY), ipaddress.IPv4Interface)
+    v6 = _first_cidr(values.get(IPV6_SUBNET_KEY), ipaddress.IPv6Interface)
+    return (None if v4 is None else v4.network), (None if v6 is None else v6.network)
+
+
+def _first_cidr(value: str | None, kind: type[_Iface]) -> _Iface | None:
+    """First entry that is ``ADDR/LEN`` of the given family, like Go's ``net.ParseCIDR``."""
+    if not value:
+        return None
+    for item in value.split(","):
+        addr, sep, plen = item.strip().partition("/")
+        # ParseCIDR wants a decimal prefix length; ipaddress alone would also take netmasks,
+        # bare addresses and IPv6 zones.
+        if not sep or not _PREFIX_LEN_RE.fullmatch(plen) or "%" in addr:
+            continue
+        try:
+            return kind(f"{addr}/{plen}")
+        except ValueError:
+            continue
+    return None
+
+
+def subnet_env_for(
+    network: ipaddress.IPv4Network | None,
+    lease_subnet: ipaddress.IPv4Network | None,
+    mtu: int,
+    ipmasq: bool,
+    ipv6_network: ipaddress.IPv6Network | None = None,
+    ipv6_subnet: ipaddress.IPv6Network | None = None,
+) -> SubnetEnv:
+    """The SubnetEnv for a lease: FLANNEL_SUBNET is the lease's network address + 1, same prefix."""
+    return SubnetEnv(
+        network=network,
+        subnet=None if lease_subnet is None else _first_usable_v4(lease_subnet),
+        ipv6_network=ipv6_network,
+        ipv6_subnet=None if ipv6_subnet is None else _first_usable_v6(ipv6_subnet),
+        mtu=mtu,
+        ipmasq=ipmasq,
+    )
+
+
+# Network address + 1 with the network's prefix; wraps around at the top like Go's IncrementIP.
+def _first_usable_v4(net: ipaddress.IPv4Network) -> ipaddress.IPv4Interface:
+    addr = ipaddress.IPv4Address((int(net.network_address) + 1) % 2**32)
+    return ipaddress.IPv4Interface((addr, net.prefixlen))
+
+
+def _first_usable_v6(net: ipaddress.IPv6Network) -> ipaddress.IPv6Interface:
+    addr = ipaddress.IPv6Address((int(net.network_address) + 1) % 2**128)
+    return ipaddress.IPv6Interface((addr, net.prefixlen))

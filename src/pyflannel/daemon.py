@@ -1,0 +1,284 @@
+"""flanneld's conductor: the one owner of lifecycle and tasks (FLANNEL-COMPAT §0).
+
+config -> external interface and public IP -> lease -> backend -> subnet.env -> READY=1 ->
+{watcher, renewer, resyncer} under one TaskGroup -> on SIGTERM, cancel, close the backend and
+exit 0 with the lease left in etcd, so a restart reuses it. A task that dies unexpectedly is
+logged by name and ends the process with 1, for systemd to restart it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import signal
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+from .backend import Backend, get_backend
+from .core.config import NetworkConfig, parse_config
+from .core.errors import AllocationError, ConfigError, LeaseLost, LocalConfigError, StoreUnavailable
+from .core.events import Changes, PeerTable, Snapshot
+from .core.lease import Lease
+from .core.subnetenv import parse_subnet_env, previous_subnets, render_subnet_env, subnet_env_for
+from .kernel.iface import select_external_interface
+from .store.etcd import EtcdOptions, EtcdRegistry
+from .store.manager import DEFAULT_TTL, LeaseManager, log_bad, watch_leases
+from .systemd import sd_notify
+
+log = logging.getLogger("flanneld")
+
+
+@dataclass(frozen=True)
+class Options:
+    etcd: EtcdOptions = field(default_factory=EtcdOptions)
+    ifaces: tuple[str, ...] = ()
+    iface_regex: tuple[str, ...] = ()
+    iface_can_reach: str = ""
+    public_ip: str = ""
+    subnet_file: str = "/run/flannel/subnet.env"
+    renew_margin_min: int = 60
+    lease_ttl_s: int = DEFAULT_TTL
+    ip_masq: bool = False
+    resync_s: float = 5.0
+
+
+def write_subnet_file(path: str, text: str) -> None:
+    """Atomic: a temp file in the same directory, fsync, rename; mode 0644 (flannel: renameio)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".subnet.env.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def read_previous_subnet(path: str) -> tuple[ipaddress.IPv4Network | None, ipaddress.IPv4Network | None]:
+    """(previous FLANNEL_SUBNET as a network, previous FLANNEL_NETWORK) from an old subnet.env."""
+    try:
+        with open(path) as f:
+            values = parse_subnet_env(f.read(), source=path)
+    except FileNotFoundError:
+        return None, None
+    except (OSError, LocalConfigError) as err:
+        log.warning("ignoring unreadable previous subnet file %s: %s", path, err)
+        return None, None
+    prev_net = None
+    with contextlib.suppress(ValueError):
+        prev_net = ipaddress.IPv4Network(values.get("FLANNEL_NETWORK", ""), strict=False)
+    return previous_subnets(values)[0], prev_net
+
+
+class Conductor:
+    def __init__(self, opts: Options) -> None:
+        self.opts = opts
+        self.registry = EtcdRegistry(opts.etcd)
+        self.config: NetworkConfig | None = None
+        self.backend: Backend | None = None
+        self.manager: LeaseManager | None = None
+        self.lease: Lease | None = None
+        self.peers = PeerTable()
+        self._bad_seen: set[str] = set()
+
+    async def wait_for_config(self) -> NetworkConfig:
+        key, last = self.registry.config_key, ""
+        while True:
+            try:
+                data = await self.registry.get_config()
+                if data is not None:
+                    return parse_config(data)
+                msg = (f"network config not found at {key} in etcd {self.registry.endpoints}: write it with "
+                       f"`flannelctl -etcd-prefix={self.registry.prefix} config set FILE` or "
+                       f"`etcdctl put {key} '{{\"Network\": \"10.0.0.0/16\"}}'` (etcd v3 API); retrying every second")
+            except StoreUnavailable as err:
+                msg = f"cannot read the network config: {err}; retrying (check --etcd-endpoints)"
+            except ConfigError as err:
+                msg = f"invalid network config at {key}: {err}; fix it with `flannelctl config set`, retrying"
+            if msg != last:
+                log.error(msg)
+                last = msg
+            await asyncio.sleep(1.0)
+
+    async def acquire(self, config: NetworkConfig, manager: LeaseManager) -> Lease:
+        delay, last = 0.2, ""
+        while True:
+            try:
+                got = await manager.acquire(config)
+                log.info("lease acquired subnet=%s how=%s attempts=%d reservation=%s", got.lease.subnet,
+                         got.how, got.attempts, got.lease.is_reservation)
+                return got.lease
+            except StoreUnavailable as err:
+                if str(err) != last:
+                    log.error("cannot acquire a lease, retrying: %s", err)
+                    last = str(err)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    async def run(self) -> None:
+        opts = self.opts
+        self.config = config = await self.wait_for_config()
+        log.info("network config network=%s subnet_len=%d backend=%s", config.network, config.subnet_len,
+                 config.backend_type)
+        ext = await asyncio.to_thread(
+            select_external_interface, list(opts.ifaces), list(opts.iface_regex), opts.iface_can_reach, opts.public_ip
+        )
+        log.info("using interface name=%s addr=%s public_ip=%s mtu=%d", ext.name, ext.iface_addr, ext.ext_addr,
+                 ext.mtu)
+        self.backend = backend = get_backend(config.backend_type)(ext, config)
+        prev_subnet, _prev_network = read_previous_subnet(opts.subnet_file)
+        self.manager = LeaseManager(self.registry, backend.lease_attrs(), ttl=opts.lease_ttl_s,
+                                    previous_subnet=prev_subnet)
+        self.lease = await self.acquire(config, self.manager)
+        await backend.setup(self.lease)
+        assert config.network is not None
+        env = subnet_env_for(config.network, self.lease.subnet, backend.mtu(), opts.ip_masq)
+        write_subnet_file(opts.subnet_file, render_subnet_env(env))
+        log.info("flannel is ready: wrote %s subnet=%s mtu=%d", opts.subnet_file, env.subnet, env.mtu)
+        if prev_subnet is not None and prev_subnet != self.lease.subnet:
+            log.error("SUBNET CHANGED from %s to %s: restart docker (or the container runtime) so that its "
+                      "bridge moves to the new subnet", prev_subnet, self.lease.subnet)
+        sd_notify("READY=1")
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._guard("watcher", self.watch_loop()))
+            tg.create_task(self._guard("renewer", self.renew_loop()))
+            tg.create_task(self._guard("resyncer", self.resync_loop()))
+
+    async def _guard(self, name: str, coro: object) -> None:
+        try:
+            await coro  # type: ignore[misc]
+        except (asyncio.CancelledError, LeaseLost):
+            raise
+        except Exception as err:
+            log.exception("task %s died: %s", name, err)
+            raise
+
+    async def watch_loop(self) -> None:
+        assert self.backend is not None
+        async for ev in watch_leases(self.registry):
+            log_bad(ev.bad, self._bad_seen)
+            await self._check_own(ev)
+            before = dict(self.peers.peers(self._own()))
+            if self.peers.apply(ev):
+                after = self.peers.peers(self._own())
+                for sn in sorted(set(after) - set(before)):
+                    self._bad_seen.discard(after[sn].key)
+                    log.info("peer added subnet=%s public_ip=%s", sn, after[sn].attrs.public_ip)
+                for sn in sorted(set(before) - set(after)):
+                    log.info("peer removed subnet=%s public_ip=%s", sn, before[sn].attrs.public_ip)
+                await self.backend.apply_peers(after)
+
+    def _own(self) -> ipaddress.IPv4Network | None:
+        return self.lease.subnet if self.lease else None
+
+    async def _check_own(self, ev: Snapshot | Changes) -> None:
+        """Keep our own lease: follow our renewals, re-create it if somebody deleted it."""
+        assert self.lease is not None and self.manager is not None
+        own = self.lease.subnet
+        puts = {le.subnet: le for le in ev.leases} if isinstance(ev, Snapshot) else {le.subnet: le for le in ev.puts}
+        gone = own not in puts if isinstance(ev, Snapshot) else own in ev.deletes and own not in puts
+        if own in puts:
+            mine = puts[own]
+            if mine.attrs.public_ip != self.lease.attrs.public_ip:
+                raise LeaseLost(f"our subnet {own} now belongs to {mine.attrs.public_ip}: someone else took it; "
+                                "exiting so that a restart leases a new subnet (then restart docker)")
+            self.lease = Lease(own, self.lease.attrs, mine.ipv6_subnet, mine.lease_id, mine.mod_revision,
+                               self.lease.expiration)
+        elif gone:
+            log.warning("our lease %s was deleted from etcd; taking it again", own)
+            new = await self.manager.recreate(own)
+            if new is None:
+                raise LeaseLost(f"our lease {own} was deleted and another host took the subnet; exiting so "
+                                "that a restart leases a new one (then restart docker)")
+            self.lease = new
+
+    async def renew_loop(self) -> None:
+        assert self.manager is not None and self.lease is not None
+        margin = self.opts.renew_margin_min * 60
+        while True:
+            lease = self.lease
+            if lease.is_reservation or lease.expiration is None:
+                await asyncio.sleep(3600)
+                continue
+            remaining = lease.expiration - time.time()
+            await asyncio.sleep(max(remaining - margin, remaining / 2, 0.5))
+            try:
+                new = await self.manager.renew(self.lease)
+            except StoreUnavailable as err:
+                log.error("cannot renew lease %s, retrying in 10s: %s", lease.subnet, err)
+                await asyncio.sleep(10)
+                continue
+            if new is None:  # changed under us: let the watcher's view settle, then try again
+                await asyncio.sleep(1)
+                continue
+            self.lease = new
+            log.info("lease renewed subnet=%s expires_in=%ds", new.subnet, int((new.expiration or 0) - time.time()))
+
+    async def resync_loop(self) -> None:
+        assert self.backend is not None
+        while True:
+            await asyncio.sleep(self.opts.resync_s)
+            await self.backend.resync()
+
+    async def close(self) -> None:
+        if self.backend is not None:
+            await self.backend.close()
+        await self.registry.close()
+
+
+async def _main(opts: Options) -> int:
+    conductor = Conductor(opts)
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        log.info("received %s, shutting down", signal.Signals(signum).name)
+        for s in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(s)  # a second signal kills us the default way
+        task.cancel()
+
+    for s in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(s, on_signal, s)
+    try:
+        await conductor.run()
+        return 0
+    except asyncio.CancelledError:
+        log.info("exiting cleanly; the lease stays in etcd for the next start")
+        return 0
+    except Exception as err:
+        for e in _flatten(err):
+            if isinstance(e, _EXPECTED):
+                log.error("%s", e)
+            else:
+                log.error("flanneld failed: %s", e, exc_info=e)
+        return 1
+    finally:
+        await conductor.close()
+
+
+_EXPECTED = (LocalConfigError, ConfigError, AllocationError, LeaseLost)
+
+
+def _flatten(err: BaseException) -> list[BaseException]:
+    if isinstance(err, BaseExceptionGroup):
+        return [leaf for sub in err.exceptions for leaf in _flatten(sub)]
+    return [err]
+
+
+def run(opts: Options) -> int:
+    """The composition root: run flanneld until SIGTERM; the process exit code."""
+    try:
+        return asyncio.run(_main(opts))
+    except KeyboardInterrupt:
+        return 0

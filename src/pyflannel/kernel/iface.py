@@ -1,0 +1,149 @@
+"""Choosing the external interface and public IP, as flannel's LookupExtIface (§2.3).
+
+Order: each --iface (a name or an IP), then each --iface-regex (against addresses first, then
+names), then --iface-can-reach; with none of them, the interface owning --public-ip, else the
+default route's interface. The address is the first usable IPv4 address, global before
+link-local, permanent before dynamic, non-temporary before temporary.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+from ..core.errors import LocalConfigError
+from . import netlink
+from .netlink import IFA_F_DEPRECATED, IFA_F_PERMANENT, IFA_F_TEMPORARY, Addr, Link
+
+
+@dataclass(frozen=True)
+class ExternalInterface:
+    name: str
+    index: int
+    mtu: int
+    iface_addr: ipaddress.IPv4Address  # on the interface: the UDP socket binds here
+    ext_addr: ipaddress.IPv4Address  # published in the lease as PublicIP (--public-ip or iface_addr)
+
+
+_Found = tuple[Link, ipaddress.IPv4Address]
+
+
+def _usable(a: Addr) -> bool:
+    ip = a.address.ip
+    return not (ip.is_loopback or ip.is_multicast or ip.is_unspecified or a.flags & IFA_F_DEPRECATED)
+
+
+def _rank(a: Addr) -> tuple[int, int, int]:
+    ip = a.address.ip
+    return (int(ip.is_link_local), int(not a.flags & IFA_F_PERMANENT), int(bool(a.flags & IFA_F_TEMPORARY)))
+
+
+def _first_addr(link: Link, addrs: list[Addr]) -> ipaddress.IPv4Address | None:
+    mine = sorted((a for a in addrs if a.index == link.index and _usable(a)), key=_rank)
+    return mine[0].address.ip if mine else None
+
+
+def _by_ip(ip: ipaddress.IPv4Address, links: list[Link], addrs: list[Addr]) -> _Found | None:
+    for a in addrs:
+        if a.address.ip == ip:
+            link = next((lk for lk in links if lk.index == a.index), None)
+            if link is not None:
+                return link, ip
+    return None
+
+
+def _by_name(name: str, links: list[Link], addrs: list[Addr]) -> _Found | None:
+    link = next((lk for lk in links if lk.name == name), None)
+    if link is None:
+        return None
+    ip = _first_addr(link, addrs)
+    if ip is None:
+        raise LocalConfigError(f"interface {name} has no usable IPv4 address: give it one, or pick another --iface")
+    return link, ip
+
+
+def _by_regex(pattern: str, links: list[Link], addrs: list[Addr]) -> _Found | None:
+    try:
+        rx = re.compile(pattern)
+    except re.error as err:
+        raise LocalConfigError(f"bad --iface-regex {pattern!r}: {err}") from err
+    for a in addrs:
+        if _usable(a) and rx.search(str(a.address.ip)):
+            found = _by_ip(a.address.ip, links, addrs)
+            if found:
+                return found
+    for link in links:
+        if rx.search(link.name):
+            ip = _first_addr(link, addrs)
+            if ip is not None:
+                return link, ip
+    return None
+
+
+def _explicit(ifaces: list[str], regexes: list[str], can_reach: str, links: list[Link], addrs: list[Addr]
+              ) -> tuple[Link, ipaddress.IPv4Address]:
+    for spec in ifaces:
+        try:
+            found = _by_ip(ipaddress.IPv4Address(spec), links, addrs)
+        except ValueError:
+            found = _by_name(spec, links, addrs)
+        if found:
+            return found
+    for pattern in regexes:
+        found = _by_regex(pattern, links, addrs)
+        if found:
+            return found
+    if can_reach:
+        try:
+            oif, src = netlink.route_get(ipaddress.IPv4Address(can_reach))
+        except ValueError as err:
+            raise LocalConfigError(f"bad --iface-can-reach {can_reach!r}: not an IPv4 address") from err
+        except netlink.KernelError as err:
+            raise LocalConfigError(f"--iface-can-reach {can_reach}: no route to it ({err})") from err
+        link = next((lk for lk in links if lk.index == oif), None)
+        if link is not None:
+            ip = src or _first_addr(link, addrs)
+            if ip is not None:
+                return link, ip
+    names = ", ".join(lk.name for lk in links)
+    raise LocalConfigError(
+        "Failed to find interface to use that matches the interfaces and/or regexes provided "
+        f"(--iface={ifaces or '-'} --iface-regex={regexes or '-'} --iface-can-reach={can_reach or '-'}; "
+        f"this host has: {names})"
+    )
+
+
+def select_external_interface(
+    ifaces: list[str], regexes: list[str], can_reach: str = "", public_ip: str = ""
+) -> ExternalInterface:
+    links, addrs = netlink.links(), netlink.ipv4_addrs()
+    pub: ipaddress.IPv4Address | None = None
+    if public_ip:
+        try:
+            pub = ipaddress.IPv4Address(public_ip)
+        except ValueError as err:
+            raise LocalConfigError(f"bad --public-ip {public_ip!r}: not an IPv4 address") from err
+    if ifaces or regexes or can_reach:
+        link, ip = _explicit(ifaces, regexes, can_reach, links, addrs)
+    elif pub is not None:
+        found = _by_ip(pub, links, addrs)
+        if found is None:
+            raise LocalConfigError(
+                f"--public-ip {pub} is not an address of any interface of this host: behind NAT, "
+                "also give --iface to name the interface to use"
+            )
+        link, ip = found
+    else:
+        oif = netlink.default_route_oif()
+        link_or_none = next((lk for lk in links if lk.index == oif), None)
+        if link_or_none is None:
+            raise LocalConfigError("no default route to pick the external interface from: give --iface=NAME")
+        link = link_or_none
+        got = _first_addr(link, addrs)
+        if got is None:
+            raise LocalConfigError(f"default route interface {link.name} has no IPv4 address: give --iface")
+        ip = got
+    if link.mtu <= 0:
+        raise LocalConfigError(f"failed to determine MTU for {link.name} interface")
+    return ExternalInterface(link.name, link.index, link.mtu, ip, pub or ip)

@@ -1,0 +1,130 @@
+"""Idempotent netlink steps (``ensure_*``) over pyroute2's IPRoute.
+
+Each opens its own short-lived netlink socket, so callers may run them from any thread of the
+process (never after a setns). NetlinkError becomes ``KernelError`` with the operation named.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from ..core.errors import FlannelError
+
+RTPROT_FLANNEL = 151  # our routes carry this protocol number; only such routes are ever removed
+RT_SCOPE_UNIVERSE = 0
+IFA_F_TEMPORARY = 0x01
+IFA_F_DEPRECATED = 0x20
+IFA_F_PERMANENT = 0x80
+
+
+class KernelError(FlannelError):
+    """A netlink operation failed."""
+
+
+@contextlib.contextmanager
+def _ipr(what: str) -> Iterator[IPRoute]:
+    try:
+        with IPRoute() as ipr:
+            yield ipr
+    except NetlinkError as err:
+        raise KernelError(f"{what}: {err.args[1] if len(err.args) > 1 else err} (errno {err.code})") from err
+
+
+@dataclass(frozen=True)
+class Link:
+    name: str
+    index: int
+    mtu: int
+    up: bool
+
+
+@dataclass(frozen=True)
+class Addr:
+    address: ipaddress.IPv4Interface
+    index: int
+    flags: int
+
+
+def links() -> list[Link]:
+    with _ipr("list links") as ipr:
+        return [
+            Link(m.get("ifname"), m["index"], m.get("mtu") or 0, bool(m["flags"] & 1))
+            for m in ipr.get_links()
+        ]
+
+
+def link_by_name(name: str) -> Link | None:
+    return next((link for link in links() if link.name == name), None)
+
+
+def ipv4_addrs(index: int | None = None) -> list[Addr]:
+    with _ipr("list addresses") as ipr:
+        out = []
+        for m in ipr.get_addr(family=2):
+            if index is not None and m["index"] != index:
+                continue
+            flags = m.get("IFA_FLAGS") or m["flags"]
+            out.append(Addr(ipaddress.IPv4Interface(f"{m.get('address')}/{m['prefixlen']}"), m["index"], flags))
+        return out
+
+
+def default_route_oif() -> int | None:
+    with _ipr("list routes") as ipr:
+        for r in ipr.get_routes(family=2, table=254):
+            if r["dst_len"] == 0 and r.get("oif"):
+                return int(r.get("oif"))
+    return None
+
+
+def route_get(dst: ipaddress.IPv4Address) -> tuple[int, ipaddress.IPv4Address | None]:
+    """``ip route get``: (output ifindex, preferred source address)."""
+    with _ipr(f"route get {dst}") as ipr:
+        r = ipr.route("get", dst=str(dst))[0]
+        src = r.get("RTA_PREFSRC")
+        return int(r.get("RTA_OIF")), ipaddress.IPv4Address(src) if src else None
+
+
+def ensure_link_up(index: int, mtu: int | None = None, txqueuelen: int | None = None) -> None:
+    kw: dict[str, int] = {}
+    if mtu is not None:
+        kw["mtu"] = mtu
+    if txqueuelen is not None:
+        kw["txqlen"] = txqueuelen
+    with _ipr(f"set link {index} up") as ipr:
+        ipr.link("set", index=index, state="up", **kw)
+
+
+def ensure_only_address(index: int, want: ipaddress.IPv4Interface, network: ipaddress.IPv4Network) -> None:
+    """Give the link ``want`` and remove its other IPv4 addresses inside ``network``
+    (flannel's EnsureV4AddressOnLink)."""
+    have = ipv4_addrs(index)
+    with _ipr(f"set address {want} on link {index}") as ipr:
+        for a in have:
+            if a.address != want and a.address.ip in network:
+                ipr.addr("del", index=index, address=str(a.address.ip), prefixlen=a.address.network.prefixlen)
+        if all(a.address != want for a in have):
+            ipr.addr("add", index=index, address=str(want.ip), prefixlen=want.network.prefixlen)
+
+
+def ensure_route(dst: ipaddress.IPv4Network, oif: int, gateway: ipaddress.IPv4Address | None = None) -> None:
+    """``ip route replace DST [via GW] dev OIF proto 151``."""
+    kw: dict[str, object] = {"dst": str(dst), "oif": oif, "proto": RTPROT_FLANNEL, "scope": RT_SCOPE_UNIVERSE}
+    if gateway is not None:
+        kw["gateway"] = str(gateway)
+    with _ipr(f"replace route {dst} dev {oif}") as ipr:
+        ipr.route("replace", **kw)
+
+
+def our_routes() -> list[tuple[ipaddress.IPv4Network, int]]:
+    """Routes in the main table that carry our protocol number: (dst, oif)."""
+    with _ipr("list routes") as ipr:
+        return [
+            (ipaddress.IPv4Network(f"{r.get('dst') or '0.0.0.0'}/{r['dst_len']}"), int(r.get("oif") or 0))
+            for r in ipr.get_routes(family=2, table=254, proto=RTPROT_FLANNEL)
+        ]

@@ -1,0 +1,146 @@
+"""Lease policy on top of a registry: flannel's LocalManager, minus its bugs.
+
+- acquire: reuse the lease that carries our public IP, else the subnet from subnet.env, else a
+  random free one; a lost create race is retried (up to 10 times), flannel exits instead (§11.4);
+- reservations (keys without an etcd lease) stay reservations when we take them (§11.3);
+- renew: re-put our lease with a fresh TTL only if nobody changed the key meanwhile;
+- watch: list, then watch from the next revision; on compaction, a cancelled or failed watch,
+  re-list and carry on. Callers get ``Snapshot`` and ``Changes`` values only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from ..core.allocate import is_compatible, pick_subnet
+from ..core.config import NetworkConfig
+from ..core.errors import AllocationError, StoreUnavailable
+from ..core.events import BadLease, Changes, Snapshot, WatchLost
+from ..core.lease import Lease, LeaseAttrs
+from .registry import Registry
+
+log = logging.getLogger(__name__)
+
+RACE_RETRIES = 10
+DEFAULT_TTL = 24 * 3600
+
+
+@dataclass(frozen=True)
+class AcquireResult:
+    lease: Lease
+    attempts: int
+    how: str  # "reused", "previous", "allocated", "reservation"
+
+
+def _taken(snap: Snapshot) -> list[ipaddress.IPv4Network]:
+    return [le.subnet for le in snap.leases] + [b.subnet for b in snap.bad if b.subnet is not None]
+
+
+class LeaseManager:
+    def __init__(
+        self,
+        registry: Registry,
+        attrs: LeaseAttrs,
+        *,
+        ttl: int = DEFAULT_TTL,
+        previous_subnet: ipaddress.IPv4Network | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.registry = registry
+        self.attrs = attrs
+        self.ttl = ttl
+        self.previous_subnet = previous_subnet
+        self.rng = rng or random.SystemRandom()
+
+    async def acquire(self, config: NetworkConfig) -> AcquireResult:
+        """Lease a subnet for ``self.attrs.public_ip``; raises AllocationError or StoreUnavailable."""
+        for attempt in range(1, RACE_RETRIES + 1):
+            snap = await self.registry.list_leases()
+            got = await self._try_acquire(config, snap)
+            if got is not None:
+                return AcquireResult(got[0], attempt, got[1])
+            log.info("lost a race for a subnet, retrying attempt=%d", attempt)
+            await asyncio.sleep(self.rng.uniform(0.0, 0.05 * attempt))
+        raise AllocationError(
+            f"could not acquire a subnet in {config.network}: lost the race for a free subnet "
+            f"{RACE_RETRIES} times in a row; many hosts are joining at once, try again"
+        )
+
+    async def _try_acquire(self, config: NetworkConfig, snap: Snapshot) -> tuple[Lease, str] | None:
+        mine = [le for le in snap.leases if le.attrs.public_ip == self.attrs.public_ip]
+        for lease in mine:
+            if is_compatible(config, lease.subnet):
+                ttl = None if lease.is_reservation else self.ttl
+                new = await self.registry.update_lease(lease, self.attrs, ttl)
+                if new is None:
+                    return None
+                return new, "reservation" if lease.is_reservation else "reused"
+            if lease.is_reservation:
+                log.warning("ignoring reservation %s for our public IP %s: it does not fit the network config "
+                            "(SubnetLen /%d, SubnetMin %s..SubnetMax %s)", lease.subnet, self.attrs.public_ip,
+                            config.subnet_len, config.subnet_min, config.subnet_max)
+                continue
+            log.warning("deleting our old lease %s: it does not fit the network config", lease.subnet)
+            await self.registry.delete_lease(lease.subnet, lease.mod_revision)
+            return None
+        taken = _taken(snap)
+        prev = self.previous_subnet
+        if prev is not None:
+            if is_compatible(config, prev) and not any(prev.overlaps(t) for t in taken):
+                new = await self.registry.create_lease(prev, self.attrs, self.ttl)
+                return (new, "previous") if new is not None else None
+            log.info("not reusing previous subnet %s from subnet.env: taken or outside the network config", prev)
+            self.previous_subnet = None
+        subnet = pick_subnet(config, taken, self.rng)
+        new = await self.registry.create_lease(subnet, self.attrs, self.ttl)
+        return (new, "allocated") if new is not None else None
+
+    async def renew(self, lease: Lease) -> Lease | None:
+        """Re-put our lease with a fresh TTL; None when the key was changed or deleted by someone."""
+        if lease.is_reservation:
+            return lease
+        return await self.registry.update_lease(lease, self.attrs, self.ttl)
+
+    async def recreate(self, subnet: ipaddress.IPv4Network) -> Lease | None:
+        """Our key was deleted: take the same subnet again if it is still free."""
+        return await self.registry.create_lease(subnet, self.attrs, self.ttl)
+
+
+async def watch_leases(registry: Registry, *, retry_delay: float = 1.0) -> AsyncIterator[Snapshot | Changes]:
+    """Snapshot first, then changes; after any loss of the watch, a fresh snapshot. Never ends."""
+    outage_logged = False
+    while True:
+        try:
+            snap = await registry.list_leases()
+        except StoreUnavailable as err:
+            if not outage_logged:
+                log.error("cannot list leases, keeping the current peers until etcd answers: %s", err)
+                outage_logged = True
+            await asyncio.sleep(retry_delay)
+            continue
+        if outage_logged:
+            log.info("etcd answers again, leases re-listed revision=%d", snap.revision)
+            outage_logged = False
+        yield snap
+        async for item in registry.watch_leases(snap.revision + 1):
+            if isinstance(item, WatchLost):
+                log.warning("lease watch lost, re-listing: %s", item.reason)
+                break
+            yield item
+        else:
+            log.warning("lease watch ended, re-listing")
+        await asyncio.sleep(0.05)
+
+
+def log_bad(bad: tuple[BadLease, ...], seen: set[str]) -> None:
+    """One warning per bad key (and again only after it was fixed and broke anew)."""
+    for b in bad:
+        if b.key not in seen:
+            seen.add(b.key)
+            log.warning("skipping bad lease key=%s: %s (someone else wrote it; fix or delete that key)",
+                        b.key, b.reason)
