@@ -107,9 +107,7 @@ def test_subnet_len_must_be_less_than_31() -> None:
     assert cfg(Network="10.0.0.0/8", SubnetLen=30).subnet_len == 30
 
 
-@pytest.mark.parametrize(
-    ("network", "length"), [("10.0.0.0/16", 17), ("10.0.0.0/16", 16), ("10.0.0.0/16", 8)]
-)
+@pytest.mark.parametrize(("network", "length"), [("10.0.0.0/16", 17), ("10.0.0.0/16", 16), ("10.0.0.0/16", 8)])
 def test_four_subnets(network: str, length: int) -> None:
     text = json.dumps({"Network": network, "SubnetLen": length})
     message = fails(text, "network must be able to accommodate at least four subnets")
@@ -176,18 +174,12 @@ def test_ipv6_rules() -> None:
     net = "fc00::/48"
     fails(v6(IPv6Network=net, IPv6SubnetMin="fc01::"), "IPv6SubnetMin is not in the range of the IPv6Network")
     fails(v6(IPv6Network=net, IPv6SubnetMax="fc01::"), "IPv6SubnetMax is not in the range of the IPv6Network")
-    fails(
-        v6(IPv6Network=net, IPv6SubnetMin="fc00::1"), "IPv6SubnetMin is not on a SubnetLen boundary: fc00::1"
-    )
-    fails(
-        v6(IPv6Network=net, IPv6SubnetMax="fc00::1"), "IPv6SubnetMax is not on a SubnetLen boundary: fc00::1"
-    )
+    fails(v6(IPv6Network=net, IPv6SubnetMin="fc00::1"), "IPv6SubnetMin is not on a SubnetLen boundary: fc00::1")
+    fails(v6(IPv6Network=net, IPv6SubnetMax="fc00::1"), "IPv6SubnetMax is not on a SubnetLen boundary: fc00::1")
 
 
 def test_ipv6_explicit_values_and_null_pointer_fields() -> None:
-    c = parse_config(
-        v6(IPv6Network="fc00::/48", IPv6SubnetLen=80, IPv6SubnetMin="fc00::2:0:0:0", IPv6SubnetMax=None)
-    )
+    c = parse_config(v6(IPv6Network="fc00::/48", IPv6SubnetLen=80, IPv6SubnetMin="fc00::2:0:0:0", IPv6SubnetMax=None))
     assert (c.ipv6_subnet_len, c.ipv6_subnet_min) == (80, V6("fc00::2:0:0:0"))
     assert c.ipv6_subnet_max == V6("fc00:0:0:ffff:ffff::")
     assert parse_config(v6(IPv6Network="fc00::/48", IPv6SubnetMin="::")).ipv6_subnet_min == V6("fc00:0:0:1::")
@@ -258,9 +250,7 @@ def test_backend_type_not_a_string() -> None:
 # --- bad input ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "text", ["", "{", "nope", '{"Network": NaN}', '{"a": Infinity}', "\ufeff{}", "1" * 5000]
-)
+@pytest.mark.parametrize("text", ["", "{", "nope", '{"Network": NaN}', '{"a": Infinity}', "\ufeff{}", "1" * 5000])
 def test_invalid_json(text: str) -> None:
     fails(text, "invalid JSON in network config: ")
 
@@ -388,9 +378,7 @@ def test_any_json_value_parses_or_raises_config_error(value: Any) -> None:
 
 
 @given(st.dictionaries(keys, json_values, max_size=8), st.dictionaries(keys, json_values, max_size=4))
-def test_any_config_object_parses_or_raises_config_error(
-    top: dict[str, Any], backend: dict[str, Any]
-) -> None:
+def test_any_config_object_parses_or_raises_config_error(top: dict[str, Any], backend: dict[str, Any]) -> None:
     parses_or_config_error(json.dumps({**top, "Backend": backend}))
     parses_or_config_error(json.dumps({"Network": "10.0.0.0/16", **top}))
 

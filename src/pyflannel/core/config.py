@@ -2,17 +2,15 @@
 
 Why it is shaped so:
 
-- One pure function, ``parse_config(text) -> NetworkConfig``. The store, the daemon and
-  ``flannelctl config validate`` share it, and tests need no etcd. The result is frozen and
-  complete: every default is filled in, so nobody downstream re-derives SubnetMin/Max.
-- Go ``encoding/json`` is imitated on purpose, because operators write configs for Go flannel:
-  keys match case-insensitively and every occurrence is decoded in order (the last one wins),
-  unknown keys are ignored, ``null`` leaves a bool or number at its default, and types are strict
-  (``"SubnetLen": 24.0`` and ``"EnableIPv6": "true"`` are errors, as in Go). ``Network`` follows
-  ``net.ParseCIDR``: host bits are dropped and ``0.0.0.0/0`` counts as "not defined".
-- Every message starts with flannel's own text where flannel has one, so flannel's docs and
-  searches still apply, then adds ``(got ..., fix: ...)`` naming the value and the cure.
-- The backend type is only lower-cased here; whether it exists is the backend registry's business.
+- One pure function, ``parse_config(text) -> NetworkConfig``, shared by the store, the daemon and
+  ``flannelctl config validate``. The result is frozen and complete (every default filled in), so
+  nobody downstream re-derives SubnetMin/Max, and tests need no etcd.
+- Go ``encoding/json`` is imitated on purpose, because operators write configs for Go flannel: keys
+  match case-insensitively, every occurrence is decoded in order (the last wins), unknown keys are
+  ignored, ``null`` leaves a bool or number at its default, and types are strict (``24.0`` is no
+  uint). ``Network`` follows ``net.ParseCIDR``: host bits dropped; ``0.0.0.0/0`` is "not defined".
+- Messages start with flannel's own text where flannel has one (so its docs and searches apply),
+  then add ``(got ..., fix: ...)``. Whether the backend type exists is the registry's business.
 """
 
 from __future__ import annotations
@@ -167,6 +165,8 @@ def _ip(cls: type[IPAddress | IPNetwork], example: str) -> Callable[[str, Any], 
 
     def decode(name: str, value: Any) -> Any:
         message, fix = f"{name} must be {kind} such as {example}", f'write "{name}": "{example}"'
+        if name == "Network" and isinstance(value, str) and ":" in value:
+            fix += '; IPv6 ranges go in "IPv6Network", with "EnableIPv6": true'
         if value is None and cls is ipaddress.IPv6Address:
             return None  # a Go *ip.IP6: null means unset
         if not isinstance(value, str) or (_CIDR.fullmatch(value) is None if is_net else "%" in value):
@@ -255,9 +255,7 @@ def _check_family(fam: _Family, fields: dict[str, Any]) -> _Ranges:
         if int(addr) % size:
             aligned = fam.address(int(addr) - int(addr) % size)
             fix = f"use {aligned} or another multiple of the /{length} subnet size"
-            raise _context(
-                f"{p}{which} is not on a SubnetLen boundary: {addr}", f"{p}SubnetLen {length}", fix
-            )
+            raise _context(f"{p}{which} is not on a SubnetLen boundary: {addr}", f"{p}SubnetLen {length}", fix)
     return _Ranges(net, length, low, high)
 
 
@@ -274,9 +272,7 @@ def _subnet_len(fam: _Family, net: IPNetwork, length: int) -> int:
     if prefix > fam.min_prefix:
         name = f"{p}Network" if p else "network"
         fix = f"use a {p}Network with a prefix of /{fam.min_prefix} or shorter, e.g. {fam.example}"
-        raise _context(
-            f"{name} is too small. Minimum useful network prefix is /{fam.min_prefix}", str(net), fix
-        )
+        raise _context(f"{name} is too small. Minimum useful network prefix is /{fam.min_prefix}", str(net), fix)
     return fam.default_len if prefix <= fam.default_len - 2 else prefix + 2
 
 

@@ -1,0 +1,285 @@
+"""The lab cluster: an underlay switch, a real etcd, N hosts running flanneld, Docker emulated.
+
+Layout for lab ``NAME`` (default ``pfl``), all inside network namespaces:
+
+    NAME-ul    the underlay: bridge br0, 198.18.0.1/24 (the hosts' default gateway)
+    NAME-etcd  etcd at 198.18.0.2:2379
+    NAME-hI    host I at 198.18.0.(10+I): flanneld with the article's flags, docker0 configured
+               from its own mk-docker-opts output (--bip, --mtu)
+    NAME-cI    one container behind host I's docker0 (its address: the subnet's .2)
+
+State (logs, subnet.env, etcd data, lab.json) lives in /run/pyflannel-lab/NAME.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+from ..core.subnetenv import parse_subnet_env
+from .etcd_server import EtcdServer
+from .netns import LabError, in_ns, ns_add, ns_delete, ns_kill_all, ns_list, sh, sysctl, veth
+
+STATE_ROOT = "/run/pyflannel-lab"
+UNDERLAY = ipaddress.IPv4Network("198.18.0.0/24")
+GATEWAY = "198.18.0.1"
+ETCD_IP = "198.18.0.2"
+PREFIX = "/atomic.io/network"
+ARTICLE_CONFIG = '{ "Network": "10.0.0.0/16" }'
+
+
+def _tool(name: str) -> list[str]:
+    """Our console script from the running venv, or ``python -m`` as a fallback."""
+    script = os.path.join(os.path.dirname(sys.executable), name)
+    if os.path.exists(script):
+        return [script]
+    module = {"flanneld": "flanneld", "mk-docker-opts": "mk_docker_opts"}[name]
+    return [sys.executable, "-m", f"pyflannel.cli.{module}"]
+
+
+@dataclass
+class Host:
+    index: int
+    ns: str
+    container_ns: str
+    ip: str
+    subnet: str = ""  # FLANNEL_SUBNET, e.g. 10.0.53.1/24
+    container_ip: str = ""
+    docker_opts: str = ""
+
+
+@dataclass
+class Lab:
+    name: str = "pfl"
+    hosts_n: int = 3
+    backend: str = "udp"
+    hosts: list[Host] = field(default_factory=list)
+
+    # ---- naming and state -------------------------------------------------------------------------
+    @property
+    def state_dir(self) -> str:
+        return os.path.join(STATE_ROOT, self.name)
+
+    @property
+    def underlay_ns(self) -> str:
+        return f"{self.name}-ul"
+
+    @property
+    def etcd_ns(self) -> str:
+        return f"{self.name}-etcd"
+
+    @property
+    def etcd_endpoint(self) -> str:
+        return f"http://{ETCD_IP}:2379"
+
+    def host_dir(self, host: Host) -> str:
+        return os.path.join(self.state_dir, f"h{host.index}")
+
+    def subnet_file(self, host: Host) -> str:
+        return os.path.join(self.host_dir(host), "subnet.env")
+
+    def log_file(self, host: Host) -> str:
+        return os.path.join(self.host_dir(host), "flanneld.log")
+
+    def namespaces(self) -> list[str]:
+        prefix = f"{self.name}-"
+        return [ns for ns in ns_list() if ns.startswith(prefix)]
+
+    def save(self) -> None:
+        with open(os.path.join(self.state_dir, "lab.json"), "w") as f:
+            json.dump({"name": self.name, "backend": self.backend, "hosts": [asdict(h) for h in self.hosts]}, f,
+                      indent=2)
+
+    @classmethod
+    def load(cls, name: str) -> Lab:
+        path = os.path.join(STATE_ROOT, name, "lab.json")
+        with open(path) as f:
+            data = json.load(f)
+        return cls(name=name, hosts_n=len(data["hosts"]), backend=data["backend"],
+                   hosts=[Host(**h) for h in data["hosts"]])
+
+    # ---- bring up ---------------------------------------------------------------------------------
+    def up(self, *, write_config: bool = True, config: str | None = None, wait: float = 30.0) -> None:
+        """Build the whole lab; on any failure, tear down what was built and re-raise."""
+        self.down()
+        os.makedirs(self.state_dir, exist_ok=True)
+        try:
+            self._underlay()
+            self._etcd()
+            if write_config:
+                self.put_config(config or self._default_config())
+            self.hosts = [self._host(i) for i in range(1, self.hosts_n + 1)]
+            self.save()
+            for host in self.hosts:
+                self.start_flanneld(host)
+            for host in self.hosts:
+                self.wait_subnet(host, wait)
+                self.docker(host)
+            self.save()
+        except BaseException:
+            self.down()
+            raise
+
+    def _default_config(self) -> str:
+        if self.backend == "udp":
+            return ARTICLE_CONFIG
+        return json.dumps({"Network": "10.0.0.0/16", "Backend": {"Type": self.backend}})
+
+    def _underlay(self) -> None:
+        ns = self.underlay_ns
+        ns_add(ns)
+        sh(["ip", "-n", ns, "link", "add", "br0", "type", "bridge"])
+        sh(["ip", "-n", ns, "addr", "add", f"{GATEWAY}/{UNDERLAY.prefixlen}", "dev", "br0"])
+        sh(["ip", "-n", ns, "link", "set", "br0", "up"])
+
+    def _attach(self, ns: str, ip: str, port: str) -> None:
+        """Plug ``ns`` into the underlay switch as eth0 with ``ip``; default route via the gateway."""
+        veth(ns, "eth0", self.underlay_ns, port)
+        sh(["ip", "-n", self.underlay_ns, "link", "set", port, "master", "br0"])
+        sh(["ip", "-n", ns, "addr", "add", f"{ip}/{UNDERLAY.prefixlen}", "dev", "eth0"])
+        sh(["ip", "-n", ns, "route", "add", "default", "via", GATEWAY])
+
+    def _etcd(self) -> None:
+        ns_add(self.etcd_ns)
+        self._attach(self.etcd_ns, ETCD_IP, "etcd")
+        server = EtcdServer(os.path.join(self.state_dir, "etcd", "data"), host=ETCD_IP, netns=self.etcd_ns,
+                            log_path=os.path.join(self.state_dir, "etcd.log"))
+        server.start()
+
+    def etcdctl(self, *args: str, check: bool = True) -> str:
+        cmd = in_ns(self.etcd_ns, "etcdctl", "--endpoints", self.etcd_endpoint, *args)
+        return sh(cmd, check=check, env={"ETCDCTL_API": "3"}).stdout
+
+    def put_config(self, config: str) -> None:
+        self.etcdctl("put", f"{PREFIX}/config", config)
+
+    def _host(self, i: int) -> Host:
+        host = Host(i, f"{self.name}-h{i}", f"{self.name}-c{i}", str(UNDERLAY.network_address + 10 + i))
+        ns_add(host.ns)
+        self._attach(host.ns, host.ip, f"h{i}")
+        sysctl(host.ns, "net.ipv4.ip_forward", "1")
+        os.makedirs(self.host_dir(host), exist_ok=True)
+        return host
+
+    def flanneld_command(self, host: Host, extra: tuple[str, ...] = ()) -> list[str]:
+        # The article's flags: FLANNEL_ETCD_ENDPOINTS and FLANNEL_ETCD_PREFIX from /etc/sysconfig/flanneld.
+        return in_ns(host.ns, *_tool("flanneld"), f"-etcd-endpoints={self.etcd_endpoint}",
+                     f"-etcd-prefix={PREFIX}", f"--subnet-file={self.subnet_file(host)}", *extra)
+
+    def start_flanneld(self, host: Host, extra: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
+        with open(self.log_file(host), "ab") as log:
+            proc = subprocess.Popen(self.flanneld_command(host, extra), stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        with open(os.path.join(self.host_dir(host), "flanneld.pid"), "w") as f:
+            f.write(str(proc.pid))
+        return proc
+
+    def flanneld_pid(self, host: Host) -> int | None:
+        with contextlib.suppress(OSError, ValueError):
+            with open(os.path.join(self.host_dir(host), "flanneld.pid")) as f:
+                pid = int(f.read())
+            os.kill(pid, 0)
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split(")")[-1].split()[0] != "Z":
+                    return pid
+        return None
+
+    def stop_flanneld(self, host: Host, sig: int = 15, timeout: float = 10.0) -> None:
+        pid = self.flanneld_pid(host)
+        if pid is None:
+            return
+        os.kill(pid, sig)
+        deadline = time.monotonic() + timeout
+        while self.flanneld_pid(host) is not None:
+            if time.monotonic() > deadline:
+                raise LabError(f"flanneld on {host.ns} did not exit within {timeout:g}s")
+            time.sleep(0.05)
+
+    def wait_subnet(self, host: Host, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        path = self.subnet_file(host)
+        while time.monotonic() < deadline:
+            if os.path.exists(path):
+                with open(path) as f:
+                    values = parse_subnet_env(f.read(), source=path)
+                host.subnet = values.get("FLANNEL_SUBNET", "")
+                if host.subnet:
+                    return host.subnet
+            if self.flanneld_pid(host) is None:
+                break
+            time.sleep(0.1)
+        raise LabError(f"flanneld on {host.ns} wrote no {path} within {timeout:g}s; its log "
+                       f"{self.log_file(host)} ends with:\n{self.log_tail(host)}")
+
+    def log_tail(self, host: Host, lines: int = 15) -> str:
+        with contextlib.suppress(OSError), open(self.log_file(host)) as f:
+            return "".join(f.readlines()[-lines:])
+        return "(no log)"
+
+    def docker(self, host: Host) -> None:
+        """What `systemctl start docker` does after flanneld in the article: docker0 from
+        mk-docker-opts's --bip and --mtu, then one container behind it."""
+        opts_file = os.path.join(self.host_dir(host), "docker_opts.env")
+        sh([*_tool("mk-docker-opts"), "-f", self.subnet_file(host), "-d", opts_file])
+        with open(opts_file) as f:
+            values = parse_subnet_env(f.read(), source=opts_file)
+        host.docker_opts = values["DOCKER_OPTS"].strip()
+        opts = dict(o.lstrip("-").split("=", 1) for o in shlex.split(host.docker_opts))
+        bip, mtu = ipaddress.IPv4Interface(opts["bip"]), opts["mtu"]
+        ns, c = host.ns, host.container_ns
+        sh(["ip", "-n", ns, "link", "add", "docker0", "type", "bridge"])
+        sh(["ip", "-n", ns, "addr", "add", str(bip), "dev", "docker0"])
+        sh(["ip", "-n", ns, "link", "set", "docker0", "up", "mtu", mtu])
+        ns_add(c)
+        veth(c, "eth0", ns, f"veth{host.index}", mtu=int(mtu))
+        sh(["ip", "-n", ns, "link", "set", f"veth{host.index}", "master", "docker0"])
+        host.container_ip = str(bip.ip + 1)
+        sh(["ip", "-n", c, "addr", "add", f"{host.container_ip}/{bip.network.prefixlen}", "dev", "eth0"])
+        sh(["ip", "-n", c, "route", "add", "default", "via", str(bip.ip)])
+
+    # ---- tear down --------------------------------------------------------------------------------
+    def down(self) -> None:
+        """Remove every namespace of this lab (killing what runs inside), then its state dir."""
+        spaces = self.namespaces()
+        # flanneld first (so it exits cleanly), etcd and the underlay last
+        for ns in sorted(spaces, key=lambda n: (n.endswith("-ul"), n.endswith("-etcd"))):
+            ns_kill_all(ns)
+        for ns in spaces:
+            ns_delete(ns)
+        if os.path.isdir(self.state_dir):
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    # ---- looking at it ----------------------------------------------------------------------------
+    def ping(self, src: Host, dst: Host, count: int = 3, timeout: float = 2.0) -> tuple[bool, str]:
+        res = sh(in_ns(src.container_ns, "ping", "-n", "-c", str(count), "-i", "0.2", "-W", str(timeout),
+                       dst.container_ip), check=False, timeout=count * (timeout + 1) + 5)
+        return res.returncode == 0, res.stdout + res.stderr
+
+    def route_table(self, host: Host) -> str:
+        res = sh(in_ns(host.ns, "route", "-n"), check=False)
+        if res.returncode != 0:
+            res = sh(["ip", "-n", host.ns, "route"], check=False)
+        return res.stdout
+
+    def status(self) -> list[dict[str, object]]:
+        return [
+            {"host": h.ns, "ip": h.ip, "subnet": h.subnet, "container": h.container_ip,
+             "flanneld": self.flanneld_pid(h), "docker_opts": h.docker_opts}
+            for h in self.hosts
+        ]
+
+
+def stop_everything(name: str) -> None:
+    """Best-effort teardown by name, also when lab.json is gone."""
+    Lab(name=name).down()
+
+
+__all__ = ["Host", "Lab", "LabError", "ns_delete", "stop_everything"]
