@@ -1,0 +1,148 @@
+"""``flannelctl``: the operator's tool. The same etcd flags as flanneld, in both spellings and
+from the same FLANNELD_* environment, before or after the subcommand.
+
+    flannelctl [-etcd-endpoints=…] [-etcd-prefix=…] config get | set FILE|- | validate [FILE|-] [--json]
+    flannelctl lab up|down|status|demo [--name NAME] [--hosts N] [--backend udp] [--keep]
+
+Exit 0 = fine, 1 = the input or the store is wrong (one message naming what and how to fix),
+2 = usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+
+from ..core.config import parse_config
+from ..core.errors import ConfigError, FlannelError
+from ..store.etcd import EtcdRegistry
+from .flags import FlagSet, HelpRequested, UsageError
+from .flanneld import ETCD_FLAGS, etcd_options
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="flannelctl", description="Operate a flannel network "
+                                "(etcd flags as flanneld: -etcd-endpoints, -etcd-prefix, ...)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    cfg = sub.add_parser("config", help="read, check and write the network config").add_subparsers(
+        dest="action", required=True)
+    cfg.add_parser("get", help="print the network config stored in etcd")
+    s = cfg.add_parser("set", help="validate a config, then write it to etcd")
+    s.add_argument("file", help="a JSON file, or - for stdin")
+    v = cfg.add_parser("validate", help="check a config file (or, with no file, what is in etcd)")
+    v.add_argument("file", nargs="?", help="a JSON file, or - for stdin")
+    v.add_argument("--json", action="store_true", help="print the effective config with every default")
+    lab = sub.add_parser("lab", help="a multi-host cluster in network namespaces on this machine")
+    lab.add_argument("action", choices=["up", "down", "status", "demo"])
+    lab.add_argument("--name", default="pfl", help="lab name, prefix of its namespaces (default pfl)")
+    lab.add_argument("--hosts", type=int, default=3, help="number of hosts (default 3)")
+    lab.add_argument("--backend", default="udp", help="backend type (default udp, the article's)")
+    lab.add_argument("--keep", action="store_true", help="demo: leave the lab running afterwards")
+    return p
+
+
+def _read(path: str) -> bytes:
+    if path == "-":
+        return sys.stdin.buffer.read()
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as err:
+        raise FlannelError(f"cannot read {path}: {err.strerror}") from err
+
+
+async def _config(args: argparse.Namespace, registry: EtcdRegistry) -> int:
+    try:
+        if args.action == "validate" and args.file:
+            data = _read(args.file)
+            where = args.file
+        else:
+            got = await registry.get_config()
+            where = registry.config_key
+            if got is None and args.action != "set":
+                raise FlannelError(f"no network config at {registry.config_key}: write one with "
+                                   f"`flannelctl -etcd-prefix={registry.prefix} config set FILE`")
+            data = got or b""
+        if args.action == "set":
+            data, where = _read(args.file), args.file
+        try:
+            cfg = parse_config(data)
+        except ConfigError as err:
+            raise FlannelError(f"invalid network config in {where}: {err}") from err
+        if args.action == "get":
+            sys.stdout.write(data.decode(errors="replace").rstrip("\n") + "\n")
+        elif args.action == "set":
+            await registry.put_config(data)
+            print(f"wrote {registry.config_key}: network {cfg.network}, /{cfg.subnet_len} per host, "
+                  f"{cfg.subnets_ipv4()} subnets, backend {cfg.backend_type}")
+        elif getattr(args, "json", False):
+            print(json.dumps(cfg.to_effective_json(), indent=2))
+        else:
+            print(f"{where}: valid: network {cfg.network}, /{cfg.subnet_len} per host "
+                  f"({cfg.subnet_min}..{cfg.subnet_max}, {cfg.subnets_ipv4()} subnets), backend {cfg.backend_type}")
+        return 0
+    finally:
+        await registry.close()
+
+
+def _lab(args: argparse.Namespace) -> int:
+    from ..lab.cluster import Lab
+    from ..lab.demo import run_demo
+
+    if os.geteuid() != 0:
+        raise FlannelError("the lab needs root (network namespaces): run it as root")
+    if args.action == "demo":
+        return run_demo(args.name, args.hosts, args.backend, args.keep)
+    if args.action == "up":
+        lab = Lab(name=args.name, hosts_n=args.hosts, backend=args.backend)
+        lab.up()
+        for row in lab.status():
+            print("  ".join(f"{k}={v}" for k, v in row.items()))
+    elif args.action == "down":
+        Lab(name=args.name).down()
+        print(f"lab {args.name} removed")
+    else:
+        try:
+            lab = Lab.load(args.name)
+        except OSError:
+            raise FlannelError(f"no lab named {args.name} is running (start one: flannelctl lab up)") from None
+        for row in lab.status():
+            print("  ".join(f"{k}={v}" for k, v in row.items()))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    flags = FlagSet("flannelctl", ETCD_FLAGS, env_prefix="FLANNELD")
+    try:
+        values, rest = flags.parse(sys.argv[1:] if argv is None else argv,
+                                   os.environ if environ is None else environ, interspersed=True)
+    except HelpRequested:
+        _parser().print_help()
+        return 0
+    except UsageError as err:
+        print(f"flannelctl: {err}", file=sys.stderr)
+        return 2
+    try:
+        args = _parser().parse_args(rest)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    try:
+        if args.cmd == "lab":
+            return _lab(args)
+        registry = EtcdRegistry(etcd_options(values))
+        return asyncio.run(_config(args, registry))
+    except FlannelError as err:
+        print(f"flannelctl: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+
+
+if __name__ == "__main__":
+    sys.exit(main())
