@@ -276,10 +276,18 @@ def test_icmp_unreachable_respects_n_and_short_payload() -> None:
     assert out[48:] == b"abc"
 
 
-@pytest.mark.parametrize("icmp_type", [0, 3, 5, 8, 11, 12, 13])
-def test_no_icmp_about_icmp(icmp_type: int) -> None:
+@pytest.mark.parametrize("icmp_type", [3, 4, 5, 11, 12])
+def test_no_icmp_about_icmp_errors(icmp_type: int) -> None:
     pkt = make_packet(proto=1, payload=bytes([icmp_type, 0]) + b"\x00" * 6)
     assert icmp_net_unreachable(pkt, TUN) is None
+
+
+@pytest.mark.parametrize("icmp_type", [0, 8, 13])
+def test_icmp_queries_get_an_unreachable(icmp_type: int) -> None:
+    pkt = make_packet(proto=1, payload=bytes([icmp_type, 0]) + b"\x00" * 6)
+    out = icmp_net_unreachable(pkt, TUN)
+    assert out is not None
+    _check_icmp(out, pkt, len(pkt))
 
 
 @pytest.mark.parametrize("frag", [1, 0x1FFF, 0x2001, 0x4000 | 185, 0x20B9])

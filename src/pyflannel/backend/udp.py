@@ -90,6 +90,9 @@ class UdpBackend:
         addr = ipaddress.IPv4Interface(f"{self.lease.subnet.network_address}/32")
         netlink.ensure_only_address(self.tun_index, addr, self.config.network)
         netlink.ensure_route(self.config.network, self.tun_index)
+        # Our ICMP net-unreachable comes out of flannel0 from flannel0's own address; without
+        # accept_local the kernel drops it as a martian and the sender never hears why.
+        netlink.set_sysctl(f"net/ipv4/conf/{self.tun_name}/accept_local", "1")
 
     def _open_socket(self) -> socket.socket:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -49,6 +49,9 @@ _ICMP_HDR = struct.Struct("!BBHI")
 
 IPPROTO_ICMP = 1
 ICMP_DEST_UNREACH = 3
+# Informational ICMP (echo, timestamp, info, address mask) may be answered with an error; flannel's
+# C proxy answers no ICMP at all, so a ping to a subnet nobody leases just times out there.
+_ICMP_QUERY_TYPES = frozenset({0, 8, 13, 14, 15, 16, 17, 18})
 ICMP_NET_UNREACH = 0
 ICMP_ERROR_TTL = 8  # flannel's choice for the ICMP it injects into the TUN
 
@@ -132,7 +135,7 @@ def icmp_net_unreachable(offender: Buffer, src_ip: int, n: int | None = None) ->
     ``src_ip`` is our flannel0 address (the lease subnet's network address) as a host-order int.
     The result is a complete IPv4 packet from ``src_ip`` to the offender's source, TTL 8, whose
     ICMP payload is the offender's IP header and the first 8 bytes after it. None when the
-    offender is not a valid IPv4 packet, is ICMP (any type, as flannel), is a non-first
+    offender is not a valid IPv4 packet, is an ICMP error (flannel: any ICMP), is a non-first
     fragment, or has a source/destination that must not be answered (RFC 1122).
     """
     if n is None:
@@ -140,11 +143,13 @@ def icmp_net_unreachable(offender: Buffer, src_ip: int, n: int | None = None) ->
     if not is_valid_ipv4(offender, n):
         return None
     _, _, _, _, frag, _, proto, _, osrc, odst = _IPV4_HDR.unpack_from(offender, 0)
-    if proto == IPPROTO_ICMP or frag & 0x1FFF:
-        return None
-    if not _unicast_host(osrc) or odst == _BROADCAST or odst & _MULTICAST_MASK == _MULTICAST_NET:
+    if frag & 0x1FFF:
         return None
     ihl = (offender[0] & 0xF) << 2
+    if proto == IPPROTO_ICMP and (n <= ihl or offender[ihl] not in _ICMP_QUERY_TYPES):
+        return None  # never an ICMP error about an ICMP error (RFC 1122 3.2.2)
+    if not _unicast_host(osrc) or odst == _BROADCAST or odst & _MULTICAST_MASK == _MULTICAST_NET:
+        return None
     quote = bytes(offender[: min(n, ihl + 8)])
     icmp = bytearray(_ICMP_HDR.pack(ICMP_DEST_UNREACH, ICMP_NET_UNREACH, 0, 0))
     icmp += quote

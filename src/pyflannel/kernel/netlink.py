@@ -128,3 +128,16 @@ def our_routes() -> list[tuple[ipaddress.IPv4Network, int]]:
             (ipaddress.IPv4Network(f"{r.get('dst') or '0.0.0.0'}/{r['dst_len']}"), int(r.get("oif") or 0))
             for r in ipr.get_routes(family=2, table=254, proto=RTPROT_FLANNEL)
         ]
+
+
+def set_sysctl(path: str, value: str) -> None:
+    """Write /proc/sys/<path> (of this process's network namespace) if it differs."""
+    full = f"/proc/sys/{path}"
+    try:
+        with open(full) as f:
+            if f.read().strip() == value:
+                return
+        with open(full, "w") as f:
+            f.write(value)
+    except OSError as err:
+        raise KernelError(f"cannot set sysctl {path}={value}: {err.strerror}") from err

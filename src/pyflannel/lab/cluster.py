@@ -108,7 +108,9 @@ class Lab:
 
     # ---- bring up ---------------------------------------------------------------------------------
     def up(self, *, write_config: bool = True, config: str | None = None, wait: float = 30.0) -> None:
-        """Build the whole lab; on any failure, tear down what was built and re-raise."""
+        """Build the whole lab; on any failure, tear down what was built and re-raise. Without
+        ``write_config`` flanneld is started but left waiting for its config: write it with
+        ``put_config`` and call ``finish``."""
         self.down()
         os.makedirs(self.state_dir, exist_ok=True)
         try:
@@ -120,13 +122,18 @@ class Lab:
             self.save()
             for host in self.hosts:
                 self.start_flanneld(host)
-            for host in self.hosts:
-                self.wait_subnet(host, wait)
-                self.docker(host)
-            self.save()
+            if write_config:
+                self.finish(wait)
         except BaseException:
             self.down()
             raise
+
+    def finish(self, wait: float = 30.0) -> None:
+        """Wait for every host's subnet.env, then give each its docker0 and container."""
+        for host in self.hosts:
+            self.wait_subnet(host, wait)
+            self.docker(host)
+        self.save()
 
     def _default_config(self) -> str:
         if self.backend == "udp":

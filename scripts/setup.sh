@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs what pyflannel needs on a fresh Debian 12 machine (as root): Debian packages that are
+# missing, then a venv at ./.venv with pyflannel and its pinned dependencies. Safe to re-run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(etcd-server etcd-client iproute2 iptables iputils-ping tcpdump net-tools iperf3 procps)
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+
+if [ "$(id -u)" != 0 ]; then
+  echo "setup: run as root (it installs Debian packages, and the lab needs network namespaces)" >&2
+  exit 1
+fi
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+done
+if ! "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null; then
+  missing+=(python3-venv)
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# Debian's etcd-server package starts a system etcd on 127.0.0.1:2379; the lab and the tests run
+# their own, so that one is left alone (it never sees our traffic).
+
+stamp="$VENV/.pyflannel-installed"
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
+fi
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[dev]'
+  touch "$stamp"
+fi
+echo "setup: ok ($("$VENV/bin/python" --version), etcd $(etcd --version | awk 'NR==1{print $3}'))"

@@ -1,0 +1,165 @@
+"""The article's overlay end to end: 3 hosts in namespaces, real etcd, flanneld, udp backend."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from pyflannel.lab.cluster import PREFIX, Host, Lab
+from pyflannel.lab.demo import capture_one
+from pyflannel.lab.netns import ns_list
+
+
+def wait_for(cond, timeout: float = 15.0, interval: float = 0.1, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = cond()
+        if got:
+            return got
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+
+
+def log_text(lab: Lab, host: Host) -> str:
+    with open(lab.log_file(host)) as f:
+        return f.read()
+
+
+def lease_key(host: Host) -> str:
+    net = host.subnet.rsplit(".", 1)[0] + ".0"
+    return f"{PREFIX}/subnets/{net}-{host.subnet.split('/')[1]}"
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    if os.geteuid() != 0:
+        pytest.fail("end-to-end tests need root (network namespaces, TUN devices)")
+    lab = Lab(name="pfte", hosts_n=3)
+    try:
+        lab.up()
+        yield lab
+    finally:
+        lab.down()
+    assert not [ns for ns in ns_list() if ns.startswith("pfte-")]
+
+
+def test_all_six_container_pairs_ping(lab: Lab) -> None:
+    failed = [(a.index, b.index) for a in lab.hosts for b in lab.hosts if a is not b and not lab.ping(a, b)[0]]
+    assert failed == []
+    subnets = {h.subnet for h in lab.hosts}
+    assert len(subnets) == 3
+
+
+def test_route_tables_are_the_articles(lab: Lab) -> None:
+    for h in lab.hosts:
+        table = lab.route_table(h)
+        assert re.search(r"^10\.0\.0\.0\s+0\.0\.0\.0\s+255\.255\.0\.0\s+U\s.*flannel0$", table, re.M), table
+        net = h.subnet.rsplit(".", 1)[0] + ".0"
+        assert re.search(rf"^{re.escape(net)}\s+0\.0\.0\.0\s+255\.255\.255\.0\s+U\s.*docker0$", table, re.M), table
+
+
+def test_docker_gets_bip_and_mtu_from_flannel(lab: Lab) -> None:
+    for h in lab.hosts:
+        assert h.docker_opts == f"--bip={h.subnet} --ip-masq=true --mtu=1472"
+
+
+def test_lease_json_is_flannels(lab: Lab) -> None:
+    h = lab.hosts[0]
+    value = lab.etcdctl("get", lease_key(h), "--print-value-only").strip()
+    assert value == f'{{"PublicIP":"{h.ip}","PublicIPv6":null}}'
+
+
+def test_tcpdump_sees_udp_8285_carrying_icmp(lab: Lab) -> None:
+    lines = capture_one(lab, lab.hosts[0], lab.hosts[1])
+    text = "\n".join(lines)
+    assert f"Outer IPv4 {lab.hosts[0].ip} -> {lab.hosts[1].ip}  proto UDP" in text
+    assert "port 8285 -> 8285" in text
+    assert f"Inner IPv4 {lab.hosts[0].container_ip} -> {lab.hosts[1].container_ip}  proto ICMP" in text
+    assert "echo request" in text
+
+
+def test_restart_keeps_subnet_and_lease(lab: Lab) -> None:
+    h = lab.hosts[0]
+    before = h.subnet
+    lab.stop_flanneld(h)
+    assert "exiting cleanly" in log_text(lab, h)
+    assert lab.etcdctl("get", lease_key(h), "--print-value-only").strip(), "lease must stay in etcd"
+    os.unlink(lab.subnet_file(h))  # reuse must come from etcd (PublicIP), not only from subnet.env
+    lab.start_flanneld(h)
+    assert lab.wait_subnet(h, 20) == before
+    assert "how=reused" in log_text(lab, h)
+    wait_for(lambda: lab.ping(lab.hosts[1], h, count=1)[0], what="ping after restart")
+
+
+def test_deleted_lease_disappears_from_peers(lab: Lab) -> None:
+    h1, h3 = lab.hosts[0], lab.hosts[2]
+    assert lab.ping(h1, h3, count=1)[0]
+    lab.stop_flanneld(h3)  # else h3 takes its deleted lease straight back
+    net = lease_key(h3).rsplit("/", 1)[1].replace("-", "/")
+    lab.etcdctl("del", lease_key(h3))
+    wait_for(lambda: f"peer removed subnet={net}" in log_text(lab, h1), what="h1 to drop h3")
+    ok, out = lab.ping(h1, h3, count=1, timeout=1)
+    assert not ok
+    assert "Destination Net Unreachable" in out, out  # flannel0's ICMP: no peer owns that subnet
+    lab.start_flanneld(h3)  # comes back on the same subnet, from its subnet.env
+    wait_for(lambda: lab.wait_subnet(h3, 20), what="h3 back")
+    assert lease_key(h3).endswith(net.replace("/", "-"))
+    wait_for(lambda: lab.ping(h1, h3, count=1)[0], what="ping to h3 again")
+
+
+def test_own_lease_deleted_is_taken_again(lab: Lab) -> None:
+    h2 = lab.hosts[1]
+    lab.etcdctl("del", lease_key(h2))
+    wait_for(lambda: "was deleted from etcd; taking it again" in log_text(lab, h2), what="re-take")
+    wait_for(lambda: lab.etcdctl("get", lease_key(h2), "--print-value-only").strip(), what="lease back")
+    assert lab.flanneld_pid(h2) is not None
+    wait_for(lambda: lab.ping(lab.hosts[0], h2, count=1)[0], what="ping h2")
+
+
+def test_garbage_under_subnets_keeps_every_route(lab: Lab) -> None:
+    junk = {
+        f"{PREFIX}/subnets/not-a-subnet": "hello",
+        f"{PREFIX}/subnets/10.0.250.0-24": "{not json",
+        f"{PREFIX}/subnets/10.0.251.0-24": '{"PublicIP":"banana"}',
+    }
+    for key, value in junk.items():
+        lab.etcdctl("put", key, value)
+    h1 = lab.hosts[0]
+    wait_for(lambda: log_text(lab, h1).count("skipping bad lease") >= 3, what="bad-lease warnings")
+    failed = [(a.index, b.index) for a in lab.hosts for b in lab.hosts if a is not b and not lab.ping(a, b, 1)[0]]
+    assert failed == []
+    for key in junk:
+        assert log_text(lab, h1).count(f"key={key}:") == 1
+        lab.etcdctl("del", key)
+
+
+def test_missing_config_is_named_in_the_log() -> None:
+    lab = Lab(name="pftc", hosts_n=1)
+    try:
+        lab.up(write_config=False)
+        h = lab.hosts[0]
+        wait_for(lambda: "network config not found at /atomic.io/network/config" in log_text(lab, h),
+                 what="the missing-config error")
+        assert "etcdctl put /atomic.io/network/config" in log_text(lab, h)
+        time.sleep(2.5)
+        assert log_text(lab, h).count("network config not found") == 1, "logged once, not once per retry"
+        lab.put_config('{"Network": "10.0.0.0/16"}')
+        lab.finish(20)
+        assert h.subnet.startswith("10.0.")
+    finally:
+        lab.down()
+
+
+def test_make_demo_command_runs_and_cleans_up() -> None:
+    res = subprocess.run([sys.executable, "-m", "pyflannel.cli.flannelctl", "lab", "demo", "--name", "pftd"],
+                         capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "summary: 6/6 container pairs" in res.stdout
+    assert "flannel0" in res.stdout and "port 8285 -> 8285" in res.stdout
+    assert not [ns for ns in ns_list() if ns.startswith("pftd-")]
