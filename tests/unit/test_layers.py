@@ -1,0 +1,66 @@
+"""DESIGN.md's layering, checked: cli > daemon > (backend | store | kernel) > core; lab on top."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import pytest
+
+SRC = pathlib.Path(__file__).resolve().parents[2] / "src" / "pyflannel"
+
+# layer -> layers it may import (besides itself)
+ALLOWED = {
+    "core": set(),
+    "store": {"core"},
+    "kernel": {"core"},
+    "backend": {"core", "kernel"},
+    "systemd": set(),
+    "daemon": {"core", "store", "kernel", "backend", "systemd"},
+    "cli": {"core", "store", "kernel", "backend", "systemd", "daemon", "lab", "__init__"},
+    "lab": {"core", "store", "cli"},
+}
+
+
+def _layer(path: pathlib.Path) -> str:
+    rel = path.relative_to(SRC)
+    return rel.parts[0].removesuffix(".py")
+
+
+def _imports(path: pathlib.Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    pkg = path.relative_to(SRC).parts[:-1]
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = list(pkg[: len(pkg) - node.level + 1])
+            target = base + (node.module.split(".") if node.module else [])
+            if target:
+                found.add(target[0])
+            else:  # `from .. import x`: x is a top-level module of the package
+                for alias in node.names:
+                    is_module = (SRC / alias.name).is_dir() or (SRC / f"{alias.name}.py").exists()
+                    found.add(alias.name if is_module else "__init__")
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pyflannel."):
+            found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("pyflannel."))
+    return found
+
+
+@pytest.mark.parametrize("path", sorted(p for p in SRC.rglob("*.py") if p.parent != SRC or p.name != "__init__.py"),
+                         ids=lambda p: str(p.relative_to(SRC)))
+def test_imports_follow_the_layers(path: pathlib.Path) -> None:
+    layer = _layer(path)
+    bad = {dep for dep in _imports(path) if dep != layer and dep not in ALLOWED.get(layer, set())}
+    assert not bad, f"{path.relative_to(SRC)} ({layer}) imports {sorted(bad)}"
+
+
+def test_backends_are_independent() -> None:
+    for path in (SRC / "backend").glob("*.py"):
+        text = path.read_text()
+        if path.name in ("__init__.py",):
+            continue
+        others = {p.stem for p in (SRC / "backend").glob("*.py")} - {path.stem, "__init__", f"{path.stem}_pump",
+                                                                       path.stem.removesuffix("_pump")}
+        assert not [o for o in others if f"from .{o} import" in text], path.name
