@@ -97,7 +97,9 @@ class Conductor:
             try:
                 data = await self.registry.get_config()
                 if data is not None:
-                    return parse_config(data)
+                    config = parse_config(data)
+                    get_backend(config.backend_type)  # an unknown Backend.Type is a config error too
+                    return config
                 msg = (f"network config not found at {key} in etcd {self.registry.endpoints}: write it with "
                        f"`flannelctl -etcd-prefix={self.registry.prefix} config set FILE` or "
                        f"`etcdctl put {key} '{{\"Network\": \"10.0.0.0/16\"}}'` (etcd v3 API); retrying every second")

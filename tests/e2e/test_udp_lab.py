@@ -139,21 +139,81 @@ def test_garbage_under_subnets_keeps_every_route(lab: Lab) -> None:
         lab.etcdctl("del", key)
 
 
-def test_missing_config_is_named_in_the_log() -> None:
+@pytest.fixture
+def bare_lab() -> Iterator[Lab]:
+    """One host whose flanneld starts before any network config exists."""
     lab = Lab(name="pftc", hosts_n=1)
     try:
         lab.up(write_config=False)
-        h = lab.hosts[0]
-        wait_for(lambda: "network config not found at /atomic.io/network/config" in log_text(lab, h),
-                 what="the missing-config error")
-        assert "etcdctl put /atomic.io/network/config" in log_text(lab, h)
-        time.sleep(2.5)
-        assert log_text(lab, h).count("network config not found") == 1, "logged once, not once per retry"
-        lab.put_config('{"Network": "10.0.0.0/16"}')
-        lab.finish(20)
-        assert h.subnet.startswith("10.0.")
+        yield lab
     finally:
         lab.down()
+
+
+def test_missing_config_is_named_in_the_log(bare_lab: Lab) -> None:
+    lab, h = bare_lab, bare_lab.hosts[0]
+    wait_for(lambda: "network config not found at /atomic.io/network/config" in log_text(lab, h),
+             what="the missing-config error")
+    assert "etcdctl put /atomic.io/network/config" in log_text(lab, h)
+    time.sleep(2.5)
+    assert log_text(lab, h).count("network config not found") == 1, "logged once, not once per retry"
+    lab.put_config('{"Network": "10.0.0.0/16"}')
+    lab.finish(20)
+    assert h.subnet.startswith("10.0.")
+
+
+BAD_CONFIGS = [
+    ('{"Network": "10.0.0.0/16"', "invalid JSON"),
+    ('{"SubnetLen": 24}', "please define a correct Network parameter"),
+    ('{"Network": "banana"}', "Network"),
+    ('{"Network": "10.0.0.0/16", "SubnetLen": 31}', "SubnetLen must be less than /31"),
+    ('{"Network": "10.0.0.0/16", "SubnetMin": "10.1.0.0"}', "SubnetMin is not in the range of the Network"),
+    ('{"Network": "10.0.0.0/16", "Backend": {"Type": "carrier-pigeon"}}', "unknown backend type"),
+]
+
+
+@pytest.mark.parametrize(("config", "message"), BAD_CONFIGS, ids=[m for _, m in BAD_CONFIGS])
+def test_bad_config_is_named_then_fixed(bare_lab: Lab, config: str, message: str) -> None:
+    lab, h = bare_lab, bare_lab.hosts[0]
+    lab.put_config(config)
+    wait_for(lambda: f"invalid network config at {PREFIX}/config" in log_text(lab, h) and message in log_text(lab, h),
+             what=f"error {message!r}")
+    assert lab.flanneld_pid(h) is not None, "flanneld keeps waiting for a fixed config"
+    lab.put_config('{"Network": "10.0.0.0/16"}')
+    lab.finish(20)
+
+
+def test_unknown_interface_exits_with_a_clear_error(bare_lab: Lab) -> None:
+    lab, h = bare_lab, bare_lab.hosts[0]
+    lab.stop_flanneld(h)
+    lab.put_config('{"Network": "10.0.0.0/16"}')
+    res = subprocess.run(lab.flanneld_command(h, ("-iface=eth9",)), capture_output=True, text=True, timeout=30)
+    assert res.returncode == 1
+    assert "Failed to find interface to use" in res.stderr and "eth0" in res.stderr
+
+
+def test_malformed_flag_value_exits_2(bare_lab: Lab) -> None:
+    h = bare_lab.hosts[0]
+    res = subprocess.run(bare_lab.flanneld_command(h, ("-subnet-lease-renew-margin=soon",)), capture_output=True,
+                         text=True, timeout=30)
+    assert res.returncode == 2
+    assert "invalid value 'soon' for -subnet-lease-renew-margin" in res.stderr
+
+
+def test_unreachable_etcd_names_the_endpoint(bare_lab: Lab) -> None:
+    lab, h = bare_lab, bare_lab.hosts[0]
+    lab.stop_flanneld(h)
+    cmd = lab.flanneld_command(h)
+    cmd = [c.replace("198.18.0.2:2379", "198.18.0.99:2379") for c in cmd]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(8)
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=10)[0]
+    assert "198.18.0.99:2379" in out and "cannot read the network config" in out, out
+    assert out.count("cannot read the network config") <= 2, "an outage is logged once, not per retry"
+    assert proc.returncode == 0
 
 
 def test_make_demo_command_runs_and_cleans_up() -> None:
