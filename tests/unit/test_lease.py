@@ -97,11 +97,6 @@ def test_invalid_keys_raise_store_data_error(key):
         parse_subnet_key(key)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: lease.py:21 uses Python `$` (matches before a trailing newline) and `\\d` (matches any "
-    "Unicode digit, and int() accepts them); Go's regexp `$`/`\\d` do not, so Go's ParseSubnetKey rejects these",
-)
 @pytest.mark.parametrize("key", ["10.0.0.0-24\n", "10.0.0.0-\u0662\u0664"])
 def test_keys_go_rejects_are_rejected(key):
     with pytest.raises(StoreDataError):
@@ -155,11 +150,15 @@ def test_host_gw_value():
     assert render_lease_attrs(attrs) == b'{"PublicIP":"198.18.0.12","PublicIPv6":null,"BackendType":"host-gw"}'
 
 
-VXLAN = b'{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}'
+VXLAN = (
+    b'{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan",'
+    b'"BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}'
+)
 
 
 def test_vxlan_value_exactly_as_flannel_writes_it():
-    attrs = LeaseAttrs(A4("192.168.64.3"), backend_type="vxlan", backend_data={"VNI": 1, "VtepMAC": "c6:d2:32:6f:8f:44"})
+    data = {"VNI": 1, "VtepMAC": "c6:d2:32:6f:8f:44"}
+    attrs = LeaseAttrs(A4("192.168.64.3"), backend_type="vxlan", backend_data=data)
     assert render_lease_attrs(attrs) == VXLAN
 
 
@@ -187,7 +186,8 @@ def test_dual_stack_value_field_order():
 
 
 def test_unset_public_ip_and_compressed_v6():
-    assert render_lease_attrs(LeaseAttrs(A4(0), A6("FC00:0:0:0::0010"))) == b'{"PublicIP":"0.0.0.0","PublicIPv6":"fc00::10"}'
+    expected = b'{"PublicIP":"0.0.0.0","PublicIPv6":"fc00::10"}'
+    assert render_lease_attrs(LeaseAttrs(A4(0), A6("FC00:0:0:0::0010"))) == expected
 
 
 def test_parse_accepts_str_and_bytes():
@@ -246,23 +246,12 @@ def test_garbage_raises_store_data_error(data):
         parse_lease_attrs(data)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: lease.py:112 catches only ValueError/UnicodeDecodeError from json.loads; deeply nested JSON "
-    "raises RecursionError, which escapes (and crashes EtcdRegistry.list_leases/watch_leases: 3000 bytes "
-    "is well under etcd.py's 64 KiB _MAX_VALUE)",
-)
 @pytest.mark.parametrize("data", [b"[" * 3000, b'{"PublicIP":"1.2.3.4","BackendData":' + b"[" * 3000])
 def test_deeply_nested_garbage_raises_store_data_error(data):
     with pytest.raises(StoreDataError):
         parse_lease_attrs(data)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: lease.py:119/121 pass JSON numbers/bools straight to IPv4Address/IPv6Address, so "
-    '{"PublicIP":1} parses as 0.0.0.1 and true as 0.0.0.1; Go\'s ip.IP4/IP6 UnmarshalJSON reject non-strings',
-)
 @pytest.mark.parametrize(
     "data", [b'{"PublicIP":1}', b'{"PublicIP":true}', b'{"PublicIP":"1.2.3.4","PublicIPv6":5}']
 )
@@ -271,21 +260,11 @@ def test_non_string_public_ip_is_garbage(data):
         parse_lease_attrs(data)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: lease.py:112 json.loads accepts NaN/Infinity, which Go's decoder rejects (and "
-    "render_lease_attrs would then write invalid JSON)",
-)
 def test_nan_is_garbage():
     with pytest.raises(StoreDataError):
         parse_lease_attrs(b'{"PublicIP":"1.2.3.4","BackendData":{"x":NaN}}')
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: lease.py:97-106 _field prefers the exact-case key over a later case-variant; Go's decoder "
-    "applies every matching key in order, so the last one wins (config.py does it the Go way)",
-)
 def test_duplicate_case_variant_keys_last_wins_as_in_go():
     assert parse_lease_attrs(b'{"PublicIP":"1.1.1.1","publicip":"2.2.2.2"}').public_ip == A4("2.2.2.2")
 

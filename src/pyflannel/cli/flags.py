@@ -8,6 +8,7 @@ a message naming it (flannel exits 0).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +42,10 @@ def _convert(flag: Flag, raw: str, where: str) -> Any:
         raise UsageError(f"invalid boolean value {raw!r} for {where}: use true or false")
     if flag.kind == "int":
         try:
-            return int(raw, 0)
+            if raw != raw.strip():
+                raise ValueError(raw)
+            # Go's strconv.ParseInt(s, 0, 64): a leading 0 means octal
+            return int(raw, 8) if re.fullmatch(r"[+-]?0[0-7_]+", raw) else int(raw, 0)
         except ValueError:
             raise UsageError(f"invalid value {raw!r} for {where}: not an integer") from None
     return raw

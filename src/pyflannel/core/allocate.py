@@ -53,7 +53,7 @@ class _Taken:
 def candidate_count(config: NetworkConfig) -> int:
     assert config.subnet_min is not None and config.subnet_max is not None
     size = 1 << (32 - config.subnet_len)
-    return (int(config.subnet_max) - int(config.subnet_min)) // size + 1
+    return max(0, (int(config.subnet_max) - int(config.subnet_min)) // size + 1)
 
 
 def free_count(config: NetworkConfig, taken: Iterable[ipaddress.IPv4Network]) -> int:

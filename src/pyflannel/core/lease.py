@@ -18,7 +18,7 @@ from typing import Any
 from .errors import StoreDataError
 
 # flannel's regex (pkg/subnet/subnet.go), unanchored at the start so it matches a full key's tail.
-_SUBNET_KEY_RE = re.compile(r"(\d+\.\d+.\d+.\d+)-(\d+)(?:&([a-f\d:]+)-(\d+))?$")
+_SUBNET_KEY_RE = re.compile(r"(\d+\.\d+.\d+.\d+)-(\d+)(?:&([a-f\d:]+)-(\d+))?\Z", re.ASCII)
 
 
 def render_subnet_key(subnet: ipaddress.IPv4Network, ipv6_subnet: ipaddress.IPv6Network | None = None) -> str:
@@ -95,9 +95,7 @@ def render_lease_attrs(attrs: LeaseAttrs) -> bytes:
 
 
 def _field(obj: dict[str, Any], name: str) -> Any:
-    """Go encoding/json field matching: exact name first, then case-insensitive."""
-    if name in obj:
-        return obj[name]
+    """Go encoding/json field matching: keys match case-insensitively and a later key wins."""
     lower = name.lower()
     found = None
     for k, v in obj.items():
@@ -106,19 +104,31 @@ def _field(obj: dict[str, Any], name: str) -> Any:
     return found
 
 
+def _reject_constant(token: str) -> Any:
+    raise ValueError(f"{token} is not valid JSON")
+
+
+def _ip_text(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise StoreDataError(f"lease {what} must be a string, got {value!r}")
+    if "%" in value:
+        raise StoreDataError(f"lease {what} must not carry a zone: {value!r}")
+    return value
+
+
 def parse_lease_attrs(data: bytes | str) -> LeaseAttrs:
     """Decode a lease value; raises ``StoreDataError`` naming what is wrong."""
     try:
-        obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as err:
+        obj = json.loads(data, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
         raise StoreDataError(f"lease value is not JSON: {err}") from err
     if not isinstance(obj, dict):
         raise StoreDataError(f"lease value is not a JSON object: {type(obj).__name__}")
     try:
         pip = _field(obj, "PublicIP")
-        public_ip = ipaddress.IPv4Address(pip) if pip is not None else ipaddress.IPv4Address(0)
+        public_ip = ipaddress.IPv4Address(_ip_text(pip, "PublicIP")) if pip is not None else ipaddress.IPv4Address(0)
         pip6 = _field(obj, "PublicIPv6")
-        public_ipv6 = ipaddress.IPv6Address(pip6) if pip6 is not None else None
+        public_ipv6 = ipaddress.IPv6Address(_ip_text(pip6, "PublicIPv6")) if pip6 is not None else None
     except (ValueError, TypeError) as err:
         raise StoreDataError(f"lease value has a bad public IP: {err}") from err
     btype = _field(obj, "BackendType")

@@ -283,18 +283,21 @@ class EtcdRegistry:
                     return
                 if not resp.events:
                     continue
-                puts, deletes, bad = [], [], []
+                # One response may hold several events for one key (a watch catching up): the
+                # last one wins, so puts and deletes come out disjoint and order-free.
+                last: dict[ipaddress.IPv4Network, Lease | None] = {}
+                bad = []
                 for ev in resp.events:
                     got = self._decode(ev.kv.key, ev.kv.value, ev.kv.lease, ev.kv.mod_revision)
                     if ev.type == 1:  # DELETE: the key alone says which subnet went away
-                        if not isinstance(got, BadLease) or got.subnet is not None:
-                            deletes.append(got.subnet)
+                        if got.subnet is not None:
+                            last[got.subnet] = None
                     elif isinstance(got, BadLease):
                         bad.append(got)
                     else:
-                        puts.append(got)
-                yield Changes(tuple(puts), tuple(d for d in deletes if d is not None), resp.header.revision,
-                              tuple(bad))
+                        last[got.subnet] = got
+                yield Changes(tuple(le for le in last.values() if le is not None),
+                              tuple(sn for sn, le in last.items() if le is None), resp.header.revision, tuple(bad))
         except (EtcdError, grpc.aio.AioRpcError) as err:
             yield WatchLost(f"watch on etcd at {self.endpoints} failed: {_describe(err)}")
         finally:
