@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -95,6 +96,20 @@ def test_restart_keeps_subnet_and_lease(lab: Lab) -> None:
     assert lab.wait_subnet(h, 20) == before
     assert "how=reused" in log_text(lab, h)
     wait_for(lambda: lab.ping(lab.hosts[1], h, count=1)[0], what="ping after restart")
+
+
+def test_ready_is_notified_after_subnet_env(lab: Lab, tmp_path) -> None:
+    h = lab.hosts[0]
+    lab.stop_flanneld(h)
+    os.unlink(lab.subnet_file(h))
+    path = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(path)
+        sock.settimeout(20)
+        lab.start_flanneld(h, env={"NOTIFY_SOCKET": path})
+        assert sock.recv(64) == b"READY=1"
+        assert os.path.exists(lab.subnet_file(h)), "READY=1 only once subnet.env is written"
+    assert lab.wait_subnet(h, 5) == h.subnet
 
 
 def test_deleted_lease_disappears_from_peers(lab: Lab) -> None:

@@ -181,10 +181,12 @@ class Lab:
         return in_ns(host.ns, *_tool("flanneld"), f"-etcd-endpoints={self.etcd_endpoint}",
                      f"-etcd-prefix={PREFIX}", f"--subnet-file={self.subnet_file(host)}", *extra)
 
-    def start_flanneld(self, host: Host, extra: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
+    def start_flanneld(self, host: Host, extra: tuple[str, ...] = (), env: dict[str, str] | None = None
+                       ) -> subprocess.Popen[bytes]:
         with open(self.log_file(host), "ab") as log:
             proc = subprocess.Popen(self.flanneld_command(host, extra), stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+                                    stdin=subprocess.DEVNULL, start_new_session=True,
+                                    env=None if env is None else dict(os.environ, **env))
         with open(os.path.join(self.host_dir(host), "flanneld.pid"), "w") as f:
             f.write(str(proc.pid))
         return proc
