@@ -98,7 +98,9 @@ class Conductor:
                 data = await self.registry.get_config()
                 if data is not None:
                     config = parse_config(data)
-                    get_backend(config.backend_type)  # an unknown Backend.Type is a config error too
+                    # an unknown Backend.Type or a bad Backend option is a config error too
+                    for warning in get_backend(config.backend_type).check_config(config):
+                        log.warning(warning)
                     return config
                 msg = (f"network config not found at {key} in etcd {self.registry.endpoints}: write it with "
                        f"`flannelctl -etcd-prefix={self.registry.prefix} config set FILE` or "
@@ -138,6 +140,7 @@ class Conductor:
         log.info("using interface name=%s addr=%s public_ip=%s mtu=%d", ext.name, ext.iface_addr, ext.ext_addr,
                  ext.mtu)
         self.backend = backend = get_backend(config.backend_type)(ext, config)
+        await backend.prepare()
         prev_subnet, _prev_network = read_previous_subnet(opts.subnet_file)
         self.manager = LeaseManager(self.registry, backend.lease_attrs(), ttl=opts.lease_ttl_s,
                                     previous_subnet=prev_subnet)
@@ -228,8 +231,11 @@ class Conductor:
 
     async def resync_loop(self) -> None:
         assert self.backend is not None
+        changed = self.backend.changed
         while True:
-            await asyncio.sleep(self.opts.resync_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), self.opts.resync_s)
+            changed.clear()
             await self.backend.resync()
 
     async def close(self) -> None:

@@ -1,4 +1,4 @@
-"""Backends, registered by name as in flannel (udp today; vxlan, host-gw, cloud routes next).
+"""Backends, registered by name as in flannel: udp, vxlan, host-gw (cloud routes next).
 
 A backend turns (our lease, every peer's lease) into kernel state. The registry maps a config's
 ``Backend.Type`` to a constructor, imported only when chosen, so nothing runs at import time.
@@ -6,9 +6,10 @@ A backend turns (our lease, every peer's lease) into kernel state. The registry 
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import ipaddress
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Protocol
 
 from ..core.config import NetworkConfig
@@ -18,11 +19,24 @@ from ..kernel.iface import ExternalInterface
 
 _CONSTRUCTORS: dict[str, str] = {
     "udp": "pyflannel.backend.udp:UdpBackend",
+    "vxlan": "pyflannel.backend.vxlan:VxlanBackend",
+    "host-gw": "pyflannel.backend.hostgw:HostGwBackend",
 }
 
 
 class Backend(Protocol):
     name: str
+
+    changed: asyncio.Event  # set when the kernel changed under us (a link event): reconcile now
+
+    @classmethod
+    def check_config(cls, config: NetworkConfig) -> list[str]:
+        """Raise ConfigError for a bad Backend object; return warnings (unknown keys)."""
+        ...
+
+    async def prepare(self) -> None:
+        """Before the lease is acquired: what lease_attrs needs (vxlan: its device and MAC)."""
+        ...
 
     def lease_attrs(self) -> LeaseAttrs:
         """What we publish in our lease (PublicIP, BackendType, BackendData)."""
@@ -51,7 +65,10 @@ class Backend(Protocol):
     async def close(self) -> None: ...
 
 
-BackendCtor = Callable[[ExternalInterface, NetworkConfig], Backend]
+class BackendCtor(Protocol):
+    def __call__(self, ext: ExternalInterface, config: NetworkConfig) -> Backend: ...
+
+    def check_config(self, config: NetworkConfig) -> list[str]: ...
 
 
 def names() -> list[str]:

@@ -16,12 +16,14 @@ import socket
 from collections.abc import Mapping
 
 from ..core.config import NetworkConfig
-from ..core.errors import ConfigError, LocalConfigError
+from ..core.desired import Address, DesiredState, Route
+from ..core.errors import LocalConfigError
 from ..core.lease import Lease, LeaseAttrs
 from ..core.routes import RouteTable, SourceCheck
 from ..kernel import netlink
 from ..kernel.iface import ExternalInterface
 from ..kernel.tun import open_tun
+from .base import KernelBackend, check_keys, int_option
 from .udp_pump import Tables, UdpPump
 
 log = logging.getLogger(__name__)
@@ -33,41 +35,37 @@ SOCKET_BUFFER = 4 << 20
 TXQUEUELEN = 1000
 
 
-def _port(config: NetworkConfig) -> int:
-    port = config.backend_option("Port", DEFAULT_PORT)
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-        raise ConfigError(f"udp backend: Port must be an integer 1..65535, got {port!r}")
-    return port
+def plan_udp(network: ipaddress.IPv4Network, own: Lease, tun: str) -> DesiredState:
+    """Pure: flannel0 carries our subnet's network address /32 and routes the whole network."""
+    addr = ipaddress.IPv4Interface(f"{own.subnet.network_address}/32")
+    return DesiredState(network, addresses=(Address(tun, addr, network),), routes=frozenset({Route(network, tun)}))
 
 
-class UdpBackend:
+class UdpBackend(KernelBackend):
     name = "udp"
+    lease_types = ("", "udp")  # flannel's udp leases carry no BackendType
 
     def __init__(self, ext: ExternalInterface, config: NetworkConfig) -> None:
-        self.ext = ext
-        self.config = config
-        self.port = _port(config)
+        super().__init__(ext, config)
+        for warning in self.check_config(config):
+            log.warning(warning)
+        self.port = int_option(config, "Port", DEFAULT_PORT, 1, 65535, "udp")
         self.tun_fd: int | None = None
         self.tun_name = ""
         self.tun_index = 0
         self.sock: socket.socket | None = None
         self.pump: UdpPump | None = None
-        self.lease: Lease | None = None
-        self._warned: set[ipaddress.IPv4Network] = set()
+
+    @classmethod
+    def check_config(cls, config: NetworkConfig) -> list[str]:
+        int_option(config, "Port", DEFAULT_PORT, 1, 65535, "udp")
+        return check_keys(config, ("Port",), "udp")
 
     def lease_attrs(self) -> LeaseAttrs:
         return LeaseAttrs(public_ip=self.ext.ext_addr)
 
     def mtu(self) -> int:
         return self.ext.mtu - ENCAP_OVERHEAD
-
-    def accepts(self, lease: Lease) -> bool:
-        ok = lease.attrs.backend_type in ("", "udp")
-        if not ok and lease.subnet not in self._warned:
-            self._warned.add(lease.subnet)
-            log.warning("skipping peer %s: its backend is %r, this network runs udp",
-                        lease.subnet, lease.attrs.backend_type)
-        return ok
 
     async def setup(self, lease: Lease) -> None:
         self.lease = lease
@@ -113,8 +111,9 @@ class UdpBackend:
         return sock
 
     async def apply_peers(self, peers: Mapping[ipaddress.IPv4Network, Lease]) -> None:
+        await super().apply_peers(peers)
         routes: RouteTable[tuple[str, int]] = RouteTable(
-            (sn, (str(le.attrs.public_ip), self.port)) for sn, le in sorted(peers.items()) if self.accepts(le)
+            (sn, (str(le.attrs.public_ip), self.port)) for sn, le in sorted(self.peers.items())
         )
         if self.pump is not None:
             self.pump.set_tables(Tables(routes, SourceCheck.from_routes(routes)))
@@ -122,7 +121,11 @@ class UdpBackend:
     async def resync(self) -> None:
         if self.pump is not None and not self.pump.alive():
             raise RuntimeError("udp pump thread died")
-        await asyncio.to_thread(self._configure_kernel)
+        await super().resync()
+
+    def desired(self) -> DesiredState:
+        assert self.lease is not None and self.config.network is not None
+        return plan_udp(self.config.network, self.lease, self.tun_name)
 
     def peer_routes(self) -> list[tuple[ipaddress.IPv4Network, tuple[str, int]]]:
         return list(self.pump.tables.routes) if self.pump else []

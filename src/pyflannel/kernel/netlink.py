@@ -90,6 +90,13 @@ def route_get(dst: ipaddress.IPv4Address) -> tuple[int, ipaddress.IPv4Address | 
         return int(r.get("RTA_OIF")), ipaddress.IPv4Address(src) if src else None
 
 
+def route_gateway(dst: ipaddress.IPv4Address) -> ipaddress.IPv4Address | None:
+    """The gateway of the route the kernel uses to reach ``dst``; None when directly connected."""
+    with _ipr(f"route get {dst}") as ipr:
+        gw = ipr.route("get", dst=str(dst))[0].get("RTA_GATEWAY")
+        return ipaddress.IPv4Address(gw) if gw else None
+
+
 def ensure_link_up(index: int, mtu: int | None = None, txqueuelen: int | None = None) -> None:
     kw: dict[str, int] = {}
     if mtu is not None:

@@ -1,0 +1,123 @@
+"""What every kernel-programming backend shares: peer filtering with one warning per peer,
+config-key checks, and the level-triggered loop: peers in -> ``desired()`` -> reconciler.
+
+A backend only says what it wants (``desired``); the reconciler makes it so. Nothing is
+reconciled before the first lease snapshot has arrived, so a restarted flanneld never deletes
+a route it simply has not heard about yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from collections.abc import Iterable, Mapping
+
+from ..core.config import NetworkConfig
+from ..core.desired import DesiredState
+from ..core.errors import ConfigError
+from ..core.lease import Lease
+from ..kernel.iface import ExternalInterface
+from ..kernel.reconciler import LinkState, Reconciler
+
+log = logging.getLogger("pyflannel.backend")
+
+
+def check_keys(config: NetworkConfig, known: Iterable[str], backend: str) -> list[str]:
+    """Warnings naming Backend keys this backend does not know (Go ignores them silently)."""
+    known_l = {k.lower() for k in known} | {"type"}
+    return [f"{backend} backend: ignoring unknown key {k!r} in Backend (known: {', '.join(sorted(known))})"
+            for k in config.backend if k.lower() not in known_l]
+
+
+def int_option(config: NetworkConfig, name: str, default: int, lo: int, hi: int, backend: str) -> int:
+    value = config.backend_option(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ConfigError(f"{backend} backend: {name} must be an integer {lo}..{hi}, got {value!r}")
+    return value
+
+
+def bool_option(config: NetworkConfig, name: str, backend: str) -> bool:
+    value = config.backend_option(name, False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{backend} backend: {name} must be true or false, got {value!r}")
+    return value
+
+
+class KernelBackend:
+    name = ""
+    lease_types: tuple[str, ...] = ()  # BackendType values of peers we can reach
+
+    def __init__(self, ext: ExternalInterface, config: NetworkConfig) -> None:
+        self.ext = ext
+        self.config = config
+        self.reconciler = Reconciler()
+        self.lease: Lease | None = None
+        self.peers: dict[ipaddress.IPv4Network, Lease] = {}
+        self.synced = False
+        self.changed = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._warned: set[tuple[ipaddress.IPv4Network, str]] = set()
+
+    @classmethod
+    def check_config(cls, config: NetworkConfig) -> list[str]:
+        """Raise ConfigError for a bad Backend object; return warnings. Overridden per backend."""
+        return []
+
+    def _warn_once(self, lease: Lease, why: str) -> None:
+        if (lease.subnet, why) not in self._warned:
+            self._warned.add((lease.subnet, why))
+            log.warning("skipping peer %s (%s): %s", lease.subnet, lease.attrs.public_ip, why)
+
+    def accepts(self, lease: Lease) -> bool:
+        if lease.attrs.backend_type not in self.lease_types:
+            self._warn_once(lease, f"its backend is {lease.attrs.backend_type or 'udp'!r}, this network runs "
+                                   f"{self.name}")
+            return False
+        why = self.peer_problem(lease)
+        if why:
+            self._warn_once(lease, why)
+            return False
+        return True
+
+    def peer_problem(self, lease: Lease) -> str | None:
+        """Why a peer of our type cannot be programmed (bad BackendData), or None."""
+        return None
+
+    async def prepare(self) -> None:
+        """Before the lease: whatever ``lease_attrs`` needs (vxlan: the device and its MAC)."""
+
+    async def apply_peers(self, peers: Mapping[ipaddress.IPv4Network, Lease]) -> None:
+        self.peers = {sn: le for sn, le in peers.items() if self.accepts(le)}
+        self.synced = True
+        await self.reconcile()
+
+    async def resync(self) -> None:
+        if self.synced:
+            await self.reconcile()
+
+    async def reconcile(self) -> None:
+        async with self._lock:
+            desired = await asyncio.to_thread(self.desired)
+            _plan, links = await asyncio.to_thread(self.reconciler.apply, desired)
+            self.after_reconcile(links)
+
+    def desired(self) -> DesiredState:
+        raise NotImplementedError
+
+    def after_reconcile(self, links: list[LinkState]) -> None:
+        for link in links:
+            if link.recreated:
+                log.warning("%s was missing or incompatible: recreated it with mac %s and all %d peers",
+                            link.name, link.mac, len(self.peers))
+
+    def kick(self) -> None:
+        """Thread-safe: ask for a reconcile now (a link event)."""
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(self.changed.set)
+
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    async def close(self) -> None:
+        """vxlan and host-gw leave their kernel state in place: zero-downtime restarts (§0)."""

@@ -1,0 +1,57 @@
+"""The host-gw backend (FLANNEL-COMPAT §4.3): a route per peer, ``<peer subnet> via <peer
+PublicIP> dev <external interface>``. No encapsulation, so every host must be on one L2 segment,
+and behind NAT it cannot work: refused with flannel's message."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Mapping
+
+from ..core.config import NetworkConfig
+from ..core.desired import DesiredState, Route
+from ..core.errors import LocalConfigError
+from ..core.lease import Lease, LeaseAttrs
+from ..kernel.iface import ExternalInterface
+from .base import KernelBackend, check_keys
+
+log = logging.getLogger(__name__)
+
+
+def plan_hostgw(network: ipaddress.IPv4Network, ext_name: str, peers: Mapping[ipaddress.IPv4Network, Lease]
+                ) -> DesiredState:
+    """Pure: peers' leases in, one route per peer out."""
+    routes = frozenset(Route(sn, ext_name, le.attrs.public_ip) for sn, le in peers.items())
+    return DesiredState(network, routes=routes)
+
+
+class HostGwBackend(KernelBackend):
+    name = "host-gw"
+    lease_types = ("host-gw",)
+
+    def __init__(self, ext: ExternalInterface, config: NetworkConfig) -> None:
+        if ext.ext_addr != ext.iface_addr:
+            raise LocalConfigError(
+                "your PublicIP differs from interface IP, meaning that probably you're on a NAT, which is not "
+                f"supported by host-gw backend (public IP {ext.ext_addr}, {ext.name} has {ext.iface_addr}; "
+                "use the vxlan backend behind NAT)")
+        super().__init__(ext, config)
+        for warning in check_keys(config, (), "host-gw"):
+            log.warning(warning)
+
+    @classmethod
+    def check_config(cls, config: NetworkConfig) -> list[str]:
+        return check_keys(config, (), "host-gw")
+
+    def lease_attrs(self) -> LeaseAttrs:
+        return LeaseAttrs(self.ext.ext_addr, None, "host-gw")
+
+    def mtu(self) -> int:
+        return self.ext.mtu
+
+    async def setup(self, lease: Lease) -> None:
+        self.lease = lease
+
+    def desired(self) -> DesiredState:
+        assert self.config.network is not None
+        return plan_hostgw(self.config.network, self.ext.name, self.peers)
