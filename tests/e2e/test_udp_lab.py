@@ -110,6 +110,7 @@ def test_ready_is_notified_after_subnet_env(lab: Lab, tmp_path) -> None:
         assert sock.recv(64) == b"READY=1"
         assert os.path.exists(lab.subnet_file(h)), "READY=1 only once subnet.env is written"
     assert lab.wait_subnet(h, 5) == h.subnet
+    wait_for(lambda: lab.ping(h, lab.hosts[2], count=1)[0], what="ping after restart")
 
 
 def test_deleted_lease_disappears_from_peers(lab: Lab) -> None:
