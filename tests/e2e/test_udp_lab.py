@@ -12,29 +12,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from pyflannel.lab.cluster import PREFIX, Host, Lab
+from pyflannel.lab.cluster import PREFIX, Lab
 from pyflannel.lab.demo import capture_one
 from pyflannel.lab.netns import ns_list
 
-
-def wait_for(cond, timeout: float = 15.0, interval: float = 0.1, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-
-
-def log_text(lab: Lab, host: Host) -> str:
-    with open(lab.log_file(host)) as f:
-        return f.read()
-
-
-def lease_key(host: Host) -> str:
-    net = host.subnet.rsplit(".", 1)[0] + ".0"
-    return f"{PREFIX}/subnets/{net}-{host.subnet.split('/')[1]}"
+from .helpers import lease_key, log_text, wait_for
 
 
 @pytest.fixture(scope="module")

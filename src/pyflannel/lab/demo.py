@@ -65,10 +65,11 @@ def run_demo(name: str = "pfl", hosts: int = 3, backend: str = "udp", keep: bool
         for h in lab.hosts:
             out(f"\n== [root@{h.ns} ~]# route -n")
             out("\n".join("   " + ln for ln in lab.route_table(h).rstrip().splitlines()))
-        if backend == "udp" and len(lab.hosts) >= 2:
+        port = {"udp": 8285, "vxlan": 8472}.get(backend)
+        if port and len(lab.hosts) >= 2:
             out(f"\n== one packet captured on the underlay ({lab.hosts[0].ip} -> {lab.hosts[1].ip}):")
             try:
-                for ln in capture_one(lab, lab.hosts[0], lab.hosts[1]):
+                for ln in capture_one(lab, lab.hosts[0], lab.hosts[1], port):
                     out("   " + ln)
             except (DecodeError, OSError, subprocess.TimeoutExpired) as err:
                 out(f"   capture failed: {err}")

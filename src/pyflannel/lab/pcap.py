@@ -32,6 +32,10 @@ def first_packet(pcap: bytes) -> tuple[int, bytes]:
     return linktype, pcap[40:40 + incl_len]
 
 
+def mac(b: bytes) -> str:
+    return ":".join(f"{x:02x}" for x in b)
+
+
 def _ip(b: bytes, off: int) -> tuple[str, str, int, int, int, int]:
     if len(b) < off + 20 or b[off] >> 4 != 4:
         raise DecodeError("not an IPv4 packet")
@@ -43,13 +47,13 @@ def _ip(b: bytes, off: int) -> tuple[str, str, int, int, int, int]:
 
 
 def describe_flannel_udp(frame: bytes, linktype: int = 1) -> list[str]:
-    """Lines describing an (Ethernet) frame holding IPv4/UDP carrying an inner IPv4 packet."""
+    """Lines describing an (Ethernet) frame holding IPv4/UDP carrying an inner IPv4 packet, either
+    directly (flannel's udp backend) or in a VXLAN header and an inner Ethernet frame."""
     off = 0
     lines = []
     if linktype == 1:
         if len(frame) < 14 or frame[12:14] != b"\x08\x00":
             raise DecodeError("not an Ethernet/IPv4 frame")
-        mac = lambda b: ":".join(f"{x:02x}" for x in b)  # noqa: E731
         lines.append(f"Ethernet   {mac(frame[6:12])} -> {mac(frame[0:6])}")
         off = 14
     src, dst, proto, ttl, total, off = _ip(frame, off)
@@ -57,9 +61,17 @@ def describe_flannel_udp(frame: bytes, linktype: int = 1) -> list[str]:
     if proto != 17 or len(frame) < off + 8:
         raise DecodeError("outer packet is not UDP")
     sport, dport, ulen = struct.unpack_from("!HHH", frame, off)
-    lines.append(f"UDP        port {sport} -> {dport}  length {ulen}  (payload: the container's packet, "
-                 "no flannel header)")
-    src, dst, proto, ttl, total, off = _ip(frame, off + 8)
+    off += 8
+    if len(frame) >= off + 22 and frame[off] & 0x08 and frame[off + 20:off + 22] == b"\x08\x00":
+        vni = int.from_bytes(frame[off + 4:off + 7], "big")
+        lines.append(f"UDP        port {sport} -> {dport}  length {ulen}  (payload: VXLAN)")
+        lines.append(f"VXLAN      vni {vni}  inner Ethernet {mac(frame[off + 14:off + 20])} -> "
+                     f"{mac(frame[off + 8:off + 14])}")
+        off += 22
+    else:
+        lines.append(f"UDP        port {sport} -> {dport}  length {ulen}  (payload: the container's packet, "
+                     "no flannel header)")
+    src, dst, proto, ttl, total, off = _ip(frame, off)
     lines.append(f"Inner IPv4 {src} -> {dst}  proto {_PROTOS.get(proto, proto)}  ttl {ttl}  length {total}")
     if proto == 1 and len(frame) >= off + 8:
         itype, code = frame[off], frame[off + 1]

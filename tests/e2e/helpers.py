@@ -1,0 +1,40 @@
+"""Small helpers shared by the end-to-end tests."""
+
+from __future__ import annotations
+
+import time
+
+from pyflannel.lab.cluster import PREFIX, Host, Lab
+from pyflannel.lab.netns import sh
+
+
+def wait_for(cond, timeout: float = 15.0, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = cond()
+        if got:
+            return got
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+
+
+def log_text(lab: Lab, host: Host) -> str:
+    with open(lab.log_file(host)) as f:
+        return f.read()
+
+
+def subnet_of(host: Host) -> str:
+    """FLANNEL_SUBNET 10.0.53.1/24 -> 10.0.53.0/24"""
+    return host.subnet.rsplit(".", 1)[0] + ".0/" + host.subnet.split("/")[1]
+
+
+def lease_key(host: Host) -> str:
+    return f"{PREFIX}/subnets/{subnet_of(host).replace('/', '-')}"
+
+
+def ip(host_ns: str, *args: str) -> str:
+    return sh(["ip", "-n", host_ns, *args]).stdout
+
+
+def all_pairs_ping(lab: Lab) -> list[tuple[int, int]]:
+    return [(a.index, b.index) for a in lab.hosts for b in lab.hosts if a is not b and not lab.ping(a, b, 1)[0]]

@@ -1,0 +1,197 @@
+"""vxlan and host-gw end to end, on the shared kernel reconciler (3 hosts in namespaces)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from pyflannel.lab.cluster import PREFIX, Lab
+from pyflannel.lab.demo import capture_one
+from pyflannel.lab.netns import in_ns, ns_list, sh
+
+from .helpers import all_pairs_ping, ip, lease_key, log_text, subnet_of, wait_for
+
+
+@pytest.fixture(scope="module", params=["vxlan", "host-gw"])
+def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    if os.geteuid() != 0:
+        pytest.fail("end-to-end tests need root (network namespaces)")
+    name = {"vxlan": "pftv", "host-gw": "pftg"}[request.param]
+    lab = Lab(name=name, hosts_n=3, backend=request.param)
+    try:
+        lab.up()
+        yield lab
+    finally:
+        lab.down()
+    assert not [ns for ns in ns_list() if ns.startswith(f"{name}-")]
+
+
+def programmed(lab: Lab, host, peer) -> bool:
+    """Whether ``host`` has a route (and for vxlan the neighbour and FDB entry) for ``peer``."""
+    sn = subnet_of(peer)
+    routes = ip(host.ns, "route", "show", sn)
+    if lab.backend == "host-gw":
+        return f"via {peer.ip} dev eth0" in routes
+    gw = sn.split("/")[0]
+    mac = vtep_mac(lab, peer)
+    return (f"via {gw} dev flannel.1" in routes and "onlink" in routes
+            and f"{gw} lladdr {mac}" in ip(host.ns, "neigh", "show", "dev", "flannel.1")
+            and f"{mac} dst {peer.ip}" in sh(["bridge", "-n", host.ns, "fdb", "show", "dev", "flannel.1"]).stdout)
+
+
+def vtep_mac(lab: Lab, host) -> str:
+    return ip(host.ns, "link", "show", "flannel.1").split("link/ether ")[1].split()[0]
+
+
+def test_all_six_pairs_ping(lab: Lab) -> None:
+    assert all_pairs_ping(lab) == []
+    assert all(programmed(lab, a, b) for a in lab.hosts for b in lab.hosts if a is not b)
+
+
+def test_lease_json(lab: Lab) -> None:
+    h = lab.hosts[0]
+    value = lab.etcdctl("get", lease_key(h), "--print-value-only").strip()
+    if lab.backend == "vxlan":
+        assert value == (f'{{"PublicIP":"{h.ip}","PublicIPv6":null,"BackendType":"vxlan",'
+                         f'"BackendData":{{"VNI":1,"VtepMAC":"{vtep_mac(lab, h)}"}}}}')
+        assert "mtu 1450" in ip(h.ns, "link", "show", "flannel.1")
+        assert h.docker_opts.endswith("--mtu=1450")
+    else:
+        assert value == f'{{"PublicIP":"{h.ip}","PublicIPv6":null,"BackendType":"host-gw"}}'
+        assert h.docker_opts.endswith("--mtu=1500")
+
+
+def test_vxlan_traffic_is_udp_8472(lab: Lab) -> None:
+    if lab.backend != "vxlan":
+        pytest.skip("vxlan only")
+    text = "\n".join(capture_one(lab, lab.hosts[0], lab.hosts[1], 8472))
+    assert "-> 8472" in text and "VXLAN      vni 1" in text
+    assert f"Inner IPv4 {lab.hosts[0].container_ip} -> {lab.hosts[1].container_ip}  proto ICMP" in text
+
+
+def test_restart_loses_no_packet(lab: Lab) -> None:
+    h1, h2 = lab.hosts[0], lab.hosts[1]
+    mac = vtep_mac(lab, h1) if lab.backend == "vxlan" else ""
+    ping = subprocess.Popen(in_ns(h1.container_ns, "ping", "-n", "-q", "-i", "0.01", "-c", "500", "-W", "1",
+                                  h2.container_ip), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(1)
+        lab.stop_flanneld(h1)
+        lab.start_flanneld(h1)
+        wait_for(lambda: log_text(lab, h1).count("flannel is ready") >= 2, what="flanneld back")
+        out = ping.communicate(timeout=60)[0]
+    finally:
+        if ping.poll() is None:
+            ping.kill()
+    assert re.search(r"500 packets transmitted, 500 received", out), out
+    if mac:
+        assert vtep_mac(lab, h1) == mac, "the VTEP MAC survives a restart"
+    assert "how=reused" in log_text(lab, h1).split("flannel is ready")[-2]
+
+
+def test_deleted_lease_is_removed_everywhere_within_a_second(lab: Lab) -> None:
+    h1, h2, h3 = lab.hosts
+    lab.stop_flanneld(h3)  # else h3 takes its deleted lease straight back
+    lab.etcdctl("del", lease_key(h3))
+    start = time.monotonic()
+    wait_for(lambda: not programmed(lab, h1, h3) and not programmed(lab, h2, h3), timeout=1.0,
+             what="h3's route, neighbour and FDB entry to go")
+    assert time.monotonic() - start <= 1.0
+    lab.start_flanneld(h3)  # back on the same subnet from its subnet.env
+    wait_for(lambda: programmed(lab, h1, h3) and programmed(lab, h2, h3), what="h3 back")
+    wait_for(lambda: lab.ping(h1, h3, 1)[0], what="ping h3")
+
+
+def test_lease_added_while_stopped_is_programmed_on_return(lab: Lab) -> None:
+    h1 = lab.hosts[0]
+    lab.stop_flanneld(h1)
+    data = {"VNI": 1, "VtepMAC": "02:42:42:42:42:42"} if lab.backend == "vxlan" else None
+    value = {"PublicIP": "198.18.0.99", "PublicIPv6": None, "BackendType": lab.backend}
+    if data:
+        value["BackendData"] = data
+    lab.etcdctl("put", f"{PREFIX}/subnets/10.0.250.0-24", json.dumps(value, separators=(",", ":")))
+    try:
+        lab.start_flanneld(h1)
+        wait_for(lambda: "10.0.250.0/24" in ip(h1.ns, "route"), what="the new peer's route")
+    finally:
+        lab.etcdctl("del", f"{PREFIX}/subnets/10.0.250.0-24")
+    wait_for(lambda: "10.0.250.0/24" not in ip(h1.ns, "route"), what="the removed peer's route to go")
+
+
+def test_admin_route_in_overlay_range_survives(lab: Lab) -> None:
+    h1 = lab.hosts[0]
+    sh(["ip", "-n", h1.ns, "route", "add", "10.0.249.0/24", "via", "198.18.0.1", "dev", "eth0"])
+    try:
+        lab.etcdctl("put", f"{PREFIX}/subnets/10.0.248.0-24",
+                    f'{{"PublicIP":"198.18.0.98","PublicIPv6":null,"BackendType":"{lab.backend}"}}')
+        lab.etcdctl("del", f"{PREFIX}/subnets/10.0.248.0-24")  # two lease events, two reconciles
+        time.sleep(6)  # and one timer-driven resync
+        assert "10.0.249.0/24 via 198.18.0.1 dev eth0" in ip(h1.ns, "route")
+    finally:
+        sh(["ip", "-n", h1.ns, "route", "del", "10.0.249.0/24"], check=False)
+
+
+def test_hand_deleted_route_heals(lab: Lab) -> None:
+    h1, h2 = lab.hosts[0], lab.hosts[1]
+    sh(["ip", "-n", h1.ns, "route", "del", subnet_of(h2)])
+    wait_for(lambda: programmed(lab, h1, h2), timeout=7, what="the periodic resync to restore the route")
+
+
+def test_deleted_vxlan_device_heals_with_all_peers(lab: Lab) -> None:
+    if lab.backend != "vxlan":
+        pytest.skip("vxlan only")
+    h1 = lab.hosts[0]
+    mac = vtep_mac(lab, h1)
+    sh(["ip", "-n", h1.ns, "link", "del", "flannel.1"])
+    start = time.monotonic()
+    wait_for(lambda: all(programmed(lab, h1, p) for p in lab.hosts[1:]), timeout=5, what="flannel.1 rebuilt")
+    assert time.monotonic() - start < 5
+    assert vtep_mac(lab, h1) == mac, "recreated with the MAC the peers know"
+    assert "10.0." in ip(h1.ns, "addr", "show", "flannel.1")
+    wait_for(lambda: all_pairs_ping(lab) == [], timeout=5, what="all pairs again")
+
+
+def test_foreign_device_named_flannel_1_is_refused_and_kept(lab: Lab) -> None:
+    if lab.backend != "vxlan":
+        pytest.skip("vxlan only")
+    h3 = lab.hosts[2]
+    lab.stop_flanneld(h3)
+    sh(["ip", "-n", h3.ns, "link", "del", "flannel.1"])
+    sh(["ip", "-n", h3.ns, "link", "add", "flannel.1", "type", "bridge"])
+    try:
+        res = subprocess.run(lab.flanneld_command(h3), capture_output=True, text=True, timeout=30)
+        assert res.returncode == 1
+        assert "a device named flannel.1 exists but is a bridge device" in res.stderr
+        assert "bridge" in ip(h3.ns, "-d", "link", "show", "flannel.1")
+    finally:
+        sh(["ip", "-n", h3.ns, "link", "del", "flannel.1"], check=False)
+    lab.start_flanneld(h3)
+    wait_for(lambda: all(programmed(lab, h3, p) for p in lab.hosts[:2]), what="h3 rebuilt")
+
+
+def test_hostgw_refuses_nat(lab: Lab) -> None:
+    if lab.backend != "host-gw":
+        pytest.skip("host-gw only")
+    h = lab.hosts[0]
+    cmd = lab.flanneld_command(h, ("-iface=eth0", "-public-ip=203.0.113.7", "-subnet-file=/dev/null/x"))
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    assert res.returncode == 1
+    assert "your PublicIP differs from interface IP, meaning that probably you're on a NAT" in res.stderr
+
+
+def test_vxlan_direct_routing() -> None:
+    lab = Lab(name="pftr", hosts_n=2, backend="vxlan")
+    try:
+        lab.up(config='{"Network": "10.0.0.0/16", "Backend": {"Type": "vxlan", "DirectRouting": true}}')
+        h1, h2 = lab.hosts
+        wait_for(lambda: f"via {h2.ip} dev eth0" in ip(h1.ns, "route", "show", subnet_of(h2)),
+                 what="a direct route to the peer on our L2 segment")
+        assert all_pairs_ping(lab) == []
+    finally:
+        lab.down()
