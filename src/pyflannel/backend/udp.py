@@ -111,12 +111,13 @@ class UdpBackend(KernelBackend):
         return sock
 
     async def apply_peers(self, peers: Mapping[ipaddress.IPv4Network, Lease]) -> None:
-        await super().apply_peers(peers)
+        # The pump's table first: forwarding follows the lease at once; the kernel check after.
         routes: RouteTable[tuple[str, int]] = RouteTable(
-            (sn, (str(le.attrs.public_ip), self.port)) for sn, le in sorted(self.peers.items())
+            (sn, (str(le.attrs.public_ip), self.port)) for sn, le in sorted(peers.items()) if self.accepts(le)
         )
         if self.pump is not None:
             self.pump.set_tables(Tables(routes, SourceCheck.from_routes(routes)))
+        await super().apply_peers(peers)
 
     async def resync(self) -> None:
         if self.pump is not None and not self.pump.alive():
