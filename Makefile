@@ -19,7 +19,7 @@ unit: setup
 	$(VENV)/bin/python -m pytest -q tests/unit
 
 lint: setup
-	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff check src tests bench
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

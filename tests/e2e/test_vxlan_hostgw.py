@@ -195,3 +195,18 @@ def test_vxlan_direct_routing() -> None:
         assert all_pairs_ping(lab) == []
     finally:
         lab.down()
+
+
+def test_lease_of_another_backend_is_skipped_with_one_warning(lab: Lab) -> None:
+    h1 = lab.hosts[0]
+    key = f"{PREFIX}/subnets/10.0.247.0-24"
+    lab.etcdctl("put", key, '{"PublicIP":"198.18.0.97","PublicIPv6":null}')  # a udp lease
+    try:
+        wait_for(lambda: "skipping peer 10.0.247.0/24" in log_text(lab, h1), what="the warning")
+        lab.etcdctl("put", key, '{"PublicIP":"198.18.0.97","PublicIPv6":null}')  # renewed: no second warning
+        time.sleep(1)
+        assert log_text(lab, h1).count("skipping peer 10.0.247.0/24") == 1
+        assert "10.0.247.0/24" not in ip(h1.ns, "route")
+        assert all_pairs_ping(lab) == []
+    finally:
+        lab.etcdctl("del", key)
