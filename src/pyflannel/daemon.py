@@ -25,6 +25,7 @@ from .core.events import Changes, PeerTable, Snapshot
 from .core.lease import Lease
 from .core.subnetenv import parse_subnet_env, previous_subnets, render_subnet_env, subnet_env_for
 from .kernel.iface import select_external_interface
+from .observe import HttpServer, Stats, View
 from .store.etcd import EtcdOptions, EtcdRegistry
 from .store.manager import DEFAULT_TTL, LeaseManager, log_bad, watch_leases
 from .systemd import sd_notify
@@ -43,7 +44,11 @@ class Options:
     renew_margin_min: int = 60
     lease_ttl_s: int = DEFAULT_TTL
     ip_masq: bool = False
+    ip_masq_random_fully: bool = True
+    forward_rules: bool = True
     resync_s: float = 5.0
+    healthz_ip: str = "0.0.0.0"
+    healthz_port: int = 0
 
 
 def write_subnet_file(path: str, text: str) -> None:
@@ -90,6 +95,36 @@ class Conductor:
         self.lease: Lease | None = None
         self.peers = PeerTable()
         self._bad_seen: set[str] = set()
+        self.stats = Stats()
+        self.http: HttpServer | None = None
+
+    def view(self) -> View:
+        def datapath() -> dict[str, int]:
+            fn = getattr(self.backend, "stats", None)
+            return fn() if callable(fn) else {}
+
+        def sync_stats() -> None:
+            s, b = self.stats, self.backend
+            s.etcd_errors = self.registry.errors
+            s.bad_leases = len(self._bad_seen)
+            for name in ("reconcile_runs", "reconcile_errors", "reconcile_changes", "reconcile_seconds"):
+                setattr(s, name, getattr(b, name, 0))
+
+        def peers() -> int:
+            sync_stats()
+            return len(getattr(self.backend, "peers", {}) or {})
+
+        return View(self.stats, lambda: self.lease, lambda: self.backend.name if self.backend else "", peers,
+                    datapath)
+
+    async def start_http(self) -> None:
+        if self.opts.healthz_port > 0:
+            self.http = HttpServer(self.opts.healthz_ip, self.opts.healthz_port, self.view())
+            try:
+                await self.http.start()
+            except OSError as err:
+                raise LocalConfigError(f"cannot serve health on {self.opts.healthz_ip}:{self.opts.healthz_port}: "
+                                       f"{err.strerror} (pick another --healthz-port)") from err
 
     async def wait_for_config(self) -> NetworkConfig:
         key, last = self.registry.config_key, ""
@@ -131,6 +166,7 @@ class Conductor:
 
     async def run(self) -> None:
         opts = self.opts
+        await self.start_http()
         self.config = config = await self.wait_for_config()
         log.info("network config network=%s subnet_len=%d backend=%s", config.network, config.subnet_len,
                  config.backend_type)
@@ -149,6 +185,7 @@ class Conductor:
         assert config.network is not None
         env = subnet_env_for(config.network, self.lease.subnet, backend.mtu(), opts.ip_masq)
         write_subnet_file(opts.subnet_file, render_subnet_env(env))
+        self.stats.ready = True
         log.info("flannel is ready: wrote %s subnet=%s mtu=%d", opts.subnet_file, env.subnet, env.mtu)
         if prev_subnet is not None and prev_subnet != self.lease.subnet:
             log.error("SUBNET CHANGED from %s to %s: restart docker (or the container runtime) so that its "
@@ -170,7 +207,11 @@ class Conductor:
 
     async def watch_loop(self) -> None:
         assert self.backend is not None
+        first = True
         async for ev in watch_leases(self.registry):
+            if isinstance(ev, Snapshot):
+                self.stats.watch_relists += 0 if first else 1
+                first = False
             log_bad(ev.bad, self._bad_seen)
             await self._check_own(ev)
             before = dict(self.peers.peers(self._own()))
@@ -241,6 +282,8 @@ class Conductor:
     async def close(self) -> None:
         if self.backend is not None:
             await self.backend.close()
+        if self.http is not None:
+            await self.http.close()
         await self.registry.close()
 
 

@@ -16,7 +16,8 @@ ALLOWED = {
     "kernel": {"core"},
     "backend": {"core", "kernel"},
     "systemd": set(),
-    "daemon": {"core", "store", "kernel", "backend", "systemd"},
+    "observe": {"core"},
+    "daemon": {"core", "store", "kernel", "backend", "systemd", "observe"},
     "cli": {"core", "store", "kernel", "backend", "systemd", "daemon", "lab", "__init__"},
     "lab": {"core", "store", "cli"},
 }

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import time
 from collections.abc import Iterable, Mapping
 
 from ..core.config import NetworkConfig
@@ -18,6 +19,7 @@ from ..core.desired import DesiredState
 from ..core.errors import ConfigError
 from ..core.lease import Lease
 from ..kernel.iface import ExternalInterface
+from ..kernel.netlink import KernelError
 from ..kernel.reconciler import LinkState, Reconciler
 
 log = logging.getLogger("pyflannel.backend")
@@ -58,6 +60,11 @@ class KernelBackend:
         self.changed = asyncio.Event()
         self._lock = asyncio.Lock()
         self._warned: set[tuple[ipaddress.IPv4Network, str]] = set()
+        self._last_error = ""
+        self.reconcile_runs = 0
+        self.reconcile_errors = 0
+        self.reconcile_changes = 0
+        self.reconcile_seconds = 0.0
 
     @classmethod
     def check_config(cls, config: NetworkConfig) -> list[str]:
@@ -97,9 +104,26 @@ class KernelBackend:
             await self.reconcile()
 
     async def reconcile(self) -> None:
+        """One converge run. A kernel error is logged (once per distinct message) and counted;
+        the next lease event or timer tick tries again, and the data path keeps what it has."""
         async with self._lock:
-            desired = await asyncio.to_thread(self.desired)
-            _plan, links = await asyncio.to_thread(self.reconciler.apply, desired)
+            start = time.monotonic()
+            self.reconcile_runs += 1
+            try:
+                desired = await asyncio.to_thread(self.desired)
+                plan, links = await asyncio.to_thread(self.reconciler.apply, desired)
+            except KernelError as err:
+                self.reconcile_errors += 1
+                if str(err) != self._last_error:
+                    log.error("kernel reconcile failed, retrying on the next event or tick: %s", err)
+                    self._last_error = str(err)
+                return
+            finally:
+                self.reconcile_seconds += time.monotonic() - start
+            if self._last_error:
+                log.info("kernel reconcile works again")
+                self._last_error = ""
+            self.reconcile_changes += len(plan)
             self.after_reconcile(links)
 
     def desired(self) -> DesiredState:

@@ -75,6 +75,8 @@ def build_options(v: Mapping[str, Any]) -> Options:
         raise UsageError("Invalid subnet-lease-renew-margin option, out of acceptable range (1..1439 minutes)")
     if v["subnet-lease-ttl"] < 5:
         raise UsageError("-subnet-lease-ttl must be at least 5 seconds")
+    if not 0 <= v["healthz-port"] <= 65535:
+        raise UsageError(f"-healthz-port must be 0..65535, got {v['healthz-port']}")
     if v["iptables-resync"] <= 0:
         raise UsageError("-iptables-resync must be a positive number of seconds")
     for name, what in _NOT_YET.items():
@@ -90,7 +92,11 @@ def build_options(v: Mapping[str, Any]) -> Options:
         renew_margin_min=margin,
         lease_ttl_s=v["subnet-lease-ttl"],
         ip_masq=v["ip-masq"],
+        ip_masq_random_fully=not v["ip-masq-fully-random-disable"],
+        forward_rules=v["iptables-forward-rules"],
         resync_s=float(v["iptables-resync"]),
+        healthz_ip=v["healthz-ip"],
+        healthz_port=v["healthz-port"],
     )
 
 

@@ -102,6 +102,7 @@ class EtcdRegistry:
         self._client: Etcd3Client | None = None
         self._refresher: Any = None
         self.endpoints = ",".join(options.endpoints)
+        self.errors = 0  # failed calls, for the metrics
 
     @property
     def config_key(self) -> str:
@@ -163,6 +164,7 @@ class EtcdRegistry:
         try:
             return await fn(*args, **kw)
         except (EtcdError, grpc.aio.AioRpcError, TimeoutError, OSError) as err:
+            self.errors += 1
             raise StoreUnavailable(f"etcd at {self.endpoints} failed: {_describe(err)}") from err
 
     async def _kv(self) -> KVService:
