@@ -4,7 +4,10 @@ VENV ?= .venv
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: setup demo test unit lint clean
+.PHONY: setup demo test unit lint install clean
+
+PREFIX ?= /usr/local
+DESTDIR ?=
 
 setup:
 	@./scripts/setup.sh
@@ -20,6 +23,9 @@ unit: setup
 
 lint: setup
 	$(VENV)/bin/ruff check src tests bench
+
+install:
+	PREFIX=$(PREFIX) DESTDIR=$(DESTDIR) ./scripts/install.sh
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -75,6 +75,9 @@ def build_options(v: Mapping[str, Any]) -> Options:
         raise UsageError("Invalid subnet-lease-renew-margin option, out of acceptable range (1..1439 minutes)")
     if v["subnet-lease-ttl"] < 5:
         raise UsageError("-subnet-lease-ttl must be at least 5 seconds")
+    if not [e for e in v["etcd-endpoints"].split(",") if e.strip()]:
+        raise UsageError("-etcd-endpoints is empty: set FLANNEL_ETCD_ENDPOINTS in /etc/sysconfig/flanneld "
+                         '(e.g. FLANNEL_ETCD_ENDPOINTS="http://etcd:2379") or pass -etcd-endpoints=http://HOST:2379')
     if not 0 <= v["healthz-port"] <= 65535:
         raise UsageError(f"-healthz-port must be 0..65535, got {v['healthz-port']}")
     if v["iptables-resync"] <= 0:
