@@ -221,3 +221,16 @@ def test_make_demo_command_runs_and_cleans_up() -> None:
     assert "summary: 6/6 container pairs" in res.stdout
     assert "flannel0" in res.stdout and "port 8285 -> 8285" in res.stdout
     assert not [ns for ns in ns_list() if ns.startswith("pftd-")]
+
+
+def test_flannelctl_status_on_a_host(lab: Lab) -> None:
+    h = lab.hosts[0]
+    cmd = ["ip", "netns", "exec", h.ns, sys.executable, "-m", "pyflannel.cli.flannelctl",
+           f"-etcd-endpoints={lab.etcd_endpoint}", f"-etcd-prefix={PREFIX}", f"-subnet-file={lab.subnet_file(h)}",
+           "status"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    net = lease_key(h).rsplit("/", 1)[1].replace("-", "/")
+    assert f"lease       {net} public IP {h.ip}, expires in 23h" in out.stdout
+    assert "peers       2" in out.stdout
+    assert "devices     flannel0 up mtu 1472" in out.stdout

@@ -1,8 +1,10 @@
 """``flannelctl``: the operator's tool. The same etcd flags as flanneld, in both spellings and
 from the same FLANNELD_* environment, before or after the subcommand.
 
-    flannelctl [-etcd-endpoints=…] [-etcd-prefix=…] config get | set FILE|- | validate [FILE|-] [--json]
-    flannelctl lab up|down|status|demo [--name NAME] [--hosts N] [--backend udp] [--keep]
+    flannelctl [-etcd-endpoints=…] [-etcd-prefix=…] config get | set FILE|- [--force] | validate [FILE|-] [--json]
+    flannelctl leases list [--json] | reserve SUBNET PUBLIC_IP | revoke SUBNET
+    flannelctl [-subnet-file=…] [-healthz-port=N] status
+    flannelctl lab up|down|status|demo [--name NAME] [--hosts N] [--backend udp|vxlan|host-gw] [--keep]
 
 Exit 0 = fine, 1 = the input or the store is wrong (one message naming what and how to fix),
 2 = usage.
@@ -16,12 +18,21 @@ import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from typing import Any
 
+from ..backend import get_backend
 from ..core.config import parse_config
-from ..core.errors import ConfigError, FlannelError
+from ..core.errors import ConfigError, FlannelError, StoreUnavailable
 from ..store.etcd import EtcdRegistry
-from .flags import FlagSet, HelpRequested, UsageError
+from .ctl_leases import leases_list, leases_reserve, leases_revoke, orphaned_by, status
+from .flags import Flag, FlagSet, HelpRequested, UsageError
 from .flanneld import ETCD_FLAGS, etcd_options
+
+CTL_FLAGS = [
+    *ETCD_FLAGS,
+    Flag("subnet-file", "str", "/run/flannel/subnet.env", "status: flanneld's subnet file on this host"),
+    Flag("healthz-port", "int", 0, "status: flanneld's health port on this host (0: do not ask)"),
+]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,9 +44,20 @@ def _parser() -> argparse.ArgumentParser:
     cfg.add_parser("get", help="print the network config stored in etcd")
     s = cfg.add_parser("set", help="validate a config, then write it to etcd")
     s.add_argument("file", help="a JSON file, or - for stdin")
+    s.add_argument("--force", action="store_true", help="write even if existing leases fall outside the new network")
     v = cfg.add_parser("validate", help="check a config file (or, with no file, what is in etcd)")
     v.add_argument("file", nargs="?", help="a JSON file, or - for stdin")
     v.add_argument("--json", action="store_true", help="print the effective config with every default")
+    leases = sub.add_parser("leases", help="list, reserve and revoke subnet leases").add_subparsers(
+        dest="action", required=True)
+    ls = leases.add_parser("list", help="a table of every lease (and of bad keys)")
+    ls.add_argument("--json", action="store_true", help="one JSON document instead of the table")
+    rs = leases.add_parser("reserve", help="reserve SUBNET for the host with PUBLIC_IP (a key without TTL)")
+    rs.add_argument("subnet")
+    rs.add_argument("public_ip")
+    rv = leases.add_parser("revoke", help="delete the lease or reservation of SUBNET")
+    rv.add_argument("subnet")
+    sub.add_parser("status", help="this host: lease, backend, peers, devices, health")
     lab = sub.add_parser("lab", help="a multi-host cluster in network namespaces on this machine")
     lab.add_argument("action", choices=["up", "down", "status", "demo"])
     lab.add_argument("--name", default="pfl", help="lab name, prefix of its namespaces (default pfl)")
@@ -71,11 +93,19 @@ async def _config(args: argparse.Namespace, registry: EtcdRegistry) -> int:
             data, where = _read(args.file), args.file
         try:
             cfg = parse_config(data)
+            for warning in get_backend(cfg.backend_type).check_config(cfg):
+                print(f"flannelctl: warning: {warning}", file=sys.stderr)
         except ConfigError as err:
             raise FlannelError(f"invalid network config in {where}: {err}") from err
         if args.action == "get":
             sys.stdout.write(data.decode(errors="replace").rstrip("\n") + "\n")
         elif args.action == "set":
+            orphans = orphaned_by(cfg, list((await registry.list_leases()).leases))
+            if orphans and not args.force:
+                names = ", ".join(f"{le.subnet} ({le.attrs.public_ip})" for le in orphans)
+                raise FlannelError(f"refusing to write {registry.config_key}: {len(orphans)} existing lease(s) would "
+                                   f"fall outside the new network: {names}. Their hosts would lease new subnets "
+                                   f"(and docker would need a restart); add --force to write anyway")
             await registry.put_config(data)
             print(f"wrote {registry.config_key}: network {cfg.network}, /{cfg.subnet_len} per host, "
                   f"{cfg.subnets_ipv4()} subnets, backend {cfg.backend_type}")
@@ -85,6 +115,21 @@ async def _config(args: argparse.Namespace, registry: EtcdRegistry) -> int:
             print(f"{where}: valid: network {cfg.network}, /{cfg.subnet_len} per host "
                   f"({cfg.subnet_min}..{cfg.subnet_max}, {cfg.subnets_ipv4()} subnets), backend {cfg.backend_type}")
         return 0
+    finally:
+        await registry.close()
+
+
+async def _run(args: argparse.Namespace, values: Mapping[str, Any], registry: EtcdRegistry) -> int:
+    try:
+        if args.cmd == "status":
+            return await status(registry, values["subnet-file"], values["healthz-port"])
+        if args.action == "list":
+            return await leases_list(registry, args.json)
+        if args.action == "reserve":
+            return await leases_reserve(registry, args.subnet, args.public_ip)
+        return await leases_revoke(registry, args.subnet)
+    except StoreUnavailable as err:
+        raise FlannelError(f"{err} (check -etcd-endpoints)") from err
     finally:
         await registry.close()
 
@@ -116,7 +161,7 @@ def _lab(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
-    flags = FlagSet("flannelctl", ETCD_FLAGS, env_prefix="FLANNELD")
+    flags = FlagSet("flannelctl", CTL_FLAGS, env_prefix="FLANNELD")
     try:
         values, rest = flags.parse(sys.argv[1:] if argv is None else argv,
                                    os.environ if environ is None else environ, interspersed=True)
@@ -134,7 +179,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         if args.cmd == "lab":
             return _lab(args)
         registry = EtcdRegistry(etcd_options(values))
-        return asyncio.run(_config(args, registry))
+        if args.cmd == "config":
+            return asyncio.run(_config(args, registry))
+        return asyncio.run(_run(args, values, registry))
     except FlannelError as err:
         print(f"flannelctl: {err}", file=sys.stderr)
         return 1

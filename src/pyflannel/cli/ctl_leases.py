@@ -1,0 +1,173 @@
+"""``flannelctl leases list | reserve | revoke`` and ``flannelctl status``: what operators did with
+raw etcdctl, with the checks etcdctl cannot make (inside the network, not someone else's)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import urllib.request
+from typing import Any
+
+from ..core.allocate import is_compatible
+from ..core.config import NetworkConfig, parse_config
+from ..core.errors import ConfigError, FlannelError, StoreUnavailable
+from ..core.lease import Lease, LeaseAttrs
+from ..core.subnetenv import parse_subnet_env, previous_subnets
+from ..store.etcd import EtcdRegistry
+
+
+async def network_config(registry: EtcdRegistry, *, required: bool = True) -> NetworkConfig | None:
+    data = await registry.get_config()
+    if data is None:
+        if required:
+            raise FlannelError(f"no network config at {registry.config_key} in etcd {registry.endpoints}: is "
+                               f"-etcd-prefix right (flanneld's default is /coreos.com/network)? Write one with "
+                               f"`flannelctl -etcd-prefix={registry.prefix} config set FILE`")
+        return None
+    try:
+        return parse_config(data)
+    except ConfigError as err:
+        raise FlannelError(f"the network config at {registry.config_key} is invalid: {err}") from err
+
+
+def _expires(seconds: int | None) -> str:
+    if seconds is None:
+        return "never"
+    if seconds < 0:
+        return "expired"
+    h, rest = divmod(seconds, 3600)
+    return f"{h}h{rest // 60:02d}m" if h else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def _mac(lease: Lease) -> str:
+    data = lease.attrs.backend_data
+    return str(data.get("VtepMAC", "")) if isinstance(data, dict) else ""
+
+
+async def leases_list(registry: EtcdRegistry, as_json: bool) -> int:
+    config = await network_config(registry, required=False)
+    snap = await registry.list_leases()
+    if config is None and not snap.leases and not snap.bad:
+        await network_config(registry)  # raises: nothing here, probably the wrong prefix
+    rows: list[dict[str, Any]] = []
+    for lease in sorted(snap.leases, key=lambda le: le.subnet):
+        ttl = None
+        if not lease.is_reservation:
+            with contextlib.suppress(StoreUnavailable):
+                ttl = await registry.time_to_live(lease.lease_id)
+        rows.append({"subnet": str(lease.subnet), "public_ip": str(lease.attrs.public_ip),
+                     "backend": lease.attrs.backend_type or "udp", "vtep_mac": _mac(lease),
+                     "expires_in_s": ttl, "reservation": lease.is_reservation,
+                     "outside_network": bool(config and not is_compatible(config, lease.subnet))})
+    bad = [{"key": b.key, "reason": b.reason} for b in snap.bad]
+    if as_json:
+        print(json.dumps({"prefix": registry.prefix, "revision": snap.revision, "leases": rows, "bad": bad}))
+        return 0
+    head = ("SUBNET", "PUBLIC IP", "BACKEND", "VTEP MAC", "EXPIRES IN", "RESERVATION")
+    table = [head] + [(r["subnet"] + (" (outside the network)" if r["outside_network"] else ""), r["public_ip"],
+                       r["backend"], r["vtep_mac"] or "-", _expires(r["expires_in_s"]),
+                       "yes" if r["reservation"] else "no") for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    for b in bad:
+        print(f"BAD  {b['key']}: {b['reason']}")
+    return 0
+
+
+def _subnet(text: str) -> ipaddress.IPv4Network:
+    try:
+        return ipaddress.IPv4Network(text)
+    except ValueError as err:
+        raise FlannelError(f"bad subnet {text!r}: {err} (write it as 10.0.53.0/24)") from err
+
+
+async def leases_reserve(registry: EtcdRegistry, subnet_text: str, ip_text: str) -> int:
+    subnet = _subnet(subnet_text)
+    try:
+        public_ip = ipaddress.IPv4Address(ip_text)
+    except ValueError as err:
+        raise FlannelError(f"bad public IP {ip_text!r}: not an IPv4 address") from err
+    config = await network_config(registry)
+    assert config is not None
+    if not is_compatible(config, subnet):
+        raise FlannelError(f"{subnet} is outside the network: it must be a /{config.subnet_len} between SubnetMin "
+                           f"{config.subnet_min} and SubnetMax {config.subnet_max} of {config.network}")
+    snap = await registry.list_leases()
+    for lease in snap.leases:
+        if lease.subnet.overlaps(subnet) and lease.attrs.public_ip != public_ip:
+            what = "reserved for" if lease.is_reservation else "leased to"
+            raise FlannelError(f"{lease.subnet} is already {what} {lease.attrs.public_ip}: revoke it first "
+                               f"(flannelctl leases revoke {lease.subnet}) if that host is gone")
+    current = next((le for le in snap.leases if le.subnet == subnet), None)
+    attrs = current.attrs if current else LeaseAttrs(public_ip)
+    if current is not None:
+        done = await registry.update_lease(current, attrs, None)
+    else:
+        done = await registry.create_lease(subnet, attrs, None)
+    if done is None:
+        raise FlannelError(f"{subnet} changed while reserving it; try again")
+    print(f"reserved {subnet} for {public_ip} (a key without TTL: {registry.lease_key(subnet)})")
+    return 0
+
+
+async def leases_revoke(registry: EtcdRegistry, subnet_text: str) -> int:
+    subnet = _subnet(subnet_text)
+    if not await registry.delete_lease(subnet):
+        raise FlannelError(f"no lease for {subnet} under {registry.subnets_prefix} (see flannelctl leases list)")
+    print(f"revoked {subnet}: its host's flanneld takes it again if it still runs, or leases a new one on restart")
+    return 0
+
+
+def orphaned_by(new: NetworkConfig, leases: list[Lease]) -> list[Lease]:
+    return [le for le in leases if not is_compatible(new, le.subnet)]
+
+
+async def status(registry: EtcdRegistry, subnet_file: str, healthz_port: int) -> int:
+    try:
+        with open(subnet_file) as f:
+            values = parse_subnet_env(f.read(), source=subnet_file)
+    except OSError as err:
+        raise FlannelError(f"cannot read {subnet_file}: {err.strerror} (is flanneld running here? "
+                           "give -subnet-file if it writes elsewhere)") from err
+    own, _ = previous_subnets(values)
+    config = await network_config(registry)
+    assert config is not None
+    snap = await registry.list_leases()
+    mine = next((le for le in snap.leases if le.subnet == own), None)
+    print(f"subnet.env  {subnet_file}: FLANNEL_SUBNET={values.get('FLANNEL_SUBNET')} "
+          f"FLANNEL_MTU={values.get('FLANNEL_MTU')}")
+    print(f"network     {config.network} backend {config.backend_type}")
+    if mine is None:
+        print(f"lease       {own}: NOT in etcd (flanneld retakes it, or leases a new subnet when restarted)")
+    else:
+        ttl = None if mine.is_reservation else await registry.time_to_live(mine.lease_id)
+        print(f"lease       {mine.subnet} public IP {mine.attrs.public_ip}, expires in {_expires(ttl)}")
+    print(f"peers       {len([le for le in snap.leases if le.subnet != own])} (bad keys: {len(snap.bad)})")
+    print(f"devices     {await asyncio.to_thread(_devices, config)}")  # pyroute2's sync API wants no loop
+    if healthz_port:
+        print(f"health      {_health(healthz_port)}")
+    return 0
+
+
+def _devices(config: NetworkConfig) -> str:
+    from ..kernel import netlink
+
+    names = {link.name: link for link in netlink.links()}
+    want = {"udp": "flannel0", "vxlan": f"flannel.{config.backend_option('VNI', 1)}"}.get(config.backend_type)
+    if want is None:
+        return "none needed"
+    link = names.get(want)
+    return f"{want} {'up' if link.up else 'DOWN'} mtu {link.mtu}" if link else f"{want} MISSING"
+
+
+def _health(port: int) -> str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=3) as r:
+            return f"{r.status} {r.read().decode()}"
+    except OSError as err:
+        return f"not answering on 127.0.0.1:{port}: {err}"
+
+
