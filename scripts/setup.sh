@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(etcd-server etcd-client iproute2 iptables iputils-ping tcpdump net-tools iperf3 procps systemd containernetworking-plugins)
+APT_PACKAGES=(etcd-server etcd-client iproute2 iptables nftables iputils-ping tcpdump net-tools iperf3 procps systemd containernetworking-plugins)
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 

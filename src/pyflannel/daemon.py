@@ -25,6 +25,8 @@ from .core.events import Changes, PeerTable, Snapshot
 from .core.lease import Lease
 from .core.subnetenv import parse_subnet_env, previous_subnets, render_subnet_env, subnet_env_for
 from .kernel.iface import select_external_interface
+from .kernel.netlink import KernelError
+from .kernel.traffic import TrafficManager
 from .observe import HttpServer, Stats, View
 from .store.etcd import EtcdOptions, EtcdRegistry
 from .store.manager import DEFAULT_TTL, LeaseManager, log_bad, watch_leases
@@ -97,6 +99,8 @@ class Conductor:
         self._bad_seen: set[str] = set()
         self.stats = Stats()
         self.http: HttpServer | None = None
+        self.traffic: TrafficManager | None = None
+        self._traffic_error = ""
 
     def view(self) -> View:
         def datapath() -> dict[str, int]:
@@ -177,12 +181,19 @@ class Conductor:
                  ext.mtu)
         self.backend = backend = get_backend(config.backend_type)(ext, config)
         await backend.prepare()
-        prev_subnet, _prev_network = read_previous_subnet(opts.subnet_file)
+        prev_subnet, prev_network = read_previous_subnet(opts.subnet_file)
         self.manager = LeaseManager(self.registry, backend.lease_attrs(), ttl=opts.lease_ttl_s,
                                     previous_subnet=prev_subnet)
         self.lease = await self.acquire(config, self.manager)
         await backend.setup(self.lease)
         assert config.network is not None
+        self.traffic = TrafficManager(nftables=config.enable_nftables, ip_masq=opts.ip_masq,
+                                      forward_rules=opts.forward_rules, random_fully=opts.ip_masq_random_fully)
+        try:
+            await asyncio.to_thread(self.traffic.setup, config.network, self.lease.subnet, prev_network, prev_subnet)
+        except KernelError as err:
+            raise LocalConfigError(f"cannot install the iptables/nftables rules: {err}") from err
+        log.info("traffic rules: %s", self.traffic.describe())
         env = subnet_env_for(config.network, self.lease.subnet, backend.mtu(), opts.ip_masq)
         write_subnet_file(opts.subnet_file, render_subnet_env(env))
         self.stats.ready = True
@@ -278,6 +289,21 @@ class Conductor:
                 await asyncio.wait_for(changed.wait(), self.opts.resync_s)
             changed.clear()
             await self.backend.resync()
+            await self._ensure_traffic()
+
+    async def _ensure_traffic(self) -> None:
+        """Re-check our iptables/nftables rules; restore them if someone flushed them."""
+        if self.traffic is None:
+            return
+        try:
+            if await asyncio.to_thread(self.traffic.ensure):
+                log.warning("iptables/nftables rules were changed by someone else: restored them")
+            self._traffic_error = ""
+        except (KernelError, LocalConfigError) as err:
+            if str(err) != self._traffic_error:
+                log.error("cannot check the iptables/nftables rules, retrying: %s", err)
+                self._traffic_error = str(err)
+        self.stats.masq_repairs = self.traffic.repairs
 
     async def close(self) -> None:
         if self.backend is not None:

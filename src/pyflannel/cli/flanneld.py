@@ -130,10 +130,6 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         print(f"flanneld: {err}\nRun 'flanneld -h' for the flags.", file=sys.stderr)
         return 2
     setup_logging(values["v"])
-    if values["ip-masq"]:
-        logging.getLogger("flanneld").warning(
-            "--ip-masq: FLANNEL_IPMASQ=true is written to subnet.env, but this version does not install "
-            "the masquerade rules yet")
     return run(opts)
 
 

@@ -125,7 +125,7 @@ class TrafficManager:
                 parts.append(f"forward {self._network} in filter/{FWD_CHAIN}")
             where = "iptables"
         what = ", ".join(parts) or "no rules (--ip-masq and --iptables-forward-rules are off)"
-        return f"{where}: {what}; repaired {self.repairs} times"
+        return f"{where}: {what}; repairs {self.repairs}"
 
     # ---- iptables mode --------------------------------------------------------------------------
     def _iptables_version(self) -> tuple[int, int, int] | None:
