@@ -12,9 +12,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-import os
 import signal
-import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -23,13 +21,14 @@ from .core.config import NetworkConfig, parse_config
 from .core.errors import AllocationError, ConfigError, LeaseLost, LocalConfigError, StoreUnavailable
 from .core.events import Changes, PeerTable, Snapshot
 from .core.lease import Lease
-from .core.subnetenv import parse_subnet_env, previous_subnets, render_subnet_env, subnet_env_for
+from .core.subnetenv import render_subnet_env, subnet_env_for
 from .kernel.iface import select_external_interface
 from .kernel.netlink import KernelError
 from .kernel.traffic import TrafficManager
 from .observe import HttpServer, Stats, View
 from .store.etcd import EtcdOptions, EtcdRegistry
 from .store.manager import DEFAULT_TTL, LeaseManager, log_bad, watch_leases
+from .subnetfile import read_previous_subnet, write_subnet_file
 from .systemd import sd_notify
 
 log = logging.getLogger("flanneld")
@@ -51,40 +50,6 @@ class Options:
     resync_s: float = 5.0
     healthz_ip: str = "0.0.0.0"
     healthz_port: int = 0
-
-
-def write_subnet_file(path: str, text: str) -> None:
-    """Atomic: a temp file in the same directory, fsync, rename; mode 0644 (flannel: renameio)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, mode=0o755, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".subnet.env.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def read_previous_subnet(path: str) -> tuple[ipaddress.IPv4Network | None, ipaddress.IPv4Network | None]:
-    """(previous FLANNEL_SUBNET as a network, previous FLANNEL_NETWORK) from an old subnet.env."""
-    try:
-        with open(path) as f:
-            values = parse_subnet_env(f.read(), source=path)
-    except FileNotFoundError:
-        return None, None
-    except (OSError, LocalConfigError) as err:
-        log.warning("ignoring unreadable previous subnet file %s: %s", path, err)
-        return None, None
-    prev_net = None
-    with contextlib.suppress(ValueError):
-        prev_net = ipaddress.IPv4Network(values.get("FLANNEL_NETWORK", ""), strict=False)
-    return previous_subnets(values)[0], prev_net
 
 
 class Conductor:
@@ -206,6 +171,7 @@ class Conductor:
             tg.create_task(self._guard("watcher", self.watch_loop()))
             tg.create_task(self._guard("renewer", self.renew_loop()))
             tg.create_task(self._guard("resyncer", self.resync_loop()))
+            tg.create_task(self._guard("store-probe", self.probe_loop()))
 
     async def _guard(self, name: str, coro: object) -> None:
         try:
@@ -234,6 +200,27 @@ class Conductor:
                 for sn in sorted(set(before) - set(after)):
                     log.info("peer removed subnet=%s public_ip=%s", sn, before[sn].attrs.public_ip)
                 await self.backend.apply_peers(after)
+
+    async def probe_loop(self, period: float = 1.0) -> None:
+        """Notice an etcd outage (the watch reconnects silently): log it once, report not-ready,
+        keep the kernel as it is; log once more when etcd answers again."""
+        down_since: float | None = None
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await asyncio.wait_for(self.registry.get_config(), 2 * period)
+            except (StoreUnavailable, TimeoutError) as err:
+                if down_since is None:
+                    down_since = time.monotonic()
+                    self.stats.store_ok = False
+                    log.error("etcd is unreachable (%s): keeping every route and the lease as they are, "
+                              "retrying every %gs", err or "no answer", period)
+                continue
+            if down_since is not None:
+                log.info("etcd answers again after %.1fs; the lease watch resumes where it stopped",
+                         time.monotonic() - down_since)
+                down_since = None
+                self.stats.store_ok = True
 
     def _own(self) -> ipaddress.IPv4Network | None:
         return self.lease.subnet if self.lease else None

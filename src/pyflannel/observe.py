@@ -27,6 +27,7 @@ class Stats:
     """Counters the daemon keeps for the metrics (plain ints: one event loop writes them)."""
 
     ready: bool = False
+    store_ok: bool = True
     etcd_errors: int = 0
     watch_relists: int = 0
     bad_leases: int = 0
@@ -67,6 +68,7 @@ class FlannelCollector(Collector):
         yield info
         yield expiry
         yield GaugeMetricFamily("flannel_ready", "1 once subnet.env is written", value=int(s.ready))
+        yield GaugeMetricFamily("flannel_etcd_reachable", "1 while etcd answers", value=int(s.store_ok))
         yield GaugeMetricFamily("flannel_peers", "Peer leases programmed", value=v.peers())
         yield GaugeMetricFamily("flannel_bad_leases", "Keys under subnets/ that cannot be decoded", value=s.bad_leases)
         yield CounterMetricFamily("flannel_etcd_errors", "etcd calls that failed", value=s.etcd_errors)
@@ -121,8 +123,10 @@ class HttpServer:
         if path == "/healthz":
             return 200, "text/plain", b"flanneld is running"
         if path == "/readyz":
-            if self.view.stats.ready:
+            if self.view.stats.ready and self.view.stats.store_ok:
                 return 200, "text/plain", b"flanneld is ready"
+            if self.view.stats.ready:
+                return 503, "text/plain", b"flanneld is not ready: etcd is unreachable (forwarding continues)"
             return 503, "text/plain", b"flanneld is not ready yet"
         if path == "/metrics":
             return 200, "text/plain; version=0.0.4; charset=utf-8", generate_latest(self.registry)

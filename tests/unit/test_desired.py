@@ -128,3 +128,12 @@ def test_diff_converges(want_map: dict, have_map: dict) -> None:
         after.pop(r.dst)
     assert frozenset(after.values()) == want
     assert ipaddress.IPv4Network("10.0.0.0/16") == NET
+
+
+def test_diff_never_replaces_a_route_it_does_not_own() -> None:
+    """docker0's connected route for a subnet that a (stale) peer lease claims stays untouched."""
+    want = DesiredState(NET, routes=frozenset({Route(N("10.0.53.0/24"), "flannel.1", A("10.0.53.0"), onlink=True),
+                                               Route(N("10.0.80.0/24"), "flannel.1", A("10.0.80.0"), onlink=True)}))
+    plan = diff(want, ActualState(foreign=frozenset({N("10.0.53.0/24")})))
+    assert [r.dst for r in plan.put_routes] == [N("10.0.80.0/24")]
+    assert len(plan.notes) == 1 and "10.0.53.0/24" in plan.notes[0]

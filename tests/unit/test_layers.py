@@ -17,7 +17,8 @@ ALLOWED = {
     "backend": {"core", "kernel"},
     "systemd": set(),
     "observe": {"core"},
-    "daemon": {"core", "store", "kernel", "backend", "systemd", "observe"},
+    "subnetfile": {"core"},
+    "daemon": {"core", "store", "kernel", "backend", "systemd", "observe", "subnetfile"},
     "cli": {"core", "store", "kernel", "backend", "systemd", "daemon", "lab", "__init__"},
     "lab": {"core", "store", "cli"},
 }

@@ -77,6 +77,10 @@ class KernelBackend:
             log.warning("skipping peer %s (%s): %s", lease.subnet, lease.attrs.public_ip, why)
 
     def accepts(self, lease: Lease) -> bool:
+        network = self.config.network
+        if network is not None and not lease.subnet.subnet_of(network):
+            self._warn_once(lease, f"its subnet is outside the network {network}")
+            return False
         if lease.attrs.backend_type not in self.lease_types:
             self._warn_once(lease, f"its backend is {lease.attrs.backend_type or 'udp'!r}, this network runs "
                                    f"{self.name}")
@@ -96,8 +100,26 @@ class KernelBackend:
 
     async def apply_peers(self, peers: Mapping[ipaddress.IPv4Network, Lease]) -> None:
         self.peers = {sn: le for sn, le in peers.items() if self.accepts(le)}
+        self._warn_shared_public_ips()
         self.synced = True
         await self.reconcile()
+
+    def _warn_shared_public_ips(self) -> None:
+        """Two leases of one network claiming one PublicIP: one of them is stale or forged. Both
+        stay programmed (neither can be proven wrong from here); say so once."""
+        by_ip: dict[ipaddress.IPv4Address, list[ipaddress.IPv4Network]] = {}
+        for sn, le in self.peers.items():
+            by_ip.setdefault(le.attrs.public_ip, []).append(sn)
+        if self.lease is not None:
+            by_ip.setdefault(self.lease.attrs.public_ip, []).append(self.lease.subnet)
+        for ip, subnets in by_ip.items():
+            if len(subnets) > 1:
+                key = (min(subnets), f"shared {ip} {sorted(subnets)}")
+                if key not in self._warned:
+                    self._warned.add(key)
+                    names = ", ".join(map(str, sorted(subnets)))
+                    log.warning("leases %s all claim public IP %s: one is stale or forged; check with "
+                                "`flannelctl leases list` and revoke the wrong one", names, ip)
 
     async def resync(self) -> None:
         if self.synced:

@@ -2,8 +2,9 @@
 
 Kernel side, as flannel: ``flannel0`` with ``<our subnet's network address>/32`` (no broadcast
 routes), MTU = external MTU - 28, a route for the whole Network via flannel0. Data side:
-``UdpPump``. Our lease is ``{"PublicIP":…,"PublicIPv6":null}`` with no BackendType, so udp leases
-of Go flannel nodes and ours are the same thing.
+the compiled ``UdpFastPump`` when it was built, else the pure-Python ``UdpPump`` (``choose_pump``;
+``PYFLANNEL_PUMP=c|python`` forces one). Our lease is ``{"PublicIP":…,"PublicIPv6":null}`` with no
+BackendType, so udp leases of Go flannel nodes and ours are the same thing.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ..kernel import netlink
 from ..kernel.iface import ExternalInterface
 from ..kernel.tun import open_tun
 from .base import KernelBackend, check_keys, int_option
+from .udp_fastpump import UdpFastPump, choose_pump
 from .udp_pump import Tables, UdpPump
 
 log = logging.getLogger(__name__)
@@ -54,7 +56,7 @@ class UdpBackend(KernelBackend):
         self.tun_name = ""
         self.tun_index = 0
         self.sock: socket.socket | None = None
-        self.pump: UdpPump | None = None
+        self.pump: UdpPump | UdpFastPump | None = None
 
     @classmethod
     def check_config(cls, config: NetworkConfig) -> list[str]:
@@ -77,7 +79,9 @@ class UdpBackend(KernelBackend):
         await asyncio.to_thread(self._configure_kernel)
         self.sock = self._open_socket()
         local_ip = int(lease.subnet.network_address)
-        self.pump = UdpPump(self.tun_fd, self.sock, local_ip, self.mtu())
+        pump_cls, how = choose_pump()
+        log.info("udp pump: %s", how)
+        self.pump = pump_cls(self.tun_fd, self.sock, local_ip, self.mtu())
         self.pump.start()
         log.info("udp backend ready tun=%s mtu=%d listen=%s:%d", self.tun_name, self.mtu(),
                  self.ext.iface_addr, self.port)

@@ -80,6 +80,7 @@ class ActualState:
     routes: frozenset[Route] = frozenset()  # only our routes (protocol-marked, inside the network)
     neighs: frozenset[Neigh] = frozenset()  # only permanent entries on owned devices
     fdbs: frozenset[Fdb] = frozenset()
+    foreign: frozenset[ipaddress.IPv4Network] = frozenset()  # dsts of routes someone else owns
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,11 @@ def diff(desired: DesiredState, actual: ActualState) -> Plan:
     deleted and re-added, so a peer never loses its route for a moment.
     """
     want_dsts = {r.dst for r in desired.routes}
-    put_routes = sorted(desired.routes - actual.routes)
+    # never `replace` a route we do not own (docker0's connected route, an administrator's route)
+    clash = sorted(r for r in desired.routes if r.dst in actual.foreign)
+    notes = tuple(f"not replacing the existing route to {r.dst}: it is not ours (protocol is not pyflannel's); "
+                  f"remove it if {r.dst} should go via {r.gateway or r.dev}" for r in clash)
+    put_routes = sorted(desired.routes - actual.routes - set(clash))
     del_routes = sorted(r for r in actual.routes if r.dst not in want_dsts)
     want_neigh_keys = {(n.dev, n.ip) for n in desired.neighs}
     put_neighs = sorted(desired.neighs - actual.neighs)
@@ -113,4 +118,4 @@ def diff(desired: DesiredState, actual: ActualState) -> Plan:
     put_fdbs = sorted(desired.fdbs - actual.fdbs)
     del_fdbs = sorted(actual.fdbs - desired.fdbs)
     return Plan(tuple(put_routes), tuple(del_routes), tuple(put_neighs), tuple(del_neighs), tuple(put_fdbs),
-                tuple(del_fdbs))
+                tuple(del_fdbs), notes)

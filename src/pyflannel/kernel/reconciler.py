@@ -74,6 +74,9 @@ def incompatibilities(spec: LinkSpec, kind: str, attrs: dict[str, object]) -> li
 class Reconciler:
     """One per daemon; every call opens its own netlink socket (safe from any thread)."""
 
+    def __init__(self) -> None:
+        self._noted: set[str] = set()
+
     def ensure_link(self, ipr: IPRoute, spec: LinkSpec) -> LinkState:
         found = ipr.link_lookup(ifname=spec.name)
         recreated = False
@@ -124,11 +127,14 @@ class Reconciler:
 
     def read(self, ipr: IPRoute, desired: DesiredState) -> ActualState:
         names = {m["index"]: m.get("ifname") for m in ipr.get_links()}
-        routes = set()
-        for r in ipr.get_routes(family=socket.AF_INET, table=254, proto=RTPROT_FLANNEL):
+        routes, foreign = set(), set()
+        for r in ipr.get_routes(family=socket.AF_INET, table=254):
             dst = ipaddress.IPv4Network(f"{r.get('dst') or '0.0.0.0'}/{r['dst_len']}")
             if not dst.subnet_of(desired.network):
-                continue  # another network's flanneld (another prefix) owns it
+                continue  # outside our network: another network's flanneld, or not overlay at all
+            if r["proto"] != RTPROT_FLANNEL:
+                foreign.add(dst)
+                continue
             gw = r.get("gateway")
             routes.add(Route(dst, names.get(r.get("oif"), "?"), ipaddress.IPv4Address(gw) if gw else None,
                              bool(r["flags"] & RTNH_F_ONLINK)))
@@ -143,7 +149,7 @@ class Reconciler:
             for n in ipr.fdb("dump", ifindex=idx[0]):
                 if n["ifindex"] == idx[0] and n.get("dst") and n.get("lladdr"):
                     fdbs.add(Fdb(dev, n.get("lladdr"), ipaddress.IPv4Address(n.get("dst"))))
-        return ActualState(frozenset(routes), frozenset(neighs), frozenset(fdbs))
+        return ActualState(frozenset(routes), frozenset(neighs), frozenset(fdbs), frozenset(foreign))
 
     def apply(self, desired: DesiredState) -> tuple[Plan, list[LinkState]]:
         """Converge; returns what was changed and the state of our devices."""
@@ -164,6 +170,10 @@ class Reconciler:
 
     def _execute(self, ipr: IPRoute, plan: Plan) -> None:
         index = {m.get("ifname"): m["index"] for m in ipr.get_links()}
+        for note in plan.notes:
+            if note not in self._noted:
+                self._noted.add(note)
+                log.warning("%s", note)
         for n in plan.put_neighs:
             ipr.neigh("replace", dst=str(n.ip), lladdr=n.mac, ifindex=index[n.dev], state=NUD_PERMANENT)
         for f in plan.put_fdbs:

@@ -62,6 +62,7 @@ class Lab:
     hosts_n: int = 3
     backend: str = "udp"
     hosts: list[Host] = field(default_factory=list)
+    etcd_server: EtcdServer | None = field(default=None, repr=False)
 
     # ---- naming and state -------------------------------------------------------------------------
     @property
@@ -157,12 +158,26 @@ class Lab:
     def _etcd(self) -> None:
         ns_add(self.etcd_ns)
         self._attach(self.etcd_ns, ETCD_IP, "etcd")
-        server = EtcdServer(os.path.join(self.state_dir, "etcd", "data"), host=ETCD_IP, netns=self.etcd_ns,
-                            log_path=os.path.join(self.state_dir, "etcd.log"))
-        server.start()
+        self.start_etcd()
+
+    def start_etcd(self, host: str = ETCD_IP) -> EtcdServer:
+        """(Re)start the lab's etcd on its data dir. ``host="127.0.0.1"`` serves it only inside its own
+        namespace: to the hosts' flanneld, etcd is still down (changes "during an outage")."""
+        self.etcd_server = EtcdServer(os.path.join(self.state_dir, "etcd", "data"), host=host, netns=self.etcd_ns,
+                                      log_path=os.path.join(self.state_dir, "etcd.log"))
+        self.etcd_server.start()
+        return self.etcd_server
+
+    def stop_etcd(self) -> None:
+        server = getattr(self, "etcd_server", None)
+        if server is not None:
+            server.stop()
+        self.etcd_server = None
 
     def etcdctl(self, *args: str, check: bool = True) -> str:
-        cmd = in_ns(self.etcd_ns, "etcdctl", "--endpoints", self.etcd_endpoint, *args)
+        server = getattr(self, "etcd_server", None)
+        endpoint = server.endpoint if server is not None else self.etcd_endpoint
+        cmd = in_ns(self.etcd_ns, "etcdctl", "--endpoints", endpoint, *args)
         return sh(cmd, check=check, env={"ETCDCTL_API": "3"}).stdout
 
     def put_config(self, config: str) -> None:

@@ -1,0 +1,200 @@
+"""Faults injected for real: etcd stopped, changes and compaction while flanneld cannot see etcd,
+SIGKILL, a host away past its TTL, hand-deleted kernel entries."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from pyflannel.lab.cluster import PREFIX, Lab
+from pyflannel.lab.netns import in_ns, sh
+
+from .helpers import all_pairs_ping, ip, lease_key, log_text, subnet_of, wait_for
+
+READYZ = """
+import urllib.request, urllib.error
+try:
+    print(urllib.request.urlopen("http://127.0.0.1:8081/readyz", timeout=3).status)
+except urllib.error.HTTPError as e:
+    print(e.code)
+"""
+
+
+@pytest.fixture(scope="module", params=["udp", "vxlan", "host-gw"])
+def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    if os.geteuid() != 0:
+        pytest.fail("end-to-end tests need root")
+    lab = Lab(name={"udp": "pffu", "vxlan": "pffv", "host-gw": "pffg"}[request.param], hosts_n=3,
+              backend=request.param)
+    try:
+        lab.up(write_config=False)
+        for h in lab.hosts:
+            lab.stop_flanneld(h)
+            lab.start_flanneld(h, ("-healthz-port=8081", "-healthz-ip=127.0.0.1"))
+        lab.put_config(lab._default_config())
+        lab.finish(20)
+        LAB[lab.name] = lab
+        yield lab
+    finally:
+        lab.down()
+
+
+def readyz(host) -> int:
+    out = subprocess.run(in_ns(host.ns, sys.executable, "-c", READYZ), capture_output=True, text=True, timeout=20)
+    return int(out.stdout.strip() or 0)
+
+
+def lease_json(lab: Lab, subnet: str, ip_: str) -> str:
+    if lab.backend == "vxlan":
+        return (f'{{"PublicIP":"{ip_}","PublicIPv6":null,"BackendType":"vxlan",'
+                f'"BackendData":{{"VNI":1,"VtepMAC":"02:42:00:00:00:{int(subnet.split(".")[2]):02x}"}}}}')
+    if lab.backend == "host-gw":
+        return f'{{"PublicIP":"{ip_}","PublicIPv6":null,"BackendType":"host-gw"}}'
+    return f'{{"PublicIP":"{ip_}","PublicIPv6":null}}'
+
+
+LAB: dict[str, Lab] = {}
+
+
+def has_route(host, subnet: str) -> bool:
+    """Whether ``host`` forwards to ``subnet``: a kernel route (vxlan, host-gw), or for udp the
+    pump's table, as its log tells it (the last 'peer added/removed' line for that subnet)."""
+    lab = LAB[host.ns.split("-")[0]]
+    if lab.backend != "udp":
+        return f"{subnet} via" in ip(host.ns, "route")
+    events = re.findall(rf"peer (added|removed) subnet={re.escape(subnet)} ", log_text(lab, host))
+    return bool(events) and events[-1] == "added"
+
+
+def pinger(lab: Lab, src, dst, seconds: float) -> subprocess.Popen[str]:
+    count = int(seconds / 0.01)
+    return subprocess.Popen(in_ns(src.container_ns, "ping", "-n", "-q", "-i", "0.01", "-c", str(count), "-W", "1",
+                                  dst.container_ip), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def lost(out: str) -> tuple[int, int]:
+    m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
+    assert m, out
+    return int(m.group(1)), int(m.group(2))
+
+
+def test_etcd_outage_keeps_traffic_and_catches_up(lab: Lab) -> None:
+    """etcd down for 30 s under a 10 ms ping; a lease added and one deleted while flanneld cannot
+    see etcd are both applied within 2 s of etcd's return."""
+    h1, h2 = lab.hosts[:2]
+    gone = "10.0.251.0/24"
+    lab.etcdctl("put", f"{PREFIX}/subnets/10.0.251.0-24", lease_json(lab, gone, "198.18.0.96"))
+    wait_for(lambda: has_route(h1, gone), what="the doomed peer programmed")
+    ping = pinger(lab, h1, h2, 34)
+    try:
+        time.sleep(1)
+        lab.stop_etcd()
+        wait_for(lambda: readyz(h1) == 503, timeout=10, what="/readyz to report the outage")
+        # while flanneld sees no etcd, the store changes: one lease added, one deleted
+        lab.start_etcd("127.0.0.1")
+        lab.etcdctl("put", f"{PREFIX}/subnets/10.0.252.0-24", lease_json(lab, "10.0.252.0/24", "198.18.0.95"))
+        lab.etcdctl("del", f"{PREFIX}/subnets/10.0.251.0-24")
+        lab.stop_etcd()
+        time.sleep(25)
+        assert all_pairs_ping(lab) == [], "every pair still pings with etcd down"
+        lab.start_etcd()
+        back = time.monotonic()
+        wait_for(lambda: all(has_route(h, "10.0.252.0/24") and not has_route(h, gone) for h in lab.hosts),
+                 timeout=2, what="the changes made during the outage, on every host")
+        assert time.monotonic() - back <= 2
+        out = ping.communicate(timeout=60)[0]
+    finally:
+        if ping.poll() is None:
+            ping.kill()
+        lab.etcdctl("del", f"{PREFIX}/subnets/10.0.252.0-24", check=False)
+    sent, got = lost(out)
+    if lab.backend == "udp":
+        assert got == sent, f"udp keeps forwarding with its last peer table: {out}"
+    assert got == sent, out
+    for h in lab.hosts:
+        assert log_text(lab, h).count("etcd is unreachable") == 1, "the outage is logged once"
+    wait_for(lambda: readyz(h1) == 200, what="ready again")
+
+
+def test_compaction_during_an_outage_relists_exactly(lab: Lab) -> None:
+    h1 = lab.hosts[0]
+    lab.etcdctl("put", f"{PREFIX}/subnets/10.0.253.0-24", lease_json(lab, "10.0.253.0/24", "198.18.0.94"))
+    wait_for(lambda: has_route(h1, "10.0.253.0/24"), what="peer programmed")
+    relists = log_text(lab, h1).count("re-listing")
+    lab.stop_etcd()
+    lab.start_etcd("127.0.0.1")
+    lab.etcdctl("del", f"{PREFIX}/subnets/10.0.253.0-24")
+    lab.etcdctl("put", f"{PREFIX}/subnets/10.0.254.0-24", lease_json(lab, "10.0.254.0/24", "198.18.0.93"))
+    rev = re.search(r'"revision":(\d+)', lab.etcdctl("get", "x", "-w", "json")).group(1)
+    lab.etcdctl("compact", rev)
+    lab.stop_etcd()
+    lab.start_etcd()
+    try:
+        wait_for(lambda: has_route(h1, "10.0.254.0/24") and not has_route(h1, "10.0.253.0/24"), timeout=10,
+                 what="an exact peer set after the re-list")
+        assert log_text(lab, h1).count("re-listing") > relists, "the compacted watch was re-listed"
+        assert all(has_route(h1, subnet_of(p)) for p in lab.hosts[1:]), "no healthy peer dropped"
+        assert all_pairs_ping(lab) == []
+    finally:
+        lab.etcdctl("del", f"{PREFIX}/subnets/10.0.254.0-24")
+
+
+def test_sigkill_restart_keeps_subnet_and_mac(lab: Lab) -> None:
+    h = lab.hosts[1]
+    subnet = h.subnet
+    mac = ip(h.ns, "link", "show", "flannel.1").split("link/ether ")[1].split()[0] if lab.backend == "vxlan" else ""
+    ping = pinger(lab, lab.hosts[0], h, 6)
+    lab.stop_flanneld(h, sig=9)
+    lab.start_flanneld(h, ("-healthz-port=8081", "-healthz-ip=127.0.0.1"))
+    out = ping.communicate(timeout=60)[0]
+    assert lab.wait_subnet(h, 10) == subnet
+    if mac:
+        assert mac in ip(h.ns, "link", "show", "flannel.1")
+    sent, got = lost(out)
+    if lab.backend == "udp":
+        assert (sent - got) * 0.01 < 1.0, f"udp: under 1 s of loss across a restart: {out}"
+    else:
+        assert got == sent, out
+
+
+def test_away_past_ttl_and_subnet_taken_gets_a_new_subnet(lab: Lab) -> None:
+    h = lab.hosts[2]
+    old = subnet_of(h)
+    lab.stop_flanneld(h)
+    lab.etcdctl("del", lease_key(h))  # its TTL ran out...
+    lab.etcdctl("put", lease_key(h), lease_json(lab, old, "198.18.0.92"))  # ...and someone took it
+    try:
+        lab.start_flanneld(h, ("-healthz-port=8081", "-healthz-ip=127.0.0.1"))
+        wait_for(lambda: "SUBNET CHANGED" in log_text(lab, h), what="the loud log")
+        new = lab.wait_subnet(h, 10)
+        assert new.rsplit(".", 1)[0] != old.rsplit(".", 1)[0], f"a new subnet: {new} (old {old})"
+        assert "restart docker" in log_text(lab, h)
+    finally:
+        lab.etcdctl("del", f"{PREFIX}/subnets/{old.replace('/', '-')}")
+        # give the host back its old subnet so the other tests keep their topology
+        lab.stop_flanneld(h)
+        lab.etcdctl("del", f"{PREFIX}/subnets/{subnet_of(h).replace('/', '-')}")
+        with open(lab.subnet_file(h), "w") as f:
+            f.write(f"FLANNEL_NETWORK=10.0.0.0/16\nFLANNEL_SUBNET={old.replace('.0/', '.1/')}\n")
+        h.subnet = old.replace(".0/", ".1/")
+        lab.start_flanneld(h, ("-healthz-port=8081", "-healthz-ip=127.0.0.1"))
+        wait_for(lambda: lab.ping(lab.hosts[0], h, 1)[0], what="h3 back on its subnet")
+
+
+def test_hand_deleted_neighbour_and_fdb_come_back(lab: Lab) -> None:
+    if lab.backend != "vxlan":
+        pytest.skip("vxlan only")
+    h1, h2 = lab.hosts[0], lab.hosts[1]
+    gw = subnet_of(h2).split("/")[0]
+    mac = ip(h2.ns, "link", "show", "flannel.1").split("link/ether ")[1].split()[0]
+    sh(["ip", "-n", h1.ns, "neigh", "del", gw, "dev", "flannel.1"])
+    sh(["bridge", "-n", h1.ns, "fdb", "del", mac, "dev", "flannel.1", "dst", h2.ip])
+    wait_for(lambda: f"{gw} lladdr {mac}" in ip(h1.ns, "neigh", "show", "dev", "flannel.1")
+             and f"{mac} dst {h2.ip}" in sh(["bridge", "-n", h1.ns, "fdb", "show", "dev", "flannel.1"]).stdout,
+             timeout=7, what="the neighbour and FDB entry restored by the resync")
