@@ -121,20 +121,37 @@ def test_own_lease_deleted_is_taken_again(lab: Lab) -> None:
 
 
 def test_garbage_under_subnets_keeps_every_route(lab: Lab) -> None:
+    h1, h2 = lab.hosts[0], lab.hosts[1]
     junk = {
         f"{PREFIX}/subnets/not-a-subnet": "hello",
         f"{PREFIX}/subnets/10.0.250.0-24": "{not json",
         f"{PREFIX}/subnets/10.0.251.0-24": '{"PublicIP":"banana"}',
+        f"{PREFIX}/subnets/10.0.252.0-24": '{"PublicIP":"198.18.0.77","PublicIPv6":null,"' + "x" * 100_000 + '":1}',
     }
+    outside = f"{PREFIX}/subnets/10.9.0.0-24"  # valid JSON, outside 10.0.0.0/16
+    claims_h2 = f"{PREFIX}/subnets/10.0.253.0-24"  # valid, but claims h2's public IP
     for key, value in junk.items():
         lab.etcdctl("put", key, value)
-    h1 = lab.hosts[0]
-    wait_for(lambda: log_text(lab, h1).count("skipping bad lease") >= 3, what="bad-lease warnings")
-    failed = [(a.index, b.index) for a in lab.hosts for b in lab.hosts if a is not b and not lab.ping(a, b, 1)[0]]
-    assert failed == []
-    for key in junk:
-        assert log_text(lab, h1).count(f"key={key}:") == 1
-        lab.etcdctl("del", key)
+    lab.etcdctl("put", outside, '{"PublicIP":"198.18.0.78","PublicIPv6":null}')
+    lab.etcdctl("put", claims_h2, f'{{"PublicIP":"{h2.ip}","PublicIPv6":null}}')
+    try:
+        wait_for(lambda: log_text(lab, h1).count("skipping bad lease") >= len(junk), what="bad-lease warnings")
+        wait_for(lambda: "skipping peer 10.9.0.0/24" in log_text(lab, h1), what="the outside-network warning")
+        wait_for(lambda: f"all claim public IP {h2.ip}" in log_text(lab, h1), what="the shared-IP warning")
+        failed = [(a.index, b.index) for a in lab.hosts for b in lab.hosts if a is not b and not lab.ping(a, b, 1)[0]]
+        assert failed == [], "every host keeps every healthy peer"
+        text = log_text(lab, h1)
+        for key in junk:
+            assert text.count(f"key={key}:") == 1, f"one warning for {key}"
+        listing = subprocess.run(["ip", "netns", "exec", h1.ns, sys.executable, "-m", "pyflannel.cli.flannelctl",
+                                  f"-etcd-endpoints={lab.etcd_endpoint}", f"-etcd-prefix={PREFIX}", "leases", "list"],
+                                 capture_output=True, text=True, timeout=30).stdout
+        for key in junk:
+            assert f"BAD  {key}:" in listing
+        assert "10.9.0.0/24 (outside the network)" in listing
+    finally:
+        for key in [*junk, outside, claims_h2]:
+            lab.etcdctl("del", key)
 
 
 @pytest.fixture
