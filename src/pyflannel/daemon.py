@@ -65,6 +65,8 @@ class Conductor:
         self.stats = Stats()
         self.http: HttpServer | None = None
         self.traffic: TrafficManager | None = None
+        self._tg: asyncio.TaskGroup | None = None
+        self._retaking: asyncio.Task[None] | None = None
         self._traffic_error = ""
 
     def view(self) -> View:
@@ -168,6 +170,7 @@ class Conductor:
                       "bridge moves to the new subnet", prev_subnet, self.lease.subnet)
         sd_notify("READY=1")
         async with asyncio.TaskGroup() as tg:
+            self._tg = tg
             tg.create_task(self._guard("watcher", self.watch_loop()))
             tg.create_task(self._guard("renewer", self.renew_loop()))
             tg.create_task(self._guard("resyncer", self.resync_loop()))
@@ -238,13 +241,36 @@ class Conductor:
                                 "exiting so that a restart leases a new subnet (then restart docker)")
             self.lease = Lease(own, self.lease.attrs, mine.ipv6_subnet, mine.lease_id, mine.mod_revision,
                                self.lease.expiration)
-        elif gone:
+        elif gone and (self._retaking is None or self._retaking.done()):
             log.warning("our lease %s was deleted from etcd; taking it again", own)
-            new = await self.manager.recreate(own)
-            if new is None:
-                raise LeaseLost(f"our lease {own} was deleted and another host took the subnet; exiting so "
-                                "that a restart leases a new one (then restart docker)")
-            self.lease = new
+            assert self._tg is not None
+            self._retaking = self._tg.create_task(self._guard("retake", self._retake(own)))
+
+    async def _retake(self, own: ipaddress.IPv4Network) -> None:
+        """Re-create our deleted lease, riding out an unavailable etcd; LeaseLost if another host
+        took the subnet meanwhile. Runs beside the watcher, so peers keep being followed."""
+        assert self.manager is not None and self.lease is not None
+        delay, logged = 0.2, False
+        while True:
+            try:
+                new = await self.manager.recreate(own)
+                if new is None:  # the key exists: our own earlier attempt, or another host
+                    snap = await self.registry.list_leases()
+                    new = next((le for le in snap.leases if le.subnet == own), None)
+                    if new is None:
+                        continue
+                    if new.attrs.public_ip != self.lease.attrs.public_ip:
+                        raise LeaseLost(f"our lease {own} was deleted and {new.attrs.public_ip} took the subnet; "
+                                        "exiting so that a restart leases a new one (then restart docker)")
+                self.lease = new
+                log.info("lease %s taken again", own)
+                return
+            except StoreUnavailable as err:
+                if not logged:
+                    log.error("cannot re-create our lease %s yet, retrying: %s", own, err)
+                    logged = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     async def renew_loop(self) -> None:
         assert self.manager is not None and self.lease is not None

@@ -10,6 +10,7 @@ import ipaddress
 import multiprocessing as mp
 
 from pyflannel.core.config import parse_config
+from pyflannel.core.errors import StoreUnavailable
 from pyflannel.core.lease import LeaseAttrs
 from pyflannel.store.etcd import EtcdOptions, EtcdRegistry
 from pyflannel.store.manager import RACE_RETRIES, LeaseManager
@@ -26,8 +27,13 @@ def join(endpoint: str, index: int, barrier, results) -> None:  # runs in a chil
             await registry.list_leases()  # warm the channel so the barrier releases real contention
             barrier.wait()
             manager = LeaseManager(registry, LeaseAttrs(ipaddress.IPv4Address(f"198.18.1.{index + 1}")))
-            got = await manager.acquire(parse_config(CONFIG))
-            return str(got.lease.subnet), got.attempts
+            for _ in range(20):  # as flanneld: an etcd call that times out on a loaded machine is retried
+                try:
+                    got = await manager.acquire(parse_config(CONFIG))
+                    return str(got.lease.subnet), got.attempts
+                except StoreUnavailable:
+                    await asyncio.sleep(0.5)
+            raise StoreUnavailable("etcd kept failing")
         finally:
             await registry.close()
 

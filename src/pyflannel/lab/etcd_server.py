@@ -37,6 +37,10 @@ class EtcdServer:
     netns: str | None = None
     extra_args: Sequence[str] = ()
     log_path: str | None = None
+    name: str = "default"
+    cluster: str = ""  # --initial-cluster of a multi-member cluster; empty: this member alone
+    tls: tuple[str, str, str] | None = None  # (cert, key, ca): https with client certificates required
+    user: str = ""  # "name:password" for etcdctl once auth is enabled
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
@@ -47,26 +51,39 @@ class EtcdServer:
 
     @property
     def endpoint(self) -> str:
-        return f"http://{self.host}:{self.client_port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.client_port}"
 
     def command(self) -> list[str]:
         cmd = [
-            etcd_binary(), "--name", "default", "--data-dir", self.data_dir,
+            etcd_binary(), "--name", self.name, "--data-dir", self.data_dir,
             "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
             "--listen-peer-urls", f"http://{self.host}:{self.peer_port}",
             "--initial-advertise-peer-urls", f"http://{self.host}:{self.peer_port}",
-            "--initial-cluster", f"default=http://{self.host}:{self.peer_port}",
+            "--initial-cluster", self.cluster or f"{self.name}=http://{self.host}:{self.peer_port}",
             *self.extra_args,
         ]
+        if self.tls:
+            cert, key, ca = self.tls
+            cmd += ["--cert-file", cert, "--key-file", key, "--trusted-ca-file", ca, "--client-cert-auth"]
         return (["ip", "netns", "exec", self.netns] if self.netns else []) + cmd
 
-    def start(self, timeout: float = 15.0) -> None:
+    def etcdctl_args(self) -> list[str]:
+        args = ["etcdctl", "--endpoints", self.endpoint]
+        if self.tls:
+            cert, key, ca = self.tls
+            args += ["--cacert", ca, "--cert", cert, "--key", key]
+        if self.user:
+            args += ["--user", self.user]
+        return args
+
+    def start(self, timeout: float = 15.0, wait: bool = True) -> None:
         os.makedirs(self.data_dir, exist_ok=True)
         log_path = self.log_path or os.path.join(os.path.dirname(self.data_dir.rstrip("/")), "etcd.log")
         with open(log_path, "ab") as log:
             self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
-        self.wait_ready(timeout)
+        if wait:
+            self.wait_ready(timeout)
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -79,7 +96,7 @@ class EtcdServer:
         raise RuntimeError(f"etcd did not become ready at {self.endpoint} within {timeout:g}s")
 
     def _health(self) -> bool:
-        cmd = ["etcdctl", "--endpoints", self.endpoint, "--command-timeout=1s", "endpoint", "health"]
+        cmd = [*self.etcdctl_args(), "--command-timeout=1s", "endpoint", "health"]
         if self.netns:
             cmd = ["ip", "netns", "exec", self.netns, *cmd]
         env = dict(os.environ, ETCDCTL_API="3")

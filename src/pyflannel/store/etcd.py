@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import grpc
 from etcd3aio import Etcd3Client
 from etcd3aio._protobuf import Compare
-from etcd3aio.errors import EtcdError
+from etcd3aio.errors import EtcdError, EtcdUnauthenticatedError
 from etcd3aio.kv import KVService, prefix_range_end
 
 from ..core.errors import LocalConfigError, StoreDataError, StoreUnavailable
@@ -82,6 +82,10 @@ def grpc_targets(endpoints: tuple[str, ...]) -> tuple[list[str], bool, str | Non
         targets.append(f"{host}:{port}")
     if not targets:
         raise LocalConfigError("no etcd endpoints given: set --etcd-endpoints=http://HOST:2379")
+    if server_name is None and targets:
+        # endpoints given as IPs: gRPC cannot derive one name from a multi-address target, so the
+        # server certificate is checked against the first address (etcd certs carry IP SANs)
+        server_name = targets[0].rsplit(":", 1)[0]
     return targets, tls, server_name
 
 
@@ -169,10 +173,25 @@ class EtcdRegistry:
 
     async def _call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kw: Any) -> T:
         try:
-            return await fn(*args, **kw)
+            try:
+                return await fn(*args, **kw)
+            except EtcdUnauthenticatedError:
+                if not self.options.username or self._client is None:
+                    raise
+                # a restarted member forgets its tokens ("invalid auth token"): log in again, once
+                await self._authenticate()
+                return await fn(*args, **kw)
         except (EtcdError, grpc.aio.AioRpcError, TimeoutError, OSError) as err:
             self.errors += 1
             raise StoreUnavailable(f"etcd at {self.endpoints} failed: {_describe(err)}") from err
+
+    async def _authenticate(self) -> None:
+        client = self._client
+        assert client is not None and client.auth is not None
+        client.set_token(None)  # etcd rejects even Authenticate when it carries a stale token
+        resp = await client.auth.authenticate(self.options.username, self.options.password, timeout=_CALL_TIMEOUT)
+        client.set_token(resp.token)
+        log.info("re-authenticated to etcd as %s", self.options.username)
 
     async def _kv(self) -> KVService:
         client = await self.connect()
@@ -239,15 +258,12 @@ class EtcdRegistry:
         kv = await self._kv()
         lease_id, expiration = (0, None) if ttl is None else await self._grant(ttl)
         value = render_lease_attrs(attrs)
-        try:
-            resp = await self._call(
-                kv.txn, [compare], [KVService.txn_op_put(key, value, lease=lease_id)],
-                timeout=_CALL_TIMEOUT, max_attempts=1,
-            )
-        except StoreUnavailable:
-            if lease_id:
-                await self.revoke(lease_id)
-            raise
+        # No revoke when the txn fails to answer: it may have committed, and revoking its lease would
+        # delete the key we just wrote. An unused lease simply expires.
+        resp = await self._call(
+            kv.txn, [compare], [KVService.txn_op_put(key, value, lease=lease_id)],
+            timeout=_CALL_TIMEOUT, max_attempts=1,
+        )
         if not resp.succeeded:
             if lease_id:
                 await self.revoke(lease_id)
