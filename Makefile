@@ -1,10 +1,12 @@
 # pyflannel: `make demo` runs the lab demo, `make test` the whole test suite (both as root;
-# both install what is missing first).
+# both install what is missing first). `make bench` runs the benchmark suite (bench/README.md; not
+# part of `make test`).
 VENV ?= .venv
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: setup demo test unit lint install clean
+.PHONY: setup demo test unit lint install clean bench
 
 PREFIX ?= /usr/local
 DESTDIR ?=
@@ -23,6 +25,11 @@ unit: setup
 
 lint: setup
 	$(VENV)/bin/ruff check src tests bench
+
+bench: setup
+	@if [ ! -f $(VENV)/.pyflannel-bench-installed ] || [ pyproject.toml -nt $(VENV)/.pyflannel-bench-installed ]; then \
+		$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[bench]' && touch $(VENV)/.pyflannel-bench-installed; fi
+	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
 
 install:
 	PREFIX=$(PREFIX) DESTDIR=$(DESTDIR) ./scripts/install.sh

@@ -1,0 +1,210 @@
+"""Data-path figures, container to container across two hosts, for every path in one run.
+
+Paths, each in its own lab (all up at once, so the rounds interleave and drift hits all alike):
+
+    underlay     host to host over the veth underlay (pfb-hand)     the floor of every ratio
+    hand-vxlan   kernel VXLAN typed in with ip/bridge (pfb-hand)    reference of vxlan and host-gw
+    vxlan        flanneld, vxlan backend (pfb-vxlan)
+    host-gw      flanneld, host-gw backend (pfb-hostgw)
+    udp          flanneld, udp backend: TUN + the pump (pfb-udp)   reference: vxlan
+
+Per round and path: iperf3 one TCP stream and four (Gbit/s received), iperf3 UDP with 64-byte
+payloads at full speed (packets/s delivered = sent - lost), ping -i 0.001 (RTT p50/p99 in µs),
+and the CPU time of both hosts' flanneld during the one-stream test divided by the bytes the
+receiving container got (s/GB). Every tool runs inside the lab namespaces, toward lab addresses.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pyflannel.lab.bench_hosts import LightLab
+from pyflannel.lab.cluster import Lab
+from pyflannel.lab.netns import LabError, in_ns, sh
+
+from .common import BenchError, Figure, cpu_seconds, log, percentile
+
+PATHS = ("underlay", "hand-vxlan", "vxlan", "host-gw", "udp")
+RATIO_TO = {"vxlan": "hand-vxlan", "host-gw": "hand-vxlan", "udp": "vxlan"}
+METRICS = {  # name -> unit; higher is better for the first three
+    "tcp_1": "Gbit/s", "tcp_4": "Gbit/s", "udp64_pps": "packets/s",
+    "rtt_us_p50": "µs", "rtt_us_p99": "µs", "cpu_s_per_gb": "s/GB",
+}
+LABS = {"vxlan": "pfb-vxlan", "host-gw": "pfb-hostgw", "udp": "pfb-udp"}
+PING_COUNT = 2000
+
+
+@dataclass
+class Path:
+    name: str
+    client_ns: str
+    server_ns: str
+    server_dev: str
+    dst: str
+    flanneld_pids: list[int | None] = field(default_factory=list)
+    figures: dict[str, Figure] = field(default_factory=dict)
+
+    def fig(self, metric: str) -> Figure:
+        return self.figures.setdefault(metric, Figure())
+
+
+def build(notes: list[str], info: dict[str, str]) -> list[Path]:
+    """Bring up every lab and check each path with a ping; a broken path is noted and left out.
+    ``info`` gets which udp pump flanneld chose (from its log)."""
+    paths: list[Path] = []
+    hand = LightLab(name="pfb-hand", hosts_n=2)
+    hand.up_hand()
+    hand.check_hand()
+    h1, h2 = hand.hosts
+    paths.append(Path("underlay", h1.ns, h2.ns, "eth0", h2.ip))
+    paths.append(Path("hand-vxlan", h1.container_ns, h2.container_ns, "eth0", h2.container_ip))
+    for backend, name in LABS.items():
+        log(f"data path: bringing up {name} ({backend}, 2 hosts, flanneld)")
+        lab = Lab(name=name, hosts_n=2, backend=backend)
+        try:
+            lab.up()
+        except LabError as err:
+            notes.append(f"{backend}: the lab did not come up, no figures for it: {str(err)[-600:]}")
+            log(notes[-1])
+            continue
+        a, b = lab.hosts
+        if backend == "udp":
+            info["udp_pump"] = _pump_line(lab.log_tail(a, 400))
+        ok, out = lab.ping(a, b, count=3)
+        if not ok:
+            notes.append(f"{backend}: containers {a.container_ip} -> {b.container_ip} cannot ping each other; "
+                         f"no figures for it. ping said: {out.strip()[-300:]}")
+            log(notes[-1])
+            continue
+        paths.append(Path(backend, a.container_ns, b.container_ns, "eth0", b.container_ip,
+                          [lab.flanneld_pid(a), lab.flanneld_pid(b)]))
+    return paths
+
+
+def _pump_line(log_text: str) -> str:
+    found = [line.split("udp pump:", 1)[1].strip() for line in log_text.splitlines() if "udp pump:" in line]
+    return found[-1] if found else "not named in flanneld's log"
+
+
+def _wait_listening(ns: str, port: int = 5201, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sh(in_ns(ns, "ss", "-Hltn", f"sport = :{port}"), check=False).stdout.strip():
+            return
+        time.sleep(0.05)
+    raise BenchError(f"iperf3 -s in {ns} is not listening on {port} after {timeout:g}s")
+
+
+def rx_bytes(ns: str, dev: str) -> int:
+    out = sh(["ip", "-n", ns, "-j", "-s", "link", "show", dev]).stdout
+    return int(json.loads(out)[0]["stats64"]["rx"]["bytes"])
+
+
+def iperf(path: Path, seconds: int, *args: str) -> dict:
+    """One iperf3 test from the client to a one-shot server in the path's server namespace."""
+    server = subprocess.Popen(in_ns(path.server_ns, "iperf3", "-s", "-1"), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        _wait_listening(path.server_ns)
+        res = sh(in_ns(path.client_ns, "iperf3", "-c", path.dst, "-J", "-t", str(seconds), "-O", "1",
+                       "--connect-timeout", "3000", *args), check=False, timeout=seconds + 40)
+        try:
+            data = json.loads(res.stdout)
+        except json.JSONDecodeError as err:
+            raise BenchError(f"iperf3 {' '.join(args)} on {path.name} printed no JSON: {res.stderr.strip()}") from err
+        if "error" in data:
+            raise BenchError(f"iperf3 {' '.join(args)} on {path.name} failed: {data['error']}")
+        return data
+    finally:
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def tcp(path: Path, seconds: int, streams: int) -> None:
+    pids = path.flanneld_pids
+    cpu0, rx0 = sum(cpu_seconds(p) for p in pids), rx_bytes(path.server_ns, path.server_dev)
+    data = iperf(path, seconds, "-P", str(streams))
+    cpu1, rx1 = sum(cpu_seconds(p) for p in pids), rx_bytes(path.server_ns, path.server_dev)
+    path.fig(f"tcp_{streams}").add(data["end"]["sum_received"]["bits_per_second"] / 1e9)
+    if streams == 1 and pids:
+        path.fig("cpu_s_per_gb").add((cpu1 - cpu0) / max((rx1 - rx0) / 1e9, 1e-9))
+
+
+def udp64(path: Path, seconds: int) -> None:
+    s = iperf(path, seconds, "-u", "-b", "0", "-l", "64")["end"]["sum_received"]
+    path.fig("udp64_pps").add((s["packets"] - s["lost_packets"]) / s["seconds"])
+
+
+_TIME_RE = re.compile(r"time=([0-9.]+) ms")
+
+
+def rtt(path: Path) -> None:
+    res = sh(in_ns(path.client_ns, "ping", "-n", "-i", "0.001", "-c", str(PING_COUNT), "-W", "1", path.dst),
+             check=False, timeout=PING_COUNT * 0.01 + 30)
+    times = [float(t) * 1000 for t in _TIME_RE.findall(res.stdout)]
+    if len(times) < PING_COUNT // 2:
+        raise BenchError(f"ping on {path.name}: only {len(times)} of {PING_COUNT} replies\n{res.stdout[-400:]}")
+    path.fig("rtt_us_p50").add(percentile(times, 50))
+    path.fig("rtt_us_p99").add(percentile(times, 99))
+
+
+def measure(paths: list[Path], rounds: int, seconds: int, notes: list[str]) -> None:
+    """``rounds`` interleaved rounds; within a round the path order rotates. A test that fails is
+    noted and its figure has one run fewer; the other tests go on."""
+    tests: list[tuple[str, Callable[[Path], None]]] = [
+        ("tcp_1", lambda p: tcp(p, seconds, 1)), ("tcp_4", lambda p: tcp(p, seconds, 4)),
+        ("udp64", lambda p: udp64(p, seconds)), ("rtt", rtt),
+    ]
+    for r in range(rounds):
+        order = paths[r % len(paths):] + paths[:r % len(paths)]
+        for path in order:
+            t0 = time.monotonic()
+            for name, test in tests:
+                try:
+                    test(path)
+                except BenchError as err:
+                    notes.append(f"{path.name} round {r + 1}: {name} failed, one run fewer: {err}")
+                    log(notes[-1])
+            log(f"data path round {r + 1}/{rounds} {path.name}: " + ", ".join(
+                f"{k} {_last(path, k)}" for k in ("tcp_1", "tcp_4", "udp64_pps", "rtt_us_p50", "cpu_s_per_gb")
+                if k in path.figures) + f" ({time.monotonic() - t0:.0f} s)")
+
+
+def _last(path: Path, metric: str) -> str:
+    v = path.figures[metric].values
+    return f"{v[-1]:.4g}" if v else "-"
+
+
+def rows(paths: list[Path]) -> list[dict]:
+    """DESIGN.md's flat rows; ``ratio`` is median / median of ``ratio_to`` measured in this run,
+    ``ratio_underlay`` the same against the underlay."""
+    by_name = {p.name: p for p in paths}
+    out = []
+    for path in sorted(paths, key=lambda p: PATHS.index(p.name)):
+        for metric, unit in METRICS.items():
+            fig = path.figures.get(metric)
+            if fig is None or not fig.values:
+                continue
+            ref = RATIO_TO.get(path.name) if metric != "cpu_s_per_gb" else None
+            ref_fig = by_name[ref].figures.get(metric) if ref in by_name else None
+            under = by_name["underlay"].figures.get(metric) if "underlay" in by_name else None
+            out.append({
+                "backend": path.name, "metric": metric, **fig.summary(), "unit": unit,
+                "ratio_to": ref if ref_fig else None,
+                "ratio": _ratio(fig, ref_fig), "ratio_underlay": _ratio(fig, under),
+            })
+    return out
+
+
+def _ratio(fig: Figure, ref: Figure | None) -> float | None:
+    if ref is None or not ref.values or not ref.median:
+        return None
+    return round(fig.median / ref.median, 3)

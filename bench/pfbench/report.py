@@ -1,0 +1,171 @@
+"""The results, three ways: latest.json (DESIGN.md's flat rows), latest.md (tables), datapath.png.
+
+JSON rows follow DESIGN.md's "Benchmark results" convention; on top of it every data-path row also
+carries ``ratio_underlay`` (the same figure over the underlay's), a control-plane row hit by a time
+cap carries ``"capped": true``, and the top level has ``notes`` (what was capped, skipped or
+disturbed) and ``runtime_s``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from typing import Any
+
+from .datapath import METRICS, PATHS, RATIO_TO
+
+LABELS = {"tcp_1": "TCP 1 stream Gbit/s", "tcp_4": "TCP 4 streams Gbit/s", "udp64_pps": "UDP 64 B kpps",
+          "rtt_us_p50": "RTT p50 µs", "rtt_us_p99": "RTT p99 µs", "cpu_s_per_gb": "flanneld CPU s/GB"}
+
+
+CP_LABELS = {
+    "convergence_p50_ms": "convergence p50: lease PUT -> route on a host",
+    "convergence_p99_ms": "convergence p99",
+    "convergence_max_ms": "convergence, every host programmed",
+    "convergence_cpu_ms_per_host": "flanneld CPU per host for that one lease",
+    "coldstart_s": "cold start: start -> all peers' route+neigh+FDB",
+    "coldstart_ready_s": "cold start: start -> subnet.env written",
+    "coldstart_rss_mb": "RSS when all peers are programmed",
+    "coldstart_peak_rss_mb": "peak RSS (VmHWM) by then",
+    "idle_cpu_pct": "idle flanneld CPU",
+    "idle_rss_mb": "idle flanneld RSS",
+}
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    with open("/proc/meminfo") as f:
+        mem_kb = int(f.readline().split()[1])
+    iperf = subprocess.run(["iperf3", "--version"], capture_output=True, text=True, check=False).stdout.split("\n")[0]
+    from pyflannel import __version__ as version
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(mem_kb / 1e6, 1), "kernel": platform.release(),
+            "python": platform.python_version(), "iperf3": iperf.strip(), "pyflannel": version,
+            "loadavg_at_start": round(os.getloadavg()[0], 2)}
+
+
+def write_json(path: str, doc: dict[str, Any]) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(doc, f, indent=1, ensure_ascii=False)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _fmt(x: float | None, metric: str) -> str:
+    if x is None:
+        return "-"
+    if metric == "udp64_pps":
+        return f"{x / 1e3:.0f}"
+    if metric.startswith("rtt"):
+        return f"{x:.0f}"
+    if metric == "cpu_s_per_gb":
+        return f"{x:.3f}"
+    if abs(x) >= 100:
+        return f"{x:.0f}"
+    return f"{x:.2f}" if abs(x) < 10 else f"{x:.1f}"
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    m = doc["machine"]
+    prm = doc["params"]
+    out = [f"# pyflannel benchmark, {doc['date']}", "",
+           f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, Linux {m['kernel']}, Python {m['python']}, "
+           f"{m['iperf3']}, pyflannel {m['pyflannel']}. Suite runtime {doc['runtime_s'] / 60:.1f} min. "
+           "Each figure: median (min-max) of its runs: "
+           f"{prm['rounds']} interleaved rounds for the data path, {prm['conv_rounds']} lease PUTs per cluster size, "
+           f"{prm['cold_runs']} cold starts, {prm['idle_windows']} idle windows of {prm['idle_seconds']:g} s."
+           + (f" udp pump: {prm['udp_pump']}." if "udp_pump" in prm else ""), ""]
+    rows = {(r["backend"], r["metric"]): r for r in doc["datapath"]}
+    paths = [p for p in PATHS if any(b == p for b, _ in rows)]
+    if paths:
+        out += ["## Data path, container to container across two hosts", "",
+                "| path | " + " | ".join(LABELS[k] for k in METRICS) + " |",
+                "| --- |" + " --- |" * len(METRICS)]
+        for p in paths:
+            cells = []
+            for k in METRICS:
+                r = rows.get((p, k))
+                cells.append("-" if r is None else f"{_fmt(r['median'], k)} ({_fmt(r['min'], k)}-{_fmt(r['max'], k)})")
+            out.append(f"| {p} | " + " | ".join(cells) + " |")
+        ratio_metrics = [k for k in METRICS if k != "cpu_s_per_gb"]
+        out += ["", "Ratios of medians measured in this run (for RTT a ratio above 1 means slower):", "",
+                "| path | reference | " + " | ".join(LABELS[k] for k in ratio_metrics) + " |",
+                "| --- | --- |" + " --- |" * len(ratio_metrics)]
+        for p in paths:
+            for ref, key in ((RATIO_TO.get(p), "ratio"), ("underlay", "ratio_underlay")):
+                if ref is None or ref == p:
+                    continue
+                vals = [rows.get((p, k), {}).get(key) for k in ratio_metrics]
+                out.append(f"| {p} | {ref} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in vals) + " |")
+    cp = doc["controlplane"]
+    if cp:
+        out += ["", "## Control plane", "",
+                "hosts: flanneld hosts in the cluster (convergence), or synthetic peer leases in etcd (cold start, "
+                "idle).", "",
+                "| figure | metric | hosts | median | min | max | unit |",
+                "| --- | --- | --- | --- | --- | --- | --- |"]
+        for r in cp:
+            cap = " **(capped: a lower bound)**" if r.get("capped") else ""
+            out.append(f"| {CP_LABELS.get(r['metric'], r['metric'])}{cap} | {r['metric']} | {r['hosts']} | "
+                       f"{_fmt(r['median'], '')} | {_fmt(r['min'], '')} | {_fmt(r['max'], '')} | {r['unit']} |")
+    if doc["notes"]:
+        out += ["", "## Notes", ""] + [f"- {n}" for n in doc["notes"]]
+    return "\n".join(out) + "\n"
+
+
+def chart(doc: dict[str, Any], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = {(r["backend"], r["metric"]): r for r in doc["datapath"]}
+    paths = [p for p in PATHS if any(b == p for b, _ in rows)]
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
+    colors = {"underlay": "#9e9e9e", "hand-vxlan": "#5c6bc0", "vxlan": "#26a69a", "host-gw": "#66bb6a",
+              "udp": "#ef6c00"}
+    for ax, metric in zip(axes.flat, METRICS, strict=True):
+        scale = 1e-3 if metric == "udp64_pps" else 1.0
+        names = [p for p in paths if (p, metric) in rows]
+        med = [rows[(p, metric)]["median"] * scale for p in names]
+        lo = [m - rows[(p, metric)]["min"] * scale for p, m in zip(names, med, strict=True)]
+        hi = [rows[(p, metric)]["max"] * scale - m for p, m in zip(names, med, strict=True)]
+        bars = ax.bar(names, med, yerr=[lo, hi], capsize=4, color=[colors[p] for p in names])
+        for bar, p in zip(bars, names, strict=True):
+            ratio = rows[(p, metric)].get("ratio")
+            if ratio is not None:
+                top = rows[(p, metric)]["max"] * scale  # above the whisker
+                ax.annotate(f"x{ratio:.2f}", (bar.get_x() + bar.get_width() / 2, top), ha="center",
+                            va="bottom", fontsize=8, xytext=(0, 3), textcoords="offset points")
+        lower_better = metric.startswith(("rtt", "cpu"))
+        if lower_better:
+            ax.set_yscale("log")  # udp is an order of magnitude above the kernel paths here
+        low, high = ax.get_ylim()
+        ax.set_ylim(low, high * (2.0 if lower_better else 1.08))  # room for the ratio labels
+        ax.set_title(LABELS[metric] + ("  (lower is better, log scale)" if lower_better else ""))
+        ax.tick_params(axis="x", labelsize=8)
+    m = doc["machine"]
+    fig.suptitle(f"pyflannel data path, container to container, {doc['date']} - {m['cores']} x {m['cpu']}, "
+                 f"Linux {m['kernel']}; median of {doc['params']['rounds']}, whiskers = min-max;\n"
+                 "xN = ratio to the reference measured in the same run: hand-vxlan for vxlan and host-gw, "
+                 "vxlan for udp", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def document(datapath: list[dict], controlplane: list[dict], notes: list[str], mach: dict[str, Any],
+             params: dict[str, Any], started: float) -> dict[str, Any]:
+    return {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": mach, "datapath": datapath,
+            "controlplane": controlplane, "notes": notes, "params": params,
+            "runtime_s": round(time.monotonic() - started, 1), "command": " ".join(sys.argv)}
