@@ -266,3 +266,23 @@ def test_route_table_not_read_without_subnet(tmp_path):
 def test_read_route_table_without_ip_is_none(monkeypatch):
     monkeypatch.setattr(mk_docker_opts.shutil, "which", lambda name: None)
     assert read_route_table() is None
+
+
+# ---- property: any env file and any flags give an exit code and a message, never a traceback ----
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_flag = st.sampled_from(["-i", "-c", "-m", "-k", "-h", "-?", "-x", "-kKEY", "-k", "BAD KEY", "--", "-f"])
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(max_size=300), flags=st.lists(_flag, max_size=4))
+def test_any_env_file_and_flags_give_an_exit_code(tmp_path, capsys, text: str, flags: list[str]) -> None:
+    src, dst = tmp_path / "subnet.env", tmp_path / "docker.env"
+    src.write_text(text)
+    code = mk_docker_opts.main(["-f", str(src), "-d", str(dst), *flags], environ={}, route_table=lambda: "")
+    assert code in (0, 1, 2)
+    out = capsys.readouterr()
+    if code != 0:
+        assert out.err.strip(), "a failure always says why"
