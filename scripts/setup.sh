@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(etcd-server etcd-client iproute2 iptables nftables iputils-ping tcpdump net-tools iperf3 procps systemd containernetworking-plugins)
+# gcc + python3-dev build the udp backend's compiled packet pump (without them: the pure-Python one)
+APT_PACKAGES=(gcc python3-dev etcd-server etcd-client iproute2 iptables nftables iputils-ping tcpdump net-tools iperf3 procps systemd containernetworking-plugins)
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 
@@ -33,7 +34,7 @@ stamp="$VENV/.pyflannel-installed"
 if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ src/pyflannel/backend/_fastpump.c -nt "$stamp" ]; then
   "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[dev]'
   touch "$stamp"
 fi

@@ -98,7 +98,7 @@ class Conductor:
                                        f"{err.strerror} (pick another --healthz-port)") from err
 
     async def wait_for_config(self) -> NetworkConfig:
-        key, last = self.registry.config_key, ""
+        key, last = self.registry.config_key, ""  # log each kind of problem once, not once per retry
         while True:
             try:
                 data = await self.registry.get_config()
@@ -113,6 +113,8 @@ class Conductor:
                        f"`etcdctl put {key} '{{\"Network\": \"10.0.0.0/16\"}}'` (etcd v3 API); retrying every second")
             except StoreUnavailable as err:
                 msg = f"cannot read the network config: {err}; retrying (check --etcd-endpoints)"
+                if last.startswith("cannot read the network config"):
+                    msg = last  # the same outage, however the error is worded this time
             except ConfigError as err:
                 msg = f"invalid network config at {key}: {err}; fix it with `flannelctl config set`, retrying"
             if msg != last:

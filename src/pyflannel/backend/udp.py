@@ -25,8 +25,7 @@ from ..kernel import netlink
 from ..kernel.iface import ExternalInterface
 from ..kernel.tun import open_tun
 from .base import KernelBackend, check_keys, int_option
-from .udp_fastpump import UdpFastPump, choose_pump
-from .udp_pump import Tables, UdpPump
+from .udp_pump import Tables, UdpFastPump, UdpPump, choose_pump
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +69,7 @@ class UdpBackend(KernelBackend):
         return self.ext.mtu - ENCAP_OVERHEAD
 
     async def setup(self, lease: Lease) -> None:
+        pump_cls, how = choose_pump()  # a bad PYFLANNEL_PUMP fails here, before any kernel change
         self.lease = lease
         self.tun_fd, self.tun_name = open_tun("flannel%d")
         link = await asyncio.to_thread(netlink.link_by_name, self.tun_name)
@@ -79,7 +79,6 @@ class UdpBackend(KernelBackend):
         await asyncio.to_thread(self._configure_kernel)
         self.sock = self._open_socket()
         local_ip = int(lease.subnet.network_address)
-        pump_cls, how = choose_pump()
         log.info("udp pump: %s", how)
         self.pump = pump_cls(self.tun_fd, self.sock, local_ip, self.mtu())
         self.pump.start()
