@@ -72,3 +72,54 @@ def test_metrics(lab: Lab) -> None:
     assert "flannel_reconcile_duration_seconds_count" in text
     assert "flannel_etcd_errors_total 0.0" in text
     assert get(h1, "/nope")[0] == 404
+
+
+SPOOF = """
+import socket, struct, sys
+def csum(b):
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    s = (s >> 16) + (s & 0xFFFF); s += s >> 16
+    return ~s & 0xFFFF
+src, dst, target, bind = sys.argv[1:5]
+icmp = bytearray(struct.pack("!BBHHH", 8, 0, 0, 7, 1) + b"spoof" * 8)
+icmp[2:4] = struct.pack("!H", csum(bytes(icmp)))
+ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), 1, 0, 64, 1, 0,
+                          socket.inet_aton(src), socket.inet_aton(dst)))
+ip[10:12] = struct.pack("!H", csum(bytes(ip)))
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((bind, 0))
+for _ in range(20):
+    s.sendto(bytes(ip) + bytes(icmp), (target, 8285))
+"""
+
+
+def icmp_in(ns: str) -> int:
+    text = subprocess.run(["ip", "netns", "exec", ns, "cat", "/proc/net/snmp"], capture_output=True, text=True).stdout
+    head, values = [line.split() for line in text.splitlines() if line.startswith("Icmp:")][:2]
+    return int(values[head.index("InMsgs")])
+
+
+def drops(host: Host) -> float:
+    text = get(host, "/metrics")[1]
+    line = next((ln for ln in text.splitlines()
+                 if ln.startswith('flannel_udp_drops_total{direction="rx",reason="unknown_source"}')), "x 0")
+    return float(line.split()[-1])
+
+
+def test_spoofed_datagrams_are_dropped_and_counted(lab: Lab) -> None:
+    """UDP/8285 from a non-member, and from a member with an inner source outside its subnet: none
+    reaches the container (Go flannel delivers them all), each is counted."""
+    from pyflannel.lab.netns import ns_add
+
+    h1, h2 = lab.hosts
+    ns_add(f"{lab.name}-spoof")  # removed with the lab
+    lab._attach(f"{lab.name}-spoof", "198.18.0.250", "spoof")
+    before_in, before_drops = icmp_in(h1.container_ns), drops(h1)
+    peer_src = subnet_of(h2).replace(".0/24", ".9")
+    subprocess.run(["ip", "netns", "exec", f"{lab.name}-spoof", sys.executable, "-c", SPOOF, peer_src,
+                    h1.container_ip, h1.ip, "198.18.0.250"], check=True, timeout=30)
+    subprocess.run(["ip", "netns", "exec", h2.ns, sys.executable, "-c", SPOOF, "10.0.250.9", h1.container_ip, h1.ip,
+                    h2.ip], check=True, timeout=30)
+    wait_for(lambda: drops(h1) >= before_drops + 40, timeout=10, what="40 counted drops")
+    assert icmp_in(h1.container_ns) == before_in, "no spoofed packet reached the container"
+    assert lab.ping(h2, h1, 2)[0], "real traffic from the member still flows"
