@@ -31,7 +31,7 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
     if os.geteuid() != 0:
         pytest.fail("end-to-end tests need root")
     lab = Lab(name={"udp": "pffu", "vxlan": "pffv", "host-gw": "pffg"}[request.param], hosts_n=3,
-              backend=request.param)
+              backend=request.param, subnet_max="10.0.199.0")
     try:
         lab.up(write_config=False)
         for h in lab.hosts:

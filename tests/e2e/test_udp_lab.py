@@ -23,7 +23,7 @@ from .helpers import lease_key, log_text, wait_for
 def lab() -> Iterator[Lab]:
     if os.geteuid() != 0:
         pytest.fail("end-to-end tests need root (network namespaces, TUN devices)")
-    lab = Lab(name="pfte", hosts_n=3)
+    lab = Lab(name="pfte", hosts_n=3, subnet_max="10.0.199.0")
     try:
         lab.up()
         yield lab

@@ -40,7 +40,7 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
         pytest.fail(f"the compiled pump was not built: {udp_pump.IMPORT_ERROR}")
     saved = os.environ.get("PYFLANNEL_PUMP")
     os.environ["PYFLANNEL_PUMP"] = request.param  # inherited by every flanneld the lab starts
-    lab = Lab(name="pftu", hosts_n=3)
+    lab = Lab(name="pftu", hosts_n=3, subnet_max="10.0.199.0")
     try:
         lab.up()
         yield lab

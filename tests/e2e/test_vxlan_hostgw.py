@@ -23,7 +23,7 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
     if os.geteuid() != 0:
         pytest.fail("end-to-end tests need root (network namespaces)")
     name = {"vxlan": "pftv", "host-gw": "pftg"}[request.param]
-    lab = Lab(name=name, hosts_n=3, backend=request.param)
+    lab = Lab(name=name, hosts_n=3, backend=request.param, subnet_max="10.0.199.0")
     try:
         lab.up()
         yield lab

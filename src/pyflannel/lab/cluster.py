@@ -61,6 +61,7 @@ class Lab:
     name: str = "pfl"
     hosts_n: int = 3
     backend: str = "udp"
+    subnet_max: str = ""  # tests keep real hosts below this, so synthetic leases above never collide
     hosts: list[Host] = field(default_factory=list)
     etcd_server: EtcdServer | None = field(default=None, repr=False)
 
@@ -137,9 +138,14 @@ class Lab:
         self.save()
 
     def _default_config(self) -> str:
-        if self.backend == "udp":
+        if self.backend == "udp" and not self.subnet_max:
             return ARTICLE_CONFIG
-        return json.dumps({"Network": "10.0.0.0/16", "Backend": {"Type": self.backend}})
+        config: dict[str, object] = {"Network": "10.0.0.0/16"}
+        if self.subnet_max:
+            config["SubnetMax"] = self.subnet_max
+        if self.backend != "udp":
+            config["Backend"] = {"Type": self.backend}
+        return json.dumps(config)
 
     def _underlay(self) -> None:
         ns = self.underlay_ns
