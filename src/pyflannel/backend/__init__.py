@@ -21,6 +21,8 @@ _CONSTRUCTORS: dict[str, str] = {
     "udp": "pyflannel.backend.udp:UdpBackend",
     "vxlan": "pyflannel.backend.vxlan:VxlanBackend",
     "host-gw": "pyflannel.backend.hostgw:HostGwBackend",
+    "aws-vpc": "pyflannel.backend.awsvpc:AwsVpcBackend",
+    "gce": "pyflannel.backend.gce:GceBackend",
 }
 
 

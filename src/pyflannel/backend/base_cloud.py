@@ -1,0 +1,269 @@
+"""What the cloud route backends (aws-vpc, gce) share: errors that name the fix, the pure
+stale-route plan, and the converge loop.
+
+A cloud backend programs no kernel state. Each host writes one route for its own subnet into the
+cloud network's route table, pointing at itself; the cloud's router forwards. So the desired state
+is "our route exists and points at us" plus cleanup, and the loop converges a route table over
+an API instead of netlink. API calls are blocking SDK calls: they run in a thread, one pass at a
+time, and an error is logged once and retried on the next lease event or timer tick.
+
+Cleanup (flannel left these behind) must never fight between hosts nor delete a live host's route:
+
+- a blackhole route inside the network (its target is gone) is removed by every host, as flannel;
+- a route inside the network with no lease that points at *us* is ours from an older lease: removed;
+- a route of subnet size inside the network with no lease, pointing at an instance that holds no
+  lease, is removed only by the host holding the lowest live subnet, and only once it has been
+  stale for ``stale_grace_s`` (a joining host's route may be seen before its lease);
+- a route whose subnet is leased is its owner's business and is never deleted by anyone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from ..core.config import NetworkConfig
+from ..core.errors import ConfigError, FlannelError, LocalConfigError
+from ..core.lease import Lease, LeaseAttrs
+from ..kernel.iface import ExternalInterface
+from .base import int_option
+
+log = logging.getLogger("pyflannel.backend")
+
+Net = ipaddress.IPv4Network
+
+
+class MissingPermission(LocalConfigError):
+    """The cloud API refused a call for lack of an IAM permission; names the permission."""
+
+    def __init__(self, permission: str, what: str, detail: str, fix: str) -> None:
+        self.permission = permission
+        super().__init__(f"missing permission {permission}: {what} was denied ({detail}); {fix}")
+
+
+class RouteLimitError(LocalConfigError):
+    """The route table (AWS) or network (GCE) holds as many routes as it may."""
+
+    def __init__(self, table: str, detail: str, fix: str) -> None:
+        self.table = table
+        super().__init__(f"route limit reached in {table}: {detail}; every host needs one route there: {fix}, "
+                         'or use the vxlan backend ("Backend": {"Type": "vxlan"}), which needs no cloud routes')
+
+
+class MetadataUnavailable(LocalConfigError):
+    """No instance metadata service answered: not on that cloud, or the endpoint is wrong."""
+
+
+class CloudError(FlannelError):
+    """A cloud API call failed for another reason (after the SDK's own retries); retried later."""
+
+
+@dataclass(frozen=True)
+class CloudRoute:
+    table: str  # AWS route table ID; GCE network name
+    dest: Net
+    target: str  # ENI/instance ID (AWS) or instance path (GCE); "" for any other kind of next hop
+    name: str = ""  # GCE route name
+    blackhole: bool = False
+
+    @property
+    def key(self) -> str:
+        return f"{self.table} {self.dest} {self.target} {self.name}"
+
+
+@dataclass(frozen=True)
+class Cleanup:
+    delete: tuple[tuple[CloudRoute, str], ...]  # delete now, with the reason
+    suspects: tuple[CloudRoute, ...]  # unleased routes to another target: delete if that target is dead
+
+
+def plan_cleanup(routes: Iterable[CloudRoute], network: Net, subnet_len: int, own: Net, own_target: str,
+                 live: Iterable[Net] | None, cleaner: bool) -> Cleanup:
+    """Pure: which routes of the tables are stale, following the rules in the module docstring.
+    ``live`` None means the leases are not known yet (no snapshot): then only blackholes go."""
+    live_set = set(live) if live is not None else None
+    delete: list[tuple[CloudRoute, str]] = []
+    suspects: list[CloudRoute] = []
+    for r in routes:
+        if not r.dest.subnet_of(network) or r.dest == own:
+            continue
+        if r.blackhole:
+            delete.append((r, "blackhole route inside the network"))
+        elif live_set is None or r.dest in live_set or not r.target or r.dest.prefixlen != subnet_len:
+            continue
+        elif r.target == own_target:
+            delete.append((r, f"points at us but our lease is {own}"))
+        elif cleaner:
+            suspects.append(r)
+    return Cleanup(tuple(delete), tuple(suspects))
+
+
+def route_limit(config: NetworkConfig, default: int, backend: str) -> int:
+    return int_option(config, "RouteLimit", default, 1, 100_000, backend)
+
+
+def require_ipv4(config: NetworkConfig, backend: str) -> list[str]:
+    if config.network is None:
+        raise ConfigError(f"{backend} backend: needs an IPv4 Network (EnableIPv4), got none")
+    if config.enable_ipv6:
+        return [f"{backend} backend: routes only IPv4; the IPv6 network {config.ipv6_network} gets no cloud routes"]
+    return []
+
+
+class CloudBackend:
+    """The Backend protocol for a backend that converges cloud route tables (see module docstring)."""
+
+    name = ""
+    resync_interval_s = 60.0  # a full pass on the timer at most this often (API rate limits)
+    stale_grace_s = 30.0
+    near_limit_ratio = 0.8
+
+    def __init__(self, ext: ExternalInterface, config: NetworkConfig) -> None:
+        self.ext = ext
+        self.config = config
+        self.lease: Lease | None = None
+        self.peers: dict[Net, Lease] = {}
+        self.synced = False
+        self.changed = asyncio.Event()
+        self.clock: Callable[[], float] = time.monotonic
+        self._lock = asyncio.Lock()
+        self._warned: set[str] = set()
+        self._near_limit: set[str] = set()
+        self._stale_since: dict[str, float] = {}
+        self._last_error = ""
+        self._last_ok = -math.inf
+        self.reconcile_runs = 0
+        self.reconcile_errors = 0
+        self.reconcile_changes = 0
+        self.reconcile_seconds = 0.0
+
+    def lease_attrs(self) -> LeaseAttrs:
+        return LeaseAttrs(self.ext.ext_addr)  # {"PublicIP":"…","PublicIPv6":null}, no BackendType: flannel's
+
+    def mtu(self) -> int:
+        return self.ext.mtu
+
+    def accepts(self, lease: Lease) -> bool:
+        network = self.config.network
+        if network is not None and not lease.subnet.subnet_of(network):
+            if str(lease.subnet) not in self._warned:
+                self._warned.add(str(lease.subnet))
+                log.warning("skipping peer %s (%s): its subnet is outside the network %s", lease.subnet,
+                            lease.attrs.public_ip, network)
+            return False
+        return True
+
+    def live(self) -> dict[Net, Lease]:
+        """Every lease of the network as last seen, ours included (meaningful once ``synced``)."""
+        live = dict(self.peers)
+        if self.lease is not None:
+            live[self.lease.subnet] = self.lease
+        return live
+
+    def is_cleaner(self) -> bool:
+        """The host holding the lowest live subnet removes unleased routes; the others leave them."""
+        return self.synced and self.lease is not None and self.lease.subnet == min(self.live())
+
+    async def setup(self, lease: Lease) -> None:
+        """Our route in every table now. A permission, route-limit or config error stops flanneld
+        (the operator must act); a transient API error is retried by ``resync``."""
+        self.lease = lease
+        async with self._lock:
+            try:
+                await asyncio.to_thread(self.converge, True)
+            except CloudError as err:  # throttled, 5xx, unreachable: not fatal, the timer tries again
+                self.reconcile_errors += 1
+                self._last_error = str(err)
+                log.error("%s: cannot program our route yet, retrying on the next tick: %s", self.name, err)
+                return
+        self._last_ok = self.clock()
+
+    async def apply_peers(self, peers: Mapping[Net, Lease]) -> None:
+        """A full pass on the first snapshot; after that only the cleaner has work, and only when a
+        lease went or it just became the cleaner (every owner keeps its own route)."""
+        first, was_cleaner, before = not self.synced, self.is_cleaner(), set(self.peers)
+        self.peers = {sn: le for sn, le in peers.items() if self.accepts(le)}
+        self.synced = True
+        if first or (self.is_cleaner() and (before - set(self.peers) or not was_cleaner)):
+            await self.reconcile()
+
+    async def resync(self) -> None:
+        if self.synced and (self._last_error or self.clock() - self._last_ok >= self.resync_interval_s):
+            await self.reconcile()
+
+    async def reconcile(self) -> None:
+        """One pass; a failure is logged once per distinct message and retried on the next tick."""
+        async with self._lock:
+            start = time.monotonic()
+            self.reconcile_runs += 1
+            try:
+                await asyncio.to_thread(self.converge, False)
+            except FlannelError as err:
+                self.reconcile_errors += 1
+                if str(err) != self._last_error:
+                    log.error("%s route reconcile failed, retrying on the next event or tick: %s", self.name, err)
+                    self._last_error = str(err)
+                return
+            finally:
+                self.reconcile_seconds += time.monotonic() - start
+            if self._last_error:
+                log.info("%s route reconcile works again", self.name)
+                self._last_error = ""
+            self._last_ok = self.clock()
+
+    def converge(self, initial: bool) -> None:
+        """Blocking, in a thread: our route in every table, then the cleanup ``plan_cleanup`` decides."""
+        assert self.lease is not None and self.config.network is not None
+        routes = self.ensure_own(initial)
+        if routes is None:
+            return
+        live = set(self.live()) if self.synced else None
+        plan = plan_cleanup(routes, self.config.network, self.config.subnet_len, self.lease.subnet,
+                            self.own_target, live, self.is_cleaner())
+        for route, why in plan.delete:
+            self.delete(route, why)
+        ips = self.target_ips({r.target for r in plan.suspects}) if plan.suspects else {}
+        live_ips = {str(le.attrs.public_ip) for le in self.live().values()}
+        for route in self.ripe(r for r in plan.suspects if not ips.get(r.target, set()) & live_ips):
+            self.delete(route, "no lease for its subnet, and its target holds none")
+        self.sweep_pending = self.sweep_pending and not self.synced
+
+    sweep_pending = True  # no full cleanup pass with the leases known yet (a backend may skip listing otherwise)
+
+    own_target = ""  # what our routes point at: our ENI ID (AWS), our instance path (GCE)
+
+    def ensure_own(self, initial: bool) -> list[CloudRoute] | None:
+        """Our route in every table; the routes to consider for cleanup (None: skip it). Per backend."""
+        raise NotImplementedError
+
+    def delete(self, route: CloudRoute, why: str) -> None:
+        raise NotImplementedError
+
+    def target_ips(self, targets: set[str]) -> dict[str, set[str]]:
+        """The addresses of each route target that still exists (to find live hosts). Per backend."""
+        raise NotImplementedError
+
+    def ripe(self, suspects: Iterable[CloudRoute]) -> list[CloudRoute]:
+        """The suspects that have stayed stale for ``stale_grace_s``; forgets the ones that are gone."""
+        now, suspects = self.clock(), list(suspects)
+        keys = {r.key for r in suspects}
+        self._stale_since = {k: t for k, t in self._stale_since.items() if k in keys}
+        return [r for r in suspects if now - self._stale_since.setdefault(r.key, now) >= self.stale_grace_s]
+
+    def check_near_limit(self, table: str, count: int, limit: int, fix: str) -> None:
+        """Warn once when a table nears its route limit; again after it has dropped below."""
+        if count >= math.ceil(self.near_limit_ratio * limit):
+            if table not in self._near_limit:
+                self._near_limit.add(table)
+                log.warning("%s holds %d routes of its limit of %d: each host needs one, so about %d more hosts "
+                            "fit; %s, or move to the vxlan backend", table, count, limit, max(limit - count, 0), fix)
+        else:
+            self._near_limit.discard(table)
+
+    async def close(self) -> None:
+        """Our routes stay in the cloud: a restarted flanneld keeps its lease and its route."""
