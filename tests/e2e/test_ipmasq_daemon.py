@@ -55,7 +55,8 @@ def test_a_flushed_chain_comes_back(lab: Lab) -> None:
     before = nat_rules(lab, h)
     sh(in_ns(h.ns, "iptables", "-t", "nat", "-F", "FLANNEL-POSTRTG"))
     wait_for(lambda: nat_rules(lab, h) == before, timeout=5, what="the rules restored")
-    assert "rules were changed by someone else: restored them" in log_text(lab, h)
+    wait_for(lambda: "rules were changed by someone else: restored them" in log_text(lab, h), timeout=5,
+             what="flanneld to say so")
 
 
 def test_container_reaches_outside_masqueraded(lab: Lab) -> None:
