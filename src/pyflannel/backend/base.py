@@ -102,7 +102,7 @@ class KernelBackend:
         self.peers = {sn: le for sn, le in peers.items() if self.accepts(le)}
         self._warn_shared_public_ips()
         self.synced = True
-        await self.reconcile()
+        await self.reconcile(full=False)
 
     def _warn_shared_public_ips(self) -> None:
         """Two leases of one network claiming one PublicIP: one of them is stale or forged. Both
@@ -125,15 +125,17 @@ class KernelBackend:
         if self.synced:
             await self.reconcile()
 
-    async def reconcile(self) -> None:
-        """One converge run. A kernel error is logged (once per distinct message) and counted;
-        the next lease event or timer tick tries again, and the data path keeps what it has."""
+    async def reconcile(self, full: bool = True) -> None:
+        """One converge run: ``full`` reads the kernel (timer, link events), otherwise only the
+        change since the last run is sent (lease events). A kernel error is logged (once per
+        distinct message) and counted; the next lease event or timer tick tries again, and the
+        data path keeps what it has."""
+        apply = self.reconciler.apply if full else self.reconciler.apply_delta
         async with self._lock:
             start = time.monotonic()
             self.reconcile_runs += 1
             try:
-                desired = await asyncio.to_thread(self.desired)
-                plan, links = await asyncio.to_thread(self.reconciler.apply, desired)
+                plan, links = await asyncio.to_thread(lambda: apply(self.desired()))
             except KernelError as err:
                 self.reconcile_errors += 1
                 if str(err) != self._last_error:

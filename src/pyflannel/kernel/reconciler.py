@@ -1,10 +1,16 @@
 """Make the kernel match a ``DesiredState``: read, diff (pure, in core), apply. Level-triggered.
 
-Run after every lease change and on a timer: whatever was missed (an event, a compaction, an
-entry deleted by hand, a whole device deleted by hand) is put right by the next run. Only our
-entries are ever removed: routes carrying ``RTPROT_FLANNEL`` inside our network, and permanent
-neighbour/FDB entries on devices we own. A device is recreated only when it is missing or
-incompatible, so a restart changes nothing that is already right.
+Two ways in. ``apply`` is the full run, on a timer and on link events: read the kernel, diff,
+apply; whatever was missed (an event, a compaction, an entry or a whole device deleted by hand) is
+put right. ``apply_delta`` is the fast path for a lease event: it diffs against what the last run
+left in the kernel (remembered, not read again) and sends only the difference, usually one
+message; a route to a subnet new to us is added exclusively, so a route somebody else created
+meanwhile is never overwritten. Any surprise (a refused message, changed devices) falls back to a
+full run. Reading 100 peers' routes costs ~12 ms of pyroute2 parsing; one route ~0.3 ms.
+
+Only our entries are ever removed: routes carrying ``RTPROT_FLANNEL`` inside our network, and
+permanent neighbour/FDB entries on devices we own. A device is recreated only when it is missing
+or incompatible, so a restart changes nothing that is already right.
 """
 
 from __future__ import annotations
@@ -71,11 +77,32 @@ def incompatibilities(spec: LinkSpec, kind: str, attrs: dict[str, object]) -> li
     return out
 
 
+def after_plan(desired: DesiredState, foreign: frozenset[ipaddress.IPv4Network]) -> ActualState:
+    """What the kernel holds once ``diff(desired, ...)`` has been applied without an error: all
+    of ``desired`` except routes someone else owns (those were left alone)."""
+    return ActualState(frozenset(r for r in desired.routes if r.dst not in foreign), desired.neighs, desired.fdbs,
+                       foreign)
+
+
 class Reconciler:
-    """One per daemon; every call opens its own netlink socket (safe from any thread)."""
+    """One per daemon; every call opens its own netlink socket (safe from any thread), and one
+    call runs at a time (the backend's lock)."""
 
     def __init__(self) -> None:
         self._noted: set[str] = set()
+        self._believed: ActualState | None = None  # the kernel as our last successful run left it
+        self._believed_shape: object = None  # the devices/addresses/network that state belongs to
+        self._index: dict[str, int] = {}  # device name -> ifindex as of the last full run
+        self.full_runs = 0
+        self.delta_runs = 0
+
+    def forget(self) -> None:
+        """The next run reads the kernel in full."""
+        self._believed = None
+
+    @staticmethod
+    def _shape(desired: DesiredState) -> object:
+        return (desired.network, desired.links, desired.addresses, desired.owned_devs)
 
     def ensure_link(self, ipr: IPRoute, spec: LinkSpec) -> LinkState:
         found = ipr.link_lookup(ifname=spec.name)
@@ -152,7 +179,9 @@ class Reconciler:
         return ActualState(frozenset(routes), frozenset(neighs), frozenset(fdbs), frozenset(foreign))
 
     def apply(self, desired: DesiredState) -> tuple[Plan, list[LinkState]]:
-        """Converge; returns what was changed and the state of our devices."""
+        """Converge by reading the kernel in full; returns what was changed and our devices' state."""
+        self._believed = None
+        self.full_runs += 1
         try:
             with IPRoute() as ipr:
                 links = [self.ensure_link(ipr, spec) for spec in desired.links]
@@ -161,15 +190,41 @@ class Reconciler:
                     if not idx:
                         raise KernelError(f"device {a.dev} is missing")
                     ensure_only_address(idx[0], a.address, a.within)
-                plan = diff(desired, self.read(ipr, desired))
-                self._execute(ipr, plan)
-                return plan, links
+                actual = self.read(ipr, desired)
+                plan = diff(desired, actual)
+                self._index = {m.get("ifname"): m["index"] for m in ipr.get_links()}
+                self._execute(ipr, plan, self._index)
         except NetlinkError as err:
             raise KernelError(f"reconcile failed: {err.args[1] if len(err.args) > 1 else err} "
                               f"(errno {err.code})") from err
+        self._believed, self._believed_shape = after_plan(desired, actual.foreign), self._shape(desired)
+        return plan, links
 
-    def _execute(self, ipr: IPRoute, plan: Plan) -> None:
-        index = {m.get("ifname"): m["index"] for m in ipr.get_links()}
+    def apply_delta(self, desired: DesiredState) -> tuple[Plan, list[LinkState]]:
+        """Converge by sending only what changed since our last run (a lease event). Falls back to
+        ``apply`` when there is no trustworthy last run or the kernel refuses a message."""
+        believed = self._believed
+        if believed is None or self._believed_shape != self._shape(desired):
+            return self.apply(desired)
+        plan = diff(desired, believed)
+        if not len(plan):
+            return plan, []
+        self._believed = None  # until this run has gone through
+        self.delta_runs += 1
+        try:
+            with IPRoute() as ipr:
+                self._execute(ipr, plan, self._index, known={r.dst for r in believed.routes})
+        except (NetlinkError, KeyError) as err:
+            log.info("incremental kernel update refused (%s): reading the kernel state in full", err)
+            return self.apply(desired)
+        self._believed = after_plan(desired, believed.foreign)
+        return plan, []
+
+    def _execute(self, ipr: IPRoute, plan: Plan, index: dict[str, int],
+                 known: set[ipaddress.IPv4Network] | None = None) -> None:
+        """Send ``plan``. With ``known`` (the delta path), a route to a dst not in it is added
+        exclusively: if a route to it appeared since our last full read, the add fails (EEXIST)
+        and the full run decides, instead of a `replace` overwriting someone else's route."""
         for note in plan.notes:
             if note not in self._noted:
                 self._noted.add(note)
@@ -185,7 +240,7 @@ class Reconciler:
                 kw["gateway"] = str(r.gateway)
             if r.onlink:
                 kw["flags"] = RTNH_F_ONLINK
-            ipr.route("replace", **kw)
+            ipr.route("add" if known is not None and r.dst not in known else "replace", **kw)
         for r in plan.del_routes:
             _ignore_gone(lambda r=r: ipr.route("del", dst=str(r.dst), oif=index.get(r.dev, 0),
                                                proto=RTPROT_FLANNEL))

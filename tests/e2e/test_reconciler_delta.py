@@ -1,0 +1,126 @@
+"""The reconciler's two paths against a real kernel, in a namespace of their own: the full run
+(read, diff, apply) and the lease-event fast path that sends only the change, never overwrites a
+route it did not create, and falls back to a full run when the kernel refuses a message."""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import os
+import threading
+import uuid
+from collections.abc import Callable
+from typing import TypeVar
+
+import pytest
+
+from pyflannel.core.desired import DesiredState, Route
+from pyflannel.kernel.reconciler import Reconciler
+from pyflannel.lab.netns import ns_add, ns_delete, sh
+
+T = TypeVar("T")
+NET = ipaddress.IPv4Network("10.0.0.0/16")
+GW = ipaddress.IPv4Address("198.18.0.9")
+CLONE_NEWNET = 0x40000000
+
+
+def in_netns(ns: str, fn: Callable[[], T]) -> T:
+    """Run ``fn`` in a thread that has entered ``ns`` (setns moves only the calling thread)."""
+    out: dict[str, object] = {}
+
+    def body() -> None:
+        fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+        try:
+            if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns")
+            out["value"] = fn()
+        except BaseException as err:  # re-raised in the test's thread
+            out["error"] = err
+        finally:
+            os.close(fd)
+
+    t = threading.Thread(target=body)
+    t.start()
+    t.join()
+    if "error" in out:
+        raise out["error"]  # type: ignore[misc]
+    return out["value"]  # type: ignore[return-value]
+
+
+@pytest.fixture
+def ns():
+    name = f"pfrec-{uuid.uuid4().hex[:6]}"
+    ns_add(name)
+    try:
+        sh(["ip", "-n", name, "link", "add", "v0", "type", "veth", "peer", "name", "v1"])
+        for dev in ("v0", "v1"):
+            sh(["ip", "-n", name, "link", "set", dev, "up"])
+        sh(["ip", "-n", name, "addr", "add", "198.18.0.1/24", "dev", "v0"])
+        yield name
+    finally:
+        ns_delete(name)
+
+
+def state(*thirds: int, gw: ipaddress.IPv4Address = GW) -> DesiredState:
+    return DesiredState(NET, routes=frozenset(Route(ipaddress.IPv4Network(f"10.0.{t}.0/24"), "v0", gw)
+                                              for t in thirds))
+
+
+def routes(ns: str) -> dict[str, str]:
+    """dst -> the whole `ip route` line, for every route in 10.0.0.0/16."""
+    out = sh(["ip", "-n", ns, "-4", "route", "show", "root", str(NET)]).stdout
+    return {line.split()[0]: line for line in out.splitlines() if line.strip()}
+
+
+def test_delta_sends_only_the_change_and_tracks_it(ns: str) -> None:
+    rec = Reconciler()
+    in_netns(ns, lambda: rec.apply_delta(state(1, 2, 3)))  # no earlier run: a full one
+    assert (rec.full_runs, rec.delta_runs) == (1, 0)
+    plan, _ = in_netns(ns, lambda: rec.apply_delta(state(1, 2, 3, 4)))
+    assert [str(r.dst) for r in plan.put_routes] == ["10.0.4.0/24"] and not plan.del_routes
+    plan, _ = in_netns(ns, lambda: rec.apply_delta(state(2, 3, 4)))
+    assert [str(r.dst) for r in plan.del_routes] == ["10.0.1.0/24"]
+    assert (rec.full_runs, rec.delta_runs) == (1, 2)
+    got = routes(ns)
+    assert sorted(got) == ["10.0.2.0/24", "10.0.3.0/24", "10.0.4.0/24"]
+    assert all("via 198.18.0.9" in line and "proto 151" in line for line in got.values())
+    # a changed gateway is replaced in place by the fast path too
+    in_netns(ns, lambda: rec.apply_delta(state(2, 3, 4, gw=ipaddress.IPv4Address("198.18.0.10"))))
+    assert all("via 198.18.0.10" in line for line in routes(ns).values())
+    assert rec.delta_runs == 3
+
+
+def test_delta_never_overwrites_a_route_that_appeared_since_the_last_read(ns: str) -> None:
+    rec = Reconciler()
+    in_netns(ns, lambda: rec.apply(state(1)))
+    sh(["ip", "-n", ns, "route", "add", "10.0.7.0/24", "via", "198.18.0.77", "dev", "v0"])  # an admin's route
+    plan, _ = in_netns(ns, lambda: rec.apply_delta(state(1, 7, 8)))
+    got = routes(ns)
+    assert "via 198.18.0.77" in got["10.0.7.0/24"] and "proto 151" not in got["10.0.7.0/24"]
+    assert "proto 151" in got["10.0.8.0/24"]
+    assert rec.full_runs == 2, "the refused exclusive add must fall back to a full run"
+    assert any("not replacing the existing route to 10.0.7.0/24" in n for n in plan.notes)
+
+
+def test_delta_does_not_see_hand_deletions_but_the_full_run_repairs_them(ns: str) -> None:
+    rec = Reconciler()
+    in_netns(ns, lambda: rec.apply(state(1, 2)))
+    sh(["ip", "-n", ns, "route", "del", "10.0.1.0/24"])
+    in_netns(ns, lambda: rec.apply_delta(state(1, 2, 3)))
+    assert sorted(routes(ns)) == ["10.0.2.0/24", "10.0.3.0/24"]  # the fast path trusts its memory
+    plan, _ = in_netns(ns, lambda: rec.apply(state(1, 2, 3)))
+    assert [str(r.dst) for r in plan.put_routes] == ["10.0.1.0/24"]
+    assert sorted(routes(ns)) == ["10.0.1.0/24", "10.0.2.0/24", "10.0.3.0/24"]
+
+
+def test_delta_falls_back_to_a_full_run_when_the_device_is_gone(ns: str) -> None:
+    rec = Reconciler()
+    in_netns(ns, lambda: rec.apply(state(1)))
+    sh(["ip", "-n", ns, "link", "del", "v0"])  # takes v1 and the routes with it
+    sh(["ip", "-n", ns, "link", "add", "v0", "type", "veth", "peer", "name", "v1"])  # a new ifindex
+    for dev in ("v0", "v1"):
+        sh(["ip", "-n", ns, "link", "set", dev, "up"])
+    sh(["ip", "-n", ns, "addr", "add", "198.18.0.1/24", "dev", "v0"])
+    in_netns(ns, lambda: rec.apply_delta(state(1, 2)))
+    assert sorted(routes(ns)) == ["10.0.1.0/24", "10.0.2.0/24"]
+    assert rec.full_runs == 2
