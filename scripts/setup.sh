@@ -34,7 +34,11 @@ stamp="$VENV/.pyflannel-installed"
 if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ src/pyflannel/backend/_fastpump.c -nt "$stamp" ]; then
+pump_changed=0
+for f in src/pyflannel/backend/_fastpump.c src/pyflannel/backend/_offload.c src/pyflannel/backend/_offload.h; do
+  [ "$f" -nt "$stamp" ] && pump_changed=1
+done
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ "$pump_changed" = 1 ]; then
   "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[dev]'
   touch "$stamp"
 fi

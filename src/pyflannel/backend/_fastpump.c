@@ -15,6 +15,13 @@
  *  - recvmmsg() in bursts with UDP_GRO on: one receive may carry many datagrams of one size, split
  *    again here at the size the kernel reports.
  *  - GSO falls back to one send per packet if the kernel refuses it.
+ *  - TUN offloads (vnet_hdr=True: flannel0 opened with IFF_VNET_HDR and TUNSETOFFLOAD CSUM|TSO4, see
+ *    kernel/tun.py): one TUN read may return a 64 KiB TCP super-packet and/or a packet whose checksum
+ *    is only partial; it is cut here into MTU-sized IPv4 packets with full checksums (_offload.c), each
+ *    goes through the same per-packet decisions, and the segments of one super-packet leave as one
+ *    UDP GSO message. The other way, in-order TCP segments of one flow from one receive burst are
+ *    checked one by one (source, TTL, checksums) and then written as one TSO super-packet.
+ *    The wire never changes: one whole, valid IPv4 packet of at most the MTU per datagram.
  *
  * Control from Python: set_tables() builds a complete new table and swaps a pointer; workers hold
  * a reference to the table they use for one burst (refcount taken under a mutex only when the
@@ -35,8 +42,11 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "_offload.h"
 
 #ifndef SOL_UDP
 #define SOL_UDP 17
@@ -50,11 +60,13 @@
 
 #define TX_BURST 64           /* TUN reads per burst (one sendmmsg) */
 #define RX_BURST 32           /* datagrams (or GRO trains) per recvmmsg */
-#define SLOT 65536            /* every buffer holds the largest possible packet */
+#define SLOT 65600            /* every buffer holds the largest possible packet (+ virtio_net_hdr) */
 #define SLOT_STRIDE (SLOT + 64) /* spread buffer starts over cache sets */
 #define GSO_MAX_SEGS 64
 #define GSO_MAX_BYTES 65000
 #define GSO_FAIL_LIMIT 16     /* refused GSO sends before GSO is switched off for good */
+#define TX_MAX_PKTS 1024      /* wire packets queued per flush (a TUN super-packet makes ~45) */
+#define RUN_MAX 64            /* TCP segments coalesced into one TUN write */
 
 /* ---- counters ------------------------------------------------------------------------------ */
 enum {
@@ -72,10 +84,15 @@ static const char *const counter_names[C_N] = {
 };
 
 /* diagnostics, not drop reasons: exposed by features(), not in the stats keys */
-enum { D_TX_SENDS, D_TX_GSO_SENDS, D_TX_GSO_FALLBACKS, D_RX_RECVS, D_RX_GRO_TRAINS, D_WAKEUPS, D_N };
+enum {
+    D_TX_SENDS, D_TX_GSO_SENDS, D_TX_GSO_FALLBACKS, D_RX_RECVS, D_RX_GRO_TRAINS, D_WAKEUPS,
+    D_TX_TUN_READS, D_TX_TSO_PACKETS, D_TX_TSO_SEGMENTS, D_TX_CSUM_COMPLETED, D_RX_TUN_WRITES,
+    D_RX_COALESCED_WRITES, D_RX_COALESCED_SEGMENTS, D_N
+};
 static const char *const diag_names[D_N] = {
     "tx_sendmmsg_calls", "tx_gso_messages", "tx_gso_fallbacks", "rx_recvmmsg_calls", "rx_gro_trains",
-    "wakeups",
+    "wakeups", "tx_tun_reads", "tx_tso_packets", "tx_tso_segments", "tx_csum_completed", "rx_tun_writes",
+    "rx_coalesced_writes", "rx_coalesced_segments",
 };
 
 /* ---- route table ----------------------------------------------------------------------------- */
@@ -318,6 +335,28 @@ static size_t icmp_net_unreachable(const uint8_t *off, size_t n, uint32_t src_ip
 /* ---- pump object ------------------------------------------------------------------------------ */
 struct Pump;
 
+/* one wire packet waiting for sendmmsg: a whole packet read from the TUN (pay == NULL), or a
+ * segment of a super-packet: its own headers (in seghdr) + a slice of the super-packet's payload */
+typedef struct {
+    uint8_t *hdr;
+    const uint8_t *pay;
+    uint32_t hlen, plen;
+    const rslot *dst;
+} txpkt;
+
+/* a run of TCP segments of one flow being coalesced (UDP -> TUN, vnet_hdr only) */
+typedef struct {
+    int nseg;          /* 0: no run */
+    uint8_t *head;     /* the first segment, whole; its headers become the super-packet's */
+    tcp_seg hs;
+    uint32_t head_len, gso, total, next_seq;
+    int head_ok;       /* head's checksums: -1 not checked yet, 0 bad, 1 good */
+    int psh;
+    uint64_t bytes;    /* wire bytes of all segments (rx_bytes) */
+    uint8_t vh[VNET_HDR_LEN];
+    struct iovec iov[RUN_MAX + 2]; /* [virtio_net_hdr][head][payload 2]...[payload n] */
+} gro_run;
+
 typedef struct worker {
     uint64_t cnt[C_N];
     uint64_t diag[D_N];
@@ -327,19 +366,21 @@ typedef struct worker {
     table *t;
     uint64_t gen;
     /* tx */
-    uint8_t *txbuf;
-    uint32_t tx_len[TX_BURST];
-    const rslot *tx_dst[TX_BURST];
-    struct iovec tx_iov[TX_BURST];
-    struct mmsghdr tx_msg[TX_BURST];
-    int tx_first[TX_BURST], tx_cnt[TX_BURST];
-    union { char buf[CMSG_SPACE(sizeof(uint16_t))]; struct cmsghdr align; } tx_ctl[TX_BURST];
+    uint8_t *txbuf;   /* TX_BURST read slots */
+    uint8_t *seghdr;  /* TX_MAX_PKTS segment headers of SEG_HDR_MAX bytes (vnet_hdr only) */
+    int ntx;
+    txpkt tx[TX_MAX_PKTS];
+    struct iovec tx_iov[2 * TX_MAX_PKTS];
+    struct mmsghdr tx_msg[TX_MAX_PKTS];
+    int tx_first[TX_MAX_PKTS], tx_cnt[TX_MAX_PKTS];
+    union { char buf[CMSG_SPACE(sizeof(uint16_t))]; struct cmsghdr align; } tx_ctl[TX_MAX_PKTS];
     /* rx */
     uint8_t *rxbuf;
     struct iovec rx_iov[RX_BURST];
     struct mmsghdr rx_msg[RX_BURST];
     struct sockaddr_in rx_name[RX_BURST];
     union { char buf[CMSG_SPACE(sizeof(int)) * 2]; struct cmsghdr align; } rx_ctl[RX_BURST];
+    gro_run gro;
     uint8_t icmp[128];
 } worker;
 
@@ -349,6 +390,7 @@ typedef struct Pump {
     uint32_t local_ip;
     uint32_t mtu;
     int want_gso, want_gro, split;
+    int vnet;           /* the TUN fd carries a virtio_net_hdr before every packet (offloads on) */
     int spin_us;
     int gso_on, gro_on; /* atomic */
     int gso_failures;   /* atomic */
@@ -395,31 +437,58 @@ static int wait_fd(int fd, short ev, int ms) {
     return poll(&pfd, 1, ms);
 }
 
-/* write one packet into the TUN; 1 on success */
-static int tun_write(worker *w, const uint8_t *b, size_t n) {
+static const uint8_t zero_vnet[VNET_HDR_LEN]; /* a plain packet: no GSO, checksum complete */
+
+/* write one packet (iov[0..cnt)) into the TUN; 1 on success, else `npkts` counted as dropped */
+static int tun_writev(worker *w, const struct iovec *iov, int cnt, uint64_t npkts) {
     int tries = 0;
+    DIAG(w, D_RX_TUN_WRITES, 1);
     for (;;) {
-        ssize_t r = write(w->p->tun_fd, b, n);
+        ssize_t r = writev(w->p->tun_fd, iov, cnt);
         if (r >= 0) return 1;
         if (errno == EINTR) continue;
         if ((errno == EAGAIN || errno == EWOULDBLOCK) && tries++ < 2) {
             wait_fd(w->p->tun_fd, POLLOUT, 1);
             continue;
         }
-        CNT(w, C_RX_DROP_TUN_WRITE, 1);
+        CNT(w, C_RX_DROP_TUN_WRITE, npkts);
         return 0;
     }
 }
 
+/* write one plain packet into the TUN (behind a zeroed virtio_net_hdr when the TUN wants one) */
+static int tun_write(worker *w, const uint8_t *b, size_t n) {
+    struct iovec iov[2] = {{(void *)zero_vnet, VNET_HDR_LEN}, {(void *)b, n}};
+    return w->p->vnet ? tun_writev(w, iov, 2, 1) : tun_writev(w, iov + 1, 1, 1);
+}
+
 /* ---- TUN -> UDP ------------------------------------------------------------------------------ */
+static inline uint32_t tx_len(const txpkt *t) { return t->hlen + t->plen; }
+
+/* the iovecs of queued packet i; returns how many (1 or 2) */
+static inline size_t tx_iovs(worker *w, int i, struct iovec *iov) {
+    const txpkt *t = &w->tx[i];
+    iov[0].iov_base = t->hdr;
+    iov[0].iov_len = t->hlen;
+    if (t->pay == NULL || t->plen == 0) return 1;
+    iov[1].iov_base = (void *)t->pay;
+    iov[1].iov_len = t->plen;
+    return 2;
+}
+
 static void tx_send_single(worker *w, int i) {
     int tries = 0;
+    struct iovec iov[2];
+    struct msghdr mh = {0};
+    mh.msg_name = (void *)&w->tx[i].dst->sa;
+    mh.msg_namelen = sizeof(struct sockaddr_in);
+    mh.msg_iov = iov;
+    mh.msg_iovlen = tx_iovs(w, i, iov);
     for (;;) {
-        ssize_t r = sendto(w->p->udp_fd, w->txbuf + (size_t)i * SLOT_STRIDE, w->tx_len[i], 0,
-                           (const struct sockaddr *)&w->tx_dst[i]->sa, sizeof(struct sockaddr_in));
+        ssize_t r = sendmsg(w->p->udp_fd, &mh, 0);
         if (r >= 0) {
             CNT(w, C_TX_PACKETS, 1);
-            CNT(w, C_TX_BYTES, w->tx_len[i]);
+            CNT(w, C_TX_BYTES, tx_len(&w->tx[i]));
             return;
         }
         if (errno == EINTR) continue;
@@ -436,35 +505,38 @@ static inline int same_peer(const rslot *a, const rslot *b) {
     return a == b || (a->sa.sin_addr.s_addr == b->sa.sin_addr.s_addr && a->sa.sin_port == b->sa.sin_port);
 }
 
-static void tx_flush(worker *w, int n) {
+/* send every queued packet: runs of equal-size packets to one peer (a shorter one may end a run)
+ * as one UDP GSO message each, all messages in one sendmmsg */
+static void tx_flush(worker *w) {
     Pump *p = w->p;
     int gso = LOAD(p->gso_on);
+    int n = w->ntx;
     int m = 0, i = 0;
+    size_t v = 0;
+    w->ntx = 0;
     while (i < n) {
-        uint32_t seg = w->tx_len[i];
-        const rslot *d = w->tx_dst[i];
+        uint32_t seg = tx_len(&w->tx[i]);
+        const rslot *d = w->tx[i].dst;
         int j = i + 1;
         if (gso && seg <= p->mtu) {
             size_t total = seg;
-            while (j < n && j - i < GSO_MAX_SEGS && same_peer(w->tx_dst[j], d) &&
-                   total + w->tx_len[j] <= GSO_MAX_BYTES) {
-                uint32_t l = w->tx_len[j];
+            while (j < n && j - i < GSO_MAX_SEGS && same_peer(w->tx[j].dst, d) &&
+                   total + tx_len(&w->tx[j]) <= GSO_MAX_BYTES) {
+                uint32_t l = tx_len(&w->tx[j]);
                 if (l > seg) break;
                 total += l;
                 j++;
                 if (l < seg) break; /* a shorter packet ends a GSO train */
             }
         }
-        for (int k = i; k < j; k++) {
-            w->tx_iov[k].iov_base = w->txbuf + (size_t)k * SLOT_STRIDE;
-            w->tx_iov[k].iov_len = w->tx_len[k];
-        }
+        size_t v0 = v;
+        for (int k = i; k < j; k++) v += tx_iovs(w, k, &w->tx_iov[v]);
         struct msghdr *mh = &w->tx_msg[m].msg_hdr;
         memset(mh, 0, sizeof(*mh));
         mh->msg_name = (void *)&d->sa;
         mh->msg_namelen = sizeof(struct sockaddr_in);
-        mh->msg_iov = &w->tx_iov[i];
-        mh->msg_iovlen = (size_t)(j - i);
+        mh->msg_iov = &w->tx_iov[v0];
+        mh->msg_iovlen = v - v0;
         if (j - i > 1) {
             mh->msg_control = w->tx_ctl[m].buf;
             mh->msg_controllen = CMSG_SPACE(sizeof(uint16_t));
@@ -487,7 +559,7 @@ static void tx_flush(worker *w, int n) {
         if (r > 0) {
             for (int q = k; q < k + r; q++) {
                 uint64_t bytes = 0;
-                for (int x = w->tx_first[q]; x < w->tx_first[q] + w->tx_cnt[q]; x++) bytes += w->tx_len[x];
+                for (int x = w->tx_first[q]; x < w->tx_first[q] + w->tx_cnt[q]; x++) bytes += tx_len(&w->tx[x]);
                 CNT(w, C_TX_PACKETS, (uint64_t)w->tx_cnt[q]);
                 CNT(w, C_TX_BYTES, bytes);
                 if (w->tx_cnt[q] > 1) DIAG(w, D_TX_GSO_SENDS, 1);
@@ -515,47 +587,190 @@ static void tx_flush(worker *w, int n) {
     }
 }
 
+/* The per-packet decisions for one wire packet (headers in b[0..hlen), payload pay[0..plen) or
+ * none): validate, look up, ICMP net-unreachable, TTL; then queue it for tx_flush. */
+static void tx_packet(worker *w, uint8_t *b, uint32_t hlen, const uint8_t *pay, uint32_t plen) {
+    Pump *p = w->p;
+    if (!valid_ipv4(b, hlen)) {
+        CNT(w, C_TX_DROP_MALFORMED, 1);
+        return;
+    }
+    const rslot *rt = table_lookup(w->t, be32(b + 16));
+    if (rt == NULL) {
+        CNT(w, C_TX_DROP_NO_ROUTE, 1);
+        /* quotes the IP header + 8 bytes: a segment's own headers hold them */
+        size_t il = icmp_net_unreachable(b, hlen, p->local_ip, w->icmp);
+        if (il) tun_write(w, w->icmp, il);
+        return;
+    }
+    if (!decrement_ttl(b)) {
+        CNT(w, C_TX_DROP_TTL, 1);
+        return;
+    }
+    if (w->ntx == TX_MAX_PKTS) tx_flush(w);
+    w->tx[w->ntx++] = (txpkt){b, pay, hlen, plen, rt};
+}
+
+/* One read of a TUN with virtio_net_hdr: complete a partial checksum, cut a TCP super-packet into
+ * segments (each with its own headers in seghdr, payload left in place), decide each one. */
+static void tx_offloaded(worker *w, uint8_t *b, size_t n) {
+    Pump *p = w->p;
+    if (n < VNET_HDR_LEN) {
+        CNT(w, C_TX_DROP_MALFORMED, 1);
+        return;
+    }
+    vnet_hdr vh;
+    vnet_hdr_read(b, &vh);
+    uint8_t *pkt = b + VNET_HDR_LEN;
+    size_t len = n - VNET_HDR_LEN;
+    uint8_t gso_type = vh.gso_type & (uint8_t)~VNET_GSO_ECN;
+    if (gso_type == VNET_GSO_NONE) {
+        if (vh.flags & VNET_F_NEEDS_CSUM) {
+            if (!csum_complete(pkt, len, vh.csum_start, vh.csum_offset)) {
+                CNT(w, C_TX_DROP_MALFORMED, 1);
+                return;
+            }
+            DIAG(w, D_TX_CSUM_COMPLETED, 1);
+        }
+        tx_packet(w, pkt, (uint32_t)len, NULL, 0);
+        return;
+    }
+    tso_plan plan;
+    if (gso_type != VNET_GSO_TCPV4 || !tso4_plan(pkt, len, vh.gso_size, p->mtu, &plan)) {
+        CNT(w, C_TX_DROP_MALFORMED, 1); /* we offered TSO4 only; anything else is not for us */
+        return;
+    }
+    DIAG(w, D_TX_TSO_PACKETS, 1);
+    DIAG(w, D_TX_TSO_SEGMENTS, plan.nsegs);
+    for (uint32_t i = 0; i < plan.nsegs; i++) {
+        if (w->ntx == TX_MAX_PKTS) tx_flush(w); /* the queued ones still point into intact buffers */
+        uint8_t *h = w->seghdr + (size_t)w->ntx * SEG_HDR_MAX;
+        uint32_t plen;
+        const uint8_t *pay = tso4_segment(pkt, &plan, i, h, &plen);
+        tx_packet(w, h, plan.hlen, pay, plen);
+    }
+}
+
 /* one burst TUN -> UDP; 1 when more may be waiting, 0 when drained, -1 fatal */
 static int tx_burst(worker *w) {
     Pump *p = w->p;
     refresh_table(w);
-    const table *t = w->t;
-    int n = 0, drained = 0;
-    for (int it = 0; it < TX_BURST && n < TX_BURST; it++) {
-        uint8_t *b = w->txbuf + (size_t)n * SLOT_STRIDE;
+    int drained = 0;
+    for (int it = 0; it < TX_BURST; it++) {
+        uint8_t *b = w->txbuf + (size_t)it * SLOT_STRIDE; /* every read keeps its slot until the flush */
         ssize_t r = read(p->tun_fd, b, SLOT);
         if (r < 0) {
             if (errno == EINTR) { it--; continue; }
             if (errno == EAGAIN || errno == EWOULDBLOCK) { drained = 1; break; }
             int e = errno;
-            if (n) tx_flush(w, n);
+            if (w->ntx) tx_flush(w);
             pump_fail(p, "reading the TUN", e);
             return -1;
         }
-        if (!valid_ipv4(b, (size_t)r)) {
-            CNT(w, C_TX_DROP_MALFORMED, 1);
-            continue;
-        }
-        const rslot *rt = table_lookup(t, be32(b + 16));
-        if (rt == NULL) {
-            CNT(w, C_TX_DROP_NO_ROUTE, 1);
-            size_t il = icmp_net_unreachable(b, (size_t)r, p->local_ip, w->icmp);
-            if (il) tun_write(w, w->icmp, il);
-            continue;
-        }
-        if (!decrement_ttl(b)) {
-            CNT(w, C_TX_DROP_TTL, 1);
-            continue;
-        }
-        w->tx_len[n] = (uint32_t)r;
-        w->tx_dst[n] = rt;
-        n++;
+        DIAG(w, D_TX_TUN_READS, 1);
+        if (p->vnet)
+            tx_offloaded(w, b, (size_t)r);
+        else
+            tx_packet(w, b, (uint32_t)r, NULL, 0);
     }
-    if (n) tx_flush(w, n);
+    if (w->ntx) tx_flush(w);
     return drained ? 0 : 1;
 }
 
 /* ---- UDP -> TUN ------------------------------------------------------------------------------ */
+static void rx_plain(worker *w, const uint8_t *b, size_t n) {
+    if (tun_write(w, b, n)) {
+        CNT(w, C_RX_PACKETS, 1);
+        CNT(w, C_RX_BYTES, n);
+    }
+}
+
+/* write the pending run: alone as a plain packet, or as one TSO super-packet that the kernel
+ * treats as the segments it stands for (gso_size = the first segment's payload) */
+static void gro_flush(worker *w) {
+    gro_run *g = &w->gro;
+    int nseg = g->nseg;
+    if (nseg == 0) return;
+    g->nseg = 0;
+    if (nseg == 1) {
+        rx_plain(w, g->head, g->head_len);
+        return;
+    }
+    gro_finish_head(g->head, g->total, g->psh);
+    vnet_hdr vh = {
+        .flags = VNET_F_NEEDS_CSUM, .gso_type = VNET_GSO_TCPV4, .hdr_len = (uint16_t)(20 + g->hs.thl),
+        .gso_size = (uint16_t)g->gso, .csum_start = 20, .csum_offset = 16,
+    };
+    vnet_hdr_write(g->vh, &vh);
+    g->iov[0] = (struct iovec){g->vh, VNET_HDR_LEN};
+    g->iov[1] = (struct iovec){g->head, g->head_len};
+    if (tun_writev(w, g->iov, nseg + 1, (uint64_t)nseg)) {
+        CNT(w, C_RX_PACKETS, (uint64_t)nseg);
+        CNT(w, C_RX_BYTES, g->bytes);
+        DIAG(w, D_RX_COALESCED_WRITES, 1);
+        DIAG(w, D_RX_COALESCED_SEGMENTS, (uint64_t)nseg);
+    }
+}
+
+static void gro_start(worker *w, uint8_t *b, size_t n, const tcp_seg *s) {
+    gro_run *g = &w->gro;
+    if (s->flags & TCP_PSH) { /* PSH ends a run: nothing can follow it */
+        rx_plain(w, b, n);
+        return;
+    }
+    g->nseg = 1;
+    g->head = b;
+    g->hs = *s;
+    g->head_len = (uint32_t)n;
+    g->gso = s->plen;
+    g->total = (uint32_t)n;
+    g->next_seq = s->seq + s->plen;
+    g->head_ok = -1;
+    g->psh = 0;
+    g->bytes = n;
+}
+
+/* a packet that passed every check, into the TUN: coalesced with the pending run when it is the
+ * next in-order segment of the same flow, else written on its own (after the pending run) */
+static void rx_deliver(worker *w, uint8_t *b, size_t n) {
+    if (!w->p->vnet) {
+        rx_plain(w, b, n);
+        return;
+    }
+    gro_run *g = &w->gro;
+    tcp_seg s;
+    if (!gro_candidate(b, n, &s)) {
+        gro_flush(w);
+        rx_plain(w, b, n);
+        return;
+    }
+    if (g->nseg && s.seq == g->next_seq && s.plen <= g->gso && g->total + s.plen <= 65535 &&
+        gro_same_flow(g->head, &g->hs, b, &s)) {
+        /* the kernel recomputes the checksum of a super-packet: verify what it stands for first */
+        if (g->head_ok < 0) g->head_ok = tcp4_csum_ok(g->head, g->head_len);
+        if (!g->head_ok) { /* a corrupt head goes alone (the kernel drops it); b starts over */
+            gro_flush(w);
+            gro_start(w, b, n, &s);
+            return;
+        }
+        if (!tcp4_csum_ok(b, n)) {
+            gro_flush(w);
+            rx_plain(w, b, n);
+            return;
+        }
+        g->iov[g->nseg + 1] = (struct iovec){b + 20 + s.thl, s.plen};
+        g->nseg++;
+        g->total += s.plen;
+        g->next_seq += s.plen;
+        g->bytes += n;
+        if (s.flags & TCP_PSH) g->psh = 1;
+        if (g->psh || s.plen < g->gso || g->nseg == RUN_MAX) gro_flush(w);
+        return;
+    }
+    gro_flush(w);
+    gro_start(w, b, n, &s);
+}
+
 static inline void rx_one(worker *w, uint8_t *b, size_t n, uint32_t outer) {
     if (!valid_ipv4(b, n)) {
         CNT(w, C_RX_DROP_MALFORMED, 1);
@@ -569,10 +784,7 @@ static inline void rx_one(worker *w, uint8_t *b, size_t n, uint32_t outer) {
         CNT(w, C_RX_DROP_TTL, 1);
         return;
     }
-    if (tun_write(w, b, n)) {
-        CNT(w, C_RX_PACKETS, 1);
-        CNT(w, C_RX_BYTES, n);
-    }
+    rx_deliver(w, b, n);
 }
 
 static int rx_burst(worker *w) {
@@ -631,6 +843,7 @@ static int rx_burst(worker *w) {
             rx_one(w, b + off, l, outer);
         }
     }
+    gro_flush(w); /* a run points into rxbuf, which the next recvmmsg overwrites */
     return r == RX_BURST;
 }
 
@@ -706,6 +919,7 @@ static void pump_join(Pump *p) {
 static void worker_free(worker *w) {
     if (w == NULL) return;
     free(w->txbuf);
+    free(w->seghdr);
     free(w->rxbuf);
     table_decref(w->t);
     free(w);
@@ -728,6 +942,7 @@ static worker *worker_new(Pump *p, int tx, int rx) {
     w->do_rx = rx;
     w->gen = (uint64_t)-1;
     if (tx && (w->txbuf = malloc((size_t)TX_BURST * SLOT_STRIDE)) == NULL) goto fail;
+    if (tx && p->vnet && (w->seghdr = malloc((size_t)TX_MAX_PKTS * SEG_HDR_MAX)) == NULL) goto fail;
     if (rx && (w->rxbuf = malloc((size_t)RX_BURST * SLOT_STRIDE)) == NULL) goto fail;
     return w;
 fail:
@@ -736,15 +951,16 @@ fail:
 }
 
 static int Pump_init(Pump *p, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"tun_fd", "udp_fd", "local_ip", "mtu", "gso", "gro", "split", "spin_us", NULL};
-    int tun_fd, udp_fd, mtu, gso = 1, gro = 1, split = 1, spin_us = 0;
+    static char *kwlist[] = {"tun_fd", "udp_fd", "local_ip", "mtu", "gso", "gro", "split", "spin_us", "vnet_hdr",
+                             NULL};
+    int tun_fd, udp_fd, mtu, gso = 1, gro = 1, split = 1, spin_us = 0, vnet = 0;
     unsigned long local_ip;
     if (p->nworkers || p->stop_fd >= 0) {
         PyErr_SetString(PyExc_RuntimeError, "Pump already initialised");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "iiki|pppi", kwlist, &tun_fd, &udp_fd, &local_ip, &mtu, &gso,
-                                     &gro, &split, &spin_us))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iiki|pppip", kwlist, &tun_fd, &udp_fd, &local_ip, &mtu, &gso,
+                                     &gro, &split, &spin_us, &vnet))
         return -1;
     if (tun_fd < 0 || udp_fd < 0 || mtu < 68 || mtu > 65535 || local_ip > 0xFFFFFFFFul || spin_us < 0) {
         PyErr_SetString(PyExc_ValueError, "bad pump parameters");
@@ -758,6 +974,7 @@ static int Pump_init(Pump *p, PyObject *args, PyObject *kw) {
     p->want_gro = gro;
     p->split = split;
     p->spin_us = spin_us;
+    p->vnet = vnet;
     p->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (p->stop_fd < 0) {
         PyErr_SetFromErrno(PyExc_OSError);
@@ -971,6 +1188,7 @@ static PyObject *Pump_features(Pump *p, PyObject *Py_UNUSED(ignored)) {
     Py_DECREF(v);
     PUT("gso", PyBool_FromLong(LOAD(p->gso_on)));
     PUT("gro", PyBool_FromLong(p->gro_on));
+    PUT("vnet_hdr", PyBool_FromLong(p->vnet));
     PUT("workers", PyLong_FromLong(p->nworkers));
     PUT("spin_us", PyLong_FromLong(p->spin_us));
     PUT("routes", PyLong_FromSize_t(nroutes));
@@ -995,7 +1213,7 @@ static PyTypeObject PumpType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pyflannel.backend._fastpump.Pump",
     .tp_basicsize = sizeof(Pump),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Pump(tun_fd, udp_fd, local_ip, mtu, gso=True, gro=True, split=True, spin_us=0)",
+    .tp_doc = "Pump(tun_fd, udp_fd, local_ip, mtu, gso=True, gro=True, split=True, spin_us=0, vnet_hdr=False)",
     .tp_new = Pump_new,
     .tp_init = (initproc)Pump_init,
     .tp_dealloc = (destructor)Pump_dealloc,

@@ -23,9 +23,9 @@ from ..core.lease import Lease, LeaseAttrs
 from ..core.routes import RouteTable, SourceCheck
 from ..kernel import netlink
 from ..kernel.iface import ExternalInterface
-from ..kernel.tun import open_tun
+from ..kernel.tun import open_tun, open_tun_offload
 from .base import KernelBackend, check_keys, int_option
-from .udp_pump import Tables, UdpFastPump, UdpPump, choose_pump
+from .udp_pump import Tables, UdpFastPump, UdpPump, choose_pump, offload_wanted
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ class UdpBackend(KernelBackend):
         self.tun_index = 0
         self.sock: socket.socket | None = None
         self.pump: UdpPump | UdpFastPump | None = None
+        self.tun_offload = False
 
     @classmethod
     def check_config(cls, config: NetworkConfig) -> list[str]:
@@ -71,7 +72,7 @@ class UdpBackend(KernelBackend):
     async def setup(self, lease: Lease) -> None:
         pump_cls, how = choose_pump()  # a bad PYFLANNEL_PUMP fails here, before any kernel change
         self.lease = lease
-        self.tun_fd, self.tun_name = open_tun("flannel%d")
+        self._open_tun(pump_cls)
         link = await asyncio.to_thread(netlink.link_by_name, self.tun_name)
         if link is None:
             raise LocalConfigError(f"TUN device {self.tun_name} vanished right after creation")
@@ -80,10 +81,30 @@ class UdpBackend(KernelBackend):
         self.sock = self._open_socket()
         local_ip = int(lease.subnet.network_address)
         log.info("udp pump: %s", how)
-        self.pump = pump_cls(self.tun_fd, self.sock, local_ip, self.mtu())
+        if pump_cls is UdpFastPump:
+            self.pump = UdpFastPump(self.tun_fd, self.sock, local_ip, self.mtu(), vnet_hdr=self.tun_offload)
+        else:
+            self.pump = UdpPump(self.tun_fd, self.sock, local_ip, self.mtu())
         self.pump.start()
         log.info("udp backend ready tun=%s mtu=%d listen=%s:%d", self.tun_name, self.mtu(),
                  self.ext.iface_addr, self.port)
+
+    def _open_tun(self, pump_cls: type[UdpPump] | type[UdpFastPump]) -> None:
+        """flannel0: with TUN offloads for the compiled pump (one read or write per TCP super-packet),
+        plain for the pure-Python one (and where the kernel refuses offloads)."""
+        if pump_cls is not UdpFastPump:
+            self.tun_fd, self.tun_name = open_tun("flannel%d")
+            return
+        if not offload_wanted():
+            self.tun_fd, self.tun_name = open_tun("flannel%d")
+            log.info("udp TUN offloads: off (PYFLANNEL_PUMP_OPTS offload=0); plain TUN")
+            return
+        self.tun_fd, self.tun_name, refused = open_tun_offload("flannel%d")
+        self.tun_offload = refused is None
+        if refused is None:
+            log.info("udp TUN offloads: on (IFF_VNET_HDR, TSO4 + checksum)")
+        else:
+            log.warning("udp TUN offloads: off (%s); plain TUN, one packet per read", refused)
 
     def _configure_kernel(self) -> None:
         assert self.lease is not None and self.config.network is not None

@@ -14,7 +14,8 @@ ints read by the metrics without locking (a torn read is at worst one packet sta
 ``UdpPump`` is the reference implementation and the fallback. ``UdpFastPump`` is its compiled
 twin: the same API, decisions and counters (tested side by side), with the packet loop in C
 threads that never take the GIL (``_fastpump.c``: bursts of TUN reads, sendmmsg/recvmmsg, UDP
-GSO/GRO). Python keeps the control there too: ``set_tables`` turns the immutable ``Tables`` into
+GSO/GRO, and TUN offloads: TSO super-packets cut into wire packets, TCP segments coalesced into
+one TUN write). Python keeps the control there too: ``set_tables`` turns the immutable ``Tables`` into
 plain int tuples and the C side swaps in a complete new table; ``stats`` reads the C counters into
 the same keys. ``choose_pump`` picks one for the backend: the compiled pump when it was built,
 else this one; ``PYFLANNEL_PUMP=python`` or ``=c`` forces one (``c`` fails loudly without it).
@@ -208,6 +209,10 @@ def flatten(tables: Tables) -> tuple[list[tuple[int, int, int, int]], list[tuple
 class UdpFastPump:
     """Drop-in for ``UdpPump`` with the per-packet loop in C (``pyflannel.backend._fastpump``).
 
+    ``vnet_hdr=True`` when ``tun_fd`` was opened by ``kernel.tun.open_tun_offload`` (IFF_VNET_HDR,
+    TSO4 + checksum offloads): TCP super-packets read from the TUN are cut into MTU-sized packets in C
+    and in-order TCP segments from a peer are coalesced into one TUN write; the wire is unchanged.
+
     Options (tests and the benchmark use them; the backend takes the defaults): ``gso``/``gro``
     send runs of equal-size packets to one peer as one UDP_SEGMENT message and receive coalesced
     trains (the wire still carries one datagram per packet); ``split`` runs one thread per
@@ -217,7 +222,8 @@ class UdpFastPump:
     """
 
     def __init__(self, tun_fd: int, sock: socket.socket, local_ip: int, mtu: int, *, gso: bool | None = None,
-                 gro: bool | None = None, split: bool | None = None, spin_us: int | None = None) -> None:
+                 gro: bool | None = None, split: bool | None = None, spin_us: int | None = None,
+                 vnet_hdr: bool = False) -> None:
         if _fastpump is None:
             raise RuntimeError(f"the compiled udp pump is not available: {IMPORT_ERROR}")
         self.tun_fd = tun_fd
@@ -232,7 +238,9 @@ class UdpFastPump:
             gro=opts.get("gro", True) if gro is None else gro,
             split=opts.get("split", default_split()) if split is None else split,
             spin_us=int(opts.get("spin_us", 0)) if spin_us is None else spin_us,
+            vnet_hdr=vnet_hdr,
         )
+        self.vnet_hdr = vnet_hdr
         self._reported = False
 
     def set_tables(self, tables: Tables) -> None:
@@ -259,7 +267,8 @@ class UdpFastPump:
         return self._pump.error()
 
     def features(self) -> dict[str, Any]:
-        """GSO/GRO in use, workers, and call counters (how well the batching works)."""
+        """GSO/GRO and TUN offloads (``vnet_hdr``) in use, workers, and call counters (how well the
+        batching works: TUN reads and writes, super-packets cut and segments coalesced)."""
         return dict(self._pump.features())
 
     @property
@@ -272,14 +281,19 @@ def default_split() -> bool:
     return len(os.sched_getaffinity(0)) >= 4
 
 
+def offload_wanted() -> bool:
+    """TUN offloads for the compiled pump: on unless ``PYFLANNEL_PUMP_OPTS`` says ``offload=0``."""
+    return bool(_env_options().get("offload", True))
+
+
 def _env_options() -> dict[str, Any]:
-    """Tuning from ``PYFLANNEL_PUMP_OPTS`` ("gso=0,gro=1,split=1,spin_us=50"), for benchmarks."""
+    """Tuning from ``PYFLANNEL_PUMP_OPTS`` ("gso=0,gro=1,split=1,spin_us=50,offload=0"), for benchmarks."""
     out: dict[str, Any] = {}
     for item in os.environ.get("PYFLANNEL_PUMP_OPTS", "").split(","):
         key, sep, value = item.strip().partition("=")
         if not sep:
             continue
-        if key in ("gso", "gro", "split"):
+        if key in ("gso", "gro", "split", "offload"):
             out[key] = value.strip().lower() not in ("0", "false", "no", "off")
         elif key == "spin_us" and value.strip().isdigit():
             out[key] = int(value)
