@@ -11,19 +11,23 @@ from __future__ import annotations
 import hashlib
 import inspect
 import os
+import struct
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from pyflannel.backend import udp_pump
 from pyflannel.lab.cluster import Host, Lab
-from pyflannel.lab.netns import in_ns, ns_list
+from pyflannel.lab.netns import in_ns, ns_list, sh
+from pyflannel.lab.pcap import all_packets
 
 from . import test_udp_lab as _base
 from .helpers import log_text, wait_for
 
+MTU = 1472  # flannel0: the lab's 1500 underlay - 28
 PUMPS = {"c": "udp pump: compiled (PYFLANNEL_PUMP=c)", "python": "udp pump: pure python (PYFLANNEL_PUMP=python)"}
 
 # every test of the udp lab module that runs on the shared 3-host lab, collected here again
@@ -102,8 +106,9 @@ def test_bulk_tcp_transfer_arrives_intact(lab: Lab) -> None:
 
 
 def test_the_two_pumps_talk_to_each_other(lab: Lab) -> None:
-    """One host on the other pump: GSO trains from the compiled one reach the pure one as single
-    datagrams, and the pure one's datagrams reach the compiled one's GRO socket."""
+    """One host on the other pump: GSO trains from the compiled one (cut from TSO super-packets) reach
+    the pure one (a plain TUN reader, as Go flannel) as single datagrams, and the pure one's datagrams
+    reach the compiled one's GRO socket and are coalesced there; the data arrives intact (sha256)."""
     other = {"c": "python", "python": "c"}[os.environ["PYFLANNEL_PUMP"]]
     h1, h3 = lab.hosts[0], lab.hosts[2]
     lab.stop_flanneld(h3)
@@ -112,9 +117,66 @@ def test_the_two_pumps_talk_to_each_other(lab: Lab) -> None:
         wait_for(lambda: PUMPS[other] in log_text(lab, h3),
                  what=f"h3 on the {other} pump")
         wait_for(lambda: lab.ping(h1, h3, count=1)[0], what="ping h1 -> h3")
+        compiled = h3 if other == "c" else h1  # with TUN offloads: super-packets against a plain reader
+        assert "udp TUN offloads: on" in log_text(lab, compiled)
         transfer(lab, h1, h3)
         transfer(lab, h3, h1)
     finally:
         lab.stop_flanneld(h3)
         lab.start_flanneld(h3)
         wait_for(lambda: lab.ping(h3, h1, count=1)[0], what="h3 back on its pump")
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) & 1:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def test_bulk_tcp_on_the_wire_is_whole_mtu_sized_ipv4_packets(lab: Lab) -> None:
+    """A TCP transfer captured on the underlay (the sender's UDP GSO cut in software before the
+    capture point): every UDP/8285 datagram is one whole IPv4 packet of at most the flannel0 MTU,
+    with right IP and TCP checksums; what a Go flannel peer writes straight into its TUN. With the
+    compiled pump that is the TUN-offload path (TSO super-packets cut by the pump)."""
+    h1, h2 = lab.hosts[0], lab.hosts[1]
+    if os.environ["PYFLANNEL_PUMP"] == "c":
+        assert "udp TUN offloads: on" in log_text(lab, h1)
+    path = os.path.join(lab.state_dir, "bulk.pcap")
+    sh(["ip", "-n", h1.ns, "link", "set", "eth0", "gso_max_segs", "1"])
+    cap = subprocess.Popen(in_ns(lab.underlay_ns, "tcpdump", "-i", "br0", "-U", "-B", "32768", "-w", path,
+                                 f"udp dst port 8285 and src host {h1.ip}"),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert cap.stderr is not None
+        deadline = time.monotonic() + 10
+        while "listening on" not in cap.stderr.readline() and time.monotonic() < deadline:
+            pass
+        transfer(lab, h1, h2, size=4 * 1024 * 1024)
+        time.sleep(0.5)
+    finally:
+        cap.terminate()
+        cap.wait(timeout=10)
+        sh(["ip", "-n", h1.ns, "link", "set", "eth0", "gso_max_segs", "65535"])
+    with open(path, "rb") as f:
+        linktype, frames = all_packets(f.read())
+    assert linktype == 1
+    tcp_sizes = []
+    for frame in frames:
+        outer = frame[14:]
+        ihl = (outer[0] & 0xF) * 4
+        udp_len = struct.unpack_from("!H", outer, ihl + 4)[0]
+        inner = outer[ihl + 8:ihl + udp_len]
+        assert len(inner) >= 20 and inner[0] >> 4 == 4, inner[:20].hex()
+        total = struct.unpack_from("!H", inner, 2)[0]
+        assert total == len(inner) <= MTU, (total, len(inner))
+        assert _checksum(inner[:(inner[0] & 0xF) * 4]) == 0, "IP header checksum"
+        if inner[9] == 6:
+            iihl = (inner[0] & 0xF) * 4
+            seg = inner[iihl:]
+            assert _checksum(inner[12:20] + struct.pack("!BBH", 0, 6, len(seg)) + seg) == 0, "TCP checksum"
+            tcp_sizes.append(len(inner))
+    assert len(tcp_sizes) > 2000, f"only {len(tcp_sizes)} TCP datagrams captured"
+    assert max(tcp_sizes) == MTU  # full-size segments: the MSS fills the MTU

@@ -1,6 +1,8 @@
 """The udp backend's packet pump, both implementations, against a real TUN and real UDP sockets.
 
-Everything runs in one network namespace of our own (``pftp-<pid>``, removed also on failure):
+Everything runs in a network namespace of our own (``pftp-<pid>``, removed also on failure), and
+again in a twin (``pftp-<pid>-o``) whose TUN has the offloads the backend gives the compiled pump
+(IFF_VNET_HDR, TSO4 + checksum): every test runs there too as ``c-offload``.
 
     pftunN   the TUN the pump serves: 10.0.1.0/32, route 10.0.0.0/16, MTU 1472 (as flannel0)
     127.0.0.1:8285  the pump's UDP socket; peers A 127.0.0.2 and B 127.0.0.3 (port 8285),
@@ -33,7 +35,7 @@ from pyflannel.backend import udp_pump
 from pyflannel.backend.udp_pump import Tables, UdpFastPump, UdpPump
 from pyflannel.core.packet import checksum, decrement_ttl, icmp_net_unreachable
 from pyflannel.core.routes import RouteTable, SourceCheck
-from pyflannel.kernel.tun import open_tun
+from pyflannel.kernel.tun import open_tun, open_tun_offload
 from pyflannel.lab.netns import ns_add, ns_delete, ns_list, sh
 
 from .helpers import wait_for
@@ -50,9 +52,12 @@ ETH_P_ALL, ETH_P_IP, ETH_P_IPV6 = 0x0003, 0x0800, 0x86DD
 PACKET_OUTGOING = 4
 SOL_UDP, UDP_SEGMENT = 17, 103
 CLONE_NEWNET = 0x40000000
-# the compiled pump twice: one thread for both directions (the default on 2 CPUs), one per direction
-IMPLEMENTATIONS = ["python", "c", "c-split"]
-C_OPTIONS = {"c": {"split": False}, "c-split": {"split": True}}
+# the compiled pump: one thread for both directions (the default on 2 CPUs), one per direction, and as
+# the backend runs it, on a TUN with offloads (its own namespace)
+IMPLEMENTATIONS = ["python", "c", "c-split", "c-offload"]
+C_OPTIONS: dict[str, dict[str, bool]] = {"c": {"split": False}, "c-split": {"split": True},
+                                         "c-offload": {"split": False, "vnet_hdr": True}}
+SOL_PACKET, PACKET_VNET_HDR = 263, 15
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -103,6 +108,14 @@ def ttl_minus_one(pkt: bytes) -> bytes:
     return bytes(buf)
 
 
+def l4_checksum_ok(pkt: bytes) -> bool:
+    """The TCP/UDP checksum of an IPv4 packet (pseudo-header included) is right."""
+    ihl = (pkt[0] & 0xF) * 4
+    seg = pkt[ihl:struct.unpack_from("!H", pkt, 2)[0]]
+    pseudo = pkt[12:20] + struct.pack("!BBH", 0, pkt[9], len(seg))
+    return checksum(pseudo + seg) == 0
+
+
 def rss_kib() -> int:
     with open("/proc/self/status") as f:
         for line in f:
@@ -121,10 +134,12 @@ DEFAULT_ROUTES = ((NET_A, PEER_A), (NET_B, PEER_B))
 
 @dataclass
 class Namespace:
+    name: str
     tun_fd: int
     tun: str
     sniffer: socket.socket
     injector: socket.socket
+    offload: bool = False
 
     def inject(self, pkt: bytes, proto: int = ETH_P_IP) -> None:
         """Hand ``pkt`` to the TUN's transmit side: the pump reads exactly these bytes."""
@@ -156,42 +171,61 @@ class Namespace:
         self.sniffer.setblocking(True)
 
 
-@pytest.fixture(scope="module")
-def netns() -> Iterator[Namespace]:
+@contextlib.contextmanager
+def _namespace(name: str, offload: bool) -> Iterator[Namespace]:
+    """The namespace with its TUN (plain, or with offloads), routes, sniffer and injector."""
     if os.geteuid() != 0:
         pytest.fail("pump tests need root (network namespaces, TUN devices)")
-    for stale in ns_list():
-        if stale.startswith(NS_PREFIX):
-            ns_delete(stale)
     fds: list[int] = []
     socks: list[socket.socket] = []
     try:
-        ns_add(NS)
+        ns_add(name)
         for key in ("all", "default"):
-            sh(["ip", "netns", "exec", NS, "sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=1"])
-        with in_netns(NS):
-            tun_fd, tun = open_tun("pftun%d")
-            fds.append(tun_fd)
-        sh(["ip", "-n", NS, "link", "set", tun, "mtu", str(MTU), "up"])
-        sh(["ip", "-n", NS, "addr", "add", "10.0.1.0/32", "dev", tun])
-        sh(["ip", "-n", NS, "route", "add", "10.0.0.0/16", "dev", tun])
-        sh(["ip", "-n", NS, "route", "add", "local", f"{PEER_NARROW}/32", "dev", "lo", "table", "local", "mtu", "lock",
-            "600"])
-        with in_netns(NS):
+            sh(["ip", "netns", "exec", name, "sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=1"])
+        with in_netns(name):
+            if offload:
+                tun_fd, tun, refused = open_tun_offload("pftun%d")
+                fds.append(tun_fd)
+                assert refused is None, f"this kernel refuses TUN offloads: {refused}"
+            else:
+                tun_fd, tun = open_tun("pftun%d")
+                fds.append(tun_fd)
+        sh(["ip", "-n", name, "link", "set", tun, "mtu", str(MTU), "up"])
+        sh(["ip", "-n", name, "addr", "add", "10.0.1.0/32", "dev", tun])
+        sh(["ip", "-n", name, "route", "add", "10.0.0.0/16", "dev", tun])
+        sh(["ip", "-n", name, "route", "add", "local", f"{PEER_NARROW}/32", "dev", "lo", "table", "local", "mtu",
+            "lock", "600"])
+        with in_netns(name):
             sniffer = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
             socks.append(sniffer)
             sniffer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
             sniffer.bind((tun, ETH_P_ALL))
             injector = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_IP))
             socks.append(injector)
-        yield Namespace(tun_fd, tun, sniffer, injector)
+        yield Namespace(name, tun_fd, tun, sniffer, injector, offload)
     finally:
         for s in socks:
             s.close()
         for fd in fds:
             os.close(fd)
-        ns_delete(NS)
-    assert not [ns for ns in ns_list() if ns.startswith(NS_PREFIX)]
+        ns_delete(name)
+
+
+@pytest.fixture(scope="module")
+def netns() -> Iterator[Namespace]:
+    for stale in ns_list():
+        if stale.startswith(NS_PREFIX):
+            ns_delete(stale)
+    with _namespace(NS, offload=False) as ns:
+        yield ns
+    assert NS not in ns_list()
+
+
+@pytest.fixture(scope="module")
+def netns_offload(netns: Namespace) -> Iterator[Namespace]:
+    with _namespace(f"{NS}-o", offload=True) as ns:
+        yield ns
+    assert f"{NS}-o" not in ns_list()
 
 
 @dataclass
@@ -236,12 +270,23 @@ def _udp_socket(addr: tuple[str, int], force: bool = False) -> socket.socket:
 
 
 @pytest.fixture(params=IMPLEMENTATIONS)
-def rig(request: pytest.FixtureRequest, netns: Namespace) -> Iterator[Rig]:
+def rig(request: pytest.FixtureRequest) -> Iterator[Rig]:
     impl = request.param
+    ns = request.getfixturevalue("netns_offload" if C_OPTIONS.get(impl, {}).get("vnet_hdr") else "netns")
+    yield from _rig(impl, ns)
+
+
+@pytest.fixture
+def orig(netns_offload: Namespace) -> Iterator[Rig]:
+    """The compiled pump as the backend runs it: TUN offloads on."""
+    yield from _rig("c-offload", netns_offload)
+
+
+def _rig(impl: str, netns: Namespace) -> Iterator[Rig]:
     if impl != "python" and not udp_pump.available():
         pytest.fail(f"the compiled pump was not built: {udp_pump.IMPORT_ERROR} (reinstall with a C compiler)")
     socks: list[socket.socket] = []
-    with in_netns(NS):
+    with in_netns(netns.name):
         sock = _udp_socket(PUMP, force=True)
         socks.append(sock)
         sock.setblocking(False)
@@ -287,12 +332,13 @@ def test_forwards_both_ways_with_ttl_decremented(rig: Rig) -> None:
 
 
 def test_kernel_traffic_goes_to_the_right_peer(rig: Rig) -> None:
-    with in_netns(NS), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    with in_netns(rig.ns.name), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.sendto(b"hello B", ("10.0.3.77", 4000))
     (dgram,) = rig.received(PEER_B)
     assert dgram[0] == 0x45 and dgram[8] == 63  # the kernel's TTL 64, minus one by the pump
     assert socket.inet_ntoa(dgram[12:16]) == "10.0.1.0" and socket.inet_ntoa(dgram[16:20]) == "10.0.3.77"
     assert checksum(dgram[:20]) == 0
+    assert l4_checksum_ok(dgram), "UDP checksum (left partial by the kernel on a TUN with offloads)"
     assert dgram.endswith(b"hello B")
     assert rig.received(PEER_A, timeout=0.2) == []
 
@@ -384,13 +430,13 @@ def test_oversized_packets(rig: Rig) -> None:
         rig.send_from(PEER_A, d)
     got = rig.ns.sniffed(timeout=2)
     assert got == [ttl_minus_one(d) for d in big_rx]  # larger than the MTU: forwarded whole, as flannel
-    sh(["ip", "-n", NS, "link", "set", rig.ns.tun, "mtu", "9000"])
+    sh(["ip", "-n", rig.ns.name, "link", "set", rig.ns.tun, "mtu", "9000"])
     try:
         big_tx = packet("10.0.1.7", "10.0.2.5", payload=udp_payload(6000))
         rig.ns.inject(big_tx)
         assert rig.received(PEER_A) == [ttl_minus_one(big_tx)]
     finally:
-        sh(["ip", "-n", NS, "link", "set", rig.ns.tun, "mtu", str(MTU)])
+        sh(["ip", "-n", rig.ns.name, "link", "set", rig.ns.tun, "mtu", str(MTU)])
     c = counters(rig)
     assert (c["rx_packets"], c["tx_packets"]) == (3, 1), c
 
@@ -447,15 +493,40 @@ def test_refused_gso_falls_back_to_single_datagrams(rig: Rig) -> None:
 
 # ---- control under load --------------------------------------------------------------------------
 
-def _flood(rig: Rig, stop: threading.Event) -> None:
-    """Send a mix of good and bad traffic both ways until ``stop`` (bounded by the caller)."""
+def _offload_flood_items() -> tuple[list[bytes], list[bytes]]:
+    """For a TUN with offloads: TUN reads (virtio_net_hdr + packet: TSO super-packets good, to no
+    route, expiring, and broken headers) and UDP GSO trains of TCP segments to coalesce (one corrupt)."""
+    tso = vnet_header(flags=1, gso_type=1, gso_size=1400, hdr_len=52, csum_start=20, csum_offset=16)
+    reads = [tso + partial(tcp_packet("10.0.1.7", "10.0.2.5", 1, udp_payload(9000))),
+             tso + partial(tcp_packet("10.0.1.7", "10.0.9.1", 1, udp_payload(3000))),
+             tso + partial(tcp_packet("10.0.1.7", "10.0.3.5", 1, udp_payload(5000), ttl=1)),
+             vnet_header(flags=1, csum_start=20, csum_offset=4000) + packet("10.0.1.7", "10.0.2.5"),
+             vnet_header(flags=1, csum_start=20, csum_offset=6) + packet("10.0.1.7", "10.0.2.5"),
+             vnet_header(gso_type=1, gso_size=500, hdr_len=20) + packet("10.0.1.7", "10.0.2.5", payload=b"x" * 900)]
+    segs = [tcp_packet("10.0.2.5", "10.0.1.7", 70 + i * 1000, udp_payload(1000, i)) for i in range(12)]
+    broken = list(segs)
+    broken[5] = segs[5][:-1] + bytes([segs[5][-1] ^ 1])
+    return reads, [b"".join(segs), b"".join(broken)]
+
+
+def _flood(rig: Rig, stop: threading.Event, vnet: socket.socket | None = None) -> None:
+    """Send a mix of good and bad traffic both ways until ``stop`` (bounded by the caller); with a
+    ``vnet`` injector (TUN offloads), super-packets and coalescable trains too."""
     rx = [packet("10.0.2.5", "10.0.1.7", payload=udp_payload(n)) for n in (20, 400, 1400)]
     rx += [b"\x45" * 5, bytes([0x60]) + bytes(47), packet("10.0.3.5", "10.0.1.7", ttl=1), udp_payload(3000)]
     tx = [packet("10.0.1.7", "10.0.2.5", payload=udp_payload(n)) for n in (20, 1400)]
     tx += [packet("10.0.1.7", "10.0.3.5", payload=udp_payload(600)), packet("10.0.1.7", "10.0.9.1"),
            packet("10.0.1.7", "10.0.2.5", ttl=1), b"\x45\x00\x00"]
     a, stranger, inj, tun = rig.peers[PEER_A], rig.peers[STRANGER], rig.ns.injector, rig.ns.tun
+    reads, trains = _offload_flood_items() if vnet is not None else ([], [])
+    gso = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", 52 + 1000))]
     while not stop.is_set():
+        for r in reads:
+            with contextlib.suppress(OSError):
+                vnet.sendto(r, (tun, ETH_P_IP))  # type: ignore[union-attr]
+        for t in trains:
+            with contextlib.suppress(OSError):
+                a.sendmsg([t], gso, 0, PUMP)
         for d in rx:
             with contextlib.suppress(OSError):
                 a.sendto(d, PUMP)
@@ -481,7 +552,13 @@ def _sink(socks: list[socket.socket], stop: threading.Event) -> None:
 @contextlib.contextmanager
 def flooding(rig: Rig, senders: int = 1) -> Iterator[None]:
     stop = threading.Event()
-    threads = [threading.Thread(target=_flood, args=(rig, stop), daemon=True) for _ in range(senders)]
+    with contextlib.ExitStack() as stack:
+        vnet = stack.enter_context(vnet_socket(rig, ETH_P_IP)) if rig.ns.offload else None
+        yield from _flooding(rig, stop, senders, vnet)
+
+
+def _flooding(rig: Rig, stop: threading.Event, senders: int, vnet: socket.socket | None) -> Iterator[None]:
+    threads = [threading.Thread(target=_flood, args=(rig, stop, vnet), daemon=True) for _ in range(senders)]
     sinks = [rig.peers[PEER_A], rig.peers[PEER_B]]
     threads.append(threading.Thread(target=_sink, args=(sinks, stop), daemon=True))
     for t in threads:
@@ -569,6 +646,9 @@ def test_flood_keeps_rss_flat(rig: Rig) -> None:
         moved = rig.pump.stats["rx_packets"] + rig.pump.stats["tx_packets"] - moved
     print(f"flood {rig.impl}: {moved} packets, RSS {first} -> {last} KiB")
     assert rig.pump.alive()
+    if rig.ns.offload:  # the offload paths were under the flood too
+        f = rig.pump.features()  # type: ignore[union-attr]
+        assert f["tx_tso_packets"] > 0 and f["rx_coalesced_writes"] > 0 and f["tx_csum_completed"] > 0, f
     assert moved > 10_000, f"flood too weak to tell anything: {moved} packets"
     # a leak of even 32 bytes per packet would show as megabytes here
     assert last - first < 3 * 1024, f"RSS grew {last - first} KiB over {moved} packets ({rig.impl})"
@@ -583,3 +663,183 @@ def test_stop_is_prompt_and_counters_outlive_it(rig: Rig) -> None:
     assert time.monotonic() - t0 < 2
     assert not rig.pump.alive()
     assert rig.pump.stats["tx_packets"] == 1
+
+
+# ---- TUN offloads (the compiled pump as the backend runs it) -------------------------------------
+
+TCP_FIN, TCP_PSH, TCP_ACK, TCP_CWR = 0x01, 0x08, 0x10, 0x80
+TS_OPTION = bytes([1, 1, 8, 10]) + struct.pack("!II", 123456, 654321)  # NOP NOP timestamps
+
+
+def tcp_packet(src: str, dst: str, seq: int, payload: bytes, *, flags: int = TCP_ACK, ttl: int = 64,
+               ident: int = 0x1000, sport: int = 40000, dport: int = 5201, ack: int = 777,
+               options: bytes = TS_OPTION) -> bytes:
+    """A TCP/IPv4 packet (DF) with correct IP and TCP checksums."""
+    thl = 20 + len(options)
+    tcp = bytearray(struct.pack("!HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, ack, (thl // 4) << 4, flags, 512, 0,
+                                0) + options + payload)
+    ip = bytearray(struct.pack("!BBHHHBBHII", 0x45, 0, 20 + len(tcp), ident, 0x4000, ttl, 6, 0, ip4(src), ip4(dst)))
+    ip[10:12] = checksum(ip).to_bytes(2, "big")
+    pseudo = bytes(ip[12:20]) + struct.pack("!BBH", 0, 6, len(tcp))
+    tcp[16:18] = checksum(pseudo + tcp).to_bytes(2, "big")
+    return bytes(ip + tcp)
+
+
+def vnet_header(*, gso_size: int = 0, gso_type: int = 0, hdr_len: int = 0, csum_start: int = 0,
+                csum_offset: int = 0, flags: int = 0) -> bytes:
+    return struct.pack("=BBHHHH", flags, gso_type, hdr_len, gso_size, csum_start, csum_offset)
+
+
+def reference_segments(pkt: bytes, mss: int) -> list[bytes]:
+    """What a TSO super-packet must become on the wire (as the kernel's own segmentation)."""
+    ihl, thl = 20, (pkt[32] >> 4) * 4
+    hdr, data = pkt[:ihl + thl], pkt[ihl + thl:]
+    ident, seq, flags = struct.unpack_from("!H", pkt, 4)[0], struct.unpack_from("!I", pkt, 24)[0], pkt[33]
+    chunks = [data[i:i + mss] for i in range(0, len(data), mss)]
+    out = []
+    for i, chunk in enumerate(chunks):
+        f = flags
+        if i < len(chunks) - 1:
+            f &= ~(TCP_FIN | TCP_PSH)
+        if i > 0:
+            f &= ~TCP_CWR
+        ip = bytearray(hdr[:ihl])
+        ip[2:4] = (ihl + thl + len(chunk)).to_bytes(2, "big")
+        ip[4:6] = ((ident + i) & 0xFFFF).to_bytes(2, "big")
+        ip[10:12] = b"\0\0"
+        ip[10:12] = checksum(ip).to_bytes(2, "big")
+        tcp = bytearray(hdr[ihl:]) + chunk
+        tcp[4:8] = ((seq + i * mss) & 0xFFFFFFFF).to_bytes(4, "big")
+        tcp[13] = f
+        tcp[16:18] = b"\0\0"
+        tcp[16:18] = checksum(bytes(ip[12:20]) + struct.pack("!BBH", 0, 6, len(tcp)) + tcp).to_bytes(2, "big")
+        out.append(bytes(ip + tcp))
+    return out
+
+
+def partial(pkt: bytes) -> bytes:
+    """``pkt`` with the TCP checksum left partial (pseudo-header sum only), as the kernel hands it over."""
+    buf = bytearray(pkt)
+    pseudo = buf[12:20] + struct.pack("!BBH", 0, 6, len(buf) - 20)
+    buf[36:38] = ((~checksum(pseudo)) & 0xFFFF).to_bytes(2, "big")
+    return bytes(buf)
+
+
+@contextlib.contextmanager
+def vnet_socket(rig: Rig, proto: int) -> Iterator[socket.socket]:
+    """AF_PACKET on the offloaded TUN that speaks virtio_net_hdr (to inject or see GSO packets)."""
+    with in_netns(rig.ns.name):
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(proto))  # the TUN has no L2 header
+    try:
+        s.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)  # SOCK_RAW only
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        if proto == ETH_P_ALL:
+            s.bind((rig.ns.tun, ETH_P_ALL))
+        yield s
+    finally:
+        s.close()
+
+
+def test_offloads_are_on(orig: Rig) -> None:
+    f = orig.pump.features()  # type: ignore[union-attr]
+    assert f["vnet_hdr"] is True and f["gso"] is True and f["gro"] is True, f
+
+
+@pytest.mark.parametrize("gso_size", [1400, 1000, 4000])
+def test_tso_super_packet_leaves_as_mtu_sized_packets(orig: Rig, gso_size: int) -> None:
+    """A 20 kB TCP super-packet read from the TUN: cut into whole IPv4 packets, each at most the MTU
+    (a gso_size above what the MTU allows is cut at the MTU), TTL decremented, IP id, length, seq,
+    flags and both checksums right, sent as UDP GSO trains; the payload is all there in order."""
+    data = udp_payload(20000, 7)
+    flags = TCP_ACK | TCP_PSH | TCP_FIN | TCP_CWR
+    sup = tcp_packet("10.0.1.7", "10.0.2.5", 1_000_000, data, flags=flags, ident=0xFFF0)
+    mss = min(gso_size, MTU - 52)
+    with vnet_socket(orig, ETH_P_IP) as inj:
+        inj.sendto(vnet_header(flags=1, gso_type=1, gso_size=gso_size, hdr_len=52, csum_start=20, csum_offset=16)
+                   + partial(sup), (orig.ns.tun, ETH_P_IP))
+    got = orig.received(PEER_A)
+    assert got == [ttl_minus_one(p) for p in reference_segments(sup, mss)]
+    for d in got:
+        assert len(d) <= MTU and checksum(d[:20]) == 0 and l4_checksum_ok(d)
+    assert b"".join(d[52:] for d in got) == data
+    f = orig.pump.features()  # type: ignore[union-attr]
+    assert f["tx_tso_packets"] == 1 and f["tx_tso_segments"] == len(got) and f["tx_gso_messages"] >= 1, f
+    assert counters(orig) == {"tx_packets": len(got), "tx_bytes": sum(map(len, got))}
+
+
+def test_tso_segments_get_the_per_packet_decisions(orig: Rig) -> None:
+    """No route: ICMP net-unreachable per segment; TTL 1: every segment dropped and counted."""
+    sup = tcp_packet("10.0.1.7", "10.0.9.5", 5, udp_payload(4200), ident=1)
+    expired = tcp_packet("10.0.1.7", "10.0.2.5", 5, udp_payload(4200), ttl=1)
+    hdr = vnet_header(flags=1, gso_type=1, gso_size=1400, hdr_len=52, csum_start=20, csum_offset=16)
+    with vnet_socket(orig, ETH_P_IP) as inj:
+        for p in (sup, expired):
+            inj.sendto(hdr + partial(p), (orig.ns.tun, ETH_P_IP))
+    icmps = orig.ns.sniffed()
+    assert icmps == [icmp_net_unreachable(s, LOCAL_IP) for s in reference_segments(sup, 1400)]
+    orig.wait_stat("tx_drop_ttl", 3)
+    assert counters(orig) == {"tx_drop_no_route": 3, "tx_drop_ttl": 3}
+    assert orig.received(PEER_A, timeout=0.2) == []
+
+
+def test_kernel_tcp_with_partial_checksum_is_completed(orig: Rig) -> None:
+    """The namespace's own TCP SYN leaves the TUN with a partial checksum; the peer gets it whole."""
+    with in_netns(orig.ns.name), socket.socket() as s:
+        s.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            s.connect(("10.0.2.5", 5201))
+        (syn, *_) = orig.received(PEER_A)
+    assert syn[9] == 6 and syn[33] & 0x02 and l4_checksum_ok(syn) and checksum(syn[:20]) == 0
+    assert orig.pump.features()["tx_csum_completed"] >= 1  # type: ignore[union-attr]
+
+
+def test_in_order_tcp_segments_are_coalesced_into_one_tun_write(orig: Rig) -> None:
+    """A GRO train of one flow's in-order segments becomes one TSO super-packet in the TUN (after
+    the per-packet source check and TTL decrement); a corrupt segment breaks the run and is written
+    alone, as is anything out of order or of another flow."""
+    seq, mss = 5000, 1400
+    segs = [tcp_packet("10.0.2.5", "10.0.1.7", seq + i * mss, udp_payload(mss, i), ident=i) for i in range(9)]
+    segs.append(tcp_packet("10.0.2.5", "10.0.1.7", seq + 9 * mss, b"last bytes", flags=TCP_ACK | TCP_PSH, ident=9))
+    with vnet_socket(orig, ETH_P_ALL) as sniff:
+        orig.peers[PEER_A].sendmsg([b"".join(segs)], [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", len(segs[0])))], 0,
+                                   PUMP)
+        sniff.settimeout(2)
+        got = sniff.recv(70000)
+    vh, pkt = got[:10], got[10:]
+    flags, gso_type, hdr_len, gso_size, csum_start, csum_offset = struct.unpack("=BBHHHH", vh)
+    assert (gso_type, gso_size, hdr_len, csum_start, csum_offset) == (1, mss, 52, 20, 16)
+    assert flags & 1  # NEEDS_CSUM: the kernel finishes the checksum for each segment it makes
+    assert len(pkt) == 52 + sum(len(s) - 52 for s in segs)
+    assert checksum(pkt[:20]) == 0 and pkt[8] == 63 and struct.unpack_from("!I", pkt, 24)[0] == seq
+    assert pkt[33] == TCP_ACK | TCP_PSH
+    assert pkt[52:] == b"".join(s[52:] for s in segs)
+    orig.wait_stat("rx_packets", len(segs))
+    f = orig.pump.features()  # type: ignore[union-attr]
+    assert (f["rx_coalesced_writes"], f["rx_coalesced_segments"]) == (1, len(segs)), f
+    orig.ns.drain()
+
+    # a run broken by a corrupt segment (written alone, the kernel drops it), then one of another
+    # flow, one out of order, and one with an inner source outside the peer's subnet
+    seq = 900_000
+    good = [tcp_packet("10.0.2.5", "10.0.1.7", seq + i * mss, udp_payload(mss, i)) for i in range(6)]
+    bad = bytearray(good[2])
+    bad[-1] ^= 0xFF
+    other = tcp_packet("10.0.2.5", "10.0.1.7", seq + 6 * mss, udp_payload(mss), sport=40001)
+    late = tcp_packet("10.0.2.5", "10.0.1.7", seq + 9 * mss, udp_payload(mss))
+    spoofed = tcp_packet("10.0.3.5", "10.0.1.7", seq + 6 * mss, udp_payload(mss))
+    train = [good[0], good[1], bytes(bad), good[3], good[4], good[5], other, spoofed, late]
+    with vnet_socket(orig, ETH_P_ALL) as sniff:
+        orig.peers[PEER_A].sendmsg([b"".join(train)], [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", len(good[0])))], 0,
+                                   PUMP)
+        sniff.settimeout(2)
+        out = []
+        with contextlib.suppress(TimeoutError):
+            while len(out) < 10:
+                out.append(sniff.recv(70000))
+                sniff.settimeout(0.3)
+    kinds = [(struct.unpack_from("=B", o, 1)[0], len(o) - 10) for o in out]
+    assert kinds == [(1, 52 + 2 * mss), (0, len(bad)), (1, 52 + 3 * mss), (0, len(other)), (0, len(late))], kinds
+    assert out[1][10:] == ttl_minus_one(bytes(bad))
+    assert out[2][10 + 52:] == b"".join(g[52:] for g in good[3:])
+    orig.wait_stat("rx_packets", len(segs) + 8)
+    assert counters(orig)["rx_drop_unknown_source"] == 1

@@ -14,6 +14,20 @@ class DecodeError(ValueError):
     """The bytes are not a pcap file holding an Ethernet/IPv4 packet."""
 
 
+def all_packets(pcap: bytes) -> tuple[int, list[bytes]]:
+    """(link type, every frame) of a classic pcap file (a cut-off last record is left out)."""
+    linktype, _ = first_packet(pcap)
+    endian = "<" if pcap[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
+    frames, off = [], 24
+    while off + 16 <= len(pcap):
+        incl_len = struct.unpack_from(endian + "I", pcap, off + 8)[0]
+        if off + 16 + incl_len > len(pcap):
+            break
+        frames.append(pcap[off + 16:off + 16 + incl_len])
+        off += 16 + incl_len
+    return linktype, frames
+
+
 def first_packet(pcap: bytes) -> tuple[int, bytes]:
     """(link type, frame) of the first record of a classic pcap file."""
     if len(pcap) < 24:
