@@ -47,7 +47,8 @@ class Options:
     ip_masq: bool = False
     ip_masq_random_fully: bool = True
     forward_rules: bool = True
-    resync_s: float = 5.0
+    resync_s: float = 5.0  # iptables/nftables check (-iptables-resync)
+    kernel_check_s: float = 10.0  # full kernel read (Go's route check); deletions are caught by events at once
     healthz_ip: str = "0.0.0.0"
     healthz_port: int = 0
 
@@ -176,6 +177,7 @@ class Conductor:
             tg.create_task(self._guard("watcher", self.watch_loop()))
             tg.create_task(self._guard("renewer", self.renew_loop()))
             tg.create_task(self._guard("resyncer", self.resync_loop()))
+            tg.create_task(self._guard("traffic-check", self.traffic_loop()))
             tg.create_task(self._guard("store-probe", self.probe_loop()))
 
     async def _guard(self, name: str, coro: object) -> None:
@@ -297,13 +299,19 @@ class Conductor:
             log.info("lease renewed subnet=%s expires_in=%ds", new.subnet, int((new.expiration or 0) - time.time()))
 
     async def resync_loop(self) -> None:
+        """A full kernel reconcile when a kernel event asks for one (the backend's monitor), and
+        every ``kernel_check_s`` as the backstop."""
         assert self.backend is not None
         changed = self.backend.changed
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), self.opts.resync_s)
+                await asyncio.wait_for(changed.wait(), self.opts.kernel_check_s)
             changed.clear()
             await self.backend.resync()
+
+    async def traffic_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.opts.resync_s)
             await self._ensure_traffic()
 
     async def _ensure_traffic(self) -> None:

@@ -197,4 +197,4 @@ def test_hand_deleted_neighbour_and_fdb_come_back(lab: Lab) -> None:
     sh(["bridge", "-n", h1.ns, "fdb", "del", mac, "dev", "flannel.1", "dst", h2.ip])
     wait_for(lambda: f"{gw} lladdr {mac}" in ip(h1.ns, "neigh", "show", "dev", "flannel.1")
              and f"{mac} dst {h2.ip}" in sh(["bridge", "-n", h1.ns, "fdb", "show", "dev", "flannel.1"]).stdout,
-             timeout=7, what="the neighbour and FDB entry restored by the resync")
+             timeout=3, what="the neighbour and FDB entry restored at once (kernel monitor, not the 10 s check)")

@@ -4,6 +4,7 @@ route it did not create, and falls back to a full run when the kernel refuses a 
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ipaddress
 import os
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import pytest
+from pyroute2 import IPRoute
 
 from pyflannel.core.desired import DesiredState, Route
 from pyflannel.kernel.reconciler import Reconciler
@@ -124,3 +126,52 @@ def test_delta_falls_back_to_a_full_run_when_the_device_is_gone(ns: str) -> None
     in_netns(ns, lambda: rec.apply_delta(state(1, 2)))
     assert sorted(routes(ns)) == ["10.0.1.0/24", "10.0.2.0/24"]
     assert rec.full_runs == 2
+
+
+def test_monitor_repairs_hand_deletions_at_once_but_not_our_own(ns: str) -> None:
+    """host-gw with its kernel monitor: our own route deletions cause no full run; a route
+    deleted by hand does, at once."""
+    from pyflannel.backend.hostgw import HostGwBackend
+    from pyflannel.core.config import parse_config
+    from pyflannel.core.lease import Lease, LeaseAttrs
+    from pyflannel.kernel.iface import ExternalInterface
+
+    def lease(third: int) -> Lease:
+        return Lease(ipaddress.IPv4Network(f"10.0.{third}.0/24"), LeaseAttrs(GW, None, "host-gw"))
+
+    async def wait_full_runs(be: HostGwBackend, n: int) -> None:
+        """What the daemon's resync loop does when the monitor kicks: a full run."""
+        for _ in range(100):
+            if be.changed.is_set():
+                be.changed.clear()
+                await be.resync()
+            if be.reconciler.full_runs >= n:
+                return
+            await asyncio.sleep(0.02)
+
+    async def scenario() -> tuple[int, int, int]:
+        def index() -> int:
+            with IPRoute() as ipr:  # a sync pyroute2 call: never on the loop's own thread
+                return int(ipr.link_lookup(ifname="v0")[0])
+
+        idx = await asyncio.to_thread(index)
+        ext = ExternalInterface("v0", idx, 1500, ipaddress.IPv4Address("198.18.0.1"),
+                                ipaddress.IPv4Address("198.18.0.1"))
+        be = HostGwBackend(ext, parse_config('{"Network": "10.0.0.0/16", "Backend": {"Type": "host-gw"}}'))
+        await be.setup(lease(1))
+        try:
+            await be.apply_peers({le.subnet: le for le in map(lease, (2, 3, 4))})  # the first run: full
+            await be.apply_peers({le.subnet: le for le in map(lease, (2, 3))})  # delta: one deletion of ours
+            await asyncio.sleep(0.5)
+            after_own = be.reconciler.full_runs + int(be.changed.is_set())
+            sh(["ip", "-n", ns, "route", "del", "10.0.2.0/24"])  # by hand
+            await wait_full_runs(be, 2)
+            repaired = be.reconciler.full_runs
+            return after_own, repaired, len(routes(ns))
+        finally:
+            await be.close()
+
+    after_own, repaired, n_routes = in_netns(ns, lambda: asyncio.run(scenario()))
+    assert after_own == 1, "deleting a route ourselves must not trigger a full run"
+    assert repaired == 2, "a hand-deleted route must trigger a full run at once"
+    assert n_routes == 2

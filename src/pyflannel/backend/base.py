@@ -19,6 +19,7 @@ from ..core.desired import DesiredState
 from ..core.errors import ConfigError
 from ..core.lease import Lease
 from ..kernel.iface import ExternalInterface
+from ..kernel.monitor import KernelMonitor
 from ..kernel.netlink import KernelError
 from ..kernel.reconciler import LinkState, Reconciler
 
@@ -61,6 +62,7 @@ class KernelBackend:
         self._lock = asyncio.Lock()
         self._warned: set[tuple[ipaddress.IPv4Network, str]] = set()
         self._last_error = ""
+        self.monitor: KernelMonitor | None = None
         self.reconcile_runs = 0
         self.reconcile_errors = 0
         self.reconcile_changes = 0
@@ -159,13 +161,30 @@ class KernelBackend:
                 log.warning("%s was missing or incompatible: recreated it with mac %s and all %d peers",
                             link.name, link.mac, len(self.peers))
 
-    def kick(self) -> None:
-        """Thread-safe: ask for a reconcile now (a link event)."""
+    def kick(self, why: str = "", key: tuple[object, ...] = ()) -> None:
+        """Thread-safe: ask for a full reconcile now (a kernel event: see ``start_monitor``),
+        unless the event is the deletion of an entry we deleted ourselves."""
+        expected = self.reconciler.expected_gone
+        if key in expected:
+            expected.discard(key)
+            return
         loop = self._loop
         if loop is not None:
+            if why:
+                log.debug("kernel event: %s", why)
             loop.call_soon_threadsafe(self.changed.set)
 
     _loop: asyncio.AbstractEventLoop | None = None
 
+    def start_monitor(self, links: tuple[str, ...], owned_devs: tuple[str, ...] = ()) -> None:
+        """Reconcile in full as soon as someone else deletes one of our routes or entries, or
+        changes a device in ``links`` (the periodic check stays as the backstop)."""
+        self._loop = asyncio.get_running_loop()
+        self.monitor = KernelMonitor(self.kick, links=links, network=self.config.network, owned_devs=owned_devs)
+        self.monitor.start()
+
     async def close(self) -> None:
         """vxlan and host-gw leave their kernel state in place: zero-downtime restarts (§0)."""
+        if self.monitor is not None:
+            self.monitor.stop()
+            self.monitor = None

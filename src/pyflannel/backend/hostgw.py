@@ -51,6 +51,7 @@ class HostGwBackend(KernelBackend):
 
     async def setup(self, lease: Lease) -> None:
         self.lease = lease
+        self.start_monitor((self.ext.name,))
 
     def desired(self) -> DesiredState:
         assert self.config.network is not None

@@ -29,7 +29,6 @@ from ..core.errors import LocalConfigError
 from ..core.lease import Lease, LeaseAttrs
 from ..kernel import netlink
 from ..kernel.iface import ExternalInterface
-from ..kernel.monitor import LinkMonitor
 from ..kernel.reconciler import KernelError, incompatibilities, link_kind_attrs
 from .base import KernelBackend, bool_option, check_keys, int_option
 
@@ -112,7 +111,6 @@ class VxlanBackend(KernelBackend):
             log.warning(warning)
         self.opts = parse_options(config, ext.mtu)
         self.mac = ""
-        self.monitor: LinkMonitor | None = None
         log.info("VXLAN config: VNI=%d Port=%d GBP=%s Learning=%s DirectRouting=%s", self.opts.vni,
                  self.opts.port, self.opts.gbp, self.opts.learning, self.opts.direct_routing)
 
@@ -173,8 +171,7 @@ class VxlanBackend(KernelBackend):
             link = await asyncio.to_thread(netlink.link_by_name, self.opts.dev)
         assert link is not None
         await asyncio.to_thread(netlink.ensure_only_address, link.index, addr, self.config.network)
-        self.monitor = LinkMonitor([self.opts.dev], lambda event, name: self.kick())
-        self.monitor.start()
+        self.start_monitor((self.opts.dev, self.ext.name), owned_devs=(self.opts.dev,))
 
     def _direct(self) -> frozenset[ipaddress.IPv4Address]:
         if not self.opts.direct_routing:
@@ -192,7 +189,3 @@ class VxlanBackend(KernelBackend):
         assert self.lease is not None and self.config.network is not None
         return plan_vxlan(self.opts, self.config.network, self.lease, self.link_spec(), self.ext.name, self.peers,
                           self._direct())
-
-    async def close(self) -> None:
-        if self.monitor is not None:
-            self.monitor.stop()

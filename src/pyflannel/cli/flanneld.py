@@ -45,7 +45,7 @@ FLANNELD_FLAGS = [
     Flag("set-node-network-unavailable", "bool", True, "set NodeNetworkUnavailable after ready"),
     Flag("healthz-ip", "str", "0.0.0.0", "the IP address for healthz server to listen"),
     Flag("healthz-port", "int", 0, "the port for healthz server to listen (0 to disable)"),
-    Flag("iptables-resync", "int", 5, "resync period for iptables rules and kernel state, in seconds"),
+    Flag("iptables-resync", "int", 5, "resync period for iptables rules, in seconds"),
     Flag("iptables-forward-rules", "bool", True, "add default accept rules to FORWARD chain in iptables"),
     Flag("ip-blackhole-route", "bool", False, "add a blackhole route for the node's own subnet"),
     Flag("version", "bool", False, "print version and exit"),

@@ -1,30 +1,55 @@
-"""Netlink link events for the devices we own: a thread blocked on an RTMGRP_LINK socket that
-calls back when one of them is deleted or changed, so a hand-deleted flannel.1 is rebuilt at
-once instead of at the next timer tick."""
+"""Netlink events that say someone else changed our kernel state, so that it is put right at once
+instead of at the next timer tick: a thread blocked on one socket subscribed to link, IPv4 route
+and neighbour events. It calls back (with a short reason) when
+
+- a watched device (one we own, or the one our routes leave by) is deleted or changed;
+- one of our routes (``RTPROT_FLANNEL``, main table, inside the network) is deleted: IPv4 sends
+  no event for routes flushed with a downed device, hence the link events;
+- a route of someone else appears inside the network (we must stop claiming that dst);
+- a permanent neighbour or FDB entry on a device we own is deleted.
+
+Our own additions never call back; our own deletions do (a peer went away), which costs one
+full reconcile unless the caller recognises the entry's key as one it deleted itself. The
+callback (``on_event(reason, key)``) runs in the monitor thread and must be thread-safe.
+"""
 
 from __future__ import annotations
 
+import errno
+import ipaddress
 import logging
 import select
+import socket
 import threading
 from collections.abc import Callable, Iterable
 
 from pyroute2 import IPRoute
-from pyroute2.netlink.rtnl import RTMGRP_LINK
+from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE, RTMGRP_LINK, RTMGRP_NEIGH
+from pyroute2.netlink.rtnl.marshal import MarshalRtnl
+
+from .netlink import RTPROT_FLANNEL
 
 log = logging.getLogger(__name__)
 
+NUD_PERMANENT = 0x80
+AF_BRIDGE = 7
+MAIN_TABLE = 254
 
-class LinkMonitor:
-    def __init__(self, names: Iterable[str], on_event: Callable[[str, str], None]) -> None:
-        self.names = frozenset(names)
+
+class KernelMonitor:
+    def __init__(self, on_event: Callable[[str, tuple[object, ...]], None], *, links: Iterable[str] = (),
+                 network: ipaddress.IPv4Network | None = None, owned_devs: Iterable[str] = ()) -> None:
         self.on_event = on_event
+        self.links = frozenset(links)
+        self.network = network
+        self.owned_devs = frozenset(owned_devs)
+        self._owned_index: dict[int, str] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(ready,), name="link-monitor", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(ready,), name="kernel-monitor", daemon=True)
         self._thread.start()
         ready.wait(5)
 
@@ -34,20 +59,83 @@ class LinkMonitor:
             self._thread.join(timeout=3)
 
     def _run(self, ready: threading.Event) -> None:
+        """A plain netlink socket decoded by pyroute2's marshal. Not pyroute2's IPRoute: its
+        sync wrapper reads the socket on its own, so a select() on its fd misses events."""
+        groups = RTMGRP_LINK | (RTMGRP_IPV4_ROUTE if self.network is not None else 0)
+        groups |= RTMGRP_NEIGH if self.owned_devs else 0
+        marshal = MarshalRtnl()
         try:
-            with IPRoute() as ipr:
-                ipr.bind(groups=RTMGRP_LINK)
+            with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+                sock.bind((0, groups))
+                self._refresh_index()
                 ready.set()
                 while not self._stop.is_set():
-                    r, _, _ = select.select([ipr.fileno()], [], [], 0.5)
+                    r, _, _ = select.select([sock], [], [], 0.5)
                     if not r:
                         continue
-                    for msg in ipr.get():
-                        name = msg.get("ifname")
-                        if name in self.names:
-                            self.on_event(msg.get("event", ""), name)
+                    try:
+                        data = sock.recv(1 << 20)
+                    except OSError as err:
+                        if err.errno != errno.ENOBUFS:
+                            raise
+                        self.on_event("netlink events were lost (ENOBUFS)", ("lost",))
+                        continue
+                    for msg in marshal.parse(data):
+                        why, key = self.reason(msg)
+                        if why:
+                            if msg.get("event") in ("RTM_NEWLINK", "RTM_DELLINK"):
+                                self._refresh_index()
+                            self.on_event(why, key)
         except Exception as err:  # the timer-driven resync still heals; just say so
-            log.warning("link monitor stopped: %s (the periodic resync keeps running)", err)
+            log.warning("kernel monitor stopped: %s (the periodic resync keeps running)", err)
         finally:
             ready.set()
 
+    def _refresh_index(self) -> None:
+        """ifindex -> name of our devices, asked on a socket of its own: a request on the
+        subscribed socket could swallow the events that arrive while it waits for its answer."""
+        if not self.owned_devs:
+            return
+        found = {}
+        with IPRoute() as ipr:
+            for name in self.owned_devs:
+                idx = ipr.link_lookup(ifname=name)
+                if idx:
+                    found[idx[0]] = name
+        self._owned_index = found
+
+    def reason(self, msg: object) -> tuple[str, tuple[object, ...]]:
+        """Why ``msg`` calls for a full reconcile ("" when it does not), and the key of the entry
+        it is about, as ``Reconciler.expected_gone`` spells it (pure given the device index)."""
+        get = msg.get  # type: ignore[attr-defined]
+        event = get("event", "")
+        if event in ("RTM_NEWLINK", "RTM_DELLINK"):
+            name = get("ifname")
+            return (f"{event} {name}" if name in self.links or name in self.owned_devs else ""), ("link", name)
+        if event in ("RTM_NEWROUTE", "RTM_DELROUTE") and self.network is not None:
+            return self._route_reason(event, msg)
+        if event == "RTM_DELNEIGH":
+            dev = self._owned_index.get(get("ifindex", -1))
+            if dev and get("state", 0) & NUD_PERMANENT:
+                if get("family") == AF_BRIDGE:
+                    dst = get("NDA_DST")
+                    return (f"fdb entry deleted on {dev}",
+                            ("fdb", dev, get("lladdr"), ipaddress.IPv4Address(dst) if dst else None))
+                return f"neighbour entry deleted on {dev}", ("neigh", dev, ipaddress.IPv4Address(get("dst")))
+        return "", ()
+
+    def _route_reason(self, event: str, msg: object) -> tuple[str, tuple[object, ...]]:
+        get = msg.get  # type: ignore[attr-defined]
+        if get("family") != socket.AF_INET or get("table") != MAIN_TABLE:
+            return "", ()
+        dst = ipaddress.IPv4Network(f"{get('dst') or '0.0.0.0'}/{get('dst_len')}")
+        assert self.network is not None
+        if not dst.subnet_of(self.network):
+            return "", ()
+        ours = get("proto") == RTPROT_FLANNEL
+        if event == "RTM_DELROUTE" and ours:
+            return f"our route to {dst} was deleted", ("route", dst)
+        if event == "RTM_NEWROUTE" and not ours:
+            return f"a route to {dst} of someone else appeared", ("foreign", dst)
+        return "", ()

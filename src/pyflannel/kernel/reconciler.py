@@ -95,6 +95,9 @@ class Reconciler:
         self._index: dict[str, int] = {}  # device name -> ifindex as of the last full run
         self.full_runs = 0
         self.delta_runs = 0
+        # keys of entries we are deleting ourselves, so that the kernel monitor can tell their
+        # deletion events from someone else's (see kernel.monitor.KernelMonitor)
+        self.expected_gone: set[tuple[object, ...]] = set()
 
     def forget(self) -> None:
         """The next run reads the kernel in full."""
@@ -182,6 +185,7 @@ class Reconciler:
         """Converge by reading the kernel in full; returns what was changed and our devices' state."""
         self._believed = None
         self.full_runs += 1
+        self.expected_gone.clear()  # a leftover (an entry that was already gone) must not hide a later deletion
         try:
             with IPRoute() as ipr:
                 links = [self.ensure_link(ipr, spec) for spec in desired.links]
@@ -208,6 +212,7 @@ class Reconciler:
             return self.apply(desired)
         plan = diff(desired, believed)
         if not len(plan):
+            self._log_notes(plan)
             return plan, []
         self._believed = None  # until this run has gone through
         self.delta_runs += 1
@@ -220,15 +225,18 @@ class Reconciler:
         self._believed = after_plan(desired, believed.foreign)
         return plan, []
 
+    def _log_notes(self, plan: Plan) -> None:
+        for note in plan.notes:
+            if note not in self._noted:
+                self._noted.add(note)
+                log.warning("%s", note)
+
     def _execute(self, ipr: IPRoute, plan: Plan, index: dict[str, int],
                  known: set[ipaddress.IPv4Network] | None = None) -> None:
         """Send ``plan``. With ``known`` (the delta path), a route to a dst not in it is added
         exclusively: if a route to it appeared since our last full read, the add fails (EEXIST)
         and the full run decides, instead of a `replace` overwriting someone else's route."""
-        for note in plan.notes:
-            if note not in self._noted:
-                self._noted.add(note)
-                log.warning("%s", note)
+        self._log_notes(plan)
         for n in plan.put_neighs:
             ipr.neigh("replace", dst=str(n.ip), lladdr=n.mac, ifindex=index[n.dev], state=NUD_PERMANENT)
         for f in plan.put_fdbs:
@@ -241,6 +249,9 @@ class Reconciler:
             if r.onlink:
                 kw["flags"] = RTNH_F_ONLINK
             ipr.route("add" if known is not None and r.dst not in known else "replace", **kw)
+        self.expected_gone.update([("route", r.dst) for r in plan.del_routes]
+                                  + [("neigh", n.dev, n.ip) for n in plan.del_neighs]
+                                  + [("fdb", f.dev, f.mac, f.dst) for f in plan.del_fdbs])
         for r in plan.del_routes:
             _ignore_gone(lambda r=r: ipr.route("del", dst=str(r.dst), oif=index.get(r.dev, 0),
                                                proto=RTPROT_FLANNEL))
