@@ -1,0 +1,69 @@
+"""flanneld's Prometheus metrics: one collector reading the daemon's ``View`` at scrape time, on a
+private registry. Imported by ``observe.HttpServer`` only when the server is on."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
+from prometheus_client.registry import Collector
+
+from .observe import View
+
+
+def registry_for(view: View) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(FlannelCollector(view))
+    return registry
+
+
+class FlannelCollector(Collector):
+    def __init__(self, view: View) -> None:
+        self.view = view
+
+    def collect(self) -> Iterator[Any]:
+        v, s = self.view, self.view.stats
+        lease = v.lease()
+        info = GaugeMetricFamily("flannel_lease_info", "Our subnet lease (1 while held)",
+                                 labels=["subnet", "public_ip", "backend", "reservation"])
+        expiry = GaugeMetricFamily("flannel_lease_expiry_timestamp_seconds", "When our lease expires (unix time)")
+        if lease is not None:
+            info.add_metric([str(lease.subnet), str(lease.attrs.public_ip), v.backend(),
+                             str(lease.is_reservation).lower()], 1)
+            if lease.expiration:
+                expiry.add_metric([], lease.expiration)
+        yield info
+        yield expiry
+        yield GaugeMetricFamily("flannel_ready", "1 once subnet.env is written", value=int(s.ready))
+        yield GaugeMetricFamily("flannel_etcd_reachable", "1 while etcd answers", value=int(s.store_ok))
+        yield GaugeMetricFamily("flannel_peers", "Peer leases programmed", value=v.peers())
+        yield GaugeMetricFamily("flannel_bad_leases", "Keys under subnets/ that cannot be decoded", value=s.bad_leases)
+        yield CounterMetricFamily("flannel_etcd_errors", "etcd calls that failed", value=s.etcd_errors)
+        yield CounterMetricFamily("flannel_etcd_watch_relists", "Lease re-lists after a lost watch or compaction",
+                                  value=s.watch_relists)
+        yield CounterMetricFamily("flannel_reconcile_errors", "Kernel reconciles that failed", value=s.reconcile_errors)
+        yield CounterMetricFamily("flannel_reconcile_changes", "Kernel entries added, replaced or removed",
+                                  value=s.reconcile_changes)
+        yield SummaryMetricFamily("flannel_reconcile_duration_seconds", "Kernel reconcile runs and their time",
+                                  count_value=s.reconcile_runs, sum_value=s.reconcile_seconds)
+        yield CounterMetricFamily("flannel_masq_repairs", "Times the iptables rules had to be restored",
+                                  value=s.masq_repairs)
+        yield from self._datapath(v.datapath())
+
+    @staticmethod
+    def _datapath(counters: dict[str, int]) -> Iterator[Any]:
+        packets = CounterMetricFamily("flannel_udp_packets", "Packets moved by the udp backend", labels=["direction"])
+        nbytes = CounterMetricFamily("flannel_udp_bytes", "Bytes moved by the udp backend", labels=["direction"])
+        drops = CounterMetricFamily("flannel_udp_drops", "Packets dropped by the udp backend",
+                                    labels=["direction", "reason"])
+        for key, value in sorted(counters.items()):
+            direction, _, rest = key.partition("_")
+            if rest == "packets":
+                packets.add_metric([direction], value)
+            elif rest == "bytes":
+                nbytes.add_metric([direction], value)
+            elif rest.startswith("drop_"):
+                drops.add_metric([direction, rest.removeprefix("drop_")], value)
+        yield from (packets, nbytes, drops)
