@@ -1,5 +1,6 @@
 """flanneld's Prometheus metrics: one collector reading the daemon's ``View`` at scrape time, on a
-private registry. Imported by ``observe.HttpServer`` only when the server is on."""
+private registry. Imported by ``observe.HttpServer`` only when the server is on. ``view`` is an
+``observe.View`` (not imported: observe imports this module)."""
 
 from __future__ import annotations
 
@@ -10,17 +11,15 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
-from .observe import View
 
-
-def registry_for(view: View) -> CollectorRegistry:
+def registry_for(view: Any) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(FlannelCollector(view))
     return registry
 
 
 class FlannelCollector(Collector):
-    def __init__(self, view: View) -> None:
+    def __init__(self, view: Any) -> None:
         self.view = view
 
     def collect(self) -> Iterator[Any]:
