@@ -20,6 +20,7 @@ import ipaddress
 import logging
 import select
 import socket
+import struct
 import threading
 from collections.abc import Callable, Iterable
 
@@ -32,6 +33,7 @@ from .netlink import RTPROT_FLANNEL
 log = logging.getLogger(__name__)
 
 NUD_PERMANENT = 0x80
+RTM_NEWLINK, RTM_DELLINK, RTM_NEWROUTE, RTM_DELROUTE, RTM_DELNEIGH = 16, 17, 24, 25, 29
 AF_BRIDGE = 7
 MAIN_TABLE = 254
 
@@ -81,7 +83,8 @@ class KernelMonitor:
                             raise
                         self.on_event("netlink events were lost (ENOBUFS)", ("lost",))
                         continue
-                    for msg in marshal.parse(data):
+                    for chunk in self.worth_decoding(data):
+                        msg = next(iter(marshal.parse(chunk)))
                         why, key = self.reason(msg)
                         if why:
                             if msg.get("event") in ("RTM_NEWLINK", "RTM_DELLINK"):
@@ -91,6 +94,31 @@ class KernelMonitor:
             log.warning("kernel monitor stopped: %s (the periodic resync keeps running)", err)
         finally:
             ready.set()
+
+    def worth_decoding(self, data: bytes) -> list[bytes]:
+        """The messages in one datagram that may matter, picked by their fixed headers, so that
+        pyroute2 decodes a handful instead of every one (a cold start adds thousands of entries,
+        each echoed to us: our own additions carry our protocol and are skipped unread)."""
+        out, off = [], 0
+        while off + 16 <= len(data):
+            length, mtype = struct.unpack_from("=IH", data, off)
+            if length < 16:
+                break
+            body = off + 16
+            keep = False
+            if mtype in (RTM_NEWLINK, RTM_DELLINK):
+                keep = True
+            elif mtype in (RTM_NEWROUTE, RTM_DELROUTE) and length >= 28:
+                table, proto = data[body + 4], data[body + 5]
+                # someone else's route appearing, or one of ours going
+                keep = table == MAIN_TABLE and (proto == RTPROT_FLANNEL) == (mtype == RTM_DELROUTE)
+            elif mtype == RTM_DELNEIGH and length >= 28:
+                ifindex, state = struct.unpack_from("=iH", data, body + 4)
+                keep = ifindex in self._owned_index and bool(state & NUD_PERMANENT)
+            if keep:
+                out.append(data[off:off + length])
+            off += (length + 3) & ~3
+        return out
 
     def _refresh_index(self) -> None:
         """ifindex -> name of our devices, asked on a socket of its own: a request on the

@@ -19,6 +19,7 @@ import errno
 import ipaddress
 import logging
 import socket
+import threading
 from dataclasses import dataclass
 
 from pyroute2 import IPRoute
@@ -94,6 +95,7 @@ class Reconciler:
         self._believed: ActualState | None = None  # the kernel as our last successful run left it
         self._believed_shape: object = None  # the devices/addresses/network that state belongs to
         self._index: dict[str, int] = {}  # device name -> ifindex as of the last full run
+        self._local = threading.local()
         self.full_runs = 0
         self.delta_runs = 0
         # keys of entries we are deleting ourselves, so that the kernel monitor can tell their
@@ -103,6 +105,14 @@ class Reconciler:
     def forget(self) -> None:
         """The next run reads the kernel in full."""
         self._believed = None
+
+    def _socket(self) -> IPRoute:
+        """The fast path's netlink socket, one per worker thread, kept open (opening one costs
+        as much as the message it carries); a pyroute2 IPRoute is used by one thread only."""
+        ipr = getattr(self._local, "ipr", None)
+        if ipr is None:
+            ipr = self._local.ipr = IPRoute()
+        return ipr
 
     @staticmethod
     def _shape(desired: DesiredState) -> object:
@@ -220,8 +230,7 @@ class Reconciler:
         self._believed = None  # until this run has gone through
         self.delta_runs += 1
         try:
-            with IPRoute() as ipr:
-                self._execute(ipr, plan, self._index, known={r.dst for r in believed.routes})
+            self._execute(self._socket(), plan, self._index, known={r.dst for r in believed.routes})
         except (NetlinkError, KeyError) as err:
             log.info("incremental kernel update refused (%s): reading the kernel state in full", err)
             return self.apply(desired)
