@@ -73,14 +73,14 @@ enum {
     C_TX_PACKETS, C_TX_BYTES, C_TX_DROP_NO_ROUTE, C_TX_DROP_TTL, C_TX_DROP_MALFORMED,
     C_TX_DROP_SEND_ERROR,
     C_RX_PACKETS, C_RX_BYTES, C_RX_DROP_MALFORMED, C_RX_DROP_UNKNOWN_SOURCE, C_RX_DROP_TTL,
-    C_RX_DROP_TUN_WRITE, C_RX_DROP_RECV_ERROR,
+    C_RX_DROP_TUN_WRITE, C_RX_DROP_RECV_ERROR, C_RX_DROP_SPOOFED_SOURCE,
     C_N
 };
 static const char *const counter_names[C_N] = {
     "tx_packets", "tx_bytes", "tx_drop_no_route", "tx_drop_ttl", "tx_drop_malformed",
     "tx_drop_send_error",
     "rx_packets", "rx_bytes", "rx_drop_malformed", "rx_drop_unknown_source", "rx_drop_ttl",
-    "rx_drop_tun_write", "rx_drop_recv_error",
+    "rx_drop_tun_write", "rx_drop_recv_error", "rx_drop_spoofed_source",
 };
 
 /* diagnostics, not drop reasons: exposed by features(), not in the stats keys */
@@ -157,18 +157,21 @@ static inline const rslot *table_lookup(const table *t, uint32_t addr) {
     return NULL;
 }
 
-static inline int table_allowed(const table *t, uint32_t outer, uint32_t inner) {
-    if (t->sslots == NULL) return 0;
+/* the ingress source check: a peer's PublicIP as outer source, an inner source in its subnets */
+enum { SRC_OK, SRC_UNKNOWN_PEER, SRC_OUTSIDE_SUBNET };
+
+static inline int table_source(const table *t, uint32_t outer, uint32_t inner) {
+    if (t->sslots == NULL) return SRC_UNKNOWN_PEER;
     uint32_t h = hash32(outer) & t->scap_mask;
     for (;;) {
         const sslot *s = &t->sslots[h];
-        if (!s->used) return 0;
+        if (!s->used) return SRC_UNKNOWN_PEER;
         if (s->ip == outer) {
             for (uint32_t i = 0; i < s->count; i++) {
                 const netmask *nm = &t->src_nets[s->start + i];
-                if ((inner & nm->mask) == nm->net) return 1;
+                if ((inner & nm->mask) == nm->net) return SRC_OK;
             }
-            return 0;
+            return SRC_OUTSIDE_SUBNET;
         }
         h = (h + 1) & t->scap_mask;
     }
@@ -776,8 +779,9 @@ static inline void rx_one(worker *w, uint8_t *b, size_t n, uint32_t outer) {
         CNT(w, C_RX_DROP_MALFORMED, 1);
         return;
     }
-    if (!table_allowed(w->t, outer, be32(b + 12))) {
-        CNT(w, C_RX_DROP_UNKNOWN_SOURCE, 1);
+    int src = table_source(w->t, outer, be32(b + 12));
+    if (src != SRC_OK) {
+        CNT(w, src == SRC_UNKNOWN_PEER ? C_RX_DROP_UNKNOWN_SOURCE : C_RX_DROP_SPOOFED_SOURCE, 1);
         return;
     }
     if (!decrement_ttl(b)) {

@@ -168,8 +168,9 @@ class UdpPump:
                 outer = cache[src] = int.from_bytes(socket.inet_aton(src), "big")
                 if len(cache) > 4096:
                     cache.clear()
-            if not self.tables.sources.allowed(outer, ipv4_src(buf)):
-                stats["rx_drop_unknown_source"] += 1
+            sources = self.tables.sources
+            if not sources.allowed(outer, ipv4_src(buf)):  # a stranger, or a peer's forged inner source
+                stats["rx_drop_spoofed_source" if sources.is_peer(outer) else "rx_drop_unknown_source"] += 1
                 continue
             if not decrement_ttl(buf):
                 stats["rx_drop_ttl"] += 1

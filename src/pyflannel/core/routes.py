@@ -128,6 +128,11 @@ class SourceCheck:
                 return True
         return False
 
+    def is_peer(self, outer_src_ip: int) -> bool:
+        """Is ``outer_src_ip`` a peer's PublicIP (why ``allowed`` said no: a stranger, or a peer
+        whose inner source lies outside its subnets)?"""
+        return outer_src_ip in self._peers
+
     def __len__(self) -> int:
         return len(self._peers)
 
