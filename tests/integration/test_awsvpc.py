@@ -29,6 +29,7 @@ from urllib.parse import parse_qs, urlsplit
 import boto3
 import pytest
 import requests
+from cloud_helpers import join, lease
 from moto.ec2.models.route_tables import Route as MotoRoute
 from moto.server import ThreadedMotoServer
 
@@ -43,7 +44,6 @@ from pyflannel.backend.base_cloud import (
 )
 from pyflannel.core.config import parse_config
 from pyflannel.core.errors import ConfigError, LocalConfigError
-from pyflannel.core.lease import Lease, LeaseAttrs, render_lease_attrs
 from pyflannel.kernel.iface import ExternalInterface
 
 NET = N("10.0.0.0/16")
@@ -165,16 +165,6 @@ class World:
         return be
 
 
-def lease(subnet: str, ip: str) -> Lease:
-    return Lease(N(subnet), LeaseAttrs(A(ip)))
-
-
-async def join(be: AwsVpcBackend, own: Lease, peers: list[Lease]) -> None:
-    """The daemon's sequence for one host."""
-    await be.prepare()
-    assert render_lease_attrs(be.lease_attrs()) == f'{{"PublicIP":"{own.attrs.public_ip}","PublicIPv6":null}}'.encode()
-    await be.setup(own)
-    await be.apply_peers({le.subnet: le for le in peers})
 
 
 @pytest.fixture

@@ -19,13 +19,14 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from cloud_helpers import join, lease
 
 from pyflannel.backend import get_backend
 from pyflannel.backend.base_cloud import MetadataUnavailable, MissingPermission, RouteLimitError
 from pyflannel.backend.gce import Compute, GceBackend, route_name
 from pyflannel.core.config import parse_config
 from pyflannel.core.errors import LocalConfigError
-from pyflannel.core.lease import Lease, LeaseAttrs, render_lease_attrs
+from pyflannel.core.lease import Lease
 from pyflannel.kernel.iface import ExternalInterface
 
 PROJECT, ZONE, NETWORK = "proj-1", "us-central1-a", "default"
@@ -204,15 +205,6 @@ def backend(fake: FakeGce, inst: str, ip: str | None = None, opts: dict[str, Any
     return be
 
 
-def lease(subnet: str, ip: str) -> Lease:
-    return Lease(N(subnet), LeaseAttrs(A(ip)))
-
-
-async def join(be: GceBackend, own: Lease, peers: list[Lease]) -> None:
-    await be.prepare()
-    assert render_lease_attrs(be.lease_attrs()) == f'{{"PublicIP":"{own.attrs.public_ip}","PublicIPv6":null}}'.encode()
-    await be.setup(own)
-    await be.apply_peers({le.subnet: le for le in peers})
 
 
 def leases3(fake: FakeGce) -> list[Lease]:
