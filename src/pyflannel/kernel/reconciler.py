@@ -26,7 +26,6 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ..core.desired import ActualState, DesiredState, Fdb, LinkSpec, Neigh, Plan, Route, diff
-from .memory import release_free_memory
 from .netlink import RTPROT_FLANNEL, KernelError, ensure_only_address
 
 log = logging.getLogger(__name__)
@@ -213,8 +212,6 @@ class Reconciler:
             raise KernelError(f"reconcile failed: {err.args[1] if len(err.args) > 1 else err} "
                               f"(errno {err.code})") from err
         self._believed, self._believed_shape = after_plan(desired, actual.foreign), self._shape(desired)
-        if len(actual.routes) + len(actual.neighs) + len(plan) > 200:
-            release_free_memory()  # a big read or apply: do not keep its peak as RSS
         return plan, links
 
     def apply_delta(self, desired: DesiredState) -> tuple[Plan, list[LinkState]]:
