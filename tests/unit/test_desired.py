@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from ipaddress import IPv4Address as A
 from ipaddress import IPv4Network as N
 
@@ -127,7 +126,9 @@ def test_diff_converges(want_map: dict, have_map: dict) -> None:
     for r in plan.del_routes:
         after.pop(r.dst)
     assert frozenset(after.values()) == want
-    assert ipaddress.IPv4Network("10.0.0.0/16") == NET
+    # ...and the plan is minimal: only missing or changed routes are written, only unwanted ones deleted
+    assert set(plan.put_routes) == want - have
+    assert {r.dst for r in plan.del_routes} == {r.dst for r in have} - {r.dst for r in want}
 
 
 def test_diff_never_replaces_a_route_it_does_not_own() -> None:
