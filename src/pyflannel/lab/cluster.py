@@ -109,10 +109,11 @@ class Lab:
                    hosts=[Host(**h) for h in data["hosts"]])
 
     # ---- bring up ---------------------------------------------------------------------------------
-    def up(self, *, write_config: bool = True, config: str | None = None, wait: float = 30.0) -> None:
+    def up(self, *, write_config: bool = True, config: str | None = None, wait: float = 30.0,
+           extra: tuple[str, ...] = ()) -> None:
         """Build the whole lab; on any failure, tear down what was built and re-raise. Without
         ``write_config`` flanneld is started but left waiting for its config: write it with
-        ``put_config`` and call ``finish``."""
+        ``put_config`` and call ``finish``. ``extra``: more flanneld flags, on every host."""
         self.down()
         os.makedirs(self.state_dir, exist_ok=True)
         try:
@@ -123,7 +124,7 @@ class Lab:
             self.hosts = [self._host(i) for i in range(1, self.hosts_n + 1)]
             self.save()
             for host in self.hosts:
-                self.start_flanneld(host)
+                self.start_flanneld(host, extra)
             if write_config:
                 self.finish(wait)
         except BaseException:
