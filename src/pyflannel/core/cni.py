@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from . import gojson
 from .errors import FlannelError
 
 DEFAULT_SUBNET_FILE = "/run/flannel/subnet.env"
@@ -113,6 +114,7 @@ _STR_FIELDS = {"cniVersion": "cni_version", "name": "name", "type": "type", "sub
                "dataDir": "data_dir"}
 _MAP_FIELDS = {"ipam": "ipam", "delegate": "delegate", "runtimeConfig": "runtime_config",
                "prevResult": "prev_result", "capabilities": "", "dns": ""}
+_NETCONF_FIELDS = gojson.Fields([*_STR_FIELDS, *_MAP_FIELDS])
 
 
 def parse_json(data: bytes, what: str = "network config") -> Any:
@@ -132,7 +134,7 @@ def parse_netconf(data: bytes) -> NetConf:
         raise CniError(DECODING_FAILURE, "error decoding network config", "expected a JSON object")
     values: dict[str, Any] = {}
     for key, value in obj.items():
-        field = _fold(key, _STR_FIELDS) or _fold(key, _MAP_FIELDS)
+        field = _NETCONF_FIELDS.match(key)
         kind, attrs = (str, _STR_FIELDS) if field in _STR_FIELDS else (dict, _MAP_FIELDS)
         if field is None or (value is None and kind is str):  # unknown, or null: Go leaves the default
             continue
@@ -158,19 +160,10 @@ def valid_name(name: str) -> bool:
 def stored_delegate_type(body: bytes, path: str) -> str:
     """The ``type`` of a delegate netconf saved by ADD (ours or Go flannel's); CniError 6 if unreadable."""
     obj = parse_json(body, f"delegate netconf {path}")
-    kinds = [v for k, v in obj.items() if _fold(k, {"type": ""})] if isinstance(obj, dict) else []
-    kind = kinds[-1] if kinds else None  # Go's decoder: the last spelling wins
+    kind = gojson.lookup(obj, "type") if isinstance(obj, dict) else None  # the last spelling wins
     if not isinstance(kind, str) or not kind:
         raise CniError(DECODING_FAILURE, f"error decoding delegate netconf {path}", "no string 'type' field")
     return kind
-
-
-def _fold(key: str, fields: Mapping[str, str]) -> str | None:
-    """The struct field Go's decoder picks for ``key``: exact, else case-insensitive."""
-    if key in fields:
-        return key
-    folded = key.casefold()
-    return next((f for f in fields if f.casefold() == folded), None)
 
 
 def _normalize(value: Any, depth: int) -> Any:
@@ -294,7 +287,7 @@ def render_delegate(conf: NetConf, env: FlannelEnv) -> dict[str, Any]:
     return d
 
 
-_ROUTE_FIELDS = {f: f for f in ("dst", "gw", "mtu", "advmss", "priority", "table", "scope")}
+_ROUTE_FIELDS = gojson.Fields(["dst", "gw", "mtu", "advmss", "priority", "table", "scope"])
 
 
 def _route(value: Any, index: int) -> GoStruct:
@@ -302,7 +295,7 @@ def _route(value: Any, index: int) -> GoStruct:
     where = f"ipam.routes[{index}]"
     if not isinstance(value, dict):
         raise CniError(INVALID_CONFIG, f"failed to parse {where}", f"expected an object, got {value!r}")
-    fields = {_fold(key, _ROUTE_FIELDS): v for key, v in value.items()}
+    fields = {_ROUTE_FIELDS.match(key): v for key, v in value.items()}
     out = GoStruct()
     try:
         if not isinstance(fields.get("dst"), str):

@@ -6,7 +6,7 @@ Why it is shaped so:
   ``flannelctl config validate``. The result is frozen and complete (every default filled in), so
   nobody downstream re-derives SubnetMin/Max, and tests need no etcd.
 - Go ``encoding/json`` is imitated on purpose, because operators write configs for Go flannel: keys
-  match case-insensitively, every occurrence is decoded in order (the last wins), unknown keys are
+  match case-insensitively (``core/gojson.py``), every occurrence is decoded in order (the last wins), unknown keys are
   ignored, ``null`` leaves a bool or number at its default, and types are strict (``24.0`` is no
   uint). ``Network`` follows ``net.ParseCIDR``: host bits dropped; ``0.0.0.0/0`` is "not defined".
 - Messages start with flannel's own text where flannel has one (so its docs and searches apply),
@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
+from pyflannel.core import gojson
 from pyflannel.core.errors import ConfigError
 
 _UINT_MAX = 2**64 - 1  # Go uint on 64-bit hosts
@@ -59,11 +60,7 @@ class NetworkConfig:
 
     def backend_option(self, name: str, default: Any = None) -> Any:
         """A Backend key matched like Go json: any case, last occurrence wins, null means default."""
-        wanted, found = name.casefold(), default
-        for key, value in self.backend.items():
-            if key.casefold() == wanted and value is not None:
-                found = value
-        return found
+        return gojson.lookup(self.backend, name, default, null_is_noop=True)
 
     def subnets_ipv4(self) -> int:
         """How many subnets of ``subnet_len`` lie between ``subnet_min`` and ``subnet_max``, inclusive."""
@@ -139,7 +136,7 @@ def _reject_constant(name: str) -> Any:
 def _decode_fields(obj: _JSONObject) -> dict[str, Any]:
     fields: dict[str, Any] = {"EnableIPv4": True}
     for key, value in obj:
-        name = _FIELD_BY_FOLDED_KEY.get(key.casefold())
+        name = _FIELDS.match(key)
         if name is None or (value is None and name in _NULL_IS_NOOP):
             continue
         fields[name] = _DECODERS[name](name, value)
@@ -190,7 +187,7 @@ def _decode_backend(raw: Any) -> tuple[str, dict[str, Any]]:
         raise _error(prefix + "Backend must be a JSON object", raw, 'write "Backend": {"Type": "vxlan"}')
     backend_type = ""
     for key, value in raw:
-        if key.casefold() != "type" or value is None:
+        if _BACKEND_FIELDS.match(key) != "Type" or value is None:
             continue
         if not isinstance(value, str):
             raise _error(prefix + "Backend Type must be a string", value, 'write "Type": "vxlan"')
@@ -323,4 +320,5 @@ _DECODERS: dict[str, Callable[[str, Any], Any]] = {
     "IPv6SubnetLen": _uint,
     "Backend": lambda _name, value: value,  # a json.RawMessage in Go: decoded by _decode_backend
 }
-_FIELD_BY_FOLDED_KEY = {name.casefold(): name for name in _DECODERS}
+_FIELDS = gojson.Fields(_DECODERS)
+_BACKEND_FIELDS = gojson.Fields(["Type"])  # what flannel's parseBackendType decodes

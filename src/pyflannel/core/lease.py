@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import gojson
 from .errors import StoreDataError
 
 # flannel's regex (pkg/subnet/subnet.go), unanchored at the start so it matches a full key's tail.
@@ -94,16 +95,6 @@ def render_lease_attrs(attrs: LeaseAttrs) -> bytes:
     return ("{" + ",".join(parts) + "}").encode()
 
 
-def _field(obj: dict[str, Any], name: str) -> Any:
-    """Go encoding/json field matching: keys match case-insensitively and a later key wins."""
-    lower = name.lower()
-    found = None
-    for k, v in obj.items():
-        if k.lower() == lower:
-            found = v
-    return found
-
-
 def _reject_constant(token: str) -> Any:
     raise ValueError(f"{token} is not valid JSON")
 
@@ -125,13 +116,13 @@ def parse_lease_attrs(data: bytes | str) -> LeaseAttrs:
     if not isinstance(obj, dict):
         raise StoreDataError(f"lease value is not a JSON object: {type(obj).__name__}")
     try:
-        pip = _field(obj, "PublicIP")
+        pip = gojson.lookup(obj, "PublicIP")
         public_ip = ipaddress.IPv4Address(_ip_text(pip, "PublicIP")) if pip is not None else ipaddress.IPv4Address(0)
-        pip6 = _field(obj, "PublicIPv6")
+        pip6 = gojson.lookup(obj, "PublicIPv6")
         public_ipv6 = ipaddress.IPv6Address(_ip_text(pip6, "PublicIPv6")) if pip6 is not None else None
     except (ValueError, TypeError) as err:
         raise StoreDataError(f"lease value has a bad public IP: {err}") from err
-    btype = _field(obj, "BackendType")
+    btype = gojson.lookup(obj, "BackendType")
     if btype is None:
         btype = ""
     if not isinstance(btype, str):
@@ -140,6 +131,6 @@ def parse_lease_attrs(data: bytes | str) -> LeaseAttrs:
         public_ip=public_ip,
         public_ipv6=public_ipv6,
         backend_type=btype,
-        backend_data=_field(obj, "BackendData"),
-        backend_v6_data=_field(obj, "BackendV6Data"),
+        backend_data=gojson.lookup(obj, "BackendData"),
+        backend_v6_data=gojson.lookup(obj, "BackendV6Data"),
     )
