@@ -6,9 +6,9 @@ Why it is shaped so:
   ``flannelctl config validate``. The result is frozen and complete (every default filled in), so
   nobody downstream re-derives SubnetMin/Max, and tests need no etcd.
 - Go ``encoding/json`` is imitated on purpose, because operators write configs for Go flannel: keys
-  match case-insensitively (``core/gojson.py``), every occurrence is decoded in order (the last wins), unknown keys are
-  ignored, ``null`` leaves a bool or number at its default, and types are strict (``24.0`` is no
-  uint). ``Network`` follows ``net.ParseCIDR``: host bits dropped; ``0.0.0.0/0`` is "not defined".
+  match case-insensitively (``core/gojson.py``), every occurrence is decoded in order (the last
+  wins), unknown keys are ignored, ``null`` leaves a bool or number at its default, and types are
+  strict (``24.0`` is no uint). ``Network`` follows ``net.ParseCIDR``: host bits dropped; ``0.0.0.0/0`` is "not defined".
 - Messages start with flannel's own text where flannel has one (so its docs and searches apply),
   then add ``(got ..., fix: ...)``. Whether the backend type exists is the registry's business.
 """
