@@ -8,7 +8,8 @@ Why it is shaped so:
 - Go ``encoding/json`` is imitated on purpose, because operators write configs for Go flannel: keys
   match case-insensitively (``core/gojson.py``), every occurrence is decoded in order (the last
   wins), unknown keys are ignored, ``null`` leaves a bool or number at its default, and types are
-  strict (``24.0`` is no uint). ``Network`` follows ``net.ParseCIDR``: host bits dropped; ``0.0.0.0/0`` is "not defined".
+  strict (``24.0`` is no uint). ``Network`` follows ``net.ParseCIDR``: host bits dropped;
+  ``0.0.0.0/0`` is "not defined".
 - Messages start with flannel's own text where flannel has one (so its docs and searches apply),
   then add ``(got ..., fix: ...)``. Whether the backend type exists is the registry's business.
 """
