@@ -35,7 +35,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 pump_changed=0
-for f in src/pyflannel/backend/_fastpump.c src/pyflannel/backend/_offload.c src/pyflannel/backend/_offload.h; do
+for f in src/pyflannel/backend/_*.c src/pyflannel/backend/_*.h; do  # the pump and every header it includes
   [ "$f" -nt "$stamp" ] && pump_changed=1
 done
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ "$pump_changed" = 1 ]; then

@@ -46,6 +46,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "_csum.h"
 #include "_offload.h"
 
 #ifndef SOL_UDP
@@ -284,15 +285,6 @@ static inline int decrement_ttl(uint8_t *b) {
     return 1;
 }
 
-static uint16_t inet_checksum(const uint8_t *d, size_t n) {
-    uint32_t s = 0;
-    size_t i = 0;
-    for (; i + 1 < n; i += 2) s += (uint32_t)d[i] << 8 | d[i + 1];
-    if (n & 1) s += (uint32_t)d[n - 1] << 8;
-    while (s >> 16) s = (s & 0xFFFF) + (s >> 16);
-    return (uint16_t)(~s & 0xFFFF);
-}
-
 static inline int unicast_host(uint32_t a) {
     uint32_t top = a >> 24;
     return top != 0 && top != 127 && (a & 0xF0000000u) != 0xE0000000u && a != 0xFFFFFFFFu;
@@ -316,9 +308,8 @@ static size_t icmp_net_unreachable(const uint8_t *off, size_t n, uint32_t src_ip
     icmp[0] = 3; /* destination unreachable */
     icmp[1] = 0; /* net unreachable */
     memcpy(icmp + 8, off, q);
-    uint16_t ic = inet_checksum(icmp, 8 + q);
-    icmp[2] = ic >> 8;
-    icmp[3] = ic & 0xFF;
+    uint16_t ic = csum_inet(icmp, 8 + q);
+    memcpy(icmp + 2, &ic, 2);
     size_t total = 20 + 8 + q;
     uint8_t *ip = out;
     memset(ip, 0, 20);
@@ -329,9 +320,8 @@ static size_t icmp_net_unreachable(const uint8_t *off, size_t n, uint32_t src_ip
     ip[9] = 1;
     ip[12] = src_ip >> 24; ip[13] = src_ip >> 16; ip[14] = src_ip >> 8; ip[15] = src_ip;
     ip[16] = osrc >> 24; ip[17] = osrc >> 16; ip[18] = osrc >> 8; ip[19] = osrc;
-    uint16_t hc = inet_checksum(ip, 20);
-    ip[10] = hc >> 8;
-    ip[11] = hc & 0xFF;
+    uint16_t hc = csum_inet(ip, 20);
+    memcpy(ip + 10, &hc, 2);
     return total;
 }
 

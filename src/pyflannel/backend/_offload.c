@@ -4,6 +4,7 @@
  * (virtio_net_hdr_to_skb / virtio_net_hdr_from_skb).
  */
 #include "_offload.h"
+#include "_csum.h"
 
 #include <arpa/inet.h>
 #include <string.h>
@@ -37,48 +38,6 @@ void vnet_hdr_write(uint8_t *p, const vnet_hdr *h) {
 
 /* ---- checksums -------------------------------------------------------------------------------- */
 
-/* Sums host-order 32-bit words into 64 bits (RFC 1071: any word size folds to the same 16-bit sum). */
-uint64_t csum_add(const uint8_t *p, size_t n, uint64_t acc) {
-    while (n >= 32) {
-        uint32_t w[8];
-        memcpy(w, p, 32);
-        acc += (uint64_t)w[0] + w[1] + w[2] + w[3] + w[4] + w[5] + w[6] + w[7];
-        p += 32;
-        n -= 32;
-    }
-    while (n >= 4) {
-        uint32_t w;
-        memcpy(&w, p, 4);
-        acc += w;
-        p += 4;
-        n -= 4;
-    }
-    if (n >= 2) {
-        uint16_t w;
-        memcpy(&w, p, 2);
-        acc += w;
-        p += 2;
-        n -= 2;
-    }
-    if (n) { /* the odd last byte is the high-order byte of a zero-padded word */
-#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-        acc += p[0];
-#else
-        acc += (uint64_t)p[0] << 8;
-#endif
-    }
-    return acc;
-}
-
-uint16_t csum_fold(uint64_t acc) {
-    acc = (acc & 0xFFFFFFFFu) + (acc >> 32);
-    acc = (acc & 0xFFFFFFFFu) + (acc >> 32);
-    acc = (acc & 0xFFFF) + (acc >> 16);
-    acc = (acc & 0xFFFF) + (acc >> 16);
-    acc = (acc & 0xFFFF) + (acc >> 16);
-    return (uint16_t)acc;
-}
-
 uint64_t csum_pseudo4(const uint8_t *ip, uint8_t proto, uint32_t len) {
     uint32_t src, dst;
     memcpy(&src, ip + 12, 4);
@@ -88,7 +47,7 @@ uint64_t csum_pseudo4(const uint8_t *ip, uint8_t proto, uint32_t len) {
 
 void ip4_set_csum(uint8_t *ip) {
     ip[10] = ip[11] = 0;
-    uint16_t c = (uint16_t)~csum_fold(csum_add(ip, (size_t)(ip[0] & 0xF) * 4, 0));
+    uint16_t c = csum_inet(ip, (size_t)(ip[0] & 0xF) * 4);
     memcpy(ip + 10, &c, 2);
 }
 

@@ -3,8 +3,8 @@
  * IFF_VNET_HDR puts before every packet, checksums, TCP segmentation (TSO super-packet -> wire
  * packets) and the tests for coalescing wire packets back into one super-packet (GRO-like).
  *
- * Pure functions on byte buffers; no pump state. Checksums are computed in the host's byte order
- * (a ones'-complement sum does not care) and stored with memcpy, which puts them right on any host.
+ * Pure functions on byte buffers; no pump state. Checksums use _csum.h (host-order sums stored
+ * with memcpy, right on any host).
  */
 #ifndef PYFLANNEL_OFFLOAD_H
 #define PYFLANNEL_OFFLOAD_H
@@ -42,10 +42,7 @@ typedef struct {
 void vnet_hdr_read(const uint8_t *p, vnet_hdr *h);
 void vnet_hdr_write(uint8_t *p, const vnet_hdr *h);
 
-/* ones'-complement sum of n bytes added to acc (a region must start at an even offset of what the
- * checksum covers); fold to 16 bits */
-uint64_t csum_add(const uint8_t *p, size_t n, uint64_t acc);
-uint16_t csum_fold(uint64_t acc);
+/* the ones'-complement sum and fold themselves (csum_add, csum_fold, csum_inet) are in _csum.h */
 /* the IPv4 pseudo-header (addresses from the IP header `ip`) of a `len`-byte `proto` segment */
 uint64_t csum_pseudo4(const uint8_t *ip, uint8_t proto, uint32_t len);
 /* a fresh IPv4 header checksum */
