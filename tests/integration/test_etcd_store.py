@@ -424,9 +424,7 @@ def test_watch_snapshot_then_put_delete_and_expiry(etcd_server):
             lease = await reg.create_lease(N4("10.0.3.0/24"), attrs("198.18.0.3"), 2)
             assert lease is not None and lease.lease_id != 0
             await w.until(lambda i: N4("10.0.3.0/24") in puts_of(i))
-            t0 = time.monotonic()
             await w.until(lambda i: N4("10.0.3.0/24") in deletes_of(i), timeout=10)
-            assert time.monotonic() - t0 < 10
             assert set(w.table.leases) == {N4("10.0.2.0/24")}
             assert all(isinstance(i, Changes) for i in w.items[1:])  # no re-list was needed
         finally:
@@ -609,10 +607,9 @@ def test_unreachable_endpoint_raises_store_unavailable_naming_it():
         try:
             for call in (reg.get_config, reg.list_leases,
                          lambda: LeaseManager(reg, attrs("198.18.0.11")).acquire(CONFIG16)):
-                t0 = time.monotonic()
+                # a deadline: not StoreUnavailable within 6 s is a TimeoutError, and fails
                 with pytest.raises(StoreUnavailable) as info:
-                    await asyncio.wait_for(call(), 10)
-                assert time.monotonic() - t0 < 6
+                    await asyncio.wait_for(call(), 6)
                 assert endpoint in str(info.value)
         finally:
             await reg.close()
