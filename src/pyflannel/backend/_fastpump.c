@@ -1,12 +1,12 @@
 /*
  * pyflannel.backend._fastpump: the udp backend's packet loop in C (the fast twin of backend/udp_pump.py: UdpPump).
  *
- * Same wire format and behaviour as the pure-Python pump (FLANNEL-COMPAT 4.1): one raw IPv4
+ * Same wire format and behaviour as the pure-Python pump (docs/compatibility.md#udp): one raw IPv4
  * packet per UDP datagram, TTL decremented (RFC 1624 incremental checksum, flannel's carry quirk)
  * on egress and on ingress, ICMP net-unreachable back into the TUN when no peer owns the
  * destination, longest-prefix match, ingress source check, the same drop counters.
  *
- * What makes it fast (PERF-NOTES): no interpreter per packet, and fewer kernel crossings.
+ * What makes it fast (docs/performance.md#udp-pump): no interpreter per packet, and fewer kernel crossings.
  *  - pthreads that never take the GIL: one serving both directions (the default on small machines,
  *    where it measured faster: no wake-up per batch of ACKs), or one per direction (split=True).
  *  - TUN read in bursts (until EAGAIN or BURST), then one sendmmsg() for the whole burst; runs of

@@ -1,13 +1,13 @@
 """The UDP backend's data path: raw IPv4 packets between flannel0 and UDP/8285.
 
-Wire format as Go flannel (FLANNEL-COMPAT §4.1): one whole IPv4 packet per datagram, no header;
+Wire format as Go flannel (docs/compatibility.md#udp): one whole IPv4 packet per datagram, no header;
 TTL decremented on egress and on ingress; ICMP net-unreachable back into the TUN for a
 destination no peer owns. Better than flannel: longest-prefix match, and ingress datagrams are
 dropped (and counted) unless the outer source is a current peer's PublicIP and the inner source
 lies in that peer's subnet.
 
 It runs in one thread of its own, blocked in epoll, draining each fd until EAGAIN (a burst per
-wake-up, PERF-NOTES). The control plane swaps in a whole immutable ``Tables`` value when leases
+wake-up, docs/performance.md#udp-pump). The control plane swaps in a whole immutable ``Tables`` value when leases
 change; the thread reads that one attribute per packet, so it needs no lock. Counters are plain
 ints read by the metrics without locking (a torn read is at worst one packet stale).
 

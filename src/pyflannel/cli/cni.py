@@ -1,4 +1,4 @@
-"""flannel-cni: the CNI plugin ``flannel`` (FLANNEL-COMPAT §7), a tiny stdin/stdout program.
+"""flannel-cni: the CNI plugin ``flannel`` (docs/compatibility.md#cni), a tiny stdin/stdout program.
 
 The runtime runs it once per operation with ``CNI_*`` variables and the netconf on stdin, and reads
 one JSON document from stdout: a result, nothing, or a SPEC error (then the exit status is 1).
@@ -10,7 +10,7 @@ file under ``dataDir`` and running the delegate plugin found in ``CNI_PATH``.
 Where it parts from Go flannel, on purpose:
 
 - DEL keeps the scratch file when the delegate's DEL fails, so a retried DEL retries the cleanup
-  (flannel removes it anyway, FLANNEL-COMPAT §11.20, and the retry succeeds having done nothing).
+  (flannel removes it anyway, docs/compatibility.md#cni, and the retry succeeds having done nothing).
 - ADD looks the delegate up before saving anything, and the scratch file is written atomically.
 - CHECK is not a no-op: it replays the saved delegate netconf, with the runtime's ``prevResult``,
   as a delegated CHECK (SPEC: "call CHECK on any delegated plugins"), after making sure flanneld's

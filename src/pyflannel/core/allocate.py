@@ -1,6 +1,6 @@
 """Choosing a subnet for this host: pure, so every rule is a unit test.
 
-Flannel's order (FLANNEL-COMPAT §3.5): reuse the lease that carries our public IP, else the subnet
+Flannel's order (docs/compatibility.md#lease-acquisition): reuse the lease that carries our public IP, else the subnet
 remembered in subnet.env, else a random free one. The random pick is uniform over *all* free
 subnets (flannel takes the first 100 free from SubnetMin up), which makes two hosts joining at
 once less likely to race for the same key. Networks with more than 65536 candidate subnets are

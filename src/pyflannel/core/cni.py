@@ -1,6 +1,6 @@
 """The flannel CNI plugin's pure core: netconf in, delegate netconf out, errors as the SPEC wants them.
 
-The plugin is a meta-plugin (FLANNEL-COMPAT §7): it merges its own netconf with subnet.env and hands
+The plugin is a meta-plugin (docs/compatibility.md#cni): it merges its own netconf with subnet.env and hands
 the result to ``bridge`` + ``host-local``. Interop means *the same bytes*: Go flannel saves the
 delegate under ``dataDir`` as ``json.Marshal`` of a Go map, and a Go DEL may replay a file we wrote
 (or the reverse). So the delegate is a plain JSON tree rendered by ``render_go_json`` with Go's

@@ -3,7 +3,7 @@
 Three readers depend on this file: ``mk-docker-opts``, flannel's CNI plugin (a strict, case-sensitive
 reader with no quoting support) and flanneld itself on its next start, which reads the previous
 subnet back to keep its lease. So the writer is byte-exact with Go's ``WriteSubnetFile``
-(FLANNEL-COMPAT §5.1): fixed line order, IPv4 and IPv6 lines only when that family is enabled, no
+(docs/compatibility.md#subnet-env): fixed line order, IPv4 and IPv6 lines only when that family is enabled, no
 quoting, no ``export``, a trailing newline. The reader is lenient like ``godotenv.Read``, because a
 human may have edited the file or another tool may have written it.
 

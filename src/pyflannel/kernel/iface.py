@@ -1,4 +1,4 @@
-"""Choosing the external interface and public IP, as flannel's LookupExtIface (§2.3).
+"""Choosing the external interface and public IP, as flannel's LookupExtIface (docs/compatibility.md#interface).
 
 Order: each --iface (a name or an IP), then each --iface-regex (against addresses first, then
 names), then --iface-can-reach; with none of them, the interface owning --public-ip, else the

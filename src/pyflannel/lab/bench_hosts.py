@@ -119,7 +119,7 @@ class LightLab(Lab):
             raise
 
     def _hand_vxlan(self, host: Host, peers: list[Host], mtu: int) -> None:
-        """What flannel's vxlan backend programs, typed in by hand (FLANNEL-COMPAT §4.2)."""
+        """What flannel's vxlan backend programs, typed in by hand (docs/compatibility.md#vxlan)."""
         ns, dev = host.ns, f"flannel.{HAND_VNI}"
         ip = ["ip", "-n", ns]
         sh([*ip, "link", "add", dev, "address", hand_mac(host.index), "type", "vxlan", "id", str(HAND_VNI),
