@@ -184,7 +184,7 @@ def _last(path: Path, metric: str) -> str:
 
 
 def rows(paths: list[Path]) -> list[dict]:
-    """DESIGN.md's flat rows; ``ratio`` is median / median of ``ratio_to`` measured in this run,
+    """The flat rows of bench/README.md; ``ratio`` is median / median of ``ratio_to`` measured in this run,
     ``ratio_underlay`` the same against the underlay."""
     by_name = {p.name: p for p in paths}
     out = []

@@ -1,6 +1,6 @@
-"""The results, three ways: latest.json (DESIGN.md's flat rows), latest.md (tables), datapath.png.
+"""The results, three ways: latest.json (flat rows, bench/README.md), latest.md (tables), datapath.png.
 
-JSON rows follow DESIGN.md's "Benchmark results" convention; on top of it every data-path row also
+JSON rows: one flat row per figure (bench/README.md, "Reading the results"); on top of it every data-path row also
 carries ``ratio_underlay`` (the same figure over the underlay's), a control-plane row hit by a time
 cap carries ``"capped": true``, and the top level has ``notes`` (what was capped, skipped or
 disturbed) and ``runtime_s``.

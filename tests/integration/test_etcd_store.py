@@ -1,4 +1,4 @@
-"""EtcdRegistry, LeaseManager and watch_leases against a real etcd (FLANNEL-COMPAT §3.2-§3.6).
+"""EtcdRegistry, LeaseManager and watch_leases against a real etcd (docs/compatibility.md#etcd-keys to #watch).
 
 Each test gets a fresh etcd from the ``etcd_server`` fixture. Async code runs under
 ``asyncio.run`` with an overall timeout, and every wait is bounded, so a failure never hangs.

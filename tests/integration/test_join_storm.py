@@ -1,7 +1,7 @@
 """30 hosts join at once: 30 processes run flanneld's acquisition against one real etcd,
 released together by a barrier, into a network of 62 subnets so that races really happen.
 Every one gets a distinct subnet, none fails, none needs more than 10 attempts (Go flannel
-exits on a lost race, FLANNEL-COMPAT §11.4)."""
+exits on a lost race, docs/compatibility.md#lease-acquisition)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Subnet choice (FLANNEL-COMPAT §3.5 step 4): free, inside SubnetMin..SubnetMax, aligned, random."""
+"""Subnet choice (docs/compatibility.md#lease-acquisition): free, inside SubnetMin..SubnetMax, aligned, random."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The CNI plugin without root: flannel's golden delegates (FLANNEL-COMPAT §7, flannel_linux_test.go),
+"""The CNI plugin without root: flannel's golden delegates (docs/compatibility.md#cni, flannel_linux_test.go),
 every bad input as SPEC error JSON, version negotiation, and the command flow against a fake delegate."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Network config parsing and validation, against flannel's ParseConfig/CheckNetworkConfig (§1)."""
+"""Network config parsing and validation, against flannel's ParseConfig/CheckNetworkConfig
+(docs/compatibility.md#network-config)."""
 
 from __future__ import annotations
 
@@ -74,7 +75,7 @@ def test_ipv6_only() -> None:
     assert c.ipv6_subnet_max == V6("2001:cafe:42:ff::")
 
 
-# --- IPv4 defaults and rules (§1.1) ------------------------------------------------------------
+# --- IPv4 defaults and rules -------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -151,7 +152,7 @@ def test_no_stack() -> None:
     fails('{"EnableIPv4": false}', "none defined stack")
 
 
-# --- IPv6 rules (§1.1) -------------------------------------------------------------------------
+# --- IPv6 rules --------------------------------------------------------------------------------
 
 
 def v6(**fields: Any) -> str:
@@ -209,7 +210,7 @@ def test_enable_nftables() -> None:
     assert cfg(Network="10.1.0.0/16", enableNFTables=True).enable_nftables
 
 
-# --- Backend (§1, §1.2) ------------------------------------------------------------------------
+# --- Backend (docs/compatibility.md#backend-options) -------------------------------------------
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Go ``flag``-style parsing and flanneld's option checks (FLANNEL-COMPAT §2)."""
+"""Go ``flag``-style parsing and flanneld's option checks (docs/compatibility.md#flags)."""
 
 from __future__ import annotations
 

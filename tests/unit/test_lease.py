@@ -1,4 +1,5 @@
-"""Subnet keys and lease values, byte for byte as Go flannel writes them (FLANNEL-COMPAT §3.2, §3.3)."""
+"""Subnet keys and lease values, byte for byte as Go flannel writes them
+(docs/compatibility.md#etcd-keys, #lease-json)."""
 
 from __future__ import annotations
 
@@ -85,7 +86,7 @@ def test_lease_key_property():
         "x/1110.5.52.0-24",  # the tail matches, but 1110 is no octet
         "10.0.0.1-24",  # host bits set
         "10.0.0.0-24&fd00::-128",  # 7-bit v6 prefix: >127 rejected
-        "10.0.0.0-24&FD00::-64",  # upper-case hex is outside [a-f\d:] (§11.18)
+        "10.0.0.0-24&FD00::-64",  # upper-case hex is outside [a-f\d:] (docs/compatibility.md#etcd-keys)
         "10.0.0.0-24&fd00::zz-64",
         "10.0.0.0-24&:::::-64",
         "10.0.0.0-24&fd00::-",

@@ -1,4 +1,5 @@
-"""mk-docker-opts against the golden output of flannel's dist/mk_docker_opts_test.go (FLANNEL-COMPAT §5.2).
+"""mk-docker-opts against the golden output of flannel's dist/mk_docker_opts_test.go
+(docs/compatibility.md#mk-docker-opts).
 
 main() runs in-process on files under tmp_path; the route table is always injected, so these tests
 never read or change the host's routes.

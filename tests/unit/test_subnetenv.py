@@ -1,4 +1,5 @@
-"""subnet.env: Go flannel's exact writer format (FLANNEL-COMPAT §5.1) and a lenient godotenv-like reader."""
+"""subnet.env: Go flannel's exact writer format (docs/compatibility.md#subnet-env) and a lenient
+godotenv-like reader."""
 
 from __future__ import annotations
 
