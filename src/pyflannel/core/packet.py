@@ -108,9 +108,10 @@ def decrement_ttl(buf: bytearray | memoryview, off: int = 0) -> bool:
 def checksum(data: Buffer) -> int:
     """Internet checksum (RFC 1071) of ``data``; an odd length is padded with a zero byte.
 
-    A buffer that already carries a correct checksum sums to 0. Computed with one big-int
-    reduction: 2**16 is 1 modulo 0xFFFF, so the one's-complement sum of the 16-bit words is the
-    whole buffer read as an integer, modulo 0xFFFF (with 0xFFFF standing for a non-zero 0).
+    The one Python copy (the compiled pump's is ``backend/_csum.h``). A buffer that already carries
+    a correct checksum sums to 0. Computed with one big-int reduction: 2**16 is 1 modulo 0xFFFF,
+    so the one's-complement sum of the 16-bit words is the whole buffer read as an integer, modulo
+    0xFFFF (with 0xFFFF standing for a non-zero 0).
     """
     raw = bytes(data)
     if len(raw) & 1:
