@@ -1,4 +1,4 @@
-"""External interface selection (§2.3) against real interfaces in a namespace of our own."""
+"""External interface selection (docs/compatibility.md#interface) against real interfaces in a namespace of our own."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""--ip-masq and the forward rules in a real kernel (FLANNEL-COMPAT §6): flannel's golden
+"""--ip-masq and the forward rules in a real kernel (docs/compatibility.md#iptables, #nftables): flannel's golden
 `iptables -S` / `nft list` output inside a namespace of our own, resync after a flush, stale
 rules recycled on a network change, and in the lab a container reaching a host outside the
 overlay with its source masqueraded while container-to-container traffic keeps its address."""
@@ -236,7 +236,7 @@ def test_nftables_mode_golden_and_cleanup(ns: str, driver: Callable[..., Driver]
     probe = subprocess.run(in_ns(ns, "nft", "list", "ruleset"), capture_output=True, text=True, check=False)
     if probe.returncode != 0:
         pytest.skip(f"the kernel has no nf_tables in network namespaces: nft list ruleset: {probe.stderr.strip()}")
-    # a previous run in iptables mode left its chains; nftables mode removes them (§0 step 14)
+    # a previous run in iptables mode left its chains; nftables mode removes them (docs/compatibility.md#lifecycle)
     driver(nftables=False, ip_masq=True, forward_rules=True).call("setup", NET, POD, None, None)
     tm = driver(nftables=True, ip_masq=True, forward_rules=True)
     tm.call("setup", NET, POD, None, None)
