@@ -223,6 +223,7 @@ def test_changed_network_or_subnet_recycles_stale_rules(ns: str, driver: Callabl
     second.call("setup", NET, POD, "10.5.0.0/16", "10.5.3.0/24")
     assert nat_flannel(ns) == golden_postrtg(POD, NET)
     assert "10.5." not in run(ns, "iptables", "-t", "nat", "-S") + run(ns, "iptables", "-t", "filter", "-S")
+    second.close()  # a restart: the previous process is gone (a live one would keep its rules)
     # only the subnet changed
     third = driver(nftables=False, ip_masq=True, forward_rules=True)
     third.call("setup", NET, "10.244.9.0/24", NET, POD)

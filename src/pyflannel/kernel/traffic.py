@@ -1,11 +1,18 @@
-"""Masquerade and forward rules in the kernel: flannel's trafficmngr (§0 steps 14-17, §6).
+"""Masquerade and forward rules in the kernel: flannel's trafficmngr.
 
-Why so shaped: the rule text comes from ``core.masq`` (pure, golden-tested); this module only
-runs the binaries. Setup writes every chain we own with one ``iptables-restore --noflush``
-(or one ``nft -f -`` transaction), then remembers what ``iptables -S`` / ``nft list`` shows for
-those chains. ``ensure`` (every ``--iptables-resync`` seconds) dumps again and re-applies a chain
-as a whole when its lines differ from that snapshot, so someone flushing FLANNEL-POSTRTG gets it
-back in order. Only our chains and the jumps to them are ever touched.
+Why so shaped: the rule text and what to add or delete come from ``core.masq`` (pure,
+golden-tested); this module only runs the binaries and coordinates with the other flanneld of this
+host. flannel's chains (iptables) and tables (nftables) are shared by every flanneld on the host,
+each for its own network: an instance adds, checks, restores and removes only its own rules (those
+naming its network and subnet) and the rules every network shares, never another network's.
+
+Setup applies our part with one ``iptables-restore --noflush`` (or one ``nft -f -`` transaction);
+``ensure`` (every ``--iptables-resync`` seconds) dumps the tables and repairs our part when it is
+missing, out of order or mixed with foreign lines. Every edit (dump, compute, apply) runs under a
+lock file of this network namespace, so two instances never apply from stale dumps. Each instance
+also holds a shared lock on a claim file per network and per (network, subnet) for its whole life:
+the rules of our previous network or subnet (read from the old subnet.env) are recycled only when
+no live instance claims them.
 
 Synchronous by design: the daemon calls it through ``asyncio.to_thread``; a lock keeps a resync
 from interleaving with a setup.
@@ -13,11 +20,17 @@ from interleaving with a setup.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import ipaddress
 import logging
+import os
 import shutil
 import subprocess
 import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 from ..core.errors import LocalConfigError
 from ..core.masq import (
@@ -26,19 +39,23 @@ from ..core.masq import (
     NFT_FORWARD,
     NFT_POSTRTG,
     NFT_TABLE,
+    NftPart,
     OwnedChain,
     forward_chain,
     has_random_fully,
     in_sync,
     masq_chain,
-    nft_cleanup,
+    nft_in_sync,
+    nft_parts,
     nft_random_fully_probe,
-    owned_lines,
     parse_iptables_version,
-    render_cleanup,
     render_nft,
+    render_nft_release,
+    render_release,
     render_table,
+    stale_forward_chain,
     stale_masq_chain,
+    wrap_table,
 )
 from .netlink import KernelError
 
@@ -47,6 +64,9 @@ log = logging.getLogger(__name__)
 _INSTALL = {"iptables": "iptables", "iptables-restore": "iptables", "ip6tables": "iptables",
             "ip6tables-restore": "iptables", "nft": "nftables"}
 _TIMEOUT = 60.0
+STATE_DIR = "/run/pyflannel"
+
+Net = ipaddress.IPv4Network
 
 
 def _run(cmd: list[str], stdin: str | None = None, *, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -69,39 +89,180 @@ def _run(cmd: list[str], stdin: str | None = None, *, check: bool = True) -> sub
     return res
 
 
-class TrafficManager:
-    """flannel's IPTablesManager / NFTablesManager for IPv4, behind one object."""
+def network_key(network: Net) -> str:
+    return "net-" + str(network).replace("/", "_")
 
-    def __init__(self, *, nftables: bool, ip_masq: bool, forward_rules: bool, random_fully: bool = True) -> None:
+
+def subnet_key(network: Net, subnet: Net) -> str:
+    return f"{network_key(network)}-sub-{str(subnet).replace('/', '_')}"
+
+
+class HostPeers:
+    """The other pyflannel instances of this network namespace, as far as rules go: a lock file
+    serialising rule edits, and claim files (a shared ``flock`` held for the life of the process)
+    telling whether some live instance serves a network. Files live in
+    ``<state_dir>/netns-<inode of the network namespace>``; when that cannot be created, edits are
+    not serialised and no network counts as claimed (a warning says so)."""
+
+    def __init__(self, state_dir: str = STATE_DIR) -> None:
+        self.dir: str | None = None
+        self._held: dict[str, int] = {}
+        try:
+            ino = os.stat("/proc/self/ns/net").st_ino
+            path = os.path.join(state_dir, f"netns-{ino}")
+            os.makedirs(path, mode=0o755, exist_ok=True)
+            self.dir = path
+        except OSError as err:
+            log.warning("cannot use %s (%s): rule changes are not coordinated with other flanneld on this host",
+                        state_dir, err)
+
+    def _open(self, name: str, create: bool = True) -> int | None:
+        assert self.dir is not None
+        flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+        try:
+            return os.open(os.path.join(self.dir, name), flags, 0o644)
+        except FileNotFoundError:
+            return None
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the rules lock of this network namespace."""
+        if self.dir is None:
+            yield
+            return
+        fd = self._open("rules.lock")
+        assert fd is not None
+        try:
+            deadline = time.monotonic() + _TIMEOUT
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError as err:
+                    if time.monotonic() > deadline:
+                        raise KernelError(f"another flanneld has held {self.dir}/rules.lock for "
+                                          f"{_TIMEOUT:g}s") from err
+                    time.sleep(0.005)
+            yield
+        finally:
+            os.close(fd)
+
+    def claim(self, keys: Iterable[str]) -> None:
+        """Hold exactly ``keys`` from now on (a claim not in ``keys`` is released)."""
+        if self.dir is None:
+            return
+        keys = set(keys)
+        for key in set(self._held) - keys:
+            os.close(self._held.pop(key))
+        for key in keys - set(self._held):
+            fd = self._open(key)
+            assert fd is not None
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            self._held[key] = fd
+
+    def claimed(self, key: str) -> bool:
+        """True when a live process holds ``key`` (never asked for one we hold ourselves)."""
+        if self.dir is None:
+            return False
+        fd = self._open(key, create=False)
+        if fd is None:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+
+@dataclass
+class Stale:
+    """Our rules of the previous run to recycle: (network, subnet) of the masquerade rules, network
+    of the forward rules; None for nothing."""
+
+    masq: tuple[Net, Net] | None = None
+    forward: Net | None = None
+    network_served: bool = False  # another live instance serves the masq rules' network
+
+    def masq_chain(self) -> OwnedChain | None:
+        if self.masq is None:
+            return None
+        chain = masq_chain(*self.masq, True)
+        return chain.naming(self.masq[1]) if self.network_served else chain
+
+    def forward_chain(self) -> OwnedChain | None:
+        return forward_chain(self.forward) if self.forward is not None else None
+
+    def nft_parts(self) -> list[NftPart]:
+        out = []
+        if self.masq is not None:
+            parts = nft_parts(*self.masq, masq=True, forward=False, random_fully=True)
+            out += [p.naming(self.masq[1]) for p in parts] if self.network_served else parts
+        if self.forward is not None:
+            out += nft_parts(self.forward, self.forward, masq=False, forward=True, random_fully=True)
+        return out
+
+
+class TrafficManager:
+    """flannel's IPTablesManager / NFTablesManager for IPv4, behind one object, for one network.
+
+    ``state_dir`` is where instances of this host coordinate (see ``HostPeers``)."""
+
+    def __init__(self, *, nftables: bool, ip_masq: bool, forward_rules: bool, random_fully: bool = True,
+                 state_dir: str = STATE_DIR) -> None:
         self.nftables = nftables
         self.ip_masq = ip_masq
         self.forward_rules = forward_rules
         self.random_fully_wanted = random_fully  # False with --ip-masq-fully-random-disable
         self.random_fully = False  # what is in effect, after asking iptables / the kernel
         self.repairs = 0
-        self._network: ipaddress.IPv4Network | None = None
-        self._subnet: ipaddress.IPv4Network | None = None
+        self._state_dir = state_dir
+        self._peers: HostPeers | None = None
+        self._network: Net | None = None
+        self._subnet: Net | None = None
         self._chains: list[OwnedChain] = []
-        self._baseline: dict[str, list[str]] = {}
-        self._nft_baseline: str | None = None
+        self._parts: list[NftPart] = []
         self._version: tuple[int, int, int] | None = None
         self._lock = threading.Lock()
 
     # ---- the interface the daemon uses ----------------------------------------------------------
-    def setup(self, network: ipaddress.IPv4Network, subnet: ipaddress.IPv4Network,
-              prev_network: ipaddress.IPv4Network | None, prev_subnet: ipaddress.IPv4Network | None) -> None:
-        """Startup: remove the other mode's rules, recycle stale rules, apply ours."""
+    def setup(self, network: Net, subnet: Net, prev_network: Net | None, prev_subnet: Net | None) -> None:
+        """Startup: claim our network, remove our rules of the other mode, recycle our stale rules
+        (unless another live instance serves that network), apply ours."""
         with self._lock:
             self._network, self._subnet = network, subnet
-            if self.nftables:
-                self._cleanup_iptables()
-                self._setup_nft()
-            else:
-                self._cleanup_nft()
-                self._setup_iptables(prev_network, prev_subnet)
+            if self._peers is None:
+                self._peers = HostPeers(self._state_dir)
+            peers = self._peers
+            peers.claim([network_key(network), subnet_key(network, subnet)])
+            stale = Stale()
+            if stale_masq_chain(network, subnet, prev_network, prev_subnet, True) is not None:
+                assert prev_network is not None and prev_subnet is not None
+                if peers.claimed(subnet_key(prev_network, prev_subnet)):
+                    log.info("keeping the masquerade rules of %s in %s: another flanneld on this host serves them",
+                             prev_subnet, prev_network)
+                else:
+                    log.info("network or subnet (%s, %s) differs from the previous one (%s, %s): recycling old "
+                             "rules", network, subnet, prev_network, prev_subnet)
+                    stale.masq = (prev_network, prev_subnet)
+                    stale.network_served = prev_network != network and peers.claimed(network_key(prev_network))
+            if stale_forward_chain(network, prev_network) is not None:
+                assert prev_network is not None
+                if peers.claimed(network_key(prev_network)):
+                    log.info("keeping the forward rules of %s: another flanneld on this host serves it", prev_network)
+                else:
+                    stale.forward = prev_network
+            with peers.locked():
+                if self.nftables:
+                    self._release_iptables(stale)
+                    self._setup_nft(stale)
+                else:
+                    self._release_nft(stale)
+                    self._setup_iptables(stale)
 
     def ensure(self) -> bool:
-        """Re-apply whatever differs from what setup left; True when something had to be repaired."""
+        """Repair our part where it differs; True when something had to be repaired."""
         with self._lock:
             repaired = self._ensure_nft() if self.nftables else self._ensure_iptables()
             self.repairs += repaired
@@ -127,6 +288,9 @@ class TrafficManager:
         what = ", ".join(parts) or "no rules (--ip-masq and --iptables-forward-rules are off)"
         return f"{where}: {what}; repairs {self.repairs}"
 
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        return self._peers.locked() if self._peers is not None else contextlib.nullcontext()
+
     # ---- iptables mode --------------------------------------------------------------------------
     def _iptables_version(self) -> tuple[int, int, int] | None:
         if self._version is None:
@@ -141,65 +305,88 @@ class TrafficManager:
         wait = ["--wait"] if has_random_fully(self._iptables_version()) else []
         _run([binary, "--noflush", *wait], payload)
 
-    def _setup_iptables(self, prev_network: ipaddress.IPv4Network | None,
-                        prev_subnet: ipaddress.IPv4Network | None) -> None:
+    def _apply_iptables(self, work: list[tuple[OwnedChain, OwnedChain | None]], release: list[tuple[OwnedChain,
+                        OwnedChain | None]], *, move_jump: bool) -> dict[str, str]:
+        """Dump, render, restore; once more from fresh dumps if the restore was refused (someone
+        changed a rule between our dump and our restore). The dumps after it."""
+        tables = list(dict.fromkeys(c.table for c, _ in (*work, *release)))
+        for attempt in (1, 2):
+            dumps = {t: self._dump(t) for t in tables}
+            payload = "".join(render_table(c, dumps[c.table], s, move_jump=move_jump) for c, s in work)
+            payload += "".join(wrap_table(c.table, render_release(c, dumps[c.table], s)) for c, s in release)
+            if not payload:
+                return dumps
+            try:
+                self._restore(payload)
+                break
+            except KernelError as err:
+                if attempt == 2:
+                    raise
+                log.debug("iptables-restore refused (%s); retrying from fresh dumps", err)
+        return {t: self._dump(t) for t in tables}
+
+    def _setup_iptables(self, stale: Stale) -> None:
         assert self._network is not None and self._subnet is not None
         self.random_fully = self.random_fully_wanted and has_random_fully(self._iptables_version())
         if self.random_fully_wanted and not self.random_fully:
             log.warning("iptables %s has no MASQUERADE --random-fully (needs 1.6.2); masquerading without it",
                         ".".join(map(str, self._version or ())) or "(unknown version)")
         work: list[tuple[OwnedChain, OwnedChain | None]] = []
-        if self.ip_masq:
-            stale = stale_masq_chain(self._network, self._subnet, prev_network, prev_subnet, self.random_fully)
-            if stale is not None:
-                log.info("network or subnet (%s, %s) differs from the previous one (%s, %s): recycling old "
-                         "iptables rules", self._network, self._subnet, prev_network, prev_subnet)
-            work.append((masq_chain(self._network, self._subnet, self.random_fully), stale))
-        if self.forward_rules:
-            work.append((forward_chain(self._network), None))
+        release: list[tuple[OwnedChain, OwnedChain | None]] = []  # a rule kind that is off: ours go
+        masq = (masq_chain(self._network, self._subnet, self.random_fully), stale.masq_chain())
+        (work if self.ip_masq else release).append(masq)
+        fwd = (forward_chain(self._network), stale.forward_chain())
+        (work if self.forward_rules else release).append(fwd)
         self._chains = [chain for chain, _ in work]
-        if not work:
-            return
-        dumps = {t: self._dump(t) for t in dict.fromkeys(c.table for c in self._chains)}
-        self._restore("".join(render_table(chain, dumps[chain.table], stale) for chain, stale in work))
-        dumps = {t: self._dump(t) for t in dumps}
-        self._baseline = {c.chain: owned_lines(dumps[c.table], c) for c in self._chains}
+        dumps = self._apply_iptables(work, release, move_jump=True)
         for chain in self._chains:
             if not in_sync(dumps[chain.table], chain):
-                log.warning("iptables -S shows %s differently from what was applied; resync compares with "
-                            "what it shows:\n%s", chain.chain, "\n".join(self._baseline[chain.chain]))
-        log.info("iptables rules applied: %s", ", ".join(f"{c.table}/{c.chain}" for c in self._chains))
+                log.warning("iptables -S shows %s differently from what was applied; resync will re-apply it",
+                            chain.chain)
+        if self._chains:
+            log.info("iptables rules applied: %s", ", ".join(f"{c.table}/{c.chain}" for c in self._chains))
 
     def _ensure_iptables(self) -> bool:
         if not self._chains:
             return False
         dumps = {t: self._dump(t) for t in dict.fromkeys(c.table for c in self._chains)}
-        broken = [c for c in self._chains if owned_lines(dumps[c.table], c) != self._baseline.get(c.chain)]
+        broken = [c for c in self._chains if not in_sync(dumps[c.table], c)]
         if not broken:
             return False
-        log.warning("iptables chain(s) %s changed or missing; re-applying", ", ".join(c.chain for c in broken))
-        self._restore("".join(render_table(c, dumps[c.table]) for c in broken))
-        for c in broken:
-            self._baseline[c.chain] = owned_lines(self._dump(c.table), c)
+        log.warning("our rules in iptables chain(s) %s changed or missing; re-applying",
+                    ", ".join(c.chain for c in broken))
+        with self._locked():
+            self._apply_iptables([(c, None) for c in broken], [], move_jump=False)
         return True
 
-    def _cleanup_iptables(self) -> None:
-        """nftables mode: remove FLANNEL-POSTRTG (nat) and FLANNEL-FWD (filter) and the jumps to
-        them, for IPv4 and IPv6. Failures are only logged, as in flannel."""
+    def _release_iptables(self, stale: Stale) -> None:
+        """nftables mode: remove our rules (and our stale ones) from FLANNEL-POSTRTG (nat) and
+        FLANNEL-FWD (filter), and each chain with its jumps once no other network's rules are
+        left, for IPv4 and IPv6. Failures are only logged, as in flannel."""
+        assert self._network is not None and self._subnet is not None
+        masq = masq_chain(self._network, self._subnet, True)
+        fwd = forward_chain(self._network)
         for binary in ("iptables", "ip6tables"):
             if shutil.which(binary) is None:
                 continue
             try:
-                payload = render_cleanup("nat", [(MASQ_CHAIN, "POSTROUTING")], self._dump("nat", binary))
-                payload += render_cleanup("filter", [(FWD_CHAIN, "FORWARD")], self._dump("filter", binary))
+                nat, filt = self._dump("nat", binary), self._dump("filter", binary)
+                payload = wrap_table("nat", render_release(masq, nat, stale.masq_chain()))
+                payload += wrap_table("filter", render_release(fwd, filt, stale.forward_chain()))
                 if payload:
                     self._restore(payload, f"{binary}-restore")
-                    log.info("removed flannel's %s chains (nftables mode)", binary)
+                    log.info("removed this network's %s rules (nftables mode)", binary)
             except (KernelError, LocalConfigError) as err:
                 log.debug("could not clean up %s chains: %s", binary, err)
 
     # ---- nftables mode --------------------------------------------------------------------------
-    def _setup_nft(self) -> None:
+    def _stale_parts(self, stale: Stale) -> list[NftPart]:
+        """Our rules to remove: the stale ones, and ours of a rule kind that is off."""
+        assert self._network is not None and self._subnet is not None
+        return [*stale.nft_parts(), *nft_parts(self._network, self._subnet, masq=not self.ip_masq,
+                                               forward=not self.forward_rules, random_fully=True)]
+
+    def _setup_nft(self, stale: Stale) -> None:
         assert self._network is not None and self._subnet is not None
         self.random_fully = False
         if self.ip_masq and self.random_fully_wanted:
@@ -207,36 +394,53 @@ class TrafficManager:
             self.random_fully = probe.returncode == 0
             if not self.random_fully:
                 log.warning("nftables: masquerade fully-random unsupported; masquerading without it")
-        self._apply_nft()
+        self._parts = nft_parts(self._network, self._subnet, masq=self.ip_masq, forward=self.forward_rules,
+                                random_fully=self.random_fully)
+        self._apply_nft(self._stale_parts(stale))
         chains = [name for name, on in ((NFT_POSTRTG, self.ip_masq), (NFT_FORWARD, self.forward_rules)) if on]
         log.info("nftables rules applied: table ip %s chains %s", NFT_TABLE, ", ".join(chains) or "(none)")
 
-    def _apply_nft(self) -> None:
+    def _apply_nft(self, stale: list[NftPart]) -> None:
         assert self._network is not None and self._subnet is not None
-        _run(["nft", "-f", "-"], render_nft(self._network, self._subnet, masq=self.ip_masq,
-                                            forward=self.forward_rules, random_fully=self.random_fully))
-        self._nft_baseline = self._nft_list()
+        for attempt in (1, 2):
+            script = render_nft(self._network, self._subnet, masq=self.ip_masq, forward=self.forward_rules,
+                                random_fully=self.random_fully, current=self._nft_list(), stale=stale)
+            try:
+                _run(["nft", "-f", "-"], script)
+                return
+            except KernelError as err:
+                if attempt == 2:
+                    raise
+                log.debug("nft refused (%s); retrying from a fresh listing", err)
 
-    def _nft_list(self) -> str | None:
-        res = _run(["nft", "list", "table", "ip", NFT_TABLE], check=False)
-        return res.stdout if res.returncode == 0 else None
+    def _nft_list(self) -> str:
+        res = _run(["nft", "-a", "list", "table", "ip", NFT_TABLE], check=False)
+        return res.stdout if res.returncode == 0 else ""
 
     def _ensure_nft(self) -> bool:
-        if self._network is None or self._nft_list() == self._nft_baseline:
+        if self._network is None or not self._parts or nft_in_sync(self._nft_list(), self._parts):
             return False
-        log.warning("nftables table ip %s changed or missing; re-applying", NFT_TABLE)
-        self._apply_nft()
+        log.warning("our rules in nftables table ip %s changed or missing; re-applying", NFT_TABLE)
+        with self._locked():
+            self._apply_nft([])
         return True
 
-    def _cleanup_nft(self) -> None:
-        """iptables mode: delete flannel's nftables tables, if nft and nf_tables are there."""
+    def _release_nft(self, stale: Stale) -> None:
+        """iptables mode: remove our rules from flannel's nftables tables, and the tables once no
+        other network's rules are left, if nft and nf_tables are there."""
+        assert self._network is not None and self._subnet is not None
         if shutil.which("nft") is None:
             return
         res = _run(["nft", "list", "tables"], check=False)
-        script = nft_cleanup(res.stdout) if res.returncode == 0 else ""
+        if res.returncode:
+            return
+        mine = [*nft_parts(self._network, self._subnet, masq=True, forward=True, random_fully=True),
+                *stale.nft_parts()]
+        script = render_nft_release(self._nft_list(), res.stdout, mine)
         if script:
             res = _run(["nft", "-f", "-"], script, check=False)
             if res.returncode:
-                log.debug("could not delete flannel's nftables tables: %s", res.stderr.strip())
+                log.debug("could not remove our nftables rules: %s", res.stderr.strip())
             else:
-                log.info("deleted flannel's nftables tables (iptables mode)")
+                log.info("removed this network's nftables rules (iptables mode)")
+
