@@ -330,9 +330,8 @@ def test_compiled_pump_is_built_from_the_current_source() -> None:
     if not udp_pump.available():
         pytest.skip("compiled pump not built")
     built = pathlib.Path(udp_pump._fastpump.__file__)
-    for name in ("_fastpump.c", "_offload.c", "_offload.h"):
-        source = built.with_name(name)
-        if not source.exists():
-            pytest.skip("installed without its source")
+    if not built.with_name("_fastpump.c").exists():
+        pytest.skip("installed without its source")
+    for source in sorted(built.parent.glob("_*.[ch]")):  # the pump and every header it includes
         assert built.stat().st_mtime >= source.stat().st_mtime, (
             f"{source.name} is newer than {built.name}: rebuild with `.venv/bin/pip install -e .`")
