@@ -1,15 +1,21 @@
-"""flanneld's conductor: the one owner of lifecycle and tasks (FLANNEL-COMPAT §0).
+"""flanneld's conductor: the one owner of lifecycle and tasks (docs/architecture.md).
 
-config -> external interface and public IP -> lease -> backend -> subnet.env -> READY=1 ->
-{watcher, renewer, resyncer} under one TaskGroup -> on SIGTERM, cancel, close the backend and
-exit 0 with the lease left in etcd, so a restart reuses it. A task that dies unexpectedly is
-logged by name and ends the process with 1, for systemd to restart it.
+config -> external interface and public IP -> backend.prepare -> lease -> converger.start (our
+devices and routes) -> iptables -> subnet.env -> READY=1 -> tasks under one TaskGroup:
+
+- watcher: etcd watch -> peer table -> ``converger.mark_dirty`` (never waits on the kernel);
+- converger: plans once per batch and applies (``converger.py``);
+- keeper: our own lease: renew, retake, lost (``keeper.py``);
+- traffic-check: the iptables/nftables rules, every ``-iptables-resync`` seconds;
+- store-probe: notices an etcd outage.
+
+On SIGTERM: cancel, close the backend, exit 0 with the lease left in etcd, so a restart reuses
+it. A task that dies unexpectedly is logged by name and ends the process with 1, for systemd.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import signal
@@ -17,13 +23,16 @@ import time
 from dataclasses import dataclass, field
 
 from .backend import Backend, get_backend
+from .converger import Converger
+from .core.backoff import Backoff, LogOnce
 from .core.config import NetworkConfig, parse_config
-from .core.errors import AllocationError, ConfigError, LeaseLost, LocalConfigError, StoreUnavailable
-from .core.events import Changes, PeerTable, Snapshot
+from .core.errors import AllocationError, ConfigError, KernelError, LeaseLost, LocalConfigError, StoreUnavailable
+from .core.events import PeerTable, Snapshot
 from .core.lease import Lease
 from .core.subnetenv import render_subnet_env, subnet_env_for
+from .keeper import LeaseKeeper
+from .kernel.host import KernelHost
 from .kernel.iface import select_external_interface
-from .kernel.netlink import KernelError
 from .kernel.traffic import TrafficManager
 from .observe import HttpServer, Stats, View
 from .store.etcd import EtcdOptions, EtcdRegistry
@@ -47,10 +56,11 @@ class Options:
     ip_masq: bool = False
     ip_masq_random_fully: bool = True
     forward_rules: bool = True
-    resync_s: float = 5.0  # iptables/nftables check (-iptables-resync)
+    iptables_resync_s: float = 5.0  # iptables/nftables check (-iptables-resync)
     kernel_check_s: float = 10.0  # full kernel read (Go's route check); deletions are caught by events at once
     healthz_ip: str = "0.0.0.0"
     healthz_port: int = 0
+    unsupported: tuple[str, ...] = ()  # warnings for accepted flags that do nothing yet, logged at start
 
 
 class Conductor:
@@ -59,35 +69,47 @@ class Conductor:
         self.registry = EtcdRegistry(opts.etcd)
         self.config: NetworkConfig | None = None
         self.backend: Backend | None = None
-        self.manager: LeaseManager | None = None
-        self.lease: Lease | None = None
+        self.converger: Converger | None = None
+        self.keeper: LeaseKeeper | None = None
         self.peers = PeerTable()
         self._bad_seen: set[str] = set()
         self.stats = Stats()
         self.http: HttpServer | None = None
         self.traffic: TrafficManager | None = None
-        self._tg: asyncio.TaskGroup | None = None
-        self._retaking: asyncio.Task[None] | None = None
-        self._traffic_error = ""
+        self._traffic_log = LogOnce(log)
+
+    @property
+    def lease(self) -> Lease | None:
+        return self.keeper.lease if self.keeper is not None else None
 
     def view(self) -> View:
-        def datapath() -> dict[str, int]:
-            fn = getattr(self.backend, "stats", None)
-            return fn() if callable(fn) else {}
+        """What the metrics collector and the health endpoint read at scrape time."""
+        def reconcile() -> object:
+            return self.converger.stats if self.converger is not None else None
 
-        def sync_stats() -> None:
-            s, b = self.stats, self.backend
-            s.etcd_errors = self.registry.errors
-            s.bad_leases = len(self._bad_seen)
-            for name in ("reconcile_runs", "reconcile_errors", "reconcile_changes", "reconcile_seconds"):
-                setattr(s, name, getattr(b, name, 0))
+        return View(
+            self.stats, lease=lambda: self.lease, backend=lambda: self.backend.name if self.backend else "",
+            peers=lambda: self.converger.stats.peers if self.converger is not None else 0,
+            datapath=lambda: self.backend.stats() if self.backend is not None else {},
+            etcd_errors=lambda: self.registry.errors, bad_leases=lambda: len(self._bad_seen),
+            reconcile=reconcile, masq_repairs=lambda: self.traffic.repairs if self.traffic is not None else 0,
+            programmed=self.programmed)
 
-        def peers() -> int:
-            sync_stats()
-            return len(getattr(self.backend, "peers", {}) or {})
-
-        return View(self.stats, lambda: self.lease, lambda: self.backend.name if self.backend else "", peers,
-                    datapath)
+    def programmed(self) -> dict[str, object]:
+        """The peers as the data path has them now: for udp the pump's table itself."""
+        conv = self.converger
+        out: dict[str, object] = {"backend": self.backend.name if self.backend else "",
+                                  "subnet": str(self.lease.subnet) if self.lease else None}
+        if conv is None:
+            return out | {"peers": []}
+        table = conv.pump_table()
+        if table is not None:
+            out["peers"] = [{"subnet": f"{ipaddress.IPv4Address(net)}/{plen}",
+                             "public_ip": str(ipaddress.IPv4Address(ip)), "port": port}
+                            for net, plen, ip, port in table.routes]
+        else:
+            out["peers"] = [{"subnet": str(sn), "public_ip": str(le.attrs.public_ip)} for sn, le in conv.programmed]
+        return out
 
     async def start_http(self) -> None:
         if self.opts.healthz_port > 0:
@@ -99,7 +121,9 @@ class Conductor:
                                        f"{err.strerror} (pick another --healthz-port)") from err
 
     async def wait_for_config(self) -> NetworkConfig:
-        key, last = self.registry.config_key, ""  # log each kind of problem once, not once per retry
+        key = self.registry.config_key
+        # log each kind of problem once, not once per retry; an outage is one problem however worded
+        once = LogOnce(log, same=lambda m: m.split(":")[0] if m.startswith("cannot read the network config") else m)
         while True:
             try:
                 data = await self.registry.get_config()
@@ -114,17 +138,13 @@ class Conductor:
                        f"`etcdctl put {key} '{{\"Network\": \"10.0.0.0/16\"}}'` (etcd v3 API); retrying every second")
             except StoreUnavailable as err:
                 msg = f"cannot read the network config: {err}; retrying (check --etcd-endpoints)"
-                if last.startswith("cannot read the network config"):
-                    msg = last  # the same outage, however the error is worded this time
             except ConfigError as err:
                 msg = f"invalid network config at {key}: {err}; fix it with `flannelctl config set`, retrying"
-            if msg != last:
-                log.error(msg)
-                last = msg
+            once.error(msg)
             await asyncio.sleep(1.0)
 
     async def acquire(self, config: NetworkConfig, manager: LeaseManager) -> Lease:
-        delay, last = 0.2, ""
+        backoff, once = Backoff(0.2, 1.0), LogOnce(log)
         while True:
             try:
                 got = await manager.acquire(config)
@@ -132,11 +152,8 @@ class Conductor:
                          got.how, got.attempts, got.lease.is_reservation)
                 return got.lease
             except StoreUnavailable as err:
-                if str(err) != last:
-                    log.error("cannot acquire a lease, retrying: %s", err)
-                    last = str(err)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+                once.error("cannot acquire a lease, retrying: %s", err)
+            await asyncio.sleep(backoff.next())
 
     async def run(self) -> None:
         opts = self.opts
@@ -144,41 +161,56 @@ class Conductor:
         self.config = config = await self.wait_for_config()
         log.info("network config network=%s subnet_len=%d backend=%s", config.network, config.subnet_len,
                  config.backend_type)
+        self._warn_unsupported(config)
         ext = await asyncio.to_thread(
             select_external_interface, list(opts.ifaces), list(opts.iface_regex), opts.iface_can_reach, opts.public_ip
         )
         log.info("using interface name=%s addr=%s public_ip=%s mtu=%d", ext.name, ext.iface_addr, ext.ext_addr,
                  ext.mtu)
         self.backend = backend = get_backend(config.backend_type)(ext, config)
-        await backend.prepare()
+        self.converger = converger = Converger(backend, full_check_s=opts.kernel_check_s)
+        attrs = await backend.prepare(KernelHost(converger.reconciler))
         prev_subnet, prev_network = read_previous_subnet(opts.subnet_file)
-        self.manager = LeaseManager(self.registry, backend.lease_attrs(), ttl=opts.lease_ttl_s,
-                                    previous_subnet=prev_subnet)
-        self.lease = await self.acquire(config, self.manager)
-        await backend.setup(self.lease)
+        manager = LeaseManager(self.registry, attrs, ttl=opts.lease_ttl_s, previous_subnet=prev_subnet)
+        lease = await self.acquire(config, manager)
+        self.keeper = LeaseKeeper(lease, manager, self.registry, opts.renew_margin_min * 60)
+        await converger.start(lease, await backend.start(lease))
+        await self._setup_traffic(config, lease, prev_network, prev_subnet)
+        assert config.network is not None
+        env = subnet_env_for(config.network, lease.subnet, backend.mtu(), opts.ip_masq)
+        write_subnet_file(opts.subnet_file, render_subnet_env(env))
+        self.stats.ready = True
+        log.info("flannel is ready: wrote %s subnet=%s mtu=%d", opts.subnet_file, env.subnet, env.mtu)
+        if prev_subnet is not None and prev_subnet != lease.subnet:
+            log.error("SUBNET CHANGED from %s to %s: restart docker (or the container runtime) so that its "
+                      "bridge moves to the new subnet", prev_subnet, lease.subnet)
+        sd_notify("READY=1")
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._guard("watcher", self.watch_loop()))
+            tg.create_task(self._guard("converger", converger.run()))
+            tg.create_task(self._guard("keeper", self.keeper.run()))
+            tg.create_task(self._guard("traffic-check", self.traffic_loop()))
+            tg.create_task(self._guard("store-probe", self.probe_loop()))
+
+    def _warn_unsupported(self, config: NetworkConfig) -> None:
+        """Accepted settings that do nothing yet say so, once, at start-up."""
+        if config.enable_ipv6:
+            log.warning("EnableIPv6 is set (IPv6Network %s), but pyflannel does not support IPv6 yet: only the IPv4 "
+                        "network is leased and routed", config.ipv6_network)
+        for warning in self.opts.unsupported:
+            log.warning("%s", warning)
+
+    async def _setup_traffic(self, config: NetworkConfig, lease: Lease, prev_network: object,
+                             prev_subnet: object) -> None:
+        opts = self.opts
         assert config.network is not None
         self.traffic = TrafficManager(nftables=config.enable_nftables, ip_masq=opts.ip_masq,
                                       forward_rules=opts.forward_rules, random_fully=opts.ip_masq_random_fully)
         try:
-            await asyncio.to_thread(self.traffic.setup, config.network, self.lease.subnet, prev_network, prev_subnet)
+            await asyncio.to_thread(self.traffic.setup, config.network, lease.subnet, prev_network, prev_subnet)
         except KernelError as err:
             raise LocalConfigError(f"cannot install the iptables/nftables rules: {err}") from err
         log.info("traffic rules: %s", self.traffic.describe())
-        env = subnet_env_for(config.network, self.lease.subnet, backend.mtu(), opts.ip_masq)
-        write_subnet_file(opts.subnet_file, render_subnet_env(env))
-        self.stats.ready = True
-        log.info("flannel is ready: wrote %s subnet=%s mtu=%d", opts.subnet_file, env.subnet, env.mtu)
-        if prev_subnet is not None and prev_subnet != self.lease.subnet:
-            log.error("SUBNET CHANGED from %s to %s: restart docker (or the container runtime) so that its "
-                      "bridge moves to the new subnet", prev_subnet, self.lease.subnet)
-        sd_notify("READY=1")
-        async with asyncio.TaskGroup() as tg:
-            self._tg = tg
-            tg.create_task(self._guard("watcher", self.watch_loop()))
-            tg.create_task(self._guard("renewer", self.renew_loop()))
-            tg.create_task(self._guard("resyncer", self.resync_loop()))
-            tg.create_task(self._guard("traffic-check", self.traffic_loop()))
-            tg.create_task(self._guard("store-probe", self.probe_loop()))
 
     async def _guard(self, name: str, coro: object) -> None:
         try:
@@ -190,23 +222,26 @@ class Conductor:
             raise
 
     async def watch_loop(self) -> None:
-        assert self.backend is not None
-        first = True
+        """etcd -> the peer table -> mark the converger dirty. Per event O(size of the event); the
+        converger plans once for everything that arrived while it was busy."""
+        assert self.converger is not None and self.keeper is not None
+        first, own = True, self.keeper.subnet
         async for ev in watch_leases(self.registry):
             if isinstance(ev, Snapshot):
                 self.stats.watch_relists += 0 if first else 1
-                first = False
             log_bad(ev.bad, self._bad_seen)
-            await self._check_own(ev)
-            before = dict(self.peers.peers(self._own()))
-            if self.peers.apply(ev):
-                after = self.peers.peers(self._own())
-                for sn in sorted(set(after) - set(before)):
-                    self._bad_seen.discard(after[sn].key)
-                    log.info("peer added subnet=%s public_ip=%s", sn, after[sn].attrs.public_ip)
-                for sn in sorted(set(before) - set(after)):
-                    log.info("peer removed subnet=%s public_ip=%s", sn, before[sn].attrs.public_ip)
-                await self.backend.apply_peers(after)
+            self.keeper.observe(ev)
+            delta = self.peers.apply(ev)
+            for le in delta.added:
+                if le.subnet != own:
+                    self._bad_seen.discard(le.key)
+                    log.info("peer added subnet=%s public_ip=%s", le.subnet, le.attrs.public_ip)
+            for le in delta.removed:
+                if le.subnet != own:
+                    log.info("peer removed subnet=%s public_ip=%s", le.subnet, le.attrs.public_ip)
+            if delta or first:
+                self.converger.mark_dirty(self.peers.leases)
+            first = False
 
     async def probe_loop(self, period: float = 1.0) -> None:
         """Notice an etcd outage (the watch reconnects silently): log it once, report not-ready,
@@ -229,106 +264,23 @@ class Conductor:
                 down_since = None
                 self.stats.store_ok = True
 
-    def _own(self) -> ipaddress.IPv4Network | None:
-        return self.lease.subnet if self.lease else None
-
-    async def _check_own(self, ev: Snapshot | Changes) -> None:
-        """Keep our own lease: follow our renewals, re-create it if somebody deleted it."""
-        assert self.lease is not None and self.manager is not None
-        own = self.lease.subnet
-        puts = {le.subnet: le for le in ev.leases} if isinstance(ev, Snapshot) else {le.subnet: le for le in ev.puts}
-        gone = own not in puts if isinstance(ev, Snapshot) else own in ev.deletes and own not in puts
-        if own in puts:
-            mine = puts[own]
-            if mine.attrs.public_ip != self.lease.attrs.public_ip:
-                raise LeaseLost(f"our subnet {own} now belongs to {mine.attrs.public_ip}: someone else took it; "
-                                "exiting so that a restart leases a new subnet (then restart docker)")
-            self.lease = Lease(own, self.lease.attrs, mine.ipv6_subnet, mine.lease_id, mine.mod_revision,
-                               self.lease.expiration)
-        elif gone and (self._retaking is None or self._retaking.done()):
-            log.warning("our lease %s was deleted from etcd; taking it again", own)
-            assert self._tg is not None
-            self._retaking = self._tg.create_task(self._guard("retake", self._retake(own)))
-
-    async def _retake(self, own: ipaddress.IPv4Network) -> None:
-        """Re-create our deleted lease, riding out an unavailable etcd; LeaseLost if another host
-        took the subnet meanwhile. Runs beside the watcher, so peers keep being followed."""
-        assert self.manager is not None and self.lease is not None
-        delay, logged = 0.2, False
-        while True:
-            try:
-                new = await self.manager.recreate(own)
-                if new is None:  # the key exists: our own earlier attempt, or another host
-                    snap = await self.registry.list_leases()
-                    new = next((le for le in snap.leases if le.subnet == own), None)
-                    if new is None:
-                        continue
-                    if new.attrs.public_ip != self.lease.attrs.public_ip:
-                        raise LeaseLost(f"our lease {own} was deleted and {new.attrs.public_ip} took the subnet; "
-                                        "exiting so that a restart leases a new one (then restart docker)")
-                self.lease = new
-                log.info("lease %s taken again", own)
-                return
-            except StoreUnavailable as err:
-                if not logged:
-                    log.error("cannot re-create our lease %s yet, retrying: %s", own, err)
-                    logged = True
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-
-    async def renew_loop(self) -> None:
-        assert self.manager is not None and self.lease is not None
-        margin = self.opts.renew_margin_min * 60
-        while True:
-            lease = self.lease
-            if lease.is_reservation or lease.expiration is None:
-                await asyncio.sleep(3600)
-                continue
-            remaining = lease.expiration - time.time()
-            await asyncio.sleep(max(remaining - margin, remaining / 2, 0.5))
-            try:
-                new = await self.manager.renew(self.lease)
-            except StoreUnavailable as err:
-                log.error("cannot renew lease %s, retrying in 10s: %s", lease.subnet, err)
-                await asyncio.sleep(10)
-                continue
-            if new is None:  # changed under us: let the watcher's view settle, then try again
-                await asyncio.sleep(1)
-                continue
-            self.lease = new
-            log.info("lease renewed subnet=%s expires_in=%ds", new.subnet, int((new.expiration or 0) - time.time()))
-
-    async def resync_loop(self) -> None:
-        """A full kernel reconcile when a kernel event asks for one (the backend's monitor), and
-        every ``kernel_check_s`` as the backstop."""
-        assert self.backend is not None
-        changed = self.backend.changed
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), self.opts.kernel_check_s)
-            changed.clear()
-            await self.backend.resync()
-
     async def traffic_loop(self) -> None:
+        """Re-check our iptables/nftables rules every ``-iptables-resync`` seconds; restore them if
+        someone flushed them."""
         while True:
-            await asyncio.sleep(self.opts.resync_s)
-            await self._ensure_traffic()
-
-    async def _ensure_traffic(self) -> None:
-        """Re-check our iptables/nftables rules; restore them if someone flushed them."""
-        if self.traffic is None:
-            return
-        try:
-            if await asyncio.to_thread(self.traffic.ensure):
-                log.warning("iptables/nftables rules were changed by someone else: restored them")
-            self._traffic_error = ""
-        except (KernelError, LocalConfigError) as err:
-            if str(err) != self._traffic_error:
-                log.error("cannot check the iptables/nftables rules, retrying: %s", err)
-                self._traffic_error = str(err)
-        self.stats.masq_repairs = self.traffic.repairs
+            await asyncio.sleep(self.opts.iptables_resync_s)
+            if self.traffic is None:
+                continue
+            try:
+                if await asyncio.to_thread(self.traffic.ensure):
+                    log.warning("iptables/nftables rules were changed by someone else: restored them")
+                self._traffic_log.ok("iptables/nftables rules can be checked again")
+            except (KernelError, LocalConfigError) as err:
+                self._traffic_log.error("cannot check the iptables/nftables rules, retrying: %s", err)
 
     async def close(self) -> None:
+        if self.converger is not None:
+            await self.converger.close()
         if self.backend is not None:
             await self.backend.close()
         if self.http is not None:

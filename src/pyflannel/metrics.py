@@ -38,17 +38,20 @@ class FlannelCollector(Collector):
         yield GaugeMetricFamily("flannel_ready", "1 once subnet.env is written", value=int(s.ready))
         yield GaugeMetricFamily("flannel_etcd_reachable", "1 while etcd answers", value=int(s.store_ok))
         yield GaugeMetricFamily("flannel_peers", "Peer leases programmed", value=v.peers())
-        yield GaugeMetricFamily("flannel_bad_leases", "Keys under subnets/ that cannot be decoded", value=s.bad_leases)
-        yield CounterMetricFamily("flannel_etcd_errors", "etcd calls that failed", value=s.etcd_errors)
+        yield GaugeMetricFamily("flannel_bad_leases", "Keys under subnets/ that cannot be decoded",
+                                value=v.bad_leases())
+        yield CounterMetricFamily("flannel_etcd_errors", "etcd calls that failed", value=v.etcd_errors())
         yield CounterMetricFamily("flannel_etcd_watch_relists", "Lease re-lists after a lost watch or compaction",
                                   value=s.watch_relists)
-        yield CounterMetricFamily("flannel_reconcile_errors", "Kernel reconciles that failed", value=s.reconcile_errors)
-        yield CounterMetricFamily("flannel_reconcile_changes", "Kernel entries added, replaced or removed",
-                                  value=s.reconcile_changes)
-        yield SummaryMetricFamily("flannel_reconcile_duration_seconds", "Kernel reconcile runs and their time",
-                                  count_value=s.reconcile_runs, sum_value=s.reconcile_seconds)
+        r = v.reconcile()
+        runs, errors, changes, seconds = (r.runs, r.errors, r.changes, r.seconds) if r is not None else (0, 0, 0, 0.0)
+        yield CounterMetricFamily("flannel_reconcile_errors", "Converge runs in which a target failed", value=errors)
+        yield CounterMetricFamily("flannel_reconcile_changes", "Entries added, replaced or removed (kernel, udp pump "
+                                  "table, cloud routes)", value=changes)
+        yield SummaryMetricFamily("flannel_reconcile_duration_seconds", "Converge runs and their time",
+                                  count_value=runs, sum_value=seconds)
         yield CounterMetricFamily("flannel_masq_repairs", "Times the iptables rules had to be restored",
-                                  value=s.masq_repairs)
+                                  value=v.masq_repairs())
         yield from self._datapath(v.datapath())
 
     @staticmethod

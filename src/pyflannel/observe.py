@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -21,34 +22,33 @@ log = logging.getLogger("flanneld.http")
 
 @dataclass
 class Stats:
-    """Counters the daemon keeps for the metrics (plain ints: one event loop writes them)."""
+    """The conductor's own state for the metrics (one event loop writes it)."""
 
     ready: bool = False
     store_ok: bool = True
-    etcd_errors: int = 0
     watch_relists: int = 0
-    bad_leases: int = 0
-    reconcile_runs: int = 0
-    reconcile_errors: int = 0
-    reconcile_changes: int = 0
-    reconcile_seconds: float = 0.0
-    masq_repairs: int = 0
     started: float = field(default_factory=time.time)
 
 
 @dataclass
 class View:
-    """What the collector asks the daemon at scrape time."""
+    """What the collector and the endpoints read at scrape time, from the objects that own each
+    figure (nothing is copied or refreshed on the way)."""
 
     stats: Stats
     lease: Callable[[], Any] = lambda: None  # our Lease or None
     backend: Callable[[], str] = lambda: ""
     peers: Callable[[], int] = lambda: 0
     datapath: Callable[[], dict[str, int]] = dict  # udp pump counters
+    etcd_errors: Callable[[], int] = lambda: 0
+    bad_leases: Callable[[], int] = lambda: 0
+    reconcile: Callable[[], Any] = lambda: None  # the converger's ConvergeStats or None
+    masq_repairs: Callable[[], int] = lambda: 0
+    programmed: Callable[[], dict[str, Any]] = dict  # /peers: the data path's peer table
 
 
 class HttpServer:
-    """GET /healthz, /readyz, /metrics on --healthz-ip:--healthz-port."""
+    """GET /healthz, /readyz, /metrics and /peers on --healthz-ip:--healthz-port."""
 
     def __init__(self, host: str, port: int, view: View) -> None:
         from .metrics import registry_for  # only with --healthz-port
@@ -80,7 +80,9 @@ class HttpServer:
             from prometheus_client import generate_latest
 
             return 200, "text/plain; version=0.0.4; charset=utf-8", generate_latest(self.registry)
-        return 404, "text/plain", b"not found: try /healthz, /readyz or /metrics"
+        if path == "/peers":
+            return 200, "application/json", json.dumps(self.view.programmed(), sort_keys=True).encode()
+        return 404, "text/plain", b"not found: try /healthz, /readyz, /metrics or /peers"
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -129,27 +129,26 @@ def test_delta_falls_back_to_a_full_run_when_the_device_is_gone(ns: str) -> None
 
 
 def test_monitor_repairs_hand_deletions_at_once_but_not_our_own(ns: str) -> None:
-    """host-gw with its kernel monitor: our own route deletions cause no full run; a route
-    deleted by hand does, at once."""
+    """host-gw through the daemon's converger and its kernel monitor: our own route deletions
+    cause no full run; a route deleted by hand does, at once."""
     from pyflannel.backend.hostgw import HostGwBackend
+    from pyflannel.converger import Converger
     from pyflannel.core.config import parse_config
+    from pyflannel.core.host import ExternalInterface
     from pyflannel.core.lease import Lease, LeaseAttrs
-    from pyflannel.kernel.iface import ExternalInterface
+    from pyflannel.kernel.host import KernelHost
 
     def lease(third: int) -> Lease:
         return Lease(ipaddress.IPv4Network(f"10.0.{third}.0/24"), LeaseAttrs(GW, None, "host-gw"))
 
-    async def wait_full_runs(be: HostGwBackend, n: int) -> None:
-        """What the daemon's resync loop does when the monitor kicks: a full run."""
-        for _ in range(100):
-            if be.changed.is_set():
-                be.changed.clear()
-                await be.resync()
-            if be.reconciler.full_runs >= n:
+    async def until(cond: Callable[[], bool], what: str) -> None:
+        for _ in range(250):
+            if cond():
                 return
             await asyncio.sleep(0.02)
+        raise AssertionError(f"timed out waiting for {what}")
 
-    async def scenario() -> tuple[int, int, int]:
+    async def scenario() -> tuple[int, int, int, int]:
         def index() -> int:
             with IPRoute() as ipr:  # a sync pyroute2 call: never on the loop's own thread
                 return int(ipr.link_lookup(ifname="v0")[0])
@@ -158,20 +157,30 @@ def test_monitor_repairs_hand_deletions_at_once_but_not_our_own(ns: str) -> None
         ext = ExternalInterface("v0", idx, 1500, ipaddress.IPv4Address("198.18.0.1"),
                                 ipaddress.IPv4Address("198.18.0.1"))
         be = HostGwBackend(ext, parse_config('{"Network": "10.0.0.0/16", "Backend": {"Type": "host-gw"}}'))
-        await be.setup(lease(1))
+        conv = Converger(be, full_check_s=3600)
+        await be.prepare(KernelHost(conv.reconciler))
+        await conv.start(lease(1), await be.start(lease(1)))
+        task = asyncio.create_task(conv.run())
+        rec = conv.reconciler
         try:
-            await be.apply_peers({le.subnet: le for le in map(lease, (2, 3, 4))})  # the first run: full
-            await be.apply_peers({le.subnet: le for le in map(lease, (2, 3))})  # delta: one deletion of ours
+            table = {le.subnet: le for le in map(lease, (1, 2, 3, 4))}
+            conv.mark_dirty(table)  # the first snapshot: a full run
+            await until(lambda: len(routes(ns)) == 3, "three peer routes")
+            first = rec.full_runs
+            del table[ipaddress.IPv4Network("10.0.4.0/24")]
+            conv.mark_dirty(table)  # delta: one deletion of ours
+            await until(lambda: len(routes(ns)) == 2, "the deleted peer's route gone")
             await asyncio.sleep(0.5)
-            after_own = be.reconciler.full_runs + int(be.changed.is_set())
+            after_own = rec.full_runs
             sh(["ip", "-n", ns, "route", "del", "10.0.2.0/24"])  # by hand
-            await wait_full_runs(be, 2)
-            repaired = be.reconciler.full_runs
-            return after_own, repaired, len(routes(ns))
+            await until(lambda: len(routes(ns)) == 2 and rec.full_runs > after_own, "the hand-deleted route back")
+            return first, after_own, rec.full_runs, len(routes(ns))
         finally:
+            task.cancel()
+            await conv.close()
             await be.close()
 
-    after_own, repaired, n_routes = in_netns(ns, lambda: asyncio.run(scenario()))
-    assert after_own == 1, "deleting a route ourselves must not trigger a full run"
-    assert repaired == 2, "a hand-deleted route must trigger a full run at once"
+    first, after_own, repaired, n_routes = in_netns(ns, lambda: asyncio.run(scenario()))
+    assert after_own == first, "deleting a route ourselves must not trigger a full run"
+    assert repaired == after_own + 1, "a hand-deleted route must trigger one full run at once"
     assert n_routes == 2

@@ -1,7 +1,7 @@
 """The aws-vpc backend against moto running as a real local server on 127.0.0.1, through boto3
 exactly as on AWS: the test builds a VPC, a subnet, a route table and 3 instances with their ENIs,
 then runs the backend's entry point once per instance (ctor -> check_config -> prepare -> setup
--> apply_peers, as the daemon does), each with its own metadata endpoint.
+-> converger start -> lease events, as the daemon does), each with its own metadata endpoint.
 
 Two things moto does not do are supplied here, in the open: per-instance metadata (a small front
 that answers ``instance-id`` and forwards the rest to moto's metadata endpoints), and AWS's
@@ -44,7 +44,7 @@ from pyflannel.backend.base_cloud import (
 )
 from pyflannel.core.config import parse_config
 from pyflannel.core.errors import ConfigError, LocalConfigError
-from pyflannel.kernel.iface import ExternalInterface
+from pyflannel.core.host import ExternalInterface
 
 NET = N("10.0.0.0/16")
 REGION = "us-east-1"  # what moto's metadata endpoint reports
@@ -200,8 +200,7 @@ def test_three_hosts_join_then_a_lease_goes(world: World) -> None:
     hosts = [world.backend(i) for i in range(3)]
 
     async def scenario() -> None:
-        for i, be in enumerate(hosts):
-            await join(be, leases[i], leases[:i] + leases[i + 1:])
+        joined = [await join(be, leases[i], leases[:i] + leases[i + 1:]) for i, be in enumerate(hosts)]
         assert world.routes() == {f"10.0.{i + 1}.0/24": world.enis[i] for i in range(3)}
         for eni in world.enis:
             attr = world.ec2.describe_network_interface_attribute(NetworkInterfaceId=eni, Attribute="sourceDestCheck")
@@ -212,10 +211,10 @@ def test_three_hosts_join_then_a_lease_goes(world: World) -> None:
         # host 3's lease is deleted: host 2 (not the lowest subnet) leaves the route alone and makes
         # no call at all; host 1 (the lowest) removes it
         before = len(world.api.actions())
-        await hosts[1].apply_peers({leases[0].subnet: leases[0]})
+        await joined[1].peers([leases[0]])
         assert world.api.actions()[before:] == []
         assert "10.0.3.0/24" in world.routes()
-        await hosts[0].apply_peers({leases[1].subnet: leases[1]})
+        await joined[0].peers([leases[1]])
         assert world.routes() == {"10.0.1.0/24": world.enis[0], "10.0.2.0/24": world.enis[1]}
 
     asyncio.run(scenario())
@@ -242,7 +241,7 @@ def test_cleanup_keeps_what_belongs_to_live_hosts_and_removes_blackholes(world: 
     h1.stale_grace_s = 30.0
 
     async def scenario() -> None:
-        await join(h1, leases[0], [leases[1]])  # the lowest subnet: the cleaner
+        host1 = await join(h1, leases[0], [leases[1]])  # the lowest subnet: the cleaner
         got = world.routes()
         assert "10.0.9.0/24" not in got  # blackhole inside the network
         assert got["192.168.9.0/24"].startswith("blackhole:")  # outside the network: not ours to touch
@@ -251,7 +250,7 @@ def test_cleanup_keeps_what_belongs_to_live_hosts_and_removes_blackholes(world: 
         assert got["10.0.6.0/24"] == world.enis[2]  # unleased, instance 3 holds no lease: within the grace
         assert got["10.0.0.0/20"] == world.enis[2]  # not a subnet-sized route: not flannel's
         clock[0] += 61
-        await h1.resync()  # the timer's pass, past the grace
+        await host1.timer()  # the timer's pass, past the grace
         assert "10.0.6.0/24" not in world.routes()
         assert world.routes()["10.0.7.0/24"] == world.enis[1]
 
@@ -326,7 +325,7 @@ def test_aws_unauthorized_operation_is_named(world: World) -> None:
     world.api.faults["DescribeRouteTables"] = [(403, "UnauthorizedOperation", "You are not authorized to perform "
                                                 "this operation.")]
     with pytest.raises(MissingPermission, match="ec2:DescribeRouteTables"):
-        asyncio.run(world.backend(0).prepare())
+        asyncio.run(world.backend(0).prepare(None))
 
 
 def test_throttling_is_retried_with_backoff(world: World) -> None:
@@ -361,12 +360,12 @@ def test_no_metadata_service_says_how_to_point_at_one(world: World, monkeypatch:
     config = parse_config(json.dumps({"Network": str(NET), "Backend": {"Type": "aws-vpc"}}))
     be = AwsVpcBackend(ExternalInterface("eth0", 2, 9001, A(world.ips[0]), A(world.ips[0])), config)
     with pytest.raises(MetadataUnavailable, match="AWS_EC2_METADATA_SERVICE_ENDPOINT=http://HOST:PORT/"):
-        asyncio.run(be.prepare())
+        asyncio.run(be.prepare(None))
 
 
 def test_interface_address_on_no_eni(world: World) -> None:
     with pytest.raises(LocalConfigError) as err:
-        asyncio.run(world.backend(0, iface_addr="198.18.1.250").prepare())
+        asyncio.run(world.backend(0, iface_addr="198.18.1.250").prepare(None))
     msg = str(err.value)
     assert f"no ENI of instance {world.instances[0]} carries 198.18.1.250" in msg
     assert f"{world.enis[0]}: {world.ips[0]}" in msg and "--iface" in msg

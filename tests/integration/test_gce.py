@@ -19,15 +19,15 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from cloud_helpers import join, lease
+from cloud_helpers import CloudHost, join, lease
 
 from pyflannel.backend import get_backend
 from pyflannel.backend.base_cloud import MetadataUnavailable, MissingPermission, RouteLimitError
 from pyflannel.backend.gce import Compute, GceBackend, route_name
 from pyflannel.core.config import parse_config
 from pyflannel.core.errors import LocalConfigError
+from pyflannel.core.host import ExternalInterface
 from pyflannel.core.lease import Lease
-from pyflannel.kernel.iface import ExternalInterface
 
 PROJECT, ZONE, NETWORK = "proj-1", "us-central1-a", "default"
 API = "https://www.googleapis.com/compute/v1"  # what GCE writes in selfLinks, whatever endpoint was called
@@ -218,11 +218,8 @@ def test_route_name() -> None:
 def test_exact_requests_of_one_host_joining(fake: FakeGce) -> None:
     be, own = backend(fake, "node-1"), leases3(fake)[0]
 
-    async def prepare_and_setup() -> None:
-        await be.prepare()
-        await be.setup(own)
-
-    asyncio.run(prepare_and_setup())
+    host = CloudHost(be, own)
+    asyncio.run(host.start())
     p = f"/compute/v1/projects/{PROJECT}"
     body = {"name": "flannel-10-0-53-0-24", "network": NET_LINK, "destRange": "10.0.53.0/24",
             "nextHopInstance": inst_link("node-1"), "priority": 1000, "description": "flannel subnet lease of node-1"}
@@ -241,7 +238,7 @@ def test_exact_requests_of_one_host_joining(fake: FakeGce) -> None:
     ]
     assert fake.routes["flannel-10-0-53-0-24"] == body
     before = len(fake.log)
-    asyncio.run(be.apply_peers({}))  # the first lease snapshot: alone, so the lowest subnet: a cleanup pass
+    asyncio.run(host.peers([]))  # the first lease snapshot: alone, so the lowest subnet: a cleanup pass
     assert fake.log[before:] == [("GET", f"{p}/global/routes/flannel-10-0-53-0-24", None),
                                  ("GET", f"{p}/global/routes?maxResults=500", None)]
 
@@ -251,15 +248,14 @@ def test_three_hosts_join_then_a_lease_goes(fake: FakeGce) -> None:
     hosts = [backend(fake, f"node-{i + 1}") for i in range(3)]
 
     async def scenario() -> None:
-        for i, be in enumerate(hosts):
-            await join(be, ls[i], ls[:i] + ls[i + 1:])
+        joined = [await join(be, ls[i], ls[:i] + ls[i + 1:]) for i, be in enumerate(hosts)]
         assert {n: (r["destRange"], r["nextHopInstance"]) for n, r in fake.routes.items()} == {
             f"flannel-10-0-{53 + i}-0-24": (f"10.0.{53 + i}.0/24", inst_link(f"node-{i + 1}")) for i in range(3)}
         assert [be.mtu() for be in hosts] == [1460] * 3
         before = len(fake.log)
-        await hosts[1].apply_peers({ls[0].subnet: ls[0]})  # not the lowest subnet: no request at all
+        await joined[1].peers([ls[0]])  # not the lowest subnet: no request at all
         assert fake.log[before:] == []
-        await hosts[0].apply_peers({ls[1].subnet: ls[1]})  # the lowest: removes node-3's route
+        await joined[0].peers([ls[1]])  # the lowest: removes node-3's route
         assert set(fake.routes) == {"flannel-10-0-53-0-24", "flannel-10-0-54-0-24"}
         calls = [(m, u.rsplit("/", 1)[-1]) for m, u, _ in fake.log[before:]]
         assert ("GET", "node-3") in calls and ("DELETE", "flannel-10-0-55-0-24") in calls
@@ -308,7 +304,7 @@ def test_cleanup_never_touches_live_hosts_other_networks_or_foreign_routes(fake:
 def test_can_ip_forward_off_is_refused_with_the_fix(fake: FakeGce) -> None:
     fake.instances["node-1"]["canIpForward"] = False
     with pytest.raises(LocalConfigError, match=r"canIpForward off.*--can-ip-forward"):
-        asyncio.run(backend(fake, "node-1").prepare())
+        asyncio.run(backend(fake, "node-1").prepare(None))
 
 
 def test_throttling_is_retried_with_backoff(fake: FakeGce) -> None:
@@ -335,7 +331,7 @@ def test_missing_iam_permission_is_named(fake: FakeGce) -> None:
 def test_missing_oauth_scope_is_named(fake: FakeGce) -> None:
     fake.scopes["node-1"] = "https://www.googleapis.com/auth/devstorage.read_only\n"
     with pytest.raises(MissingPermission, match=r"OAuth scope https://www\.googleapis\.com/auth/compute"):
-        asyncio.run(backend(fake, "node-1").prepare())
+        asyncio.run(backend(fake, "node-1").prepare(None))
 
 
 def test_route_quota_reached_names_the_project_and_suggests_vxlan(fake: FakeGce) -> None:
@@ -367,12 +363,12 @@ def test_operation_wait_is_bounded(fake: FakeGce, monkeypatch: pytest.MonkeyPatc
     be = backend(fake, "node-1")
 
     async def scenario() -> None:
-        await be.prepare()
-        await be.setup(leases3(fake)[0])  # a transient failure: logged, not fatal
-        assert "not DONE after 0.2s" in caplog.text and be.reconcile_errors == 1
+        host = CloudHost(be, leases3(fake)[0])
+        await host.start()  # a transient failure: logged, not fatal
+        assert "not DONE after 0.2s" in caplog.text and host.conv.stats.errors == 1
         assert "flannel-10-0-53-0-24" not in fake.routes
         fake.op_polls = 1
-        await be.apply_peers({})  # the next pass tries again
+        await host.peers([])  # the next pass tries again
         assert "flannel-10-0-53-0-24" in fake.routes and "works again" in caplog.text
 
     with caplog.at_level(logging.INFO):
@@ -387,10 +383,10 @@ def test_no_metadata_server_says_how_to_point_at_one(monkeypatch: pytest.MonkeyP
     config = parse_config('{"Network": "10.0.0.0/16", "Backend": {"Type": "gce"}}')
     be = GceBackend(ExternalInterface("ens4", 2, 1460, A("198.18.0.11"), A("198.18.0.11")), config)
     with pytest.raises(MetadataUnavailable, match=r"Compute Engine instances only.*FLANNEL_GCE_METADATA_URL"):
-        asyncio.run(be.prepare())
+        asyncio.run(be.prepare(None))
 
 
 def test_interface_address_on_no_nic(fake: FakeGce) -> None:
     with pytest.raises(LocalConfigError, match=r"no network interface of instance node-1 has 198\.18\.0\.250.*"
                                                r"198\.18\.0\.11 \(default\)"):
-        asyncio.run(backend(fake, "node-1", ip="198.18.0.250").prepare())
+        asyncio.run(backend(fake, "node-1", ip="198.18.0.250").prepare(None))

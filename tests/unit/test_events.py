@@ -23,7 +23,7 @@ C = lease("10.0.3.0/24", "192.168.0.3", mac="aa:aa:aa:aa:aa:03")
 
 def test_first_snapshot_fills_the_table():
     t = PeerTable()
-    assert t.apply(Snapshot((A, B), revision=10)) is True
+    assert t.apply(Snapshot((A, B), revision=10))
     assert t.leases == {A.subnet: A, B.subnet: B}
     assert t.revision == 10
 
@@ -31,7 +31,7 @@ def test_first_snapshot_fills_the_table():
 def test_snapshot_replaces_everything():
     t = PeerTable()
     t.apply(Snapshot((A, B), revision=10))
-    assert t.apply(Snapshot((B, C), revision=20)) is True
+    assert t.apply(Snapshot((B, C), revision=20))
     assert t.leases == {B.subnet: B, C.subnet: C}
     assert t.revision == 20
 
@@ -39,23 +39,23 @@ def test_snapshot_replaces_everything():
 def test_identical_snapshot_is_no_change():
     t = PeerTable()
     t.apply(Snapshot((A, B), revision=10))
-    assert t.apply(Snapshot((B, A), revision=11)) is False
+    assert not t.apply(Snapshot((B, A), revision=11))
     assert t.revision == 11
 
 
 def test_empty_snapshot_removes_everyone():
     t = PeerTable()
     t.apply(Snapshot((A, B), revision=10))
-    assert t.apply(Snapshot((), revision=11)) is True
+    assert t.apply(Snapshot((), revision=11))
     assert t.leases == {}
 
 
 def test_changes_add_and_remove():
     t = PeerTable()
     t.apply(Snapshot((A,), revision=10))
-    assert t.apply(Changes(puts=(B,), revision=11)) is True
+    assert t.apply(Changes(puts=(B,), revision=11))
     assert set(t.leases) == {A.subnet, B.subnet}
-    assert t.apply(Changes(deletes=(A.subnet,), revision=12)) is True
+    assert t.apply(Changes(deletes=(A.subnet,), revision=12))
     assert t.leases == {B.subnet: B}
     assert t.revision == 12
 
@@ -63,7 +63,7 @@ def test_changes_add_and_remove():
 def test_delete_of_unknown_subnet_is_no_change():
     t = PeerTable()
     t.apply(Snapshot((A,), revision=10))
-    assert t.apply(Changes(deletes=(N4("10.0.99.0/24"),), revision=11)) is False
+    assert not t.apply(Changes(deletes=(N4("10.0.99.0/24"),), revision=11))
     assert t.leases == {A.subnet: A}
 
 
@@ -71,7 +71,7 @@ def test_delete_then_put_in_one_batch_keeps_the_new_lease():
     t = PeerTable()
     t.apply(Snapshot((A,), revision=10))
     moved = lease("10.0.1.0/24", "192.168.0.9", lease_id=5, rev=12, mac="aa:aa:aa:aa:aa:09")
-    assert t.apply(Changes(puts=(moved,), deletes=(A.subnet,), revision=12)) is True
+    assert t.apply(Changes(puts=(moved,), deletes=(A.subnet,), revision=12))
     assert t.leases == {A.subnet: moved}
 
 
@@ -79,7 +79,7 @@ def test_changed_attrs_is_a_change():
     t = PeerTable()
     t.apply(Snapshot((A,), revision=10))
     new_mac = lease("10.0.1.0/24", "192.168.0.1", lease_id=2, rev=11, mac="aa:aa:aa:aa:aa:ff")
-    assert t.apply(Changes(puts=(new_mac,), revision=11)) is True
+    assert t.apply(Changes(puts=(new_mac,), revision=11))
     assert t.leases[A.subnet].attrs.backend_data["VtepMAC"] == "aa:aa:aa:aa:aa:ff"
 
 
@@ -87,13 +87,13 @@ def test_renewal_is_no_change_but_is_recorded():
     t = PeerTable()
     t.apply(Snapshot((A, B), revision=10))
     renewed = lease("10.0.1.0/24", "192.168.0.1", lease_id=999, rev=50, mac="aa:aa:aa:aa:aa:01")
-    assert t.apply(Changes(puts=(renewed,), revision=50)) is False
+    assert not t.apply(Changes(puts=(renewed,), revision=50))
     assert t.leases[A.subnet].lease_id == 999
     assert t.leases[A.subnet].mod_revision == 50
     assert t.revision == 50
     # and in a snapshot too
     renewed2 = lease("10.0.2.0/24", "192.168.0.2", lease_id=1000, rev=60, mac="aa:aa:aa:aa:aa:02")
-    assert t.apply(Snapshot((renewed, renewed2), revision=60)) is False
+    assert not t.apply(Snapshot((renewed, renewed2), revision=60))
     assert t.leases[B.subnet].lease_id == 1000
 
 
@@ -101,7 +101,7 @@ def test_bad_lease_in_snapshot_keeps_last_good_lease():
     t = PeerTable()
     t.apply(Snapshot((A, B), revision=10))
     bad = BadLease("/coreos.com/network/subnets/10.0.1.0-24", "lease value is not JSON", A.subnet)
-    assert t.apply(Snapshot((B,), revision=11, bad=(bad,))) is False
+    assert not t.apply(Snapshot((B,), revision=11, bad=(bad,)))
     assert t.leases == {A.subnet: A, B.subnet: B}
 
 
@@ -110,7 +110,7 @@ def test_bad_lease_in_snapshot_for_unknown_subnet_adds_nothing():
     t.apply(Snapshot((A,), revision=10))
     bad = BadLease("/coreos.com/network/subnets/10.0.7.0-24", "garbage", N4("10.0.7.0/24"))
     badkey = BadLease("/coreos.com/network/subnets/nonsense", "not a subnet key")
-    assert t.apply(Snapshot((A,), revision=11, bad=(bad, badkey))) is False
+    assert not t.apply(Snapshot((A,), revision=11, bad=(bad, badkey)))
     assert t.leases == {A.subnet: A}
 
 
@@ -118,7 +118,7 @@ def test_bad_key_without_subnet_in_snapshot_does_not_keep_a_deleted_peer():
     t = PeerTable()
     t.apply(Snapshot((A, B), revision=10))
     badkey = BadLease("/coreos.com/network/subnets/nonsense", "not a subnet key")
-    assert t.apply(Snapshot((B,), revision=11, bad=(badkey,))) is True
+    assert t.apply(Snapshot((B,), revision=11, bad=(badkey,)))
     assert t.leases == {B.subnet: B}
 
 
@@ -126,7 +126,7 @@ def test_bad_lease_in_changes_is_not_a_delete():
     t = PeerTable()
     t.apply(Snapshot((A, B), revision=10))
     bad = BadLease("/coreos.com/network/subnets/10.0.1.0-24", "lease value is not JSON", A.subnet)
-    assert t.apply(Changes(bad=(bad,), revision=11)) is False
+    assert not t.apply(Changes(bad=(bad,), revision=11))
     assert t.leases == {A.subnet: A, B.subnet: B}
     assert t.revision == 11
 
@@ -137,7 +137,7 @@ def test_bad_then_good_value_again():
     bad = BadLease("/coreos.com/network/subnets/10.0.1.0-24", "garbage", A.subnet)
     t.apply(Snapshot((), revision=11, bad=(bad,)))
     fixed = lease("10.0.1.0/24", "192.168.0.1", lease_id=3, rev=12, mac="aa:aa:aa:aa:aa:01")
-    assert t.apply(Changes(puts=(fixed,), revision=12)) is False
+    assert not t.apply(Changes(puts=(fixed,), revision=12))
     assert t.leases == {A.subnet: fixed}
 
 

@@ -280,7 +280,7 @@ def test_build_options_maps_flags():
     assert opts.public_ip == "198.18.0.11"
     assert opts.ip_masq is True
     assert opts.subnet_file == "/tmp/s.env"
-    assert opts.resync_s == 7.0
+    assert opts.iptables_resync_s == 7.0
     assert opts.renew_margin_min == 60
     assert opts.lease_ttl_s == 86400
 

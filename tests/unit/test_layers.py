@@ -1,4 +1,5 @@
-"""DESIGN.md's layering, checked: cli > daemon > (backend | store | kernel) > core; lab on top."""
+"""The layering of docs/architecture.md, checked: cli > daemon > (converger, keeper) >
+(backend | store | kernel) > core; lab on top. Backends only plan: they import core, never kernel."""
 
 from __future__ import annotations
 
@@ -14,12 +15,14 @@ ALLOWED = {
     "core": set(),
     "store": {"core"},
     "kernel": {"core"},
-    "backend": {"core", "kernel"},
+    "backend": {"core"},
     "systemd": set(),
     "observe": {"core", "metrics"},
     "metrics": set(),
     "subnetfile": {"core"},
-    "daemon": {"core", "store", "kernel", "backend", "systemd", "observe", "subnetfile"},
+    "converger": {"core", "kernel", "backend"},
+    "keeper": {"core", "store"},
+    "daemon": {"core", "store", "kernel", "backend", "systemd", "observe", "subnetfile", "converger", "keeper"},
     "cli": {"core", "store", "kernel", "backend", "systemd", "daemon", "lab", "__init__"},
     "lab": {"core", "store", "cli"},
 }

@@ -1,21 +1,34 @@
-"""Backends, registered by name as in flannel: udp, vxlan, host-gw (cloud routes next).
+"""Backends, registered by name as in flannel: udp, vxlan, host-gw, aws-vpc, gce.
 
-A backend turns (our lease, every peer's lease) into kernel state. The registry maps a config's
-``Backend.Type`` to a constructor, imported only when chosen, so nothing runs at import time.
+A backend only *plans*. The contract (``Backend``):
+
+- ``check_config(config)``: raise ``ConfigError`` for a bad ``Backend`` object; return warnings;
+- ``prepare(host)``: before the lease, create what must exist (vxlan: the device, whose MAC goes
+  into the lease; udp: flannel0 and its socket; cloud: the instance metadata) through ``HostOps``,
+  and return the lease attributes we publish;
+- ``start(own)``: once the lease is held, the targets besides the kernel that plans go to (the
+  udp pump, the cloud route table);
+- ``select(peers)`` and ``plan(own, peers, facts)``: pure; the peers it can program, and for them
+  one plan per target (``core.plan``);
+- ``close()``.
+
+The daemon's converger (``pyflannel.converger``) is the only one that applies plans. The
+registry maps ``Backend.Type`` to a constructor imported only when chosen.
 """
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import ipaddress
 from collections.abc import Mapping
 from typing import Protocol
 
 from ..core.config import NetworkConfig
+from ..core.desired import LinkSpec
 from ..core.errors import ConfigError
+from ..core.host import ExternalInterface, HostFacts
 from ..core.lease import Lease, LeaseAttrs
-from ..kernel.iface import ExternalInterface
+from ..core.plan import Plan, Selection
 
 _CONSTRUCTORS: dict[str, str] = {
     "udp": "pyflannel.backend.udp:UdpBackend",
@@ -25,43 +38,53 @@ _CONSTRUCTORS: dict[str, str] = {
     "gce": "pyflannel.backend.gce:GceBackend",
 }
 
+Net = ipaddress.IPv4Network
+
+
+class HostOps(Protocol):
+    """What a backend may ask of the host in ``prepare`` (the daemon passes ``kernel.host.KernelHost``)."""
+
+    def existing_mac(self, spec: LinkSpec) -> str | None: ...
+
+    def ensure_link(self, spec: LinkSpec) -> str: ...
+
+    def set_sysctl(self, path: str, value: str) -> None: ...
+
+    def open_tun(self, offload: bool) -> tuple[int, str, str | None]: ...
+
+
+class Target(Protocol):
+    """Where the plans of one kind are applied; ``apply`` blocks (the converger runs it in a
+    thread unless ``inline``) and returns how many entries it changed; a ``FlannelError`` is
+    retried, ``LocalConfigError`` on the first run stops flanneld, anything else ends it."""
+
+    inline: bool
+    full_check_s: float | None  # the backstop timer of full runs (None: only on demand)
+
+    def apply(self, plan: Plan, full: bool) -> int: ...
+
 
 class Backend(Protocol):
     name: str
-
-    changed: asyncio.Event  # set when the kernel changed under us (a link event): reconcile now
+    needs_onlink: bool  # plan needs HostFacts.onlink (vxlan DirectRouting)
 
     @classmethod
-    def check_config(cls, config: NetworkConfig) -> list[str]:
-        """Raise ConfigError for a bad Backend object; return warnings (unknown keys)."""
+    def check_config(cls, config: NetworkConfig) -> list[str]: ...
+
+    async def prepare(self, host: HostOps) -> LeaseAttrs: ...
+
+    def mtu(self) -> int: ...
+
+    async def start(self, own: Lease) -> dict[str, Target]: ...
+
+    def select(self, peers: Mapping[Net, Lease]) -> Selection: ...
+
+    def plan(self, own: Lease, peers: Mapping[Net, Lease] | None, facts: HostFacts) -> tuple[Plan, ...]:
+        """``peers`` None: no lease snapshot has arrived yet (plan only what is ours)."""
         ...
 
-    async def prepare(self) -> None:
-        """Before the lease is acquired: what lease_attrs needs (vxlan: its device and MAC)."""
-        ...
-
-    def lease_attrs(self) -> LeaseAttrs:
-        """What we publish in our lease (PublicIP, BackendType, BackendData)."""
-        ...
-
-    def mtu(self) -> int:
-        """FLANNEL_MTU for subnet.env."""
-        ...
-
-    def accepts(self, lease: Lease) -> bool:
-        """Whether a peer's lease is one this backend can reach."""
-        ...
-
-    async def setup(self, lease: Lease) -> None:
-        """Create devices, addresses and routes for our lease; start any data path."""
-        ...
-
-    async def apply_peers(self, peers: Mapping[ipaddress.IPv4Network, Lease]) -> None:
-        """Converge forwarding to exactly these peers (level-triggered, idempotent)."""
-        ...
-
-    async def resync(self) -> None:
-        """Re-assert our kernel state (a route deleted by hand comes back)."""
+    def stats(self) -> dict[str, int]:
+        """Data-path counters for the metrics (the udp pump's), read at scrape time."""
         ...
 
     async def close(self) -> None: ...

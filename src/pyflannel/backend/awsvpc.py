@@ -27,7 +27,6 @@ ec2:ModifyNetworkInterfaceAttribute. Throttling is retried by botocore's "standa
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 import re
@@ -43,7 +42,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from ..core.config import NetworkConfig
 from ..core.errors import ConfigError, LocalConfigError
-from ..kernel.iface import ExternalInterface
+from ..core.host import ExternalInterface
 from .base import check_keys
 from .base_cloud import (
     CloudBackend,
@@ -160,11 +159,6 @@ class AwsVpcBackend(CloudBackend):
         route_limit(config, DEFAULT_ROUTE_LIMIT, "aws-vpc")
         return warnings
 
-    async def prepare(self) -> None:
-        """Before the lease: metadata, the ENI, the tables. Not on EC2, no ENI, no permission: we stop
-        here, before taking a subnet."""
-        await asyncio.to_thread(self.discover)
-
     def discover(self) -> None:
         region = self.imds.get("placement/region")
         self.instance_id = self.imds.get("instance-id")
@@ -259,7 +253,7 @@ class AwsVpcBackend(CloudBackend):
         if mine is not None and mine.get("State") == "active" and mine.get("NetworkInterfaceId") == self.eni_id:
             return 0
         args = {"RouteTableId": tid, "DestinationCidrBlock": own, "NetworkInterfaceId": self.eni_id}
-        self.reconcile_changes += 1
+        self.changes += 1
         if mine is not None:
             self.call("ReplaceRoute", **args)
             log.info("aws-vpc: route %s in %s pointed at %s (%s): replaced, now -> %s", own, tid,
@@ -280,7 +274,7 @@ class AwsVpcBackend(CloudBackend):
         except AwsCallError as err:
             if err.code != "InvalidRoute.NotFound":
                 raise
-        self.reconcile_changes += 1
+        self.changes += 1
         log.info("aws-vpc: removed route %s -> %s from %s: %s", route.dest, route.target or "-", route.table, why)
 
     def target_ips(self, targets: set[str]) -> dict[str, set[str]]:

@@ -28,9 +28,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from ..core.config import NetworkConfig
-from ..core.errors import ConfigError, FlannelError, LocalConfigError
+from ..core.errors import ConfigError, LocalConfigError, TransientError
+from ..core.host import ExternalInterface, HostFacts
 from ..core.lease import Lease, LeaseAttrs
-from ..kernel.iface import ExternalInterface
+from ..core.plan import CloudPlan, Selection
 from .base import int_option
 
 log = logging.getLogger("pyflannel.backend")
@@ -59,7 +60,7 @@ class MetadataUnavailable(LocalConfigError):
     """No instance metadata service answered: not on that cloud, or the endpoint is wrong."""
 
 
-class CloudError(FlannelError):
+class CloudError(TransientError):
     """A cloud API call failed for another reason (after the SDK's own retries); retried later."""
 
 
@@ -116,31 +117,29 @@ def require_ipv4(config: NetworkConfig, backend: str) -> list[str]:
 
 
 class CloudBackend:
-    """The Backend protocol for a backend that converges cloud route tables (see module docstring)."""
+    """A backend whose plan is a cloud route table (module docstring). It is its own target
+    (``start`` returns it): ``apply`` talks to the cloud API in the converger's thread; the
+    converger owns the lock, the counters, logging once and the timer (``full_check_s``)."""
 
     name = ""
-    resync_interval_s = 60.0  # a full pass on the timer at most this often (API rate limits)
+    needs_onlink = False
+    inline = False
+    full_check_s = 60.0  # a full pass on the timer at most this often (API rate limits)
     stale_grace_s = 30.0
     near_limit_ratio = 0.8
+    own_target = ""  # what our routes point at: our ENI ID (AWS), our instance path (GCE)
 
     def __init__(self, ext: ExternalInterface, config: NetworkConfig) -> None:
         self.ext = ext
         self.config = config
-        self.lease: Lease | None = None
-        self.peers: dict[Net, Lease] = {}
-        self.synced = False
-        self.changed = asyncio.Event()
+        self.lease: Lease | None = None  # as of the pass being applied
+        self.cleaner = False
+        self.changes = 0
+        self.sweep_pending = True  # no full cleanup pass with the leases known yet
         self.clock: Callable[[], float] = time.monotonic
-        self._lock = asyncio.Lock()
-        self._warned: set[str] = set()
         self._near_limit: set[str] = set()
         self._stale_since: dict[str, float] = {}
-        self._last_error = ""
-        self._last_ok = -math.inf
-        self.reconcile_runs = 0
-        self.reconcile_errors = 0
-        self.reconcile_changes = 0
-        self.reconcile_seconds = 0.0
+        self._last: CloudPlan | None = None
 
     def lease_attrs(self) -> LeaseAttrs:
         return LeaseAttrs(self.ext.ext_addr)  # {"PublicIP":"…","PublicIPv6":null}, no BackendType: flannel's
@@ -148,97 +147,73 @@ class CloudBackend:
     def mtu(self) -> int:
         return self.ext.mtu
 
-    def accepts(self, lease: Lease) -> bool:
+    def stats(self) -> dict[str, int]:
+        return {}
+
+    def select(self, peers: Mapping[Net, Lease]) -> Selection:
+        """Every lease inside the network counts (whatever its backend): cleanup must know them all."""
         network = self.config.network
-        if network is not None and not lease.subnet.subnet_of(network):
-            if str(lease.subnet) not in self._warned:
-                self._warned.add(str(lease.subnet))
-                log.warning("skipping peer %s (%s): its subnet is outside the network %s", lease.subnet,
-                            lease.attrs.public_ip, network)
-            return False
-        return True
+        ok = {sn: le for sn, le in peers.items() if network is None or sn.subnet_of(network)}
+        return Selection(ok, tuple((le, f"its subnet is outside the network {network}")
+                                   for sn, le in peers.items() if sn not in ok))
 
-    def live(self) -> dict[Net, Lease]:
-        """Every lease of the network as last seen, ours included (meaningful once ``synced``)."""
-        live = dict(self.peers)
-        if self.lease is not None:
-            live[self.lease.subnet] = self.lease
-        return live
+    async def prepare(self, host: object) -> LeaseAttrs:
+        """Before the lease: instance metadata and API checks (``discover``). Not on that cloud, no
+        matching interface, a missing permission: we stop here, before taking a subnet."""
+        await asyncio.to_thread(self.discover)
+        return self.lease_attrs()
 
-    def is_cleaner(self) -> bool:
-        """The host holding the lowest live subnet removes unleased routes; the others leave them."""
-        return self.synced and self.lease is not None and self.lease.subnet == min(self.live())
+    def discover(self) -> None:
+        raise NotImplementedError
 
-    async def setup(self, lease: Lease) -> None:
-        """Our route in every table now. A permission, route-limit or config error stops flanneld
-        (the operator must act); a transient API error is retried by ``resync``."""
-        self.lease = lease
-        async with self._lock:
-            try:
-                await asyncio.to_thread(self.converge, True)
-            except CloudError as err:  # throttled, 5xx, unreachable: not fatal, the timer tries again
-                self.reconcile_errors += 1
-                self._last_error = str(err)
-                log.error("%s: cannot program our route yet, retrying on the next tick: %s", self.name, err)
-                return
-        self._last_ok = self.clock()
+    async def start(self, own: Lease) -> dict[str, object]:
+        return {"cloud": self}
 
-    async def apply_peers(self, peers: Mapping[Net, Lease]) -> None:
-        """A full pass on the first snapshot; after that only the cleaner has work, and only when a
-        lease went or it just became the cleaner (every owner keeps its own route)."""
-        first, was_cleaner, before = not self.synced, self.is_cleaner(), set(self.peers)
-        self.peers = {sn: le for sn, le in peers.items() if self.accepts(le)}
-        self.synced = True
-        if first or (self.is_cleaner() and (before - set(self.peers) or not was_cleaner)):
-            await self.reconcile()
+    def plan(self, own: Lease, peers: Mapping[Net, Lease] | None, facts: HostFacts) -> tuple[CloudPlan, ...]:
+        """Pure: our route, and (once the leases are known) who cleans: the lowest live subnet."""
+        if peers is None:
+            return (CloudPlan(own, None, frozenset(), False),)
+        live = frozenset(peers) | {own.subnet}
+        ips = frozenset(str(le.attrs.public_ip) for le in peers.values()) | {str(own.attrs.public_ip)}
+        return (CloudPlan(own, live, ips, own.subnet == min(live)),)
 
-    async def resync(self) -> None:
-        if self.synced and (self._last_error or self.clock() - self._last_ok >= self.resync_interval_s):
-            await self.reconcile()
+    def apply(self, plan: object, full: bool) -> int:
+        """Blocking, in the converger's thread. A lease event costs no API call unless this host
+        is the cleaner and a lease went (or it just became the cleaner); every owner keeps its own
+        route, checked on the first passes and on the timer."""
+        assert isinstance(plan, CloudPlan)
+        last = self._last
+        if not full and last is not None and last.live is not None and plan.live is not None:
+            gone = last.live - plan.live
+            if not (plan.cleaner and (gone or not last.cleaner)):
+                self._last = plan
+                return 0
+        changes = self.converge(plan, initial=last is None)
+        self._last = plan
+        return changes
 
-    async def reconcile(self) -> None:
-        """One pass; a failure is logged once per distinct message and retried on the next tick."""
-        async with self._lock:
-            start = time.monotonic()
-            self.reconcile_runs += 1
-            try:
-                await asyncio.to_thread(self.converge, False)
-            except FlannelError as err:
-                self.reconcile_errors += 1
-                if str(err) != self._last_error:
-                    log.error("%s route reconcile failed, retrying on the next event or tick: %s", self.name, err)
-                    self._last_error = str(err)
-                return
-            finally:
-                self.reconcile_seconds += time.monotonic() - start
-            if self._last_error:
-                log.info("%s route reconcile works again", self.name)
-                self._last_error = ""
-            self._last_ok = self.clock()
-
-    def converge(self, initial: bool) -> None:
-        """Blocking, in a thread: our route in every table, then the cleanup ``plan_cleanup`` decides."""
-        assert self.lease is not None and self.config.network is not None
+    def converge(self, plan: CloudPlan, initial: bool) -> int:
+        """Our route in every table, then the cleanup ``plan_cleanup`` decides; entries changed."""
+        assert self.config.network is not None
+        self.lease, self.cleaner, self.changes = plan.own, plan.cleaner, 0
         routes = self.ensure_own(initial)
-        if routes is None:
-            return
-        live = set(self.live()) if self.synced else None
-        plan = plan_cleanup(routes, self.config.network, self.config.subnet_len, self.lease.subnet,
-                            self.own_target, live, self.is_cleaner())
-        for route, why in plan.delete:
-            self.delete(route, why)
-        ips = self.target_ips({r.target for r in plan.suspects}) if plan.suspects else {}
-        live_ips = {str(le.attrs.public_ip) for le in self.live().values()}
-        for route in self.ripe(r for r in plan.suspects if not ips.get(r.target, set()) & live_ips):
-            self.delete(route, "no lease for its subnet, and its target holds none")
-        self.sweep_pending = self.sweep_pending and not self.synced
+        if routes is not None:
+            cleanup = plan_cleanup(routes, self.config.network, self.config.subnet_len, plan.own.subnet,
+                                   self.own_target, plan.live, plan.cleaner)
+            for route, why in cleanup.delete:
+                self.delete(route, why)
+            ips = self.target_ips({r.target for r in cleanup.suspects}) if cleanup.suspects else {}
+            for route in self.ripe(r for r in cleanup.suspects if not ips.get(r.target, set()) & plan.live_ips):
+                self.delete(route, "no lease for its subnet, and its target holds none")
+        self.sweep_pending = self.sweep_pending and plan.live is None
+        return self.changes
 
-    sweep_pending = True  # no full cleanup pass with the leases known yet (a backend may skip listing otherwise)
-
-    own_target = ""  # what our routes point at: our ENI ID (AWS), our instance path (GCE)
+    async def close(self) -> None:
+        """Our routes stay in the cloud: a restarted flanneld keeps its lease and its route."""
 
     def ensure_own(self, initial: bool) -> list[CloudRoute] | None:
-        """Our route in every table; the routes to consider for cleanup (None: skip it). Per backend."""
+        """Our route in every table; the routes to consider for cleanup (None: skip it). Per backend.
+        ``self.lease`` is our lease, ``self.cleaner`` whether we clean; count changes in ``self.changes``."""
         raise NotImplementedError
 
     def delete(self, route: CloudRoute, why: str) -> None:
@@ -264,6 +239,3 @@ class CloudBackend:
                             "fit; %s, or move to the vxlan backend", table, count, limit, max(limit - count, 0), fix)
         else:
             self._near_limit.discard(table)
-
-    async def close(self) -> None:
-        """Our routes stay in the cloud: a restarted flanneld keeps its lease and its route."""

@@ -21,7 +21,6 @@ compute.networks.get/updatePolicy, compute.instances.get, compute.globalOperatio
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import json
 import logging
@@ -35,7 +34,7 @@ import requests
 
 from ..core.config import NetworkConfig
 from ..core.errors import LocalConfigError
-from ..kernel.iface import ExternalInterface
+from ..core.host import ExternalInterface
 from .base import check_keys
 from .base_cloud import (
     CloudBackend,
@@ -218,10 +217,6 @@ class GceBackend(CloudBackend):
         route_limit(config, DEFAULT_ROUTE_LIMIT, "gce")
         return require_ipv4(config, "gce") + check_keys(config, ("RouteLimit",), "gce")
 
-    async def prepare(self) -> None:
-        """Before the lease: metadata, scopes, network, instance and canIpForward."""
-        await asyncio.to_thread(self.discover)
-
     def discover(self) -> None:
         md = self.metadata
         self.project = md.get("project/project-id").strip()
@@ -268,9 +263,9 @@ class GceBackend(CloudBackend):
                     "nextHopInstance": self.instance_link, "priority": 1000,
                     "description": f"flannel subnet lease of {self.instance}"}
             self.compute.wait(self.compute.request("POST", "global/routes", "routes.insert", body), f"insert {name}")
-            self.reconcile_changes += 1
+            self.changes += 1
             log.info("gce: route %s added: %s -> %s", name, own, self.instance)
-        if not (initial or self.sweep_pending or self.is_cleaner()):
+        if not (initial or self.sweep_pending or self.cleaner):
             return None  # a host that is not the cleaner only keeps its own route
         routes, token = [], ""
         while True:
@@ -290,7 +285,7 @@ class GceBackend(CloudBackend):
         op = self.compute.request("DELETE", f"global/routes/{route.name}", "routes.delete", ok404=True)
         if op is not None:
             self.compute.wait(op, f"delete {route.name}")
-        self.reconcile_changes += 1
+        self.changes += 1
         log.info("gce: route %s removed: %s", route.name, why)
 
     def target_ips(self, targets: set[str]) -> dict[str, set[str]]:

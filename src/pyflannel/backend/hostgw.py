@@ -1,4 +1,4 @@
-"""The host-gw backend (FLANNEL-COMPAT §4.3): a route per peer, ``<peer subnet> via <peer
+"""The host-gw backend (docs/compatibility.md#host-gw): a route per peer, ``<peer subnet> via <peer
 PublicIP> dev <external interface>``. No encapsulation, so every host must be on one L2 segment,
 and behind NAT it cannot work: refused with flannel's message."""
 
@@ -11,9 +11,10 @@ from collections.abc import Mapping
 from ..core.config import NetworkConfig
 from ..core.desired import DesiredState, Route
 from ..core.errors import LocalConfigError
+from ..core.host import ExternalInterface, HostFacts
 from ..core.lease import Lease, LeaseAttrs
-from ..kernel.iface import ExternalInterface
-from .base import KernelBackend, check_keys
+from ..core.plan import Plan
+from .base import PlanningBackend, check_keys
 
 log = logging.getLogger(__name__)
 
@@ -22,10 +23,10 @@ def plan_hostgw(network: ipaddress.IPv4Network, ext_name: str, peers: Mapping[ip
                 ) -> DesiredState:
     """Pure: peers' leases in, one route per peer out."""
     routes = frozenset(Route(sn, ext_name, le.attrs.public_ip) for sn, le in peers.items())
-    return DesiredState(network, routes=routes)
+    return DesiredState(network, routes=routes, watch=(ext_name,))
 
 
-class HostGwBackend(KernelBackend):
+class HostGwBackend(PlanningBackend):
     name = "host-gw"
     lease_types = ("host-gw",)
 
@@ -49,10 +50,6 @@ class HostGwBackend(KernelBackend):
     def mtu(self) -> int:
         return self.ext.mtu
 
-    async def setup(self, lease: Lease) -> None:
-        self.lease = lease
-        self.start_monitor((self.ext.name,))
-
-    def desired(self) -> DesiredState:
-        assert self.config.network is not None
-        return plan_hostgw(self.config.network, self.ext.name, self.peers)
+    def plan(self, own: Lease, peers: Mapping[ipaddress.IPv4Network, Lease] | None, facts: HostFacts
+             ) -> tuple[Plan, ...]:
+        return (plan_hostgw(self.network, self.ext.name, peers or {}),)

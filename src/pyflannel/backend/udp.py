@@ -1,10 +1,13 @@
-"""The udp backend (flannel's default, FLANNEL-COMPAT §4.1): TUN ``flannel0`` + UDP/8285.
+"""The udp backend (flannel's default, docs/compatibility.md#udp): TUN ``flannel0`` + UDP/8285.
 
 Kernel side, as flannel: ``flannel0`` with ``<our subnet's network address>/32`` (no broadcast
-routes), MTU = external MTU - 28, a route for the whole Network via flannel0. Data side:
-the compiled ``UdpFastPump`` when it was built, else the pure-Python ``UdpPump`` (``choose_pump``;
+routes), MTU = external MTU - 28, a route for the whole Network via flannel0. Data side: the
+compiled ``UdpFastPump`` when it was built, else the pure-Python ``UdpPump`` (``choose_pump``;
 ``PYFLANNEL_PUMP=c|python`` forces one). Our lease is ``{"PublicIP":…,"PublicIPv6":null}`` with no
 BackendType, so udp leases of Go flannel nodes and ours are the same thing.
+
+Two plans per run: the pump's peer table (``PumpPlan``, applied first so forwarding follows a
+lease at once) and the kernel state of flannel0 (``DesiredState``).
 """
 
 from __future__ import annotations
@@ -17,32 +20,64 @@ import socket
 from collections.abc import Mapping
 
 from ..core.config import NetworkConfig
-from ..core.desired import Address, DesiredState, Route
+from ..core.desired import Address, DesiredState, LinkSpec, Route
 from ..core.errors import LocalConfigError
+from ..core.host import ExternalInterface, HostFacts
 from ..core.lease import Lease, LeaseAttrs
-from ..core.routes import RouteTable, SourceCheck
-from ..kernel import netlink
-from ..kernel.iface import ExternalInterface
-from ..kernel.tun import open_tun, open_tun_offload
-from .base import KernelBackend, check_keys, int_option
-from .udp_pump import Tables, UdpFastPump, UdpPump, choose_pump, offload_wanted
+from ..core.plan import Plan, PumpPlan
+from . import HostOps, Target
+from .base import PlanningBackend, check_keys, int_option
+from .udp_pump import UdpFastPump, UdpPump, choose_pump, offload_wanted
 
 log = logging.getLogger(__name__)
 
 ENCAP_OVERHEAD = 28  # 20 IP + 8 UDP
 DEFAULT_PORT = 8285
-SO_RCVBUFFORCE = 33
+SO_RCVBUFFORCE, SO_SNDBUFFORCE = 33, 32
 SOCKET_BUFFER = 4 << 20
 TXQUEUELEN = 1000
 
 
-def plan_udp(network: ipaddress.IPv4Network, own: Lease, tun: str) -> DesiredState:
-    """Pure: flannel0 carries our subnet's network address /32 and routes the whole network."""
+def plan_udp(network: ipaddress.IPv4Network, own: Lease, tun: str, mtu: int = 1472) -> DesiredState:
+    """Pure: flannel0 carries our subnet's network address /32 and routes the whole network. Our
+    ICMP net-unreachable comes out of flannel0 from flannel0's own address: without accept_local
+    the kernel would drop it as a martian and the sender would never hear why."""
     addr = ipaddress.IPv4Interface(f"{own.subnet.network_address}/32")
-    return DesiredState(network, addresses=(Address(tun, addr, network),), routes=frozenset({Route(network, tun)}))
+    return DesiredState(network, links=(LinkSpec(tun, "tun", mtu, txqlen=TXQUEUELEN),),
+                        addresses=(Address(tun, addr, network),), routes=frozenset({Route(network, tun)}),
+                        sysctls=((f"net/ipv4/conf/{tun}/accept_local", "1"),))
 
 
-class UdpBackend(KernelBackend):
+def plan_pump(peers: Mapping[ipaddress.IPv4Network, Lease], port: int) -> PumpPlan:
+    """Pure: the pump's rows, every address converted to an int once."""
+    return PumpPlan(tuple(sorted((int(sn.network_address), sn.prefixlen, int(le.attrs.public_ip), port)
+                                 for sn, le in peers.items())))
+
+
+class PumpTarget:
+    """The running pump as a converger target: swaps in the planned table whole."""
+
+    inline = True  # a table swap: no I/O
+    full_check_s = 10.0  # the backstop checks that the pump thread still runs
+
+    def __init__(self, pump: UdpPump | UdpFastPump) -> None:
+        self.pump = pump
+        self.current = PumpPlan()
+
+    def apply(self, plan: Plan, full: bool) -> int:
+        assert isinstance(plan, PumpPlan)
+        if full and not self.pump.alive():
+            raise RuntimeError("the udp pump thread died (see the error above); flanneld exits so that systemd "
+                               "restarts it")
+        if plan == self.current:
+            return 0
+        changed = len(set(plan.routes) ^ set(self.current.routes))
+        self.pump.set_plan(plan)
+        self.current = plan
+        return changed
+
+
+class UdpBackend(PlanningBackend):
     name = "udp"
     lease_types = ("", "udp")  # flannel's udp leases carry no BackendType
 
@@ -53,10 +88,9 @@ class UdpBackend(KernelBackend):
         self.port = int_option(config, "Port", DEFAULT_PORT, 1, 65535, "udp")
         self.tun_fd: int | None = None
         self.tun_name = ""
-        self.tun_index = 0
+        self.tun_offload = False
         self.sock: socket.socket | None = None
         self.pump: UdpPump | UdpFastPump | None = None
-        self.tun_offload = False
 
     @classmethod
     def check_config(cls, config: NetworkConfig) -> list[str]:
@@ -69,58 +103,31 @@ class UdpBackend(KernelBackend):
     def mtu(self) -> int:
         return self.ext.mtu - ENCAP_OVERHEAD
 
-    async def setup(self, lease: Lease) -> None:
+    async def prepare(self, host: HostOps) -> LeaseAttrs:
+        """flannel0 and the UDP socket, before the lease: a busy port fails before we take a subnet."""
         pump_cls, how = choose_pump()  # a bad PYFLANNEL_PUMP fails here, before any kernel change
-        self.lease = lease
-        self._open_tun(pump_cls)
-        link = await asyncio.to_thread(netlink.link_by_name, self.tun_name)
-        if link is None:
-            raise LocalConfigError(f"TUN device {self.tun_name} vanished right after creation")
-        self.tun_index = link.index
-        await asyncio.to_thread(self._configure_kernel)
-        self.sock = self._open_socket()
-        local_ip = int(lease.subnet.network_address)
+        self._pump_cls = pump_cls
         log.info("udp pump: %s", how)
-        if pump_cls is UdpFastPump:
-            self.pump = UdpFastPump(self.tun_fd, self.sock, local_ip, self.mtu(), vnet_hdr=self.tun_offload)
-        else:
-            self.pump = UdpPump(self.tun_fd, self.sock, local_ip, self.mtu())
-        self.pump.start()
-        log.info("udp backend ready tun=%s mtu=%d listen=%s:%d", self.tun_name, self.mtu(),
-                 self.ext.iface_addr, self.port)
-
-    def _open_tun(self, pump_cls: type[UdpPump] | type[UdpFastPump]) -> None:
-        """flannel0: with TUN offloads for the compiled pump (one read or write per TCP super-packet),
-        plain for the pure-Python one (and where the kernel refuses offloads)."""
-        if pump_cls is not UdpFastPump:
-            self.tun_fd, self.tun_name = open_tun("flannel%d")
-            return
-        if not offload_wanted():
-            self.tun_fd, self.tun_name = open_tun("flannel%d")
-            log.info("udp TUN offloads: off (PYFLANNEL_PUMP_OPTS offload=0); plain TUN")
-            return
-        self.tun_fd, self.tun_name, refused = open_tun_offload("flannel%d")
+        # TUN offloads for the compiled pump (one read or write per TCP super-packet); plain for the
+        # pure-Python one
+        want = pump_cls is UdpFastPump and offload_wanted()
+        self.tun_fd, self.tun_name, refused = await asyncio.to_thread(host.open_tun, want)
         self.tun_offload = refused is None
-        if refused is None:
-            log.info("udp TUN offloads: on (IFF_VNET_HDR, TSO4 + checksum)")
-        else:
-            log.warning("udp TUN offloads: off (%s); plain TUN, one packet per read", refused)
-
-    def _configure_kernel(self) -> None:
-        assert self.lease is not None and self.config.network is not None
-        netlink.ensure_link_up(self.tun_index, mtu=self.mtu(), txqueuelen=TXQUEUELEN)
-        addr = ipaddress.IPv4Interface(f"{self.lease.subnet.network_address}/32")
-        netlink.ensure_only_address(self.tun_index, addr, self.config.network)
-        netlink.ensure_route(self.config.network, self.tun_index)
-        # Our ICMP net-unreachable comes out of flannel0 from flannel0's own address; without
-        # accept_local the kernel drops it as a martian and the sender never hears why.
-        netlink.set_sysctl(f"net/ipv4/conf/{self.tun_name}/accept_local", "1")
+        if pump_cls is UdpFastPump:
+            if not want:
+                log.info("udp TUN offloads: off (PYFLANNEL_PUMP_OPTS offload=0); plain TUN")
+            elif refused is None:
+                log.info("udp TUN offloads: on (IFF_VNET_HDR, TSO4 + checksum)")
+            else:
+                log.warning("udp TUN offloads: off (%s); plain TUN, one packet per read", refused)
+        self.sock = self._open_socket()
+        return self.lease_attrs()
 
     def _open_socket(self) -> socket.socket:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
-            for opt, fallback in ((SO_RCVBUFFORCE, socket.SO_RCVBUF), (32, socket.SO_SNDBUF)):  # 32 = SNDBUFFORCE
+            for opt, fallback in ((SO_RCVBUFFORCE, socket.SO_RCVBUF), (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
                 try:
                     sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
                 except OSError:
@@ -134,26 +141,21 @@ class UdpBackend(KernelBackend):
             ) from err
         return sock
 
-    async def apply_peers(self, peers: Mapping[ipaddress.IPv4Network, Lease]) -> None:
-        # The pump's table first: forwarding follows the lease at once; the kernel check after.
-        routes: RouteTable[tuple[str, int]] = RouteTable(
-            (sn, (str(le.attrs.public_ip), self.port)) for sn, le in sorted(peers.items()) if self.accepts(le)
-        )
-        if self.pump is not None:
-            self.pump.set_tables(Tables(routes, SourceCheck.from_routes(routes)))
-        await super().apply_peers(peers)
+    async def start(self, own: Lease) -> dict[str, Target]:
+        assert self.tun_fd is not None and self.sock is not None
+        local_ip = int(own.subnet.network_address)
+        if self._pump_cls is UdpFastPump:
+            self.pump = UdpFastPump(self.tun_fd, self.sock, local_ip, self.mtu(), vnet_hdr=self.tun_offload)
+        else:
+            self.pump = UdpPump(self.tun_fd, self.sock, local_ip, self.mtu())
+        self.pump.start()
+        log.info("udp backend ready tun=%s mtu=%d listen=%s:%d", self.tun_name, self.mtu(), self.ext.iface_addr,
+                 self.port)
+        return {"pump": PumpTarget(self.pump)}
 
-    async def resync(self) -> None:
-        if self.pump is not None and not self.pump.alive():
-            raise RuntimeError("udp pump thread died")
-        await super().resync()
-
-    def desired(self) -> DesiredState:
-        assert self.lease is not None and self.config.network is not None
-        return plan_udp(self.config.network, self.lease, self.tun_name)
-
-    def peer_routes(self) -> list[tuple[ipaddress.IPv4Network, tuple[str, int]]]:
-        return list(self.pump.tables.routes) if self.pump else []
+    def plan(self, own: Lease, peers: Mapping[ipaddress.IPv4Network, Lease] | None, facts: HostFacts
+             ) -> tuple[Plan, ...]:
+        return (plan_pump(peers or {}, self.port), plan_udp(self.network, own, self.tun_name, self.mtu()))
 
     def stats(self) -> dict[str, int]:
         return dict(self.pump.stats) if self.pump else {}

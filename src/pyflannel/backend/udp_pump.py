@@ -37,6 +37,7 @@ from typing import Any
 
 from ..core.errors import LocalConfigError
 from ..core.packet import decrement_ttl, icmp_net_unreachable, ipv4_dst, ipv4_src, is_valid_ipv4
+from ..core.plan import PumpPlan
 from ..core.routes import RouteTable, SourceCheck
 
 try:
@@ -72,6 +73,9 @@ class UdpPump:
 
     def set_tables(self, tables: Tables) -> None:
         self.tables = tables
+
+    def set_plan(self, plan: PumpPlan) -> None:
+        self.tables = tables_of(plan)
 
     def start(self) -> None:
         # the loop drains each fd until EAGAIN: both must be non-blocking (the backend's are)
@@ -202,9 +206,15 @@ def flatten(tables: Tables) -> tuple[list[tuple[int, int, int, int]], list[tuple
     """``Tables`` as the C pump takes them: routes ``(net, prefixlen, peer_ip, port)`` and sources
     ``(peer_ip, net, mask)``, every address a host-order int."""
     routes = [(int(net.network_address), net.prefixlen, _ip_int(peer[0]), int(peer[1])) for net, peer in tables.routes]
-    peers: Mapping[int, tuple[tuple[int, int], ...]] = tables.sources._peers  # immutable; read, never changed
-    sources = [(ip, net, mask) for ip, nets in peers.items() for net, mask in nets]
-    return routes, sources
+    return routes, tables.sources.rows()
+
+
+def tables_of(plan: PumpPlan) -> Tables:
+    """A ``PumpPlan`` as the pure-Python pump's ``Tables``."""
+    routes: RouteTable[tuple[str, int]] = RouteTable(
+        (ipaddress.IPv4Network((net, plen)), (str(ipaddress.IPv4Address(ip)), port))
+        for net, plen, ip, port in plan.routes)
+    return Tables(routes, SourceCheck.from_routes(routes))
 
 
 class UdpFastPump:
@@ -248,6 +258,10 @@ class UdpFastPump:
         routes, sources = flatten(tables)
         self._pump.set_tables(routes, sources)
         self.tables = tables
+
+    def set_plan(self, plan: PumpPlan) -> None:
+        """The converger's path: the plan's int rows go to C as they are."""
+        self._pump.set_tables(list(plan.routes), plan.sources())
 
     def start(self) -> None:
         self._pump.start()

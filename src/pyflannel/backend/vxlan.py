@@ -1,4 +1,4 @@
-"""The vxlan backend, as flannel programs it (FLANNEL-COMPAT §4.2).
+"""The vxlan backend, as flannel programs it (docs/compatibility.md#vxlan).
 
 Device ``flannel.<VNI>`` (local = our public IP, learning off, MTU = underlay MTU - 50) carrying
 ``<our subnet network address>/32``. Per peer: a permanent neighbour ``<peer subnet address>
@@ -21,16 +21,14 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pyroute2 import IPRoute
-
 from ..core.config import NetworkConfig
 from ..core.desired import Address, DesiredState, Fdb, LinkSpec, Neigh, Route, VxlanSpec
-from ..core.errors import LocalConfigError
+from ..core.errors import KernelError, LocalConfigError
+from ..core.host import ExternalInterface, HostFacts
 from ..core.lease import Lease, LeaseAttrs
-from ..kernel import netlink
-from ..kernel.iface import ExternalInterface
-from ..kernel.reconciler import KernelError, incompatibilities, link_kind_attrs
-from .base import KernelBackend, bool_option, check_keys, int_option
+from ..core.plan import Plan
+from . import HostOps
+from .base import PlanningBackend, bool_option, check_keys, int_option
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +96,11 @@ def plan_vxlan(
         routes.add(Route(sn, opts.dev, gw, onlink=True))
     own_addr = ipaddress.IPv4Interface(f"{own.subnet.network_address}/32")
     return DesiredState(network, (link,), (Address(opts.dev, own_addr, network),), frozenset(routes),
-                        frozenset(neighs), frozenset(fdbs), frozenset({opts.dev}))
+                        frozenset(neighs), frozenset(fdbs), frozenset({opts.dev}),
+                        sysctls=((f"net/ipv6/conf/{opts.dev}/accept_ra", "0"),), watch=(ext_name,))
 
 
-class VxlanBackend(KernelBackend):
+class VxlanBackend(PlanningBackend):
     name = "vxlan"
     lease_types = ("vxlan",)
 
@@ -110,6 +109,7 @@ class VxlanBackend(KernelBackend):
         for warning in check_keys(config, KNOWN_KEYS, "vxlan"):
             log.warning(warning)
         self.opts = parse_options(config, ext.mtu)
+        self.needs_onlink = self.opts.direct_routing
         self.mac = ""
         log.info("VXLAN config: VNI=%d Port=%d GBP=%s Learning=%s DirectRouting=%s", self.opts.vni,
                  self.opts.port, self.opts.gbp, self.opts.learning, self.opts.direct_routing)
@@ -135,57 +135,18 @@ class VxlanBackend(KernelBackend):
             return f"its BackendData has no valid VtepMAC: {lease.attrs.backend_data!r}"
         return None
 
-    async def prepare(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self.mac = await asyncio.to_thread(self._existing_mac) or random_mac()
+    async def prepare(self, host: HostOps) -> LeaseAttrs:
+        """The device now, so that its MAC goes into the lease: the MAC of a compatible device left
+        by our previous run (the peers know it), else a new random one."""
         try:
-            await asyncio.to_thread(self._ensure_device)
+            self.mac = await asyncio.to_thread(host.existing_mac, self.link_spec()) or random_mac()
+            self.mac = await asyncio.to_thread(host.ensure_link, self.link_spec())
+            await asyncio.to_thread(host.set_sysctl, f"net/ipv6/conf/{self.opts.dev}/accept_ra", "0")
         except KernelError as err:
-            raise LocalConfigError(str(err)) from err
+            raise LocalConfigError(f"vxlan backend: {err}") from err
+        return self.lease_attrs()
 
-    def _existing_mac(self) -> str | None:
-        """The MAC of a compatible flannel.N left by our previous run: peers already know it."""
-        with IPRoute() as ipr:
-            found = ipr.link_lookup(ifname=self.opts.dev)
-            if not found:
-                return None
-            msg = ipr.get_links(found[0])[0]
-            kind, attrs = link_kind_attrs(msg)
-            if kind == "vxlan" and not incompatibilities(self.link_spec(), kind, attrs):
-                return str(msg.get("address"))
-        return None
-
-    def _ensure_device(self) -> None:
-        with IPRoute() as ipr:
-            state = self.reconciler.ensure_link(ipr, self.link_spec())
-        self.mac = state.mac
-        netlink.set_sysctl(f"net/ipv6/conf/{self.opts.dev}/accept_ra", "0")
-
-    async def setup(self, lease: Lease) -> None:
-        self.lease = lease
-        assert self.config.network is not None
-        addr = ipaddress.IPv4Interface(f"{lease.subnet.network_address}/32")
-        link = await asyncio.to_thread(netlink.link_by_name, self.opts.dev)
-        if link is None:
-            await asyncio.to_thread(self._ensure_device)
-            link = await asyncio.to_thread(netlink.link_by_name, self.opts.dev)
-        assert link is not None
-        await asyncio.to_thread(netlink.ensure_only_address, link.index, addr, self.config.network)
-        self.start_monitor((self.opts.dev, self.ext.name), owned_devs=(self.opts.dev,))
-
-    def _direct(self) -> frozenset[ipaddress.IPv4Address]:
-        if not self.opts.direct_routing:
-            return frozenset()
-        out = set()
-        for pip in {le.attrs.public_ip for le in self.peers.values()}:
-            try:
-                if netlink.route_gateway(pip) is None:
-                    out.add(pip)
-            except KernelError:
-                continue
-        return frozenset(out)
-
-    def desired(self) -> DesiredState:
-        assert self.lease is not None and self.config.network is not None
-        return plan_vxlan(self.opts, self.config.network, self.lease, self.link_spec(), self.ext.name, self.peers,
-                          self._direct())
+    def plan(self, own: Lease, peers: Mapping[ipaddress.IPv4Network, Lease] | None, facts: HostFacts
+             ) -> tuple[Plan, ...]:
+        return (plan_vxlan(self.opts, self.network, own, self.link_spec(), self.ext.name, peers or {},
+                           facts.onlink),)

@@ -55,6 +55,22 @@ FLANNELD_FLAGS = [
 ]
 
 _NOT_YET = {"kube-subnet-mgr": "the Kubernetes subnet manager", "public-ipv6": "IPv6 (dual stack)"}
+_KUBE_ONLY = ("kube-api-url", "kube-annotation-prefix", "kubeconfig-file", "net-config-path",
+              "set-node-network-unavailable")
+
+
+def unsupported_warnings(v: Mapping[str, Any]) -> tuple[str, ...]:
+    """One start-up warning per accepted flag that does nothing here (nothing is silently ignored)."""
+    defaults = {f.name: f.default for f in FLANNELD_FLAGS}
+    out = []
+    if v["ip-blackhole-route"]:
+        out.append("-ip-blackhole-route is not supported by pyflannel yet: no blackhole route is added for our "
+                   "subnet (remove the flag to silence this)")
+    out += [f"-{name} has no effect without -kube-subnet-mgr (etcd mode)" for name in _KUBE_ONLY
+            if v[name] != defaults[name]]
+    out += [f"-{name} is accepted for compatibility with Go flannel's logging and has no effect"
+            for name in ("vmodule", "log_backtrace_at") if v[name]]
+    return tuple(out)
 
 
 def etcd_options(v: Mapping[str, Any]) -> EtcdOptions:
@@ -97,9 +113,10 @@ def build_options(v: Mapping[str, Any]) -> Options:
         ip_masq=v["ip-masq"],
         ip_masq_random_fully=not v["ip-masq-fully-random-disable"],
         forward_rules=v["iptables-forward-rules"],
-        resync_s=float(v["iptables-resync"]),
+        iptables_resync_s=float(v["iptables-resync"]),
         healthz_ip=v["healthz-ip"],
         healthz_port=v["healthz-port"],
+        unsupported=unsupported_warnings(v),
     )
 
 

@@ -1,9 +1,10 @@
 """The kernel state a backend wants, and the pure diff against what the kernel has.
 
-Backends compute a ``DesiredState`` from leases (pure, unit-tested); ``kernel.reconciler`` reads
-the actual state and applies ``diff(desired, actual)``. Living in core/ keeps kernel/ from ever
-importing backend/. Ownership is explicit: routes are ours when they carry our route protocol
-*and* lie inside our network; neighbour and FDB entries are ours on devices we own (flannel.N).
+Backends compute a ``DesiredState`` from leases (pure, unit-tested); the daemon's converger hands
+it to ``kernel.reconciler``, which reads the actual state and applies ``diff(desired, actual)``.
+Living in core/ keeps kernel/ and backend/ from ever importing each other. Ownership is explicit:
+routes are ours when they carry our route protocol *and* lie inside our network; neighbour and FDB
+entries are ours on devices we own (flannel.N).
 """
 
 from __future__ import annotations
@@ -24,13 +25,16 @@ class VxlanSpec:
 
 @dataclass(frozen=True)
 class LinkSpec:
-    """A device we own and create (vxlan). TUN devices are created by their backend."""
+    """A device we own. vxlan devices are created (and recreated) by the reconciler; a ``tun``
+    device exists while its backend holds it open, and is only brought up with this MTU and
+    ``txqlen`` (it cannot be recreated without its file descriptor)."""
 
     name: str
     kind: str
     mtu: int
     mac: str | None = None
     vxlan: VxlanSpec | None = None
+    txqlen: int | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,8 @@ class DesiredState:
     neighs: frozenset[Neigh] = frozenset()
     fdbs: frozenset[Fdb] = frozenset()
     owned_devs: frozenset[str] = frozenset()
+    sysctls: tuple[tuple[str, str], ...] = ()  # (path under /proc/sys, value), set when they differ
+    watch: tuple[str, ...] = ()  # further devices whose change calls for a full run (the underlay)
 
 
 @dataclass(frozen=True)
@@ -101,9 +107,9 @@ class Plan:
 def diff(desired: DesiredState, actual: ActualState) -> Plan:
     """What to change so that ``actual`` becomes ``desired``, touching only what we own.
 
-    Deletions come first in ``apply`` order for routes and neighbours whose key is no longer
-    wanted; an entry whose key is wanted but whose value differs is replaced in place, never
-    deleted and re-added, so a peer never loses its route for a moment.
+    The reconciler sends the puts first and the deletions last. An entry whose key is wanted but
+    whose value differs is replaced in place, never deleted and re-added, so a peer never loses
+    its route for a moment.
     """
     want_dsts = {r.dst for r in desired.routes}
     # never `replace` a route we do not own (docker0's connected route, an administrator's route)

@@ -8,6 +8,8 @@
   It is logged once and skipped; it never means "forget the other peers".
 - ``StoreUnavailable``: etcd cannot be reached right now. Back off, keep the kernel as it is.
 - ``AllocationError``: no free subnet is left in the network.
+- ``TransientError``: a remote API (a cloud's) failed for now; retried with backoff, never fatal.
+- ``KernelError``: a netlink/kernel operation failed; fatal while setting up, retried afterwards.
 """
 
 from __future__ import annotations
@@ -39,3 +41,11 @@ class AllocationError(FlannelError):
 
 class LeaseLost(FlannelError):
     """Our own lease was taken by another host while we were away."""
+
+
+class KernelError(FlannelError):
+    """A netlink or other kernel operation failed; the message names the object, the errno and the fix."""
+
+
+class TransientError(FlannelError):
+    """A remote API failed for now (throttled, 5xx, unreachable): retried with backoff, never fatal."""

@@ -1,7 +1,7 @@
 """Store news as tagged values, so an ambiguous event can never mean "delete every peer".
 
 Flannel's watcher sends "either Events or a Snapshot" in one type and reads an empty result as an
-empty snapshot (FLANNEL-COMPAT §11.6). Here a snapshot, a batch of changes, a bad key and a lost
+empty snapshot (docs/compatibility.md#watch). Here a snapshot, a batch of changes, a bad key and a lost
 watch are different types, and ``PeerTable`` applies them: only an explicit DELETE or a fresh
 snapshot that lacks a key removes a peer.
 """
@@ -53,34 +53,60 @@ class WatchLost:
 StoreEvent = Snapshot | Changes | WatchLost
 
 
+@dataclass(frozen=True)
+class PeerDelta:
+    """What one event changed in the table, for the log: leases added, removed, changed."""
+
+    added: tuple[Lease, ...] = ()
+    removed: tuple[Lease, ...] = ()
+    changed: tuple[Lease, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.changed)
+
+
 @dataclass
 class PeerTable:
-    """Known leases by subnet; apply snapshots and changes; report whether anything changed."""
+    """Known leases by subnet (ours included). ``apply`` costs O(size of the event) for changes,
+    O(N) for a snapshot, and says what changed for the data path: who is where. A renewal (a new
+    lease id or revision) updates the entry but is no change."""
 
     leases: dict[ipaddress.IPv4Network, Lease] = field(default_factory=dict)
     revision: int = 0
 
-    def apply(self, event: Snapshot | Changes) -> bool:
-        before = dict(self.leases)
-        if isinstance(event, Snapshot):
-            fresh = {lease.subnet: lease for lease in event.leases}
-            # A key whose value went bad keeps its last good lease: garbage is not a delete.
-            for bad in event.bad:
-                if bad.subnet is not None and bad.subnet in self.leases and bad.subnet not in fresh:
-                    fresh[bad.subnet] = self.leases[bad.subnet]
-            self.leases = fresh
-        else:
-            for subnet in event.deletes:
-                self.leases.pop(subnet, None)
-            for lease in event.puts:
-                self.leases[lease.subnet] = lease
+    def apply(self, event: Snapshot | Changes) -> PeerDelta:
         self.revision = max(self.revision, event.revision)
-        return _identity(before) != _identity(self.leases)
+        if isinstance(event, Snapshot):
+            return self._replace(event)
+        added, removed, changed = [], [], []
+        for subnet in event.deletes:
+            old = self.leases.pop(subnet, None)
+            if old is not None:
+                removed.append(old)
+        for lease in event.puts:
+            old = self.leases.get(lease.subnet)
+            self.leases[lease.subnet] = lease
+            if old is None:
+                added.append(lease)
+            elif _identity(old) != _identity(lease):
+                changed.append(lease)
+        return PeerDelta(tuple(added), tuple(removed), tuple(changed))
+
+    def _replace(self, event: Snapshot) -> PeerDelta:
+        fresh = {lease.subnet: lease for lease in event.leases}
+        # A key whose value went bad keeps its last good lease: garbage is not a delete.
+        for bad in event.bad:
+            if bad.subnet is not None and bad.subnet in self.leases and bad.subnet not in fresh:
+                fresh[bad.subnet] = self.leases[bad.subnet]
+        old, self.leases = self.leases, fresh
+        return PeerDelta(tuple(le for sn, le in fresh.items() if sn not in old),
+                         tuple(le for sn, le in old.items() if sn not in fresh),
+                         tuple(le for sn, le in fresh.items() if sn in old and _identity(old[sn]) != _identity(le)))
 
     def peers(self, own: ipaddress.IPv4Network | None) -> Mapping[ipaddress.IPv4Network, Lease]:
         return {sn: lease for sn, lease in self.leases.items() if sn != own}
 
 
-def _identity(leases: Mapping[ipaddress.IPv4Network, Lease]) -> dict[ipaddress.IPv4Network, object]:
-    # What matters to the data path: who is where. A renewal (new lease id) is no change.
-    return {sn: (le.attrs, le.ipv6_subnet) for sn, le in leases.items()}
+def _identity(lease: Lease) -> object:
+    # What matters to the data path: who is where.
+    return (lease.attrs, lease.ipv6_subnet)

@@ -136,6 +136,10 @@ class SourceCheck:
     def __len__(self) -> int:
         return len(self._peers)
 
+    def rows(self) -> list[tuple[int, int, int]]:
+        """``(peer ip, network, mask)`` per allowed subnet, host-order ints (the compiled pump's form)."""
+        return [(ip, net, mask) for ip, nets in self._peers.items() for net, mask in nets]
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SourceCheck):
             return NotImplemented

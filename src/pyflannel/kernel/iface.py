@@ -10,21 +10,13 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
 
 from ..core.errors import LocalConfigError
+from ..core.host import ExternalInterface
 from . import netlink
 from .netlink import IFA_F_DEPRECATED, IFA_F_PERMANENT, IFA_F_TEMPORARY, Addr, Link
 
-
-@dataclass(frozen=True)
-class ExternalInterface:
-    name: str
-    index: int
-    mtu: int
-    iface_addr: ipaddress.IPv4Address  # on the interface: the UDP socket binds here
-    ext_addr: ipaddress.IPv4Address  # published in the lease as PublicIP (--public-ip or iface_addr)
-
+__all__ = ["ExternalInterface", "select_external_interface"]
 
 _Found = tuple[Link, ipaddress.IPv4Address]
 

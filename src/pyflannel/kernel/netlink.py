@@ -1,20 +1,27 @@
-"""Idempotent netlink steps (``ensure_*``) over pyroute2's IPRoute.
+"""Every netlink call of pyflannel goes through here: idempotent steps (``ensure_*``), look-ups,
+the fast dumps of the full kernel check (``nldump``), and ``guard``, the one place where a
+pyroute2 error becomes a ``KernelError`` whose one line names the object, the errno and the fix.
 
-Each opens its own short-lived netlink socket, so callers may run them from any thread of the
-process (never after a setns). NetlinkError becomes ``KernelError`` with the operation named.
+Each helper opens its own short-lived netlink socket, so callers may run them from any thread of
+the process (never after a setns).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from ..core.errors import FlannelError
+from ..core.errors import KernelError
+from .nldump import dump_fdb, dump_neighbours, dump_routes
+
+__all__ = ["KernelError", "dump_fdb", "dump_neighbours", "dump_routes", "guard", "session"]
 
 RTPROT_FLANNEL = 151  # our routes carry this protocol number; only such routes are ever removed
 RT_SCOPE_UNIVERSE = 0
@@ -23,17 +30,58 @@ IFA_F_DEPRECATED = 0x20
 IFA_F_PERMANENT = 0x80
 
 
-class KernelError(FlannelError):
-    """A netlink operation failed."""
+_FIXES = {
+    errno.EPERM: "run flanneld as root (it needs CAP_NET_ADMIN)",
+    errno.EACCES: "run flanneld as root (it needs CAP_NET_ADMIN)",
+    errno.EEXIST: "something else holds that name or entry: remove it, or pick other settings",
+    errno.EADDRINUSE: "another device uses that VNI, port or address: remove it, or pick another VNI/Port",
+    errno.EOPNOTSUPP: "the kernel lacks the feature: load its module (e.g. `modprobe vxlan`)",
+    errno.EAFNOSUPPORT: "the kernel lacks the feature: load its module (e.g. `modprobe vxlan`)",
+    errno.ENODEV: "the device vanished meanwhile; it is set up again on the next run",
+    errno.ENOENT: "the object vanished meanwhile; it is set up again on the next run",
+    errno.ENETUNREACH: "the gateway is not reachable on that device: check the underlay addresses",
+    errno.EINVAL: "the kernel refused the values: check the backend options in the network config",
+    errno.ENOBUFS: "the kernel is short of memory for netlink; it is retried",
+    errno.ENOMEM: "the kernel is short of memory; it is retried",
+}
+
+
+def describe(what: str, err: BaseException) -> str:
+    """One line: what failed, the errno by name, and the fix."""
+    code = getattr(err, "code", None) if isinstance(err, NetlinkError) else getattr(err, "errno", None)
+    if isinstance(code, int) and code > 0:
+        name = errno.errorcode.get(code, str(code))
+        fix = _FIXES.get(code, "see the kernel log (`dmesg`)")
+        return f"{what} failed: {os.strerror(code)} ({name}); {fix}"
+    return f"{what} failed: {err}"
 
 
 @contextlib.contextmanager
-def _ipr(what: str) -> Iterator[IPRoute]:
+def guard(what: str) -> Iterator[None]:
+    """Turn any pyroute2/OS error inside into a ``KernelError`` naming ``what`` and the fix."""
     try:
-        with IPRoute() as ipr:
-            yield ipr
-    except NetlinkError as err:
-        raise KernelError(f"{what}: {err.args[1] if len(err.args) > 1 else err} (errno {err.code})") from err
+        yield
+    except KernelError:
+        raise
+    except (NetlinkError, OSError) as err:
+        raise KernelError(describe(what, err)) from err
+
+
+def is_gone(err: KernelError) -> bool:
+    """The object was already gone (a deletion that found nothing to delete)."""
+    cause = err.__cause__
+    code = getattr(cause, "code", None) if isinstance(cause, NetlinkError) else getattr(cause, "errno", None)
+    return code in (errno.ENOENT, errno.ESRCH, errno.ENODEV, errno.EADDRNOTAVAIL)
+
+
+@contextlib.contextmanager
+def session(what: str = "netlink") -> Iterator[IPRoute]:
+    """A short-lived IPRoute whose errors become ``KernelError`` (naming ``what``)."""
+    with guard(what), IPRoute() as ipr:
+        yield ipr
+
+
+_ipr = session
 
 
 @dataclass(frozen=True)
@@ -126,15 +174,6 @@ def ensure_route(dst: ipaddress.IPv4Network, oif: int, gateway: ipaddress.IPv4Ad
         kw["gateway"] = str(gateway)
     with _ipr(f"replace route {dst} dev {oif}") as ipr:
         ipr.route("replace", **kw)
-
-
-def our_routes() -> list[tuple[ipaddress.IPv4Network, int]]:
-    """Routes in the main table that carry our protocol number: (dst, oif)."""
-    with _ipr("list routes") as ipr:
-        return [
-            (ipaddress.IPv4Network(f"{r.get('dst') or '0.0.0.0'}/{r['dst_len']}"), int(r.get("oif") or 0))
-            for r in ipr.get_routes(family=2, table=254, proto=RTPROT_FLANNEL)
-        ]
 
 
 def set_sysctl(path: str, value: str) -> None:

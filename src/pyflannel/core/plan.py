@@ -1,0 +1,96 @@
+"""What a backend's ``plan`` returns: data for exactly one target each.
+
+- ``DesiredState`` (``core.desired``): the kernel (vxlan, host-gw, and udp's flannel0 device and
+  network route), applied by the kernel reconciler;
+- ``PumpPlan``: the udp pump's peer table, swapped into the running pump whole;
+- ``CloudPlan``: the cloud route table (aws-vpc, gce): our own route plus the cleanup inputs.
+
+A plan is computed from our lease, the peers' leases and ``HostFacts`` only (pure), so the daemon
+can plan once per batch of lease events and hand each plan to its target.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from .desired import DesiredState
+from .lease import Lease
+
+Net = ipaddress.IPv4Network
+
+
+@dataclass(frozen=True)
+class PumpPlan:
+    """The udp pump's table: ``(network, prefixlen, peer PublicIP, port)``, host-order ints,
+    sorted by network; the source check is derived from the same rows."""
+
+    routes: tuple[tuple[int, int, int, int], ...] = ()
+
+    def sources(self) -> list[tuple[int, int, int]]:
+        """``(peer ip, network, mask)`` rows: a datagram from ``peer ip`` may carry inner sources
+        inside ``network``."""
+        return [(ip, net, (0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF) for net, plen, ip, _ in self.routes]
+
+    def __len__(self) -> int:
+        return len(self.routes)
+
+
+@dataclass(frozen=True)
+class CloudPlan:
+    """The cloud route table: our route for ``own``; cleanup needs every live lease (ours
+    included) once the first lease snapshot has arrived (``live`` None before that)."""
+
+    own: Lease
+    live: frozenset[Net] | None
+    live_ips: frozenset[str]
+    cleaner: bool  # the host holding the lowest live subnet removes unleased routes
+
+    def __len__(self) -> int:
+        return len(self.live or ())
+
+
+Plan = DesiredState | PumpPlan | CloudPlan
+
+
+def target_of(plan: Plan) -> str:
+    """The name of the target a plan is for: ``kernel``, ``pump`` or ``cloud``."""
+    if isinstance(plan, DesiredState):
+        return "kernel"
+    return "pump" if isinstance(plan, PumpPlan) else "cloud"
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The peers a backend can program, and those it skips with the reason (warned once each)."""
+
+    peers: Mapping[Net, Lease]
+    skipped: tuple[tuple[Lease, str], ...] = ()
+
+
+def select_peers(peers: Mapping[Net, Lease], network: Net | None, lease_types: Iterable[str],
+                 problem: Callable[[Lease], str | None], backend: str) -> Selection:
+    """Pure: keep the peers of our backend type inside the network whose data we can program."""
+    types = frozenset(lease_types)
+    ok: dict[Net, Lease] = {}
+    skipped: list[tuple[Lease, str]] = []
+    for sn, lease in peers.items():
+        if network is not None and not sn.subnet_of(network):
+            skipped.append((lease, f"its subnet is outside the network {network}"))
+        elif lease.attrs.backend_type not in types:
+            skipped.append((lease, f"its backend is {lease.attrs.backend_type or 'udp'!r}, this network runs "
+                                   f"{backend}"))
+        elif (why := problem(lease)) is not None:
+            skipped.append((lease, why))
+        else:
+            ok[sn] = lease
+    return Selection(ok, tuple(skipped))
+
+
+def shared_public_ips(own: Lease, peers: Mapping[Net, Lease]) -> list[tuple[ipaddress.IPv4Address, list[Net]]]:
+    """Public IPs claimed by more than one lease (ours included): one of them is stale or forged."""
+    by_ip: dict[ipaddress.IPv4Address, list[Net]] = {own.attrs.public_ip: [own.subnet]}
+    for sn, le in peers.items():
+        by_ip.setdefault(le.attrs.public_ip, []).append(sn)
+    return [(ip, sorted(nets)) for ip, nets in by_ip.items() if len(nets) > 1]

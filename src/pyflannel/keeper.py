@@ -1,0 +1,133 @@
+"""The one owner of our own lease: renews it before it expires, takes it again when someone deletes
+it, and ends flanneld (``LeaseLost``) when another host took our subnet.
+
+The watcher tells it what it saw of our key (``observe``: it only records and wakes); only the
+keeper's task changes ``lease``. flannel exits when its lease is deleted; we re-create the same
+subnet, riding out an unavailable etcd, while the watcher keeps following the peers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import time
+from dataclasses import dataclass
+
+from .core.backoff import Backoff, LogOnce
+from .core.errors import LeaseLost, StoreUnavailable
+from .core.events import Changes, Snapshot
+from .core.lease import Lease
+from .store.etcd import EtcdRegistry
+from .store.manager import LeaseManager
+
+log = logging.getLogger("flanneld")
+
+
+@dataclass(frozen=True)
+class _Seen:
+    lease: Lease | None  # None: our key was deleted
+
+
+class LeaseKeeper:
+    def __init__(self, lease: Lease, manager: LeaseManager, registry: EtcdRegistry, renew_margin_s: float) -> None:
+        self.lease = lease
+        self.manager = manager
+        self.registry = registry
+        self.renew_margin_s = renew_margin_s
+        self._seen: _Seen | None = None
+        self._wake = asyncio.Event()
+        self._not_before = 0.0  # a failed renewal is retried no sooner than this (time.time())
+        self._renew_log = LogOnce(log)
+        self.renewals = 0
+
+    @property
+    def subnet(self) -> ipaddress.IPv4Network:
+        return self.lease.subnet
+
+    def observe(self, ev: Snapshot | Changes) -> None:
+        """What the watcher saw of our key in ``ev`` (O(size of ev)); acted on by ``run``."""
+        own = self.lease.subnet
+        if isinstance(ev, Snapshot):
+            mine = next((le for le in ev.leases if le.subnet == own), None)
+            seen = _Seen(mine)
+        else:
+            mine = next((le for le in reversed(ev.puts) if le.subnet == own), None)
+            if mine is not None:
+                seen = _Seen(mine)
+            elif own in ev.deletes:
+                seen = _Seen(None)
+            else:
+                return
+        self._seen = seen
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._until_renewal())
+            self._wake.clear()
+            seen, self._seen = self._seen, None
+            if seen is not None:
+                if seen.lease is None:
+                    log.warning("our lease %s was deleted from etcd; taking it again", self.lease.subnet)
+                    await self._retake()
+                    continue
+                self._follow(seen.lease)
+            if self._until_renewal() <= 0:
+                await self._renew()
+
+    def _until_renewal(self) -> float | None:
+        lease = self.lease
+        if lease.is_reservation or lease.expiration is None:
+            return None
+        now = time.time()
+        remaining = lease.expiration - now
+        due = max(remaining - self.renew_margin_s, remaining / 2, 0.5) if remaining > 0 else 0.0
+        return max(due, self._not_before - now)
+
+    def _follow(self, seen: Lease) -> None:
+        """Our key changed: our own renewal (follow its revision), or another host took it."""
+        if seen.attrs.public_ip != self.lease.attrs.public_ip:
+            raise LeaseLost(f"our subnet {seen.subnet} now belongs to {seen.attrs.public_ip}: someone else took it; "
+                            "exiting so that a restart leases a new subnet (then restart docker)")
+        self.lease = Lease(seen.subnet, self.lease.attrs, seen.ipv6_subnet, seen.lease_id, seen.mod_revision,
+                           self.lease.expiration)
+
+    async def _renew(self) -> None:
+        try:
+            new = await self.manager.renew(self.lease)
+        except StoreUnavailable as err:
+            self._renew_log.error("cannot renew lease %s, retrying every 10s: %s", self.lease.subnet, err)
+            self._not_before = time.time() + 10.0
+            return
+        if new is None:  # changed under us: let the watcher's view settle, then try again
+            self._not_before = time.time() + 1.0
+            return
+        self._renew_log.ok("lease %s can be renewed again", new.subnet)
+        self.lease = new
+        self.renewals += 1
+        log.info("lease renewed subnet=%s expires_in=%ds", new.subnet, int((new.expiration or 0) - time.time()))
+
+    async def _retake(self) -> None:
+        """Re-create our deleted lease, riding out an unavailable etcd; LeaseLost if another host
+        took the subnet meanwhile."""
+        own, backoff, failing = self.lease.subnet, Backoff(0.2, 2.0), LogOnce(log)
+        while True:
+            try:
+                new = await self.manager.recreate(own)
+                if new is None:  # the key exists: our own earlier attempt, or another host
+                    snap = await self.registry.list_leases()
+                    new = next((le for le in snap.leases if le.subnet == own), None)
+                    if new is None:
+                        continue
+                    if new.attrs.public_ip != self.lease.attrs.public_ip:
+                        raise LeaseLost(f"our lease {own} was deleted and {new.attrs.public_ip} took the subnet; "
+                                        "exiting so that a restart leases a new one (then restart docker)")
+                self.lease = new
+                log.info("lease %s taken again", own)
+                return
+            except StoreUnavailable as err:
+                failing.error("cannot re-create our lease %s yet, retrying: %s", own, err)
+                await asyncio.sleep(backoff.next())

@@ -1,0 +1,70 @@
+"""What backends may ask of this host before the lease (``backend.HostOps``), and the facts the
+converger gathers for planning. The daemon hands a ``KernelHost`` to ``Backend.prepare``, so
+backends never import the kernel layer."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+from ..core.desired import LinkSpec
+from ..core.errors import KernelError
+from . import netlink, tun
+from .reconciler import Reconciler, incompatibilities, link_kind_attrs
+
+
+class KernelHost:
+    def __init__(self, reconciler: Reconciler) -> None:
+        self.reconciler = reconciler
+
+    def existing_mac(self, spec: LinkSpec) -> str | None:
+        """The MAC of a compatible device left by our previous run (its peers already know it)."""
+        with netlink.session(f"look up device {spec.name}") as ipr:
+            found = ipr.link_lookup(ifname=spec.name)
+            if not found:
+                return None
+            msg = ipr.get_links(found[0])[0]
+        kind, attrs = link_kind_attrs(msg)
+        if kind == spec.kind and not incompatibilities(spec, kind, attrs):
+            return str(msg.get("address"))
+        return None
+
+    def ensure_link(self, spec: LinkSpec) -> str:
+        """Create (or fix) the device now; its MAC."""
+        with netlink.session(f"set up device {spec.name}") as ipr:
+            return self.reconciler.ensure_link(ipr, spec).mac
+
+    def set_sysctl(self, path: str, value: str) -> None:
+        netlink.set_sysctl(path, value)
+
+    def open_tun(self, offload: bool) -> tuple[int, str, str | None]:
+        """flannel0: (fd, name, why offloads are off or None)."""
+        if not offload:
+            fd, name = tun.open_tun("flannel%d")
+            return fd, name, "not asked for"
+        return tun.open_tun_offload("flannel%d")
+
+
+class OnlinkCache:
+    """Which peer PublicIPs are directly connected (no gateway on the way): one ``ip route get``
+    per new address, remembered until ``forget`` (the full kernel check)."""
+
+    def __init__(self) -> None:
+        self._known: dict[ipaddress.IPv4Address, bool] = {}
+
+    def forget(self) -> None:
+        self._known.clear()
+
+    def onlink(self, ips: Iterable[ipaddress.IPv4Address]) -> frozenset[ipaddress.IPv4Address]:
+        out = set()
+        for ip in ips:
+            hit = self._known.get(ip)
+            if hit is None:
+                try:
+                    hit = netlink.route_gateway(ip) is None
+                except KernelError:
+                    hit = False
+                self._known[ip] = hit
+            if hit:
+                out.add(ip)
+        return frozenset(out)

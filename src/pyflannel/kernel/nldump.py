@@ -1,0 +1,115 @@
+"""Lean netlink dumps for the full kernel check: routes of the main table, neighbours and FDB
+entries, decoded with ``struct`` into plain tuples.
+
+The full check runs every 10 s and reads every route, neighbour and FDB entry of the host;
+pyroute2 decodes each message into a rich object (~0.1 ms each), so with 1000 peers (3000 entries)
+the check alone cost several percent of a core. Here only the fixed headers and the three or four
+attributes we compare are read (a few µs each), and entries of other devices or tables are
+skipped without decoding their attributes. Every change still goes through pyroute2
+(``netlink.py``); a dump that fails raises ``OSError``, which ``netlink.guard`` turns into a
+``KernelError``.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Iterator
+
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+RTM_NEWROUTE, RTM_GETROUTE, RTM_NEWNEIGH, RTM_GETNEIGH = 24, 26, 28, 30
+NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE = 1, 4, 5, 15
+NDA_DST, NDA_LLADDR = 1, 2
+AF_BRIDGE = 7
+_HDR = struct.Struct("=IHHII")
+_ATTR = struct.Struct("=HH")
+_RTMSG = struct.Struct("=BBBBBBBBI")
+_NDMSG = struct.Struct("=BBHiHBB")
+
+# (dst, dst_len, protocol, oif, gateway or None, rtm_flags); addresses as host-order ints
+RouteRow = tuple[int, int, int, int, int | None, int]
+# (ip, lladdr, state) and (lladdr, dst ip or None, state)
+NeighRow = tuple[int, str, int]
+FdbRow = tuple[str, int | None, int]
+
+
+def _messages(msg_type: int, body: bytes) -> Iterator[tuple[int, memoryview]]:
+    """Send one dump request; yield (type, payload) of every answer until NLMSG_DONE."""
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
+        sock.bind((0, 0))
+        sock.send(_HDR.pack(_HDR.size + len(body), msg_type, NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + body)
+        while True:
+            data = memoryview(sock.recv(1 << 20))
+            off = 0
+            while off + _HDR.size <= len(data):
+                length, mtype, _flags, _seq, _pid = _HDR.unpack_from(data, off)
+                if length < _HDR.size:
+                    return
+                if mtype == NLMSG_DONE:
+                    return
+                if mtype == NLMSG_ERROR:
+                    code = -struct.unpack_from("=i", data, off + _HDR.size)[0]
+                    if code:
+                        raise OSError(code, f"netlink dump refused (errno {code})")
+                    return
+                yield mtype, data[off + _HDR.size:off + length]
+                off += (length + 3) & ~3
+
+
+def _attrs(payload: memoryview, start: int) -> dict[int, memoryview]:
+    out: dict[int, memoryview] = {}
+    off = start
+    while off + 4 <= len(payload):
+        alen, atype = _ATTR.unpack_from(payload, off)
+        if alen < 4:
+            break
+        out[atype & 0x3FFF] = payload[off + 4:off + alen]
+        off += (alen + 3) & ~3
+    return out
+
+
+def _ip4(raw: memoryview | None) -> int | None:
+    return int.from_bytes(raw, "big") if raw is not None and len(raw) == 4 else None
+
+
+def _mac(raw: memoryview | None) -> str:
+    return ":".join(f"{b:02x}" for b in raw) if raw is not None else ""
+
+
+def dump_routes(table: int = 254) -> list[RouteRow]:
+    """Every IPv4 route of ``table`` (unicast or not) as ``RouteRow``."""
+    out: list[RouteRow] = []
+    for mtype, p in _messages(RTM_GETROUTE, _RTMSG.pack(socket.AF_INET, 0, 0, 0, 0, 0, 0, 0, 0)):
+        if mtype != RTM_NEWROUTE:
+            continue
+        family, dst_len, _src_len, _tos, rtm_table, proto, _scope, _rtype, flags = _RTMSG.unpack_from(p, 0)
+        if family != socket.AF_INET:
+            continue
+        a = _attrs(p, _RTMSG.size)
+        if rtm_table != table and (RTA_TABLE not in a or struct.unpack_from("=I", a[RTA_TABLE])[0] != table):
+            continue
+        oif = a.get(RTA_OIF)
+        out.append((_ip4(a.get(RTA_DST)) or 0, dst_len, proto, struct.unpack_from("=i", oif)[0] if oif else 0,
+                    _ip4(a.get(RTA_GATEWAY)), flags))
+    return out
+
+
+def _neigh_dump(family: int, ifindex: int) -> Iterator[tuple[int, dict[int, memoryview]]]:
+    for mtype, p in _messages(RTM_GETNEIGH, _NDMSG.pack(family, 0, 0, 0, 0, 0, 0)):
+        if mtype != RTM_NEWNEIGH:
+            continue
+        fam, _p1, _p2, idx, state, _flags, _type = _NDMSG.unpack_from(p, 0)
+        if fam == family and idx == ifindex:
+            yield state, _attrs(p, _NDMSG.size)
+
+
+def dump_neighbours(ifindex: int) -> list[NeighRow]:
+    """The IPv4 neighbour entries of one device."""
+    return [(_ip4(a.get(NDA_DST)) or 0, _mac(a.get(NDA_LLADDR)), state)
+            for state, a in _neigh_dump(socket.AF_INET, ifindex)]
+
+
+def dump_fdb(ifindex: int) -> list[FdbRow]:
+    """The FDB entries of one device (a vxlan device's remote MACs)."""
+    return [(_mac(a.get(NDA_LLADDR)), _ip4(a.get(NDA_DST)), state) for state, a in _neigh_dump(AF_BRIDGE, ifindex)]
