@@ -1,4 +1,5 @@
-"""flanneld's HTTP endpoint: flannel's ``/healthz`` and ``/readyz`` (§8), and ``/metrics``.
+"""flanneld's HTTP endpoint: flannel's ``/healthz`` and ``/readyz`` (docs/compatibility.md#health),
+``/metrics`` and ``/peers``.
 
 One small asyncio server in the daemon's loop (no thread, no web framework). Metrics are read at
 scrape time from the objects that own them (conductor, registry, backend) by one collector on a

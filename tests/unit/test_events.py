@@ -1,4 +1,4 @@
-"""PeerTable: snapshots replace, changes add/remove, garbage never deletes (FLANNEL-COMPAT §3.6, §11.6)."""
+"""PeerTable: snapshots replace, changes add/remove, garbage never deletes (docs/compatibility.md#watch)."""
 
 from __future__ import annotations
 

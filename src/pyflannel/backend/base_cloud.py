@@ -5,7 +5,7 @@ A cloud backend programs no kernel state. Each host writes one route for its own
 cloud network's route table, pointing at itself; the cloud's router forwards. So the desired state
 is "our route exists and points at us" plus cleanup, and the loop converges a route table over
 an API instead of netlink. API calls are blocking SDK calls: they run in a thread, one pass at a
-time, and an error is logged once and retried on the next lease event or timer tick.
+time (the daemon's converger), and an error is logged once and retried with backoff.
 
 Cleanup (flannel left these behind) must never fight between hosts nor delete a live host's route:
 

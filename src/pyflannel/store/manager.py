@@ -1,8 +1,10 @@
 """Lease policy on top of a registry: flannel's LocalManager, minus its bugs.
 
 - acquire: reuse the lease that carries our public IP, else the subnet from subnet.env, else a
-  random free one; a lost create race is retried (up to 10 times), flannel exits instead (§11.4);
-- reservations (keys without an etcd lease) stay reservations when we take them (§11.3);
+  random free one; a lost create race is retried (up to 10 times), flannel exits instead
+  (docs/compatibility.md#lease-acquisition);
+- reservations (keys without an etcd lease) stay reservations when we take them
+  (docs/compatibility.md#reservations);
 - renew: re-put our lease with a fresh TTL only if nobody changed the key meanwhile;
 - watch: list, then watch from the next revision; on compaction, a cancelled or failed watch,
   re-list and carry on. Callers get ``Snapshot`` and ``Changes`` values only.
@@ -18,6 +20,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from ..core.allocate import is_compatible, pick_subnet
+from ..core.backoff import LogOnce
 from ..core.config import NetworkConfig
 from ..core.errors import AllocationError, StoreUnavailable
 from ..core.events import BadLease, Changes, Snapshot, WatchLost
@@ -113,19 +116,15 @@ class LeaseManager:
 
 async def watch_leases(registry: Registry, *, retry_delay: float = 1.0) -> AsyncIterator[Snapshot | Changes]:
     """Snapshot first, then changes; after any loss of the watch, a fresh snapshot. Never ends."""
-    outage_logged = False
+    outage = LogOnce(log, same=lambda msg: "outage")  # one outage, however each attempt words it
     while True:
         try:
             snap = await registry.list_leases()
         except StoreUnavailable as err:
-            if not outage_logged:
-                log.error("cannot list leases, keeping the current peers until etcd answers: %s", err)
-                outage_logged = True
+            outage.error("cannot list leases, keeping the current peers until etcd answers: %s", err)
             await asyncio.sleep(retry_delay)
             continue
-        if outage_logged:
-            log.info("etcd answers again, leases re-listed revision=%d", snap.revision)
-            outage_logged = False
+        outage.ok("etcd answers again, leases re-listed revision=%d", snap.revision)
         yield snap
         async for item in registry.watch_leases(snap.revision + 1):
             if isinstance(item, WatchLost):
