@@ -25,7 +25,7 @@ import pytest
 
 from pyflannel.core.subnetenv import parse_subnet_env
 from pyflannel.lab.cluster import Host, Lab
-from pyflannel.lab.netns import in_ns, ns_add, ns_delete, ns_list, sh
+from pyflannel.lab.netns import in_ns, ns_add, ns_delete, sh
 
 from .helpers import ip, wait_for
 
@@ -83,20 +83,13 @@ def as_node(lab: Lab, host: Host) -> None:
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    if os.geteuid() != 0:
-        pytest.fail("end-to-end tests need root (network namespaces, TUN devices)")
+def lab(make_lab) -> Iterator[Lab]:
     if not all(shutil.which(p, path=CNI_PATH) for p in ("bridge", "host-local")):
         pytest.fail(f"bridge and host-local are not in {CNI_PATH}: run `make setup` (containernetworking-plugins)")
-    lab = Lab(name=LAB, hosts_n=2)
-    try:
-        lab.up()
+    with make_lab(LAB, 2) as lab:
         for host in lab.hosts:
             as_node(lab, host)
         yield lab
-    finally:
-        lab.down()
-    assert not [ns for ns in ns_list() if ns.startswith(f"{LAB}-")]
 
 
 @pytest.fixture(scope="module")

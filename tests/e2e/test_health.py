@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -33,18 +32,10 @@ def get(host: Host, path: str) -> tuple[int, str]:
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    if os.geteuid() != 0:
-        pytest.fail("end-to-end tests need root")
-    lab = Lab(name="pfth", hosts_n=2)
-    try:
-        lab.up(write_config=False)
-        for h in lab.hosts:  # restart with the health server on
-            lab.stop_flanneld(h)
-            lab.start_flanneld(h, ("-healthz-port=8081", "-healthz-ip=127.0.0.1"))
+def lab(make_lab) -> Iterator[Lab]:
+    # no config yet: the first test watches /readyz before and after writing it
+    with make_lab("pfth", 2, write_config=False, extra=("-healthz-port=8081", "-healthz-ip=127.0.0.1")) as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 def test_not_ready_until_subnet_env(lab: Lab) -> None:

@@ -3,7 +3,6 @@ reaching a host outside the overlay under its host's address."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
@@ -15,20 +14,10 @@ from .helpers import log_text, subnet_of, wait_for
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    if os.geteuid() != 0:
-        pytest.fail("end-to-end tests need root")
-    lab = Lab(name="pftx", hosts_n=2)
-    try:
-        lab.up(write_config=False)
-        for h in lab.hosts:
-            lab.stop_flanneld(h)
-            lab.start_flanneld(h, ("-ip-masq", "-iptables-resync=1"))
-        lab.put_config('{"Network": "10.0.0.0/16"}')
-        lab.finish(20)
+def lab(make_lab) -> Iterator[Lab]:
+    with make_lab("pftx", 2, config='{"Network": "10.0.0.0/16"}', extra=("-ip-masq", "-iptables-resync=1"),
+                  wait=20) as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 def nat_rules(lab: Lab, h) -> str:

@@ -1,0 +1,69 @@
+"""The one lab fixture of the end-to-end tests.
+
+``make_lab(name, hosts, backend, ...)`` gives a context manager around a running lab:
+
+    @pytest.fixture(scope="module")
+    def lab(make_lab):
+        with make_lab("pfxx", 2, "vxlan", extra=("-ip-masq",)) as lab:
+            yield lab
+
+On entry it removes whatever a crashed run left under the same name (``stop_everything``), then
+builds the lab (etcd, hosts, flanneld, docker0 and a container per host). On leaving it tears the
+lab down, also when building it or a test failed, and then checks that no namespace of the lab is
+left. Teardown belongs to the ``with``, so a parametrised module fixture has one lab at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator, Mapping
+
+import pytest
+
+from pyflannel.lab.cluster import Lab, stop_everything
+from pyflannel.lab.netns import ns_list
+
+
+@contextlib.contextmanager
+def running_lab(name: str, hosts: int = 3, backend: str = "udp", *, config: str | None = None,
+                write_config: bool = True, extra: tuple[str, ...] = (), subnet_max: str = "",
+                env: Mapping[str, str] | None = None, wait: float = 30.0) -> Iterator[Lab]:
+    """A lab named ``name`` with ``hosts`` hosts on ``backend``.
+
+    config        the network config written to etcd before flanneld starts (default: the lab's,
+                  from ``backend`` and ``subnet_max``)
+    write_config  False: flanneld starts and waits for a config the test writes (``put_config``,
+                  then ``finish``); no subnet.env, docker0 or container until then
+    extra         more flanneld flags, on every host (a test restarting flanneld passes them again)
+    env           environment for the lab's whole life, inherited by every flanneld it starts
+    wait          seconds each host has to write its subnet.env
+    """
+    if os.geteuid() != 0:
+        pytest.fail("end-to-end tests need root (network namespaces, TUN devices)")
+    stop_everything(name)
+    saved = {key: os.environ.get(key) for key in env or {}}
+    os.environ.update(env or {})
+    lab = Lab(name=name, hosts_n=hosts, backend=backend, subnet_max=subnet_max)
+    try:
+        lab.up(write_config=write_config, config=config, wait=wait, extra=tuple(extra))
+        yield lab
+    finally:
+        try:
+            lab.down()
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+    left = [ns for ns in ns_list() if ns.startswith(f"{name}-")]
+    assert not left, f"namespaces of lab {name} left after its teardown: {left}"
+
+
+@pytest.fixture(scope="session")
+def make_lab() -> Callable[..., contextlib.AbstractContextManager[Lab]]:
+    """``make_lab(name, hosts=3, backend="udp", *, config=None, write_config=True, extra=(),
+    subnet_max="", env=None, wait=30.0)``: see ``running_lab``."""
+    return running_lab
+
