@@ -27,26 +27,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--hosts", default="10,50,100", help="convergence cluster sizes")
     ap.add_argument("--conv-rounds", type=int, default=5, help="lease PUTs timed per cluster size")
     ap.add_argument("--conv-cap", type=float, default=30.0, help="seconds before a PUT counts as capped")
-    ap.add_argument("--peers", type=int, default=1000, help="synthetic peers for the cold start")
+    ap.add_argument("--peers", type=int, default=1000, help="synthetic peers for the cold start (0: no cold start "
+                    "and no idle figures)")
     ap.add_argument("--cold-runs", type=int, default=3)
     ap.add_argument("--cold-cap", type=float, default=120.0, help="seconds before a cold start counts as capped")
     ap.add_argument("--idle-windows", type=int, default=3)
     ap.add_argument("--idle-seconds", type=float, default=10.0)
+    ap.add_argument("--burst", default="1000,5000",
+                    help="lease burst sizes: N leases PUT (then deleted) at once under a running flanneld, and "
+                         "the same N as a snapshot at start-up ('' for none)")
+    ap.add_argument("--burst-runs", type=int, default=3,
+                    help="runs per burst size (a capped run ends its size: repeating would only give the cap)")
+    ap.add_argument("--burst-cap", type=float, default=180.0,
+                    help="seconds before a burst (or its snapshot) counts as capped")
     ap.add_argument("--quick", action="store_true",
-                    help="a smoke run (2 s tests, 5/10 hosts, 100 peers) written to bench/results/quick/")
+                    help="a smoke run (2 s tests, 5/10 hosts, 100 peers, a burst of 200) written to "
+                         "bench/results/quick/")
     ap.add_argument("--out", help="results directory (default bench/results, bench/results/quick with --quick)")
     ap.add_argument("--no-chart", action="store_true", help="skip the PNG (no matplotlib needed)")
     args = ap.parse_args(argv)
     if args.quick:
         args.rounds, args.seconds, args.hosts, args.conv_rounds, args.peers = 3, 2, "5,10", 3, 100
         args.idle_seconds, args.cold_cap = 3.0, 60.0
+        args.burst, args.burst_cap = "200", 60.0
     args.out = args.out or os.path.join(HERE, "results", "quick" if args.quick else args.only or "")
     args.sizes = sorted({int(x) for x in args.hosts.split(",") if x.strip()})
+    args.bursts = sorted({int(x) for x in args.burst.split(",") if x.strip()})
     if min(args.rounds, args.conv_rounds, args.cold_runs, args.idle_windows) < 3:
         ap.error("every figure is a median of at least 3 runs: --rounds, --conv-rounds, --cold-runs and "
                  "--idle-windows must be >= 3")
     if args.sizes and args.sizes[-1] > 240:
         ap.error("at most 240 hosts fit on the lab's /24 underlay")
+    if args.bursts and not (args.bursts[0] >= 1 and args.bursts[-1] <= 60000):
+        ap.error("--burst sizes must be 1..60000")
+    if args.burst_runs < 1:
+        ap.error("--burst-runs must be >= 1")
     return args
 
 
@@ -92,8 +107,12 @@ def main(argv: list[str] | None = None) -> int:
                 if args.sizes:
                     controlplane.convergence(res, args.sizes, args.conv_rounds, args.conv_cap, notes)
                     common.teardown()
-                controlplane.coldstart(res, args.peers, args.cold_runs, args.cold_cap, args.idle_windows,
-                                       args.idle_seconds, notes)
+                if args.peers > 0:
+                    controlplane.coldstart(res, args.peers, args.cold_runs, args.cold_cap, args.idle_windows,
+                                           args.idle_seconds, notes)
+                    common.teardown()
+                if args.bursts:
+                    controlplane.burst(res, args.bursts, args.burst_runs, args.burst_cap, notes)
     except (KeyboardInterrupt, common.Interrupted) as err:
         common.log(f"interrupted ({str(err) or 'Ctrl-C'}): every pfb- namespace and process was removed; no results "
                    "written")
@@ -111,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         notes.append(f"other network namespaces appeared during the run ({', '.join(late[:8])}"
                      f"{', …' if len(late) > 8 else ''}): another lab shared the CPUs; figures may be disturbed")
     params = {k: getattr(args, k) for k in ("rounds", "seconds", "sizes", "conv_rounds", "conv_cap", "peers",
-                                            "cold_runs", "cold_cap", "idle_windows", "idle_seconds", "quick")}
+                                            "cold_runs", "cold_cap", "idle_windows", "idle_seconds", "bursts",
+                                            "burst_runs", "burst_cap", "quick")}
     params.update(info)
     doc = report.document(dp_rows, res.rows(), notes, mach, params, started)
     os.makedirs(args.out, exist_ok=True)

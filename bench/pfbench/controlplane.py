@@ -16,16 +16,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import math
 import os
+import subprocess
 import time
 from dataclasses import dataclass, field
 
 from pyflannel.lab.bench_hosts import LightLab
 from pyflannel.lab.cluster import Host
-from pyflannel.lab.netns import in_ns, sh
+from pyflannel.lab.netns import LabError, in_ns, sh
 
 from .common import BenchError, Figure, LeaseWriter, cpu_seconds, log, percentile, rss_mb
 from .nlwatch import RTMGRP_IPV4_ROUTE, RTMGRP_NEIGH, Event, Watcher
@@ -289,3 +291,213 @@ def idle(lab: LightLab, host: Host, res: Results, peers_n: int, windows: int, se
         res.add("idle_cpu_pct", peers_n, pct, "% of one core")
         res.add("idle_rss_mb", peers_n, rss_mb(pid), "MB")
         log(f"idle window {w + 1}/{windows}: flanneld CPU {pct:.2f}% of a core, RSS {rss_mb(pid):.1f} MB")
+
+
+# ---- (d) lease bursts ---------------------------------------------------------------------------------
+BURST_NETWORK = ipaddress.IPv4Network("10.0.0.0/8")  # room for 5000+ /24 leases (COLD_NETWORK has 4095)
+BURST_CONFIG = json.dumps({"Network": str(BURST_NETWORK), "SubnetLen": 24, "Backend": {"Type": "vxlan"}})
+BURST_TTL = 3600
+
+
+def burst_peers(count: int, exclude: set[str]) -> list[dict]:
+    """``count`` synthetic vxlan leases in BURST_NETWORK (as ``synthetic_peers``), skipping the
+    subnets in ``exclude`` (the measured host's own)."""
+    subnets = BURST_NETWORK.subnets(new_prefix=24)
+    next(subnets)  # 10.0.0.0/24 is below SubnetMin
+    out: list[dict] = []
+    for sn in subnets:
+        if len(out) == count:
+            break
+        if str(sn) in exclude:
+            continue
+        i = len(out)
+        mac = f"02:bb:00:{(i >> 16) & 0xFF:02x}:{(i >> 8) & 0xFF:02x}:{i & 0xFF:02x}"
+        pip = str(ipaddress.IPv4Address("198.19.0.1") + i)
+        out.append({"subnet": str(sn), "public_ip": pip, "type": "vxlan", "data": {"VNI": 1, "VtepMAC": mac}})
+    return out
+
+
+def _gone_matcher(expected: Expected):  # type: ignore[no-untyped-def]
+    """Matches removal events of the expected entries (neighbours by address, FDB entries by MAC:
+    what the kernel's delete notifications are sure to carry)."""
+    neigh_ips = {ip for ip, _ in expected.neighs}
+    fdb_macs = {mac for mac, _ in expected.fdbs}
+
+    def match(ev: Event) -> tuple[str, object] | None:
+        if ev.added:
+            return None
+        if ev.kind == "route" and ev.dst in expected.routes:
+            return "route", ev.dst
+        if ev.kind == "neigh" and ev.dst in neigh_ips:
+            return "neigh", ev.dst
+        if ev.kind == "fdb" and ev.mac in fdb_macs:
+            return "fdb", ev.mac
+        return None
+
+    return match
+
+
+def _wait_kernel(watch: Watcher, ns: str, expected: Expected, n: int, added: bool, t0: float, cap_s: float,
+                 proc: subprocess.Popen[bytes], writer: LeaseWriter | None = None, what: str = "",
+                 dump_every: float = 0.0) -> tuple[float, dict[str, object] | None, dict[str, int]]:
+    """Until the kernel of ``ns`` holds all ``n`` expected routes, neighbours and FDB entries
+    (``added``) or none of them (not ``added``), or ``cap_s`` after ``t0``. Returns (seconds from
+    ``t0`` to the event that completed it, or nan when capped; the writer's reply when ``writer``
+    was given (read while waiting); the last counts, from events or a dump). Completion is also
+    checked by a dump every ``dump_every`` seconds when that is set, and every second once the
+    netlink socket has overflowed (events were lost)."""
+    got: dict[str, set[object]] = {"route": set(), "neigh": set(), "fdb": set()}
+    reply: dict[str, object] | None = None
+    last_dump = 0.0
+    counts = {k: 0 for k in got}
+    matcher = expected.match if added else _gone_matcher(expected)
+    if writer is not None:
+        watch.register(writer.stdout, "writer")
+    try:
+        while time.monotonic() < t0 + cap_s:
+            events, others = watch.poll(0.05)
+            last = 0.0
+            for ev in events:
+                hit = matcher(ev)
+                if hit:
+                    got[hit[0]].add(hit[1])
+                    last = ev.when
+            if "writer" in others and writer is not None:
+                reply = writer.read(5.0)
+                watch.selector.unregister(writer.stdout)
+                writer = None
+            counts = {k: len(v) for k, v in got.items()}
+            if all(c >= n for c in counts.values()):
+                return last - t0, reply, counts
+            now = time.monotonic()
+            every = 1.0 if watch.overflows else dump_every
+            if every and now - last_dump > every:  # count by dump instead of events
+                last_dump = now
+                dumped = dump_counts(ns, expected)
+                counts = dumped if added else {k: n - v for k, v in dumped.items()}
+                if all(c >= n for c in counts.values()):
+                    return time.monotonic() - t0, reply, counts
+            if proc.poll() is not None:
+                raise BenchError(f"flanneld on {ns} exited ({proc.returncode}) during {what}")
+        return math.nan, reply, counts
+    finally:
+        if writer is not None:
+            watch.selector.unregister(writer.stdout)
+
+
+def _stop_host(lab: LightLab, writer: LeaseWriter, host: Host) -> None:
+    """Stop its flanneld (SIGKILL when a backlog keeps it from exiting on SIGTERM), delete its
+    namespace and its lease."""
+    subnet = host.subnet
+    try:
+        lab.stop_flanneld(host, timeout=15.0)
+    except LabError:  # still busy with a backlog; nothing of it is measured any more
+        lab.stop_flanneld(host, sig=9, timeout=15.0)
+    lab.remove_host(host)
+    if subnet:
+        writer.call(op="del", subnet=str(ipaddress.IPv4Interface(subnet).network))
+
+
+def burst(res: Results, sizes: list[int], runs: int, cap_s: float, notes: list[str]) -> None:
+    """(d) For each N: one vxlan flanneld already running and watching; N leases PUT within about
+    a second (timed until its kernel holds every route, neighbour and FDB entry), then all N
+    deleted (timed until none is left); as the reference, the same N read as one snapshot by a
+    flanneld started on a fresh namespace after they were written (the cold start, for this N)."""
+    lab = LightLab(name="pfb-burst")
+    lab.up_base(BURST_CONFIG)
+    writer = LeaseWriter(lab)
+    index = 0
+    try:
+        for n in sizes:
+            for r in range(runs):
+                index += 2
+                capped = _burst_run(lab, writer, res, n, cap_s, notes, index, r, runs)
+                if capped and r + 1 < runs:
+                    notes.append(f"burst N={n}: run {r + 1} hit the {cap_s:g}s cap, so the other "
+                                 f"{runs - r - 1} runs of this size were skipped (they would only repeat the cap)")
+                    break
+    finally:
+        writer.close()
+
+
+def _burst_run(lab: LightLab, writer: LeaseWriter, res: Results, n: int, cap_s: float, notes: list[str],
+               index: int, r: int, runs: int) -> bool:
+    tag = f"burst N={n} run {r + 1}/{runs}"
+    # -- the running host, then the burst of PUTs and the burst of DELETEs
+    host = lab.add_host(index - 1, start=False)
+    proc = lab.start_flanneld(host)
+    lab.wait_subnet(host, 30.0)
+    pid = proc.pid
+    own = str(ipaddress.IPv4Interface(host.subnet).network)
+    peers = burst_peers(n, {own})
+    expected = Expected.of(peers)
+    time.sleep(3.0)  # let the fresh flanneld settle
+    any_capped = add_capped = False
+    add_s = math.nan
+    with Watcher([host.ns], RTMGRP_IPV4_ROUTE | RTMGRP_NEIGH) as watch:
+        for phase, cmd in (("add", {"op": "burst", "leases": peers, "ttl": BURST_TTL}),
+                           ("del", {"op": "unburst", "subnets": [p["subnet"] for p in peers]})):
+            cpu0 = cpu_seconds(pid)
+            writer.send(**cmd)
+            t_send = time.monotonic()
+            # after a capped add, entries still queued may never be added, so never removed: dump
+            done, reply, _ = _wait_kernel(watch, host.ns, expected, n, phase == "add", t_send, cap_s, proc,
+                                          writer=writer, what=f"the {phase} burst",
+                                          dump_every=2.0 if add_capped else 0.0)
+            cpu1 = cpu_seconds(pid)
+            if reply is None:
+                reply = writer.read(60.0)
+            t0, t1 = float(reply["t0"]), float(reply["t1"])  # type: ignore[arg-type]
+            capped = math.isnan(done)
+            total = cap_s if capped else done + t_send - t0
+            dump = dump_counts(host.ns, expected)
+            if capped:
+                any_capped = True
+                notes.append(f"{tag}: {phase}: the kernel still held routes/neighbours/FDB "
+                             f"{dump['route']}/{dump['neigh']}/{dump['fdb']} of the {n} after the {cap_s:g}s cap; "
+                             f"counted as {cap_s:g}s (a lower bound)")
+            elif (phase == "add" and min(dump.values()) < n) or (phase == "del" and max(dump.values()) > 0):
+                notes.append(f"{tag}: {phase}: events said complete but a dump finds {dump}")
+            res.add(f"burst_{phase}_s", n, total, "s", capped)
+            res.add(f"burst_{phase}_cpu_s", n, cpu1 - cpu0, "s", capped)
+            res.add(f"burst_{phase}_write_s", n, t1 - t0, "s")
+            if phase == "add":
+                res.add("burst_add_rss_mb", n, rss_mb(pid), "MB")
+                add_s, add_capped = total, capped
+            log(f"{tag}: {phase}: {n} leases {'written' if phase == 'add' else 'deleted'} in {t1 - t0:.2f} s; all "
+                f"{'programmed' if phase == 'add' else 'removed'} after {total:.2f} s{' (CAPPED)' if capped else ''}; "
+                f"flanneld CPU {cpu1 - cpu0:.2f} s; dump {dump}")
+        if watch.overflows:
+            notes.append(f"{tag}: the netlink socket overflowed {watch.overflows}x; completion was taken from dumps")
+    _stop_host(lab, writer, host)
+    # -- the reference: the same N read as one snapshot at start-up
+    writer.call(op="burst", leases=peers, ttl=BURST_TTL, timeout=120.0)
+    host = lab.add_host(index, start=False)
+    with Watcher([host.ns], RTMGRP_IPV4_ROUTE | RTMGRP_NEIGH) as watch:
+        t0 = time.monotonic()
+        proc = lab.start_flanneld(host)
+        done, _, _ = _wait_kernel(watch, host.ns, expected, n, True, t0, cap_s, proc, what="the snapshot")
+        cpu = cpu_seconds(proc.pid)  # all of it since its start
+        if watch.overflows:
+            notes.append(f"{tag}: snapshot: the netlink socket overflowed {watch.overflows}x; completion was taken "
+                         "from dumps")
+    snap_capped = math.isnan(done)
+    dump = dump_counts(host.ns, expected)
+    if snap_capped:
+        done = cap_s
+        any_capped = True
+        notes.append(f"{tag}: snapshot: the kernel held routes/neighbours/FDB {dump['route']}/{dump['neigh']}/"
+                     f"{dump['fdb']} of the {n} after the {cap_s:g}s cap; counted as {cap_s:g}s (a lower bound)")
+    elif min(dump.values()) < n:
+        notes.append(f"{tag}: snapshot: events said complete but a dump finds {dump}")
+    res.add("burst_snapshot_s", n, done, "s", snap_capped)
+    res.add("burst_snapshot_cpu_s", n, cpu, "s", snap_capped)
+    # a capped burst over an uncapped snapshot is a lower bound; over a capped snapshot it is no bound at all
+    res.add("burst_add_to_snapshot_ratio", n, add_s / done, "x", add_capped or snap_capped)
+    log(f"{tag}: snapshot: all {n} programmed after {done:.2f} s{' (CAPPED)' if snap_capped else ''}, flanneld "
+        f"CPU {cpu:.2f} s; burst/snapshot {add_s / done:.1f}x")
+    with contextlib.suppress(LabError):  # without it, its lease stays: one more peer for later runs
+        lab.wait_subnet(host, 5.0)
+    _stop_host(lab, writer, host)
+    writer.call(op="unburst", subnets=[p["subnet"] for p in peers], timeout=120.0)
+    return any_capped

@@ -33,7 +33,19 @@ CP_LABELS = {
     "coldstart_peak_rss_mb": "peak RSS (VmHWM) by then",
     "idle_cpu_pct": "idle flanneld CPU",
     "idle_rss_mb": "idle flanneld RSS",
+    "burst_add_s": "burst: N leases PUT at once -> all programmed on a running host",
+    "burst_add_cpu_s": "flanneld CPU for that burst",
+    "burst_add_write_s": "time the N PUTs took",
+    "burst_add_rss_mb": "RSS after the burst",
+    "burst_del_s": "burst: the N leases deleted at once -> all removed",
+    "burst_del_cpu_s": "flanneld CPU for the deletes",
+    "burst_del_write_s": "time the N DELETEs took",
+    "burst_snapshot_s": "the same N as a snapshot: start -> all programmed",
+    "burst_snapshot_cpu_s": "flanneld CPU for the snapshot (from its start)",
+    "burst_add_to_snapshot_ratio": "burst / snapshot (per run)",
 }
+BURST_COLUMNS = ("burst_add_s", "burst_del_s", "burst_snapshot_s", "burst_add_to_snapshot_ratio", "burst_add_cpu_s",
+                 "burst_del_cpu_s", "burst_snapshot_cpu_s", "burst_add_write_s")
 
 
 def machine() -> dict[str, Any]:
@@ -75,6 +87,37 @@ def _fmt(x: float | None, metric: str) -> str:
     return f"{x:.2f}" if abs(x) < 10 else f"{x:.1f}"
 
 
+def controlplane_markdown(cp: list[dict]) -> list[str]:
+    """The control-plane tables (markdown lines), also used by bench/merge_results.py."""
+    out: list[str] = []
+    if cp:
+        out += ["", "## Control plane", "",
+                "hosts: flanneld hosts in the cluster (convergence), or synthetic peer leases in etcd (cold start, "
+                "idle, bursts).", "",
+                "| figure | metric | hosts | median | min | max | unit |",
+                "| --- | --- | --- | --- | --- | --- | --- |"]
+        for r in cp:
+            cap = " **(capped: a lower bound)**" if r.get("capped") else ""
+            out.append(f"| {CP_LABELS.get(r['metric'], r['metric'])}{cap} | {r['metric']} | {r['hosts']} | "
+                       f"{_fmt(r['median'], '')} | {_fmt(r['min'], '')} | {_fmt(r['max'], '')} | {r['unit']} |")
+    burst_rows = {(r["metric"], r["hosts"]): r for r in cp if r["metric"].startswith("burst_")}
+    if burst_rows:
+        out += ["", "### Lease bursts, one vxlan flanneld", "",
+                "Seconds (CPU: flanneld's utime+stime), median (min-max); N: leases in the burst.", "",
+                "| N | PUT burst -> programmed | DELETE burst -> removed | snapshot at start-up | burst / snapshot "
+                "| CPU burst | CPU deletes | CPU snapshot | PUTs took |",
+                "| --- |" + " --- |" * len(BURST_COLUMNS)]
+        for n in sorted({n for _, n in burst_rows}):
+            cells = []
+            for k in BURST_COLUMNS:
+                r = burst_rows.get((k, n))
+                cells.append("-" if r is None else f"{'≥ ' if r.get('capped') else ''}{_fmt(r['median'], '')} "
+                             f"({_fmt(r['min'], '')}-{_fmt(r['max'], '')})")
+            out.append(f"| {n} | " + " | ".join(cells) + " |")
+        out += ["", "≥: capped, a lower bound (see the notes)."]
+    return out
+
+
 def markdown(doc: dict[str, Any]) -> str:
     m = doc["machine"]
     prm = doc["params"]
@@ -83,7 +126,8 @@ def markdown(doc: dict[str, Any]) -> str:
            f"{m['iperf3']}, pyflannel {m['pyflannel']}. Suite runtime {doc['runtime_s'] / 60:.1f} min. "
            "Each figure: median (min-max) of its runs: "
            f"{prm['rounds']} interleaved rounds for the data path, {prm['conv_rounds']} lease PUTs per cluster size, "
-           f"{prm['cold_runs']} cold starts, {prm['idle_windows']} idle windows of {prm['idle_seconds']:g} s."
+           f"{prm['cold_runs']} cold starts, {prm['idle_windows']} idle windows of {prm['idle_seconds']:g} s"
+           + (f", up to {prm['burst_runs']} runs per lease burst size" if prm.get("bursts") else "") + "."
            + (f" udp pump: {prm['udp_pump']}." if "udp_pump" in prm else ""), ""]
     rows = {(r["backend"], r["metric"]): r for r in doc["datapath"]}
     paths = [p for p in PATHS if any(b == p for b, _ in rows)]
@@ -107,17 +151,7 @@ def markdown(doc: dict[str, Any]) -> str:
                     continue
                 vals = [rows.get((p, k), {}).get(key) for k in ratio_metrics]
                 out.append(f"| {p} | {ref} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in vals) + " |")
-    cp = doc["controlplane"]
-    if cp:
-        out += ["", "## Control plane", "",
-                "hosts: flanneld hosts in the cluster (convergence), or synthetic peer leases in etcd (cold start, "
-                "idle).", "",
-                "| figure | metric | hosts | median | min | max | unit |",
-                "| --- | --- | --- | --- | --- | --- | --- |"]
-        for r in cp:
-            cap = " **(capped: a lower bound)**" if r.get("capped") else ""
-            out.append(f"| {CP_LABELS.get(r['metric'], r['metric'])}{cap} | {r['metric']} | {r['hosts']} | "
-                       f"{_fmt(r['median'], '')} | {_fmt(r['min'], '')} | {_fmt(r['max'], '')} | {r['unit']} |")
+    out += controlplane_markdown(doc["controlplane"])
     if doc["notes"]:
         out += ["", "## Notes", ""] + [f"- {n}" for n in doc["notes"]]
     return "\n".join(out) + "\n"
