@@ -187,8 +187,8 @@ class Lab:
         cmd = in_ns(self.etcd_ns, "etcdctl", "--endpoints", endpoint, *args)
         return sh(cmd, check=check, env={"ETCDCTL_API": "3"}).stdout
 
-    def put_config(self, config: str) -> None:
-        self.etcdctl("put", f"{PREFIX}/config", config)
+    def put_config(self, config: str, prefix: str = PREFIX) -> None:
+        self.etcdctl("put", f"{prefix}/config", config)
 
     def _host(self, i: int) -> Host:
         host = Host(i, f"{self.name}-h{i}", f"{self.name}-c{i}", str(UNDERLAY.network_address + 10 + i))
@@ -198,10 +198,13 @@ class Lab:
         os.makedirs(self.host_dir(host), exist_ok=True)
         return host
 
-    def flanneld_command(self, host: Host, extra: tuple[str, ...] = ()) -> list[str]:
-        # The article's flags: FLANNEL_ETCD_ENDPOINTS and FLANNEL_ETCD_PREFIX from /etc/sysconfig/flanneld.
+    def flanneld_command(self, host: Host, extra: tuple[str, ...] = (), *, prefix: str = PREFIX,
+                         subnet_file: str | None = None) -> list[str]:
+        """The article's flags: FLANNEL_ETCD_ENDPOINTS and FLANNEL_ETCD_PREFIX from
+        /etc/sysconfig/flanneld. ``prefix`` and ``subnet_file``: another network's flanneld on
+        the same host (default: the lab's network and the host's subnet.env)."""
         return in_ns(host.ns, *_tool("flanneld"), f"-etcd-endpoints={self.etcd_endpoint}",
-                     f"-etcd-prefix={PREFIX}", f"--subnet-file={self.subnet_file(host)}", *extra)
+                     f"-etcd-prefix={prefix}", f"--subnet-file={subnet_file or self.subnet_file(host)}", *extra)
 
     def start_flanneld(self, host: Host, extra: tuple[str, ...] = (), env: dict[str, str] | None = None
                        ) -> subprocess.Popen[bytes]:
