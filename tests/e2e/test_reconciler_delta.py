@@ -184,3 +184,41 @@ def test_monitor_repairs_hand_deletions_at_once_but_not_our_own(ns: str) -> None
     assert after_own == first, "deleting a route ourselves must not trigger a full run"
     assert repaired == after_own + 1, "a hand-deleted route must trigger one full run at once"
     assert n_routes == 2
+
+
+def _vxlan_prepare(ns: str) -> str:
+    """Run the vxlan backend's prepare in ``ns`` the way the daemon does; the error it raises."""
+    from pyflannel.backend.vxlan import VxlanBackend
+    from pyflannel.core.config import parse_config
+    from pyflannel.core.errors import LocalConfigError
+    from pyflannel.core.host import ExternalInterface
+    from pyflannel.kernel.host import KernelHost
+
+    def body() -> str:
+        with IPRoute() as ipr:
+            idx = int(ipr.link_lookup(ifname="v0")[0])
+        ext = ExternalInterface("v0", idx, 1500, ipaddress.IPv4Address("198.18.0.1"),
+                                ipaddress.IPv4Address("198.18.0.1"))
+        be = VxlanBackend(ext, parse_config('{"Network": "10.0.0.0/16", "Backend": {"Type": "vxlan"}}'))
+        try:
+            asyncio.run(be.prepare(KernelHost(Reconciler())))
+        except LocalConfigError as err:
+            return str(err)
+        return ""
+
+    return in_netns(ns, body)
+
+
+def test_a_device_that_cannot_be_created_is_one_line_naming_the_cause_and_the_fix(ns: str) -> None:
+    # another VXLAN device already uses VNI 1 on the default port: the kernel answers EEXIST
+    sh(["ip", "-n", ns, "link", "add", "vx-other", "type", "vxlan", "id", "1", "dstport", "8472", "local",
+        "198.18.0.1", "dev", "v0"])
+    msg = _vxlan_prepare(ns)
+    assert "create vxlan device flannel.1 (VNI 1, local 198.18.0.1) failed" in msg and "(EEXIST)" in msg, msg
+    assert "another device uses that VNI" in msg or "remove it" in msg, msg
+    assert "\n" not in msg and "Traceback" not in msg
+    sh(["ip", "-n", ns, "link", "del", "vx-other"])
+    # a device of another kind holds the name
+    sh(["ip", "-n", ns, "link", "add", "flannel.1", "type", "bridge"])
+    msg = _vxlan_prepare(ns)
+    assert "a device named flannel.1 exists but is a bridge device: remove or rename it" in msg, msg

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 
 from ..core.config import NetworkConfig
 from ..core.errors import ConfigError
+from ..core.gojson import Fields
 from ..core.host import ExternalInterface, HostFacts
 from ..core.lease import Lease, LeaseAttrs
 from ..core.plan import Plan, Selection, select_peers
@@ -18,9 +19,9 @@ Net = ipaddress.IPv4Network
 
 def check_keys(config: NetworkConfig, known: Iterable[str], backend: str) -> list[str]:
     """Warnings naming Backend keys this backend does not know (Go ignores them silently)."""
-    known_l = {k.lower() for k in known} | {"type"}
+    fields = Fields((*known, "Type"))
     return [f"{backend} backend: ignoring unknown key {k!r} in Backend (known: {', '.join(sorted(known))})"
-            for k in config.backend if k.lower() not in known_l]
+            for k in config.backend if fields.match(k) is None]
 
 
 def int_option(config: NetworkConfig, name: str, default: int, lo: int, hi: int, backend: str) -> int:

@@ -143,8 +143,8 @@ class EtcdRegistry:
             **conn,
         )
         # gRPC backs off reconnects up to 120 s; cap it at 1 s so a returning etcd is seen at once
-        # (an outage keeps the data path: docs/architecture.md#errors). etcd3aio has no parameter for
-        # it, so extend its channel options.
+        # (docs/etcd-client.md#reconnect). etcd3aio has no parameter for it, so extend its channel
+        # options.
         client._manager.grpc_options += [
             ("grpc.initial_reconnect_backoff_ms", 200),
             ("grpc.min_reconnect_backoff_ms", 200),
