@@ -76,24 +76,50 @@ def peer_mac(lease: Lease) -> str | None:
     return mac.lower() if isinstance(mac, str) and _MAC_RE.match(mac) else None
 
 
+PeerEntries = tuple[Route, Neigh | None, Fdb | None]
+
+
+def peer_entries(opts: VxlanOptions, ext_name: str, sn: ipaddress.IPv4Network, lease: Lease, direct: bool
+                 ) -> PeerEntries | None:
+    """Pure: one peer's route, neighbour and FDB entry (only a route when it is directly routed)."""
+    mac = peer_mac(lease)
+    if mac is None:
+        return None
+    pip = lease.attrs.public_ip
+    if direct:
+        return Route(sn, ext_name, pip), None, None
+    gw = sn.network_address
+    return Route(sn, opts.dev, gw, onlink=True), Neigh(opts.dev, gw, mac), Fdb(opts.dev, mac, pip)
+
+
 def plan_vxlan(
     opts: VxlanOptions, network: ipaddress.IPv4Network, own: Lease, link: LinkSpec, ext_name: str,
     peers: Mapping[ipaddress.IPv4Network, Lease], direct: frozenset[ipaddress.IPv4Address] = frozenset(),
+    memo: dict[ipaddress.IPv4Network, tuple[Lease, bool, PeerEntries | None]] | None = None,
 ) -> DesiredState:
-    """Pure: our lease and the peers' leases in, the kernel state flannel would build out."""
-    routes, neighs, fdbs = set(), set(), set()
+    """Pure: our lease and the peers' leases in, the kernel state flannel would build out.
+    ``memo`` (optional, updated in place) keeps each peer's entries while its lease object is the
+    same, so a run after one lease event builds one peer's entries, not all of them."""
+    routes, neighs, fdbs = [], [], []
+    fresh: dict[ipaddress.IPv4Network, tuple[Lease, bool, PeerEntries | None]] = {}
     for sn, lease in peers.items():
-        mac = peer_mac(lease)
-        if mac is None:
+        is_direct = opts.direct_routing and lease.attrs.public_ip in direct
+        hit = memo.get(sn) if memo is not None else None
+        if hit is not None and hit[0] is lease and hit[1] == is_direct:
+            entries = hit[2]
+        else:
+            entries = peer_entries(opts, ext_name, sn, lease, is_direct)
+        fresh[sn] = (lease, is_direct, entries)
+        if entries is None:
             continue
-        pip = lease.attrs.public_ip
-        if opts.direct_routing and pip in direct:
-            routes.add(Route(sn, ext_name, pip))
-            continue
-        gw = sn.network_address
-        neighs.add(Neigh(opts.dev, gw, mac))
-        fdbs.add(Fdb(opts.dev, mac, pip))
-        routes.add(Route(sn, opts.dev, gw, onlink=True))
+        routes.append(entries[0])
+        if entries[1] is not None:
+            neighs.append(entries[1])
+        if entries[2] is not None:
+            fdbs.append(entries[2])
+    if memo is not None:
+        memo.clear()
+        memo.update(fresh)
     own_addr = ipaddress.IPv4Interface(f"{own.subnet.network_address}/32")
     return DesiredState(network, (link,), (Address(opts.dev, own_addr, network),), frozenset(routes),
                         frozenset(neighs), frozenset(fdbs), frozenset({opts.dev}),
@@ -111,6 +137,7 @@ class VxlanBackend(PlanningBackend):
         self.opts = parse_options(config, ext.mtu)
         self.needs_onlink = self.opts.direct_routing
         self.mac = ""
+        self._memo: dict[ipaddress.IPv4Network, tuple[Lease, bool, PeerEntries | None]] = {}
         log.info("VXLAN config: VNI=%d Port=%d GBP=%s Learning=%s DirectRouting=%s", self.opts.vni,
                  self.opts.port, self.opts.gbp, self.opts.learning, self.opts.direct_routing)
 
@@ -149,4 +176,4 @@ class VxlanBackend(PlanningBackend):
     def plan(self, own: Lease, peers: Mapping[ipaddress.IPv4Network, Lease] | None, facts: HostFacts
              ) -> tuple[Plan, ...]:
         return (plan_vxlan(self.opts, self.network, own, self.link_spec(), self.ext.name, peers or {},
-                           facts.onlink),)
+                           facts.onlink, self._memo),)

@@ -81,8 +81,8 @@ def incompatibilities(spec: LinkSpec, kind: str, attrs: dict[str, object]) -> li
 def after_plan(desired: DesiredState, foreign: frozenset[ipaddress.IPv4Network]) -> ActualState:
     """What the kernel holds once ``diff(desired, ...)`` has been applied without an error: all
     of ``desired`` except routes someone else owns (those were left alone)."""
-    return ActualState(frozenset(r for r in desired.routes if r.dst not in foreign), desired.neighs, desired.fdbs,
-                       foreign)
+    routes = frozenset(r for r in desired.routes if r.dst not in foreign) if foreign else desired.routes
+    return ActualState(routes, desired.neighs, desired.fdbs, foreign)
 
 
 class Reconciler:
