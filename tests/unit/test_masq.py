@@ -4,6 +4,8 @@ recycling of the rules of a previous network/subnet, and several networks sharin
 
 from __future__ import annotations
 
+import fcntl
+import os
 from ipaddress import IPv4Network
 
 import pytest
@@ -36,7 +38,7 @@ from pyflannel.core.masq import (
     wrap_table,
 )
 from pyflannel.kernel.netlink import KernelError
-from pyflannel.kernel.traffic import _run
+from pyflannel.kernel.traffic import HostPeers, _run, network_key, subnet_key
 
 NET = IPv4Network("10.244.0.0/16")
 POD = IPv4Network("10.244.1.0/24")
@@ -559,3 +561,50 @@ def test_failing_command_names_command_stderr_and_input():
         _run(["sh", "-c", "cat >/dev/null; echo 'line 3: RULE_DELETE failed' >&2; exit 4"], "*nat\nCOMMIT\n")
     assert str(err.value).startswith("`sh -c ")
     assert "failed (exit 4): line 3: RULE_DELETE failed\ninput was:\n*nat\nCOMMIT\n" in str(err.value)
+
+
+# ---- coordination between the instances of one host (flock: two objects act as two processes) -----
+
+def test_claims_tell_live_instances_apart_and_go_with_them(tmp_path):
+    a, b = HostPeers(str(tmp_path)), HostPeers(str(tmp_path))
+    assert a.dir == b.dir and a.dir is not None and a.dir.startswith(str(tmp_path) + "/netns-")
+    key = network_key(NET_B)
+    assert not b.claimed(key)
+    a.claim([key, subnet_key(NET_B, POD_B)])
+    assert b.claimed(key) and b.claimed(subnet_key(NET_B, POD_B)) and not b.claimed(network_key(NET))
+    c = HostPeers(str(tmp_path))
+    c.claim([key])  # two instances may claim one network (shared)
+    a.claim([network_key(NET)])  # a moved to NET: its NET_B claims are released
+    assert b.claimed(key)  # c still holds it
+    c.claim([])
+    assert not b.claimed(key) and not b.claimed(subnet_key(NET_B, POD_B)) and b.claimed(network_key(NET))
+
+
+def test_exclusive_hold_names_the_holder(tmp_path):
+    a, b = HostPeers(str(tmp_path)), HostPeers(str(tmp_path))
+    assert a.hold("vxlan-flannel.1", "network 10.10.0.0/16") is None
+    assert a.hold("vxlan-flannel.1", "network 10.10.0.0/16") is None  # already ours
+    assert b.hold("vxlan-flannel.1", "network 10.20.0.0/16") == "network 10.10.0.0/16"
+    assert b.hold("vxlan-flannel.2", "network 10.20.0.0/16") is None
+
+
+def test_lock_serialises_edits(tmp_path):
+    a, b = HostPeers(str(tmp_path)), HostPeers(str(tmp_path))
+    with a.locked():
+        fd = os.open(os.path.join(str(b.dir), "rules.lock"), os.O_RDWR)
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.close(fd)
+    with b.locked():
+        pass
+
+
+def test_without_a_state_dir_nothing_is_coordinated(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    peers = HostPeers(str(blocker))  # a file where the directory should be
+    assert peers.dir is None
+    peers.claim([network_key(NET)])
+    assert not peers.claimed(network_key(NET)) and peers.hold("x", "y") is None
+    with peers.locked():
+        pass

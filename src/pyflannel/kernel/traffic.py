@@ -107,6 +107,7 @@ class HostPeers:
     def __init__(self, state_dir: str = STATE_DIR) -> None:
         self.dir: str | None = None
         self._held: dict[str, int] = {}
+        self._exclusive: dict[str, int] = {}
         try:
             ino = os.stat("/proc/self/ns/net").st_ino
             path = os.path.join(state_dir, f"netns-{ino}")
@@ -159,6 +160,26 @@ class HostPeers:
             assert fd is not None
             fcntl.flock(fd, fcntl.LOCK_SH)
             self._held[key] = fd
+
+    def hold(self, key: str, note: str) -> str | None:
+        """Take ``key`` exclusively for the life of this process (e.g. a device only one network may
+        use), writing ``note`` (e.g. our network) into it. None when we hold it now; else the note
+        of the live process that does, to name it in an error."""
+        if self.dir is None or key in self._exclusive:
+            return None
+        fd = self._open(key)
+        assert fd is not None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                return os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+            finally:
+                os.close(fd)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, note.encode(), 0)
+        self._exclusive[key] = fd
+        return None
 
     def claimed(self, key: str) -> bool:
         """True when a live process holds ``key`` (never asked for one we hold ourselves)."""
