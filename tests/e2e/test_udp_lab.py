@@ -20,16 +20,9 @@ from .helpers import lease_key, log_text, wait_for
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    if os.geteuid() != 0:
-        pytest.fail("end-to-end tests need root (network namespaces, TUN devices)")
-    lab = Lab(name="pfte", hosts_n=3, subnet_max="10.0.199.0")
-    try:
-        lab.up()
+def lab(make_lab) -> Iterator[Lab]:
+    with make_lab("pfte", 3, subnet_max="10.0.199.0") as lab:
         yield lab
-    finally:
-        lab.down()
-    assert not [ns for ns in ns_list() if ns.startswith("pfte-")]
 
 
 def test_all_six_container_pairs_ping(lab: Lab) -> None:
