@@ -21,7 +21,7 @@ import pytest
 
 from pyflannel.backend import udp_pump
 from pyflannel.lab.cluster import Host, Lab
-from pyflannel.lab.netns import in_ns, ns_list, sh
+from pyflannel.lab.netns import in_ns, sh
 from pyflannel.lab.pcap import all_packets
 
 from . import test_udp_lab as _base
@@ -37,24 +37,12 @@ for _name, _fn in vars(_base).items():
 
 
 @pytest.fixture(scope="module", params=list(PUMPS))
-def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
-    if os.geteuid() != 0:
-        pytest.fail("end-to-end tests need root (network namespaces, TUN devices)")
+def lab(request: pytest.FixtureRequest, make_lab) -> Iterator[Lab]:
     if request.param == "c" and not udp_pump.available():
         pytest.fail(f"the compiled pump was not built: {udp_pump.IMPORT_ERROR}")
-    saved = os.environ.get("PYFLANNEL_PUMP")
-    os.environ["PYFLANNEL_PUMP"] = request.param  # inherited by every flanneld the lab starts
-    lab = Lab(name="pftu", hosts_n=3, subnet_max="10.0.199.0")
-    try:
-        lab.up()
+    # PYFLANNEL_PUMP is inherited by every flanneld the lab starts, restarts included
+    with make_lab("pftu", 3, subnet_max="10.0.199.0", env={"PYFLANNEL_PUMP": request.param}) as lab:
         yield lab
-    finally:
-        lab.down()
-        if saved is None:
-            os.environ.pop("PYFLANNEL_PUMP", None)
-        else:
-            os.environ["PYFLANNEL_PUMP"] = saved
-    assert not [ns for ns in ns_list() if ns.startswith("pftu-")]
 
 
 def test_the_forced_pump_is_the_one_running(lab: Lab) -> None:

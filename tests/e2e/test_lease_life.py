@@ -1,0 +1,150 @@
+"""A subnet lease's life in the lab's real etcd, flanneld as a black box (its flags, the keys in
+etcd, its log, subnet.env, its exit code): renewals refresh the TTL and the key never goes, a
+deleted key is taken again on the same subnet, a key taken over by another host ends flanneld."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from pyflannel.lab.cluster import Host, Lab
+
+from .helpers import lease_key, log_text, subnet_of, wait_for
+
+TTL = 5  # the smallest -subnet-lease-ttl flanneld accepts: it renews every few seconds
+SHORT_LEASES = (f"-subnet-lease-ttl={TTL}", "-subnet-lease-renew-margin=1")
+OTHER_IP = "198.18.0.97"  # a host that is not in the lab
+
+
+@pytest.fixture(scope="module")
+def lab(make_lab) -> Iterator[Lab]:
+    with make_lab("pftl", 3, "host-gw", extra=SHORT_LEASES) as lab:
+        yield lab
+
+
+@dataclass(frozen=True)
+class Key:
+    value: str
+    lease_id: int  # 0: no TTL
+    create_revision: int  # changes only when the key is deleted and created again
+    mod_revision: int
+
+
+def key_of(lab: Lab, host: Host) -> Key | None:
+    """``host``'s lease key as etcd holds it now; None when there is none."""
+    kvs = json.loads(lab.etcdctl("get", lease_key(host), "-w", "json")).get("kvs") or []
+    if not kvs:
+        return None
+    kv = kvs[0]
+    return Key(base64.b64decode(kv["value"]).decode(), int(kv.get("lease", 0)), int(kv["create_revision"]),
+               int(kv["mod_revision"]))
+
+
+def ttl_left(lab: Lab, lease_id: int) -> tuple[int, int] | None:
+    """(seconds left, granted TTL) of an etcd lease; None once it is gone (expired or revoked)."""
+    out = json.loads(lab.etcdctl("lease", "timetolive", format(lease_id, "x"), "-w", "json"))
+    return None if out["ttl"] < 0 else (out["ttl"], out["granted-ttl"])
+
+
+def subnet_env(lab: Lab, host: Host) -> str:
+    with open(lab.subnet_file(host)) as f:
+        return f.read()
+
+
+class TtlWatch:
+    """Samples ``host``'s key and its lease's remaining TTL, checking on every sample that the key
+    is there, unchanged, never re-created, and that subnet.env is as it was; counts refreshes (the
+    remaining TTL going up)."""
+
+    def __init__(self, lab: Lab, host: Host) -> None:
+        self.lab, self.host = lab, host
+        first = key_of(lab, host)
+        assert first is not None, f"no lease key for {host.ns}"
+        assert first.lease_id != 0, f"{host.ns}'s key has no TTL: {first}"
+        self.first, self.env = first, subnet_env(lab, host)
+        self.last_left: int | None = None
+        self.refreshes = 0
+
+    def sample(self) -> int:
+        key = key_of(self.lab, self.host)
+        assert key is not None, f"{self.host.ns}'s lease key disappeared from etcd ({self.refreshes} refreshes seen)"
+        assert key.create_revision == self.first.create_revision, (
+            f"{self.host.ns}'s key was deleted and created again (expired: no renewal in time?) after "
+            f"{self.refreshes} refreshes, {self.last_left}s left at the last sample")
+        assert key.value == self.first.value, f"the lease changed: {key.value} (was {self.first.value})"
+        assert key.lease_id != 0, "the key lost its TTL"
+        assert subnet_env(self.lab, self.host) == self.env, "subnet.env changed"
+        left = ttl_left(self.lab, key.lease_id)
+        if left is None:  # read between a renewal's put and the old lease's revocation: sample again
+            return self.refreshes
+        assert left[1] == TTL, f"granted TTL {left[1]}, asked for {TTL}"
+        if self.last_left is not None and left[0] > self.last_left:
+            self.refreshes += 1
+        self.last_left = left[0]
+        return self.refreshes
+
+
+def error_lines(text: str) -> list[str]:
+    """The ERROR lines of a flanneld log (``2024-05-01 10:00:00,123 E 4242 pyflannel.daemon] ...``)."""
+    return [line for line in text.splitlines() if re.match(r"\S+ \S+ E ", line)]
+
+
+def test_renewals_refresh_the_ttl_and_the_key_never_goes(lab: Lab) -> None:
+    h = lab.hosts[0]
+    watch = TtlWatch(lab, h)
+    # a 5 s TTL runs out twice over before this deadline unless it is renewed
+    wait_for(lambda: watch.sample() >= 2, timeout=4 * TTL, interval=0.2, what="two TTL refreshes of h1's lease")
+    assert lab.flanneld_pid(h) is not None
+
+
+def test_a_deleted_lease_is_taken_again_and_renewed(lab: Lab) -> None:
+    h = lab.hosts[1]
+    before, env = key_of(lab, h), subnet_env(lab, h)
+    assert before is not None
+    lab.etcdctl("del", lease_key(h))
+    again = wait_for(lambda: (k := key_of(lab, h)) is not None and k.create_revision > before.create_revision and k,
+                     timeout=10, what="h2's lease key created again")
+    assert again.value == before.value, "the same subnet, for the same host"
+    assert again.lease_id != 0, "with a TTL again"
+    assert lab.flanneld_pid(h) is not None, "flanneld kept running"
+    assert subnet_env(lab, h) == env
+    # the lease it took again is the one it renews from now on
+    watch = TtlWatch(lab, h)
+    wait_for(lambda: watch.sample() >= 1, timeout=3 * TTL, interval=0.2, what="a refresh of the re-taken lease")
+
+
+def test_a_key_taken_by_another_host_ends_flanneld_with_one_error(lab: Lab) -> None:
+    h = lab.hosts[2]
+    lab.stop_flanneld(h)
+    start = os.path.getsize(lab.log_file(h))
+    proc = lab.start_flanneld(h, SHORT_LEASES)  # our own child: its exit code is ours to read
+    try:
+        wait_for(lambda: "flannel is ready" in log_text(lab, h)[start:], timeout=30, what="flanneld ready again")
+        mine = key_of(lab, h)
+        assert mine is not None and json.loads(mine.value)["PublicIP"] == h.ip
+        # another host (another PublicIP) writes our subnet's key, under its own etcd lease
+        theirs = json.dumps(dict(json.loads(mine.value), PublicIP=OTHER_IP), separators=(",", ":"))
+        grant = lab.etcdctl("lease", "grant", "60")  # "lease 694d8b5a3c2f0a0c granted with TTL(60s)"
+        lab.etcdctl("put", f"--lease={grant.split()[1]}", lease_key(h), theirs)
+        try:
+            code = proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"flanneld still runs 15 s after losing its subnet:\n{lab.log_tail(h)}") from None
+        assert code == 1, f"exit code {code}\n{lab.log_tail(h)}"
+        errors = error_lines(log_text(lab, h)[start:])
+        assert len(errors) == 1, errors
+        assert subnet_of(h) in errors[0] and OTHER_IP in errors[0], errors[0]
+        after = key_of(lab, h)
+        assert after is not None and after.value == theirs, "the other host's key is left alone"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        lab.etcdctl("del", lease_key(h), check=False)
