@@ -200,10 +200,13 @@ def _vxlan_prepare(ns: str) -> str:
         ext = ExternalInterface("v0", idx, 1500, ipaddress.IPv4Address("198.18.0.1"),
                                 ipaddress.IPv4Address("198.18.0.1"))
         be = VxlanBackend(ext, parse_config('{"Network": "10.0.0.0/16", "Backend": {"Type": "vxlan"}}'))
+        host = KernelHost(Reconciler())
         try:
-            asyncio.run(be.prepare(KernelHost(Reconciler())))
+            asyncio.run(be.prepare(host))
         except LocalConfigError as err:
             return str(err)
+        finally:
+            host.release()
         return ""
 
     return in_netns(ns, body)
@@ -222,3 +225,39 @@ def test_a_device_that_cannot_be_created_is_one_line_naming_the_cause_and_the_fi
     sh(["ip", "-n", ns, "link", "add", "flannel.1", "type", "bridge"])
     msg = _vxlan_prepare(ns)
     assert "a device named flannel.1 exists but is a bridge device: remove or rename it" in msg, msg
+
+
+def test_a_second_network_asking_for_the_same_vxlan_device_is_refused(ns: str) -> None:
+    """Two flanneld of two networks on one host with the same VNI would share flannel.1 and delete
+    each other's neighbour and FDB entries: the second one is refused, naming the fix."""
+    from pyflannel.backend.vxlan import VxlanBackend
+    from pyflannel.core.config import parse_config
+    from pyflannel.core.errors import LocalConfigError
+    from pyflannel.core.host import ExternalInterface
+    from pyflannel.kernel.host import KernelHost
+
+    def body() -> tuple[str, str]:
+        with IPRoute() as ipr:
+            idx = int(ipr.link_lookup(ifname="v0")[0])
+        ext = ExternalInterface("v0", idx, 1500, ipaddress.IPv4Address("198.18.0.1"),
+                                ipaddress.IPv4Address("198.18.0.1"))
+
+        def backend(net: str, vni: int) -> VxlanBackend:
+            config = f'{{"Network": "{net}", "Backend": {{"Type": "vxlan", "VNI": {vni}}}}}'
+            return VxlanBackend(ext, parse_config(config))
+
+        first = KernelHost(Reconciler())
+        asyncio.run(backend("10.10.0.0/16", 1).prepare(first))
+        try:
+            asyncio.run(backend("10.20.0.0/16", 1).prepare(KernelHost(Reconciler())))
+            refused = ""
+        except LocalConfigError as err:
+            refused = str(err)
+        asyncio.run(backend("10.20.0.0/16", 2).prepare(KernelHost(Reconciler())))  # its own VNI: fine
+        return refused, sh(["ip", "-n", ns, "-br", "link"]).stdout
+
+    refused, links = in_netns(ns, body)
+    assert refused.startswith("flannel.1 is in use by another flanneld on this host: two networks on one host "
+                              "need different VNIs"), refused
+    assert '"VNI": 2' in refused
+    assert "flannel.1" in links and "flannel.2" in links

@@ -8,14 +8,30 @@ import ipaddress
 from collections.abc import Iterable
 
 from ..core.desired import LinkSpec
-from ..core.errors import KernelError
+from ..core.errors import KernelError, LocalConfigError
 from . import netlink, tun
 from .reconciler import Reconciler, incompatibilities, link_kind_attrs
+from .traffic import HostPeers
 
 
 class KernelHost:
     def __init__(self, reconciler: Reconciler) -> None:
         self.reconciler = reconciler
+        self._peers: HostPeers | None = None
+
+    def claim_device(self, name: str, fix: str) -> None:
+        """Own device ``name`` in this network namespace for the life of the process: a second
+        flanneld (another network) asking for the same device stops with ``fix`` instead of the
+        two of them deleting each other's entries on it."""
+        if self._peers is None:
+            self._peers = HostPeers()
+        if not self._peers.hold_exclusive(f"device-{name}"):
+            raise LocalConfigError(f"{name} is in use by another flanneld on this host: {fix}")
+
+    def release(self) -> None:
+        """Give up our device claims (the process exiting does the same)."""
+        if self._peers is not None:
+            self._peers.claim(())
 
     def existing_mac(self, spec: LinkSpec) -> str | None:
         """The MAC of a compatible device left by our previous run (its peers already know it)."""

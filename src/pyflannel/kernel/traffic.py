@@ -109,7 +109,7 @@ class HostPeers:
         self._held: dict[str, int] = {}
         self._exclusive: dict[str, int] = {}
         try:
-            ino = os.stat("/proc/self/ns/net").st_ino
+            ino = os.stat("/proc/thread-self/ns/net").st_ino  # this thread's namespace (tests use setns)
             path = os.path.join(state_dir, f"netns-{ino}")
             os.makedirs(path, mode=0o755, exist_ok=True)
             self.dir = path
@@ -180,6 +180,20 @@ class HostPeers:
         os.pwrite(fd, note.encode(), 0)
         self._exclusive[key] = fd
         return None
+
+    def hold_exclusive(self, key: str) -> bool:
+        """Hold ``key`` alone for the life of the process; False when a live process holds it."""
+        if self.dir is None or key in self._held:
+            return True
+        fd = self._open(key)
+        assert fd is not None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._held[key] = fd
+        return True
 
     def claimed(self, key: str) -> bool:
         """True when a live process holds ``key`` (never asked for one we hold ourselves)."""
