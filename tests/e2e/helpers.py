@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 from pyflannel.lab.cluster import PREFIX, Host, Lab
@@ -16,6 +17,26 @@ def wait_for(cond, timeout: float = 15.0, interval: float = 0.05, what: str = "c
             return got
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+
+
+def returns_within(fn, timeout: float, what: str):
+    """``fn()``'s result, failing the test if it has not returned by the deadline (``fn`` runs in a
+    daemon thread, so a hung call cannot hang the suite)."""
+    result: list = []
+    error: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(fn())
+        except BaseException as err:  # re-raised in the test's thread
+            error.append(err)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    wait_for(lambda: not thread.is_alive(), timeout=timeout, interval=0.01, what=what)
+    if error:
+        raise error[0]
+    return result[0]
 
 
 def log_text(lab: Lab, host: Host) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import time
@@ -13,23 +12,16 @@ import pytest
 
 from pyflannel.lab.cluster import PREFIX, Lab
 from pyflannel.lab.demo import capture_one
-from pyflannel.lab.netns import in_ns, ns_list, sh
+from pyflannel.lab.netns import in_ns, sh
 
 from .helpers import all_pairs_ping, ip, lease_key, log_text, subnet_of, wait_for
 
 
 @pytest.fixture(scope="module", params=["vxlan", "host-gw"])
-def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
-    if os.geteuid() != 0:
-        pytest.fail("end-to-end tests need root (network namespaces)")
+def lab(request: pytest.FixtureRequest, make_lab) -> Iterator[Lab]:
     name = {"vxlan": "pftv", "host-gw": "pftg"}[request.param]
-    lab = Lab(name=name, hosts_n=3, backend=request.param, subnet_max="10.0.199.0")
-    try:
-        lab.up()
+    with make_lab(name, 3, request.param, subnet_max="10.0.199.0") as lab:
         yield lab
-    finally:
-        lab.down()
-    assert not [ns for ns in ns_list() if ns.startswith(f"{name}-")]
 
 
 def programmed(lab: Lab, host, peer) -> bool:
@@ -99,10 +91,8 @@ def test_deleted_lease_is_removed_everywhere_within_a_second(lab: Lab) -> None:
     h1, h2, h3 = lab.hosts
     lab.stop_flanneld(h3)  # else h3 takes its deleted lease straight back
     lab.etcdctl("del", lease_key(h3))
-    start = time.monotonic()
     wait_for(lambda: not programmed(lab, h1, h3) and not programmed(lab, h2, h3), timeout=1.0,
              what="h3's route, neighbour and FDB entry to go")
-    assert time.monotonic() - start <= 1.0
     lab.start_flanneld(h3)  # back on the same subnet from its subnet.env
     wait_for(lambda: programmed(lab, h1, h3) and programmed(lab, h2, h3), what="h3 back")
     wait_for(lambda: lab.ping(h1, h3, 1)[0], what="ping h3")
@@ -157,9 +147,7 @@ def test_deleted_vxlan_device_heals_with_all_peers(lab: Lab) -> None:
     h1 = lab.hosts[0]
     mac = vtep_mac(lab, h1)
     sh(["ip", "-n", h1.ns, "link", "del", "flannel.1"])
-    start = time.monotonic()
     wait_for(lambda: all(programmed(lab, h1, p) for p in lab.hosts[1:]), timeout=5, what="flannel.1 rebuilt")
-    assert time.monotonic() - start < 5
     assert vtep_mac(lab, h1) == mac, "recreated with the MAC the peers know"
     assert "10.0." in ip(h1.ns, "addr", "show", "flannel.1")
     wait_for(lambda: all_pairs_ping(lab) == [], timeout=5, what="all pairs again")
