@@ -39,6 +39,7 @@ class LeaseKeeper:
         self._seen: _Seen | None = None
         self._wake = asyncio.Event()
         self._not_before = 0.0  # a failed renewal is retried no sooner than this (time.time())
+        self._renew_at = self._renewal_time(lease)
         self._renew_log = LogOnce(log)
         self.renewals = 0
 
@@ -75,25 +76,38 @@ class LeaseKeeper:
                     await self._retake()
                     continue
                 self._follow(seen.lease)
-            if self._until_renewal() <= 0:
+            until = self._until_renewal()
+            if until is not None and until <= 0:
                 await self._renew()
 
-    def _until_renewal(self) -> float | None:
-        lease = self.lease
+    def _renewal_time(self, lease: Lease) -> float | None:
+        """When to renew ``lease`` (time.time()): ``renew_margin_s`` before it expires, but never
+        later than half its remaining life from now; None for a reservation."""
         if lease.is_reservation or lease.expiration is None:
             return None
         now = time.time()
         remaining = lease.expiration - now
-        due = max(remaining - self.renew_margin_s, remaining / 2, 0.5) if remaining > 0 else 0.0
-        return max(due, self._not_before - now)
+        return now + (max(remaining - self.renew_margin_s, remaining / 2, 0.5) if remaining > 0 else 0.0)
+
+    def _set(self, lease: Lease) -> None:
+        """The one place ``lease`` changes hands; a new expiry moves the renewal time."""
+        if lease.expiration != self.lease.expiration or lease.is_reservation != self.lease.is_reservation:
+            self._renew_at = self._renewal_time(lease)
+        self.lease = lease
+
+    def _until_renewal(self) -> float | None:
+        if self._renew_at is None:
+            return None
+        now = time.time()
+        return max(self._renew_at - now, self._not_before - now, 0.0)
 
     def _follow(self, seen: Lease) -> None:
         """Our key changed: our own renewal (follow its revision), or another host took it."""
         if seen.attrs.public_ip != self.lease.attrs.public_ip:
             raise LeaseLost(f"our subnet {seen.subnet} now belongs to {seen.attrs.public_ip}: someone else took it; "
                             "exiting so that a restart leases a new subnet (then restart docker)")
-        self.lease = Lease(seen.subnet, self.lease.attrs, seen.ipv6_subnet, seen.lease_id, seen.mod_revision,
-                           self.lease.expiration)
+        self._set(Lease(seen.subnet, self.lease.attrs, seen.ipv6_subnet, seen.lease_id, seen.mod_revision,
+                        self.lease.expiration))
 
     async def _renew(self) -> None:
         try:
@@ -106,7 +120,7 @@ class LeaseKeeper:
             self._not_before = time.time() + 1.0
             return
         self._renew_log.ok("lease %s can be renewed again", new.subnet)
-        self.lease = new
+        self._set(new)
         self.renewals += 1
         log.info("lease renewed subnet=%s expires_in=%ds", new.subnet, int((new.expiration or 0) - time.time()))
 
@@ -125,7 +139,7 @@ class LeaseKeeper:
                     if new.attrs.public_ip != self.lease.attrs.public_ip:
                         raise LeaseLost(f"our lease {own} was deleted and {new.attrs.public_ip} took the subnet; "
                                         "exiting so that a restart leases a new one (then restart docker)")
-                self.lease = new
+                self._set(new)
                 log.info("lease %s taken again", own)
                 return
             except StoreUnavailable as err:

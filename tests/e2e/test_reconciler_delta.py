@@ -257,7 +257,7 @@ def test_a_second_network_asking_for_the_same_vxlan_device_is_refused(ns: str) -
         return refused, sh(["ip", "-n", ns, "-br", "link"]).stdout
 
     refused, links = in_netns(ns, body)
-    assert refused.startswith("flannel.1 is in use by another flanneld on this host: two networks on one host "
-                              "need different VNIs"), refused
+    assert refused.startswith("flannel.1 is already used on this host by the flanneld of network 10.10.0.0/16: "
+                              "two networks on one host need different VXLAN VNIs"), refused
     assert '"VNI": 2' in refused
     assert "flannel.1" in links and "flannel.2" in links

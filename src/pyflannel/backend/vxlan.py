@@ -165,8 +165,9 @@ class VxlanBackend(PlanningBackend):
     async def prepare(self, host: HostOps) -> LeaseAttrs:
         """The device now, so that its MAC goes into the lease: the MAC of a compatible device left
         by our previous run (the peers know it), else a new random one."""
-        host.claim_device(self.opts.dev, f"two networks on one host need different VNIs: give this one "
-                                         f'another ("Backend": {{"Type": "vxlan", "VNI": {self.opts.vni + 1}}})')
+        host.claim_device(self.opts.dev, f"network {self.network}",
+                          f"two networks on one host need different VXLAN VNIs: give this one another "
+                          f'("Backend": {{"Type": "vxlan", "VNI": {self.opts.vni + 1}}})')
         try:
             self.mac = await asyncio.to_thread(host.existing_mac, self.link_spec()) or random_mac()
             self.mac = await asyncio.to_thread(host.ensure_link, self.link_spec())

@@ -18,20 +18,26 @@ class KernelHost:
     def __init__(self, reconciler: Reconciler) -> None:
         self.reconciler = reconciler
         self._peers: HostPeers | None = None
+        self._claims: set[str] = set()
 
-    def claim_device(self, name: str, fix: str) -> None:
-        """Own device ``name`` in this network namespace for the life of the process: a second
-        flanneld (another network) asking for the same device stops with ``fix`` instead of the
-        two of them deleting each other's entries on it."""
+    def claim_device(self, name: str, owner: str, fix: str) -> None:
+        """Own device ``name`` in this network namespace for the life of the process (``owner``
+        names us to the others): a second flanneld (another network) asking for the same device
+        stops with ``fix`` instead of the two of them deleting each other's entries on it."""
         if self._peers is None:
             self._peers = HostPeers()
-        if not self._peers.hold_exclusive(f"device-{name}"):
-            raise LocalConfigError(f"{name} is in use by another flanneld on this host: {fix}")
+        holder = self._peers.hold(f"device-{name}", owner)
+        if holder is not None:
+            self._claims.discard(name)
+            raise LocalConfigError(f"{name} is already used on this host by the flanneld of {holder}: {fix}")
+        self._claims.add(name)
 
     def release(self) -> None:
         """Give up our device claims (the process exiting does the same)."""
         if self._peers is not None:
-            self._peers.claim(())
+            for name in self._claims:
+                self._peers.release(f"device-{name}")
+        self._claims.clear()
 
     def existing_mac(self, spec: LinkSpec) -> str | None:
         """The MAC of a compatible device left by our previous run (its peers already know it)."""

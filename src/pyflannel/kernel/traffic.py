@@ -181,19 +181,11 @@ class HostPeers:
         self._exclusive[key] = fd
         return None
 
-    def hold_exclusive(self, key: str) -> bool:
-        """Hold ``key`` alone for the life of the process; False when a live process holds it."""
-        if self.dir is None or key in self._held:
-            return True
-        fd = self._open(key)
-        assert fd is not None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    def release(self, key: str) -> None:
+        """Give up a key taken with ``hold`` (the process exiting does the same)."""
+        fd = self._exclusive.pop(key, None)
+        if fd is not None:
             os.close(fd)
-            return False
-        self._held[key] = fd
-        return True
 
     def claimed(self, key: str) -> bool:
         """True when a live process holds ``key`` (never asked for one we hold ourselves)."""
