@@ -3,7 +3,6 @@ SIGKILL, a host away past its TTL, hand-deleted kernel entries."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -25,24 +24,15 @@ except urllib.error.HTTPError as e:
     print(e.code)
 """
 
+HEALTHZ = ("-healthz-port=8081", "-healthz-ip=127.0.0.1")
+
 
 @pytest.fixture(scope="module", params=["udp", "vxlan", "host-gw"])
-def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
-    if os.geteuid() != 0:
-        pytest.fail("end-to-end tests need root")
-    lab = Lab(name={"udp": "pffu", "vxlan": "pffv", "host-gw": "pffg"}[request.param], hosts_n=3,
-              backend=request.param, subnet_max="10.0.199.0")
-    try:
-        lab.up(write_config=False)
-        for h in lab.hosts:
-            lab.stop_flanneld(h)
-            lab.start_flanneld(h, ("-healthz-port=8081", "-healthz-ip=127.0.0.1"))
-        lab.put_config(lab._default_config())
-        lab.finish(20)
+def lab(request: pytest.FixtureRequest, make_lab) -> Iterator[Lab]:
+    name = {"udp": "pffu", "vxlan": "pffv", "host-gw": "pffg"}[request.param]
+    with make_lab(name, 3, request.param, subnet_max="10.0.199.0", extra=HEALTHZ, wait=20) as lab:
         LAB[lab.name] = lab
         yield lab
-    finally:
-        lab.down()
 
 
 def readyz(host) -> int:
@@ -104,10 +94,8 @@ def test_etcd_outage_keeps_traffic_and_catches_up(lab: Lab) -> None:
         time.sleep(25)
         assert all_pairs_ping(lab) == [], "every pair still pings with etcd down"
         lab.start_etcd()
-        back = time.monotonic()
         wait_for(lambda: all(has_route(h, "10.0.252.0/24") and not has_route(h, gone) for h in lab.hosts),
                  timeout=2, what="the changes made during the outage, on every host")
-        assert time.monotonic() - back <= 2
         out = ping.communicate(timeout=60)[0]
     finally:
         if ping.poll() is None:
@@ -151,7 +139,7 @@ def test_sigkill_restart_keeps_subnet_and_mac(lab: Lab) -> None:
     mac = ip(h.ns, "link", "show", "flannel.1").split("link/ether ")[1].split()[0] if lab.backend == "vxlan" else ""
     ping = pinger(lab, lab.hosts[0], h, 6)
     lab.stop_flanneld(h, sig=9)
-    lab.start_flanneld(h, ("-healthz-port=8081", "-healthz-ip=127.0.0.1"))
+    lab.start_flanneld(h, HEALTHZ)
     out = ping.communicate(timeout=60)[0]
     assert lab.wait_subnet(h, 10) == subnet
     if mac:
@@ -170,7 +158,7 @@ def test_away_past_ttl_and_subnet_taken_gets_a_new_subnet(lab: Lab) -> None:
     lab.etcdctl("del", lease_key(h))  # its TTL ran out...
     lab.etcdctl("put", lease_key(h), lease_json(lab, old, "198.18.0.92"))  # ...and someone took it
     try:
-        lab.start_flanneld(h, ("-healthz-port=8081", "-healthz-ip=127.0.0.1"))
+        lab.start_flanneld(h, HEALTHZ)
         wait_for(lambda: "SUBNET CHANGED" in log_text(lab, h), what="the loud log")
         new = lab.wait_subnet(h, 10)
         assert new.rsplit(".", 1)[0] != old.rsplit(".", 1)[0], f"a new subnet: {new} (old {old})"
@@ -183,7 +171,7 @@ def test_away_past_ttl_and_subnet_taken_gets_a_new_subnet(lab: Lab) -> None:
         with open(lab.subnet_file(h), "w") as f:
             f.write(f"FLANNEL_NETWORK=10.0.0.0/16\nFLANNEL_SUBNET={old.replace('.0/', '.1/')}\n")
         h.subnet = old.replace(".0/", ".1/")
-        lab.start_flanneld(h, ("-healthz-port=8081", "-healthz-ip=127.0.0.1"))
+        lab.start_flanneld(h, HEALTHZ)
         wait_for(lambda: lab.ping(lab.hosts[0], h, 1)[0], what="h3 back on its subnet")
 
 
