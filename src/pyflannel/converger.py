@@ -101,10 +101,11 @@ class Converger:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = asyncio.Lock()
         self._warned: set[tuple[Net, str]] = set()
+        self._shared: dict[ipaddress.IPv4Address, frozenset[Net]] = {}
         self._log = {name: LogOnce(log) for name in ("kernel", "pump", "cloud")}
         self._backoff = Backoff(0.2, 10.0)
         self._retry_at: float | None = None
-        self.programmed: tuple[tuple[Net, Lease], ...] = ()
+        self.programmed: Mapping[Net, Lease] = {}
 
     # ---- inputs (called on the event loop, O(1)) -------------------------------------------------
     def mark_dirty(self, table: Mapping[Net, Lease] | None = None) -> None:
@@ -219,7 +220,7 @@ class Converger:
                 self._backoff.reset()
                 self.stats.last_ok = time.time()
                 self.stats.peers = len(selected)
-                self.programmed = tuple(sorted(selected.items()))
+                self.programmed = selected  # an immutable copy made for this run; sorted only when asked
             now = self.clock()
             for name in full & set(self._next_full):
                 self._next_full[name] = now + (self.targets[name].full_check_s or 0.0)
@@ -244,13 +245,14 @@ class Converger:
 
     def _warn_shared(self, own: Lease, peers: Mapping[Net, Lease]) -> None:
         """Two leases of one network claiming one PublicIP: one of them is stale or forged. Both
-        stay programmed (neither can be proven wrong from here); say so once."""
+        stay programmed (neither can be proven wrong from here); say so once per set of leases."""
         for ip, subnets in shared_public_ips(own, peers):
-            key = (min(subnets), f"shared {ip} {subnets}")
-            if key not in self._warned:
-                self._warned.add(key)
+            claimed = frozenset(subnets)
+            if self._shared.get(ip) != claimed:
+                self._shared[ip] = claimed
                 log.warning("leases %s all claim public IP %s: one is stale or forged; check with "
-                            "`flannelctl leases list` and revoke the wrong one", ", ".join(map(str, subnets)), ip)
+                            "`flannelctl leases list` and revoke the wrong one",
+                            ", ".join(map(str, sorted(subnets))), ip)
 
     async def _apply(self, name: str, plan: Plan, full: bool) -> None:
         target = self.targets.get(name)

@@ -16,6 +16,7 @@ it. A task that dies unexpectedly is logged by name and ends the process with 1,
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import logging
 import signal
@@ -108,7 +109,8 @@ class Conductor:
                              "public_ip": str(ipaddress.IPv4Address(ip)), "port": port}
                             for net, plen, ip, port in table.routes]
         else:
-            out["peers"] = [{"subnet": str(sn), "public_ip": str(le.attrs.public_ip)} for sn, le in conv.programmed]
+            out["peers"] = [{"subnet": str(sn), "public_ip": str(le.attrs.public_ip)}
+                            for sn, le in sorted(conv.programmed.items())]
         return out
 
     async def start_http(self) -> None:
@@ -185,6 +187,9 @@ class Conductor:
             log.error("SUBNET CHANGED from %s to %s: restart docker (or the container runtime) so that its "
                       "bridge moves to the new subnet", prev_subnet, lease.subnet)
         sd_notify("READY=1")
+        # Everything built so far (modules, clients, the backend) lives as long as the process:
+        # out of the collector's sight, a full collection no longer walks it again and again.
+        gc.freeze()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._guard("watcher", self.watch_loop()))
             tg.create_task(self._guard("converger", converger.run()))

@@ -444,7 +444,7 @@ def test_watch_renewal_is_a_put_and_no_change(etcd_server):
             assert renewed is not None
             ch = await w.until(lambda i: got.lease.subnet in puts_of(i))
             assert isinstance(ch, Changes)
-            assert PeerTable(dict(w.table.leases)).apply(ch) is False
+            assert not PeerTable(dict(w.table.leases)).apply(ch)
             assert w.table.leases[got.lease.subnet].lease_id == renewed.lease_id
             assert not deletes_of(ch)
         finally:
@@ -484,7 +484,7 @@ def test_watch_garbage_is_bad_lease_never_a_delete(etcd_server):
         # a fresh snapshot with the garbage still there keeps the last good lease as well
         snap = await reg.list_leases()
         assert [b.subnet for b in snap.bad] == [N4("10.0.1.0/24")]
-        assert w.table.apply(snap) is False
+        assert not w.table.apply(snap)
         assert N4("10.0.1.0/24") in w.table.leases
 
     run(with_registry(etcd_server, body))
@@ -536,7 +536,7 @@ def test_watch_relists_after_compaction(etcd_server):
             }
             table = PeerTable()
             table.apply(first)
-            assert table.apply(fresh) is True
+            assert table.apply(fresh)
             assert set(table.leases) == {N4("10.0.2.0/24"), N4("10.0.3.0/24")}
             # and the watch carries on after the re-list
             await actl(etcd_server, "put", SUBNETS + "10.0.4.0-24", good % 4)

@@ -11,7 +11,7 @@ from ..core.errors import ConfigError
 from ..core.gojson import Fields
 from ..core.host import ExternalInterface, HostFacts
 from ..core.lease import Lease, LeaseAttrs
-from ..core.plan import Plan, Selection, select_peers
+from ..core.plan import Plan, Selection, Verdicts, select_peers
 from . import HostOps, Target
 
 Net = ipaddress.IPv4Network
@@ -51,7 +51,7 @@ class PlanningBackend:
         self.config = config
         assert config.network is not None
         self.network: Net = config.network
-        self._verdicts: dict[Net, tuple[Lease, str | None]] = {}
+        self._verdicts: Verdicts = {}
 
     @classmethod
     def check_config(cls, config: NetworkConfig) -> list[str]:
@@ -62,18 +62,7 @@ class PlanningBackend:
         return None
 
     def select(self, peers: Mapping[Net, Lease]) -> Selection:
-        """``select_peers``, with each verdict kept while the peer's lease object is the same."""
-        memo, fresh = self._verdicts, {}
-
-        def problem(lease: Lease) -> str | None:
-            hit = memo.get(lease.subnet)
-            why = hit[1] if hit is not None and hit[0] is lease else self.peer_problem(lease)
-            fresh[lease.subnet] = (lease, why)
-            return why
-
-        selection = select_peers(peers, self.network, self.lease_types, problem, self.name)
-        self._verdicts = fresh
-        return selection
+        return select_peers(peers, self.network, self.lease_types, self.peer_problem, self.name, self._verdicts)
 
     async def prepare(self, host: HostOps) -> LeaseAttrs:
         return self.lease_attrs()

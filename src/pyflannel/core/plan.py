@@ -69,28 +69,43 @@ class Selection:
     skipped: tuple[tuple[Lease, str], ...] = ()
 
 
+Verdicts = dict[Net, tuple[Lease, str | None]]
+
+
 def select_peers(peers: Mapping[Net, Lease], network: Net | None, lease_types: Iterable[str],
-                 problem: Callable[[Lease], str | None], backend: str) -> Selection:
-    """Pure: keep the peers of our backend type inside the network whose data we can program."""
+                 problem: Callable[[Lease], str | None], backend: str, memo: Verdicts | None = None) -> Selection:
+    """Pure: keep the peers of our backend type inside the network whose data we can program.
+    ``memo`` (optional, replaced in place) keeps each verdict while the lease object is the same,
+    so a run after one lease event judges one lease, not all of them."""
     types = frozenset(lease_types)
     ok: dict[Net, Lease] = {}
     skipped: list[tuple[Lease, str]] = []
+    fresh: Verdicts = {}
     for sn, lease in peers.items():
-        if network is not None and not sn.subnet_of(network):
-            skipped.append((lease, f"its subnet is outside the network {network}"))
+        hit = memo.get(sn) if memo is not None else None
+        if hit is not None and hit[0] is lease:
+            why = hit[1]
+        elif network is not None and not sn.subnet_of(network):
+            why = f"its subnet is outside the network {network}"
         elif lease.attrs.backend_type not in types:
-            skipped.append((lease, f"its backend is {lease.attrs.backend_type or 'udp'!r}, this network runs "
-                                   f"{backend}"))
-        elif (why := problem(lease)) is not None:
-            skipped.append((lease, why))
+            why = f"its backend is {lease.attrs.backend_type or 'udp'!r}, this network runs {backend}"
         else:
+            why = problem(lease)
+        fresh[sn] = (lease, why)
+        if why is None:
             ok[sn] = lease
+        else:
+            skipped.append((lease, why))
+    if memo is not None:
+        memo.clear()
+        memo.update(fresh)
     return Selection(ok, tuple(skipped))
 
 
 def shared_public_ips(own: Lease, peers: Mapping[Net, Lease]) -> list[tuple[ipaddress.IPv4Address, list[Net]]]:
-    """Public IPs claimed by more than one lease (ours included): one of them is stale or forged."""
+    """Public IPs claimed by more than one lease (ours included): one of them is stale or forged.
+    The subnets of each come in table order (sorting is left to whoever prints them)."""
     by_ip: dict[ipaddress.IPv4Address, list[Net]] = {own.attrs.public_ip: [own.subnet]}
     for sn, le in peers.items():
         by_ip.setdefault(le.attrs.public_ip, []).append(sn)
-    return [(ip, sorted(nets)) for ip, nets in by_ip.items() if len(nets) > 1]
+    return [(ip, nets) for ip, nets in by_ip.items() if len(nets) > 1]
