@@ -3,6 +3,7 @@ SIGKILL, a host away past its TTL, hand-deleted kernel entries."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -22,6 +23,11 @@ try:
     print(urllib.request.urlopen("http://127.0.0.1:8081/readyz", timeout=3).status)
 except urllib.error.HTTPError as e:
     print(e.code)
+"""
+
+PEERS = """
+import json, urllib.request
+print(json.dumps(json.load(urllib.request.urlopen("http://127.0.0.1:8081/peers", timeout=3))))
 """
 
 HEALTHZ = ("-healthz-port=8081", "-healthz-ip=127.0.0.1")
@@ -52,14 +58,22 @@ def lease_json(lab: Lab, subnet: str, ip_: str) -> str:
 LAB: dict[str, Lab] = {}
 
 
+def pump_table(host) -> list[dict[str, object]]:
+    """The udp pump's own table, read from flanneld's /peers endpoint."""
+    out = subprocess.run(in_ns(host.ns, sys.executable, "-c", PEERS), capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got["backend"] == "udp", got
+    return list(got["peers"])
+
+
 def has_route(host, subnet: str) -> bool:
-    """Whether ``host`` forwards to ``subnet``: a kernel route (vxlan, host-gw), or for udp the
-    pump's table, as its log tells it (the last 'peer added/removed' line for that subnet)."""
+    """Whether ``host`` forwards to ``subnet``: a kernel route (vxlan, host-gw), or for udp a row
+    of the pump's table (/peers)."""
     lab = LAB[host.ns.split("-")[0]]
     if lab.backend != "udp":
         return f"{subnet} via" in ip(host.ns, "route")
-    events = re.findall(rf"peer (added|removed) subnet={re.escape(subnet)} ", log_text(lab, host))
-    return bool(events) and events[-1] == "added"
+    return any(row["subnet"] == subnet for row in pump_table(host))
 
 
 def pinger(lab: Lab, src, dst, seconds: float) -> subprocess.Popen[str]:
