@@ -346,3 +346,14 @@ def test_main_bad_margin_returns_2_with_flannels_message(margin, capsys):
 def test_main_bad_env_returns_2(capsys):
     assert main([], {"FLANNELD_IPTABLES_RESYNC": "soon"}) == 2
     assert "$FLANNELD_IPTABLES_RESYNC" in capsys.readouterr().err
+
+
+def test_accepted_flags_that_do_nothing_say_so_at_start_up():
+    assert build_options(flanneld_values()).unsupported == ()
+    warnings = build_options(flanneld_values("-ip-blackhole-route", "-kubeconfig-file=/etc/k.conf", "-vmodule=x=2",
+                                             "-set-node-network-unavailable=false")).unsupported
+    assert len(warnings) == 4
+    assert warnings[0].startswith("-ip-blackhole-route is not supported by pyflannel yet")
+    assert "-kubeconfig-file has no effect without -kube-subnet-mgr (etcd mode)" in warnings
+    assert "-set-node-network-unavailable has no effect without -kube-subnet-mgr (etcd mode)" in warnings
+    assert any(w.startswith("-vmodule is accepted for compatibility") for w in warnings)
