@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 import time
 
 from pyflannel.lab.cluster import PREFIX, Host, Lab
-from pyflannel.lab.netns import sh
+from pyflannel.lab.netns import in_ns, sh
 
 
 def wait_for(cond, timeout: float = 15.0, interval: float = 0.05, what: str = "condition"):
@@ -59,3 +62,47 @@ def ip(host_ns: str, *args: str) -> str:
 
 def all_pairs_ping(lab: Lab) -> list[tuple[int, int]]:
     return [(a.index, b.index) for a in lab.hosts for b in lab.hosts if a is not b and not lab.ping(a, b, 1)[0]]
+
+
+# Runs a TrafficManager inside a namespace, as one flanneld would: one JSON command per stdin line,
+# one JSON answer per line.
+_DRIVER = r"""
+import ipaddress, json, sys
+from pyflannel.kernel.traffic import TrafficManager
+tm = TrafficManager(**json.loads(sys.argv[1]))
+net = lambda s: ipaddress.IPv4Network(s) if s else None
+for line in sys.stdin:
+    cmd, *args = json.loads(line)
+    try:
+        out = tm.setup(*map(net, args)) if cmd == "setup" else getattr(tm, cmd)()
+        print(json.dumps({"ok": out}), flush=True)
+    except Exception as err:
+        print(json.dumps({"error": f"{type(err).__name__}: {err}"}), flush=True)
+"""
+
+
+class TrafficDriver:
+    """A TrafficManager living in a process of its own inside ``ns``."""
+
+    def __init__(self, ns: str, **opts: bool) -> None:
+        self.proc = subprocess.Popen(in_ns(ns, sys.executable, "-c", _DRIVER, json.dumps(opts)), text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def call(self, *cmd: str | None) -> object:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        assert line, f"driver died: {self.proc.stderr.read() if self.proc.stderr else ''}"
+        answer = json.loads(line)
+        assert "error" not in answer, answer["error"]
+        return answer["ok"]
+
+    def close(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()

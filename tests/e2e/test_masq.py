@@ -6,10 +6,8 @@ overlay with its source masqueraded while container-to-container traffic keeps i
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 
@@ -18,53 +16,12 @@ import pytest
 from pyflannel.lab.cluster import Lab
 from pyflannel.lab.netns import in_ns, ns_add, ns_delete, ns_list, sh
 
+from .helpers import TrafficDriver
+
 NS = "pftm"
 NET, POD = "10.244.0.0/16", "10.244.1.0/24"
 
-# Runs a TrafficManager inside a namespace; one JSON command per stdin line, one JSON answer per line.
-DRIVER = r"""
-import ipaddress, json, sys
-from pyflannel.kernel.traffic import TrafficManager
-tm = TrafficManager(**json.loads(sys.argv[1]))
-net = lambda s: ipaddress.IPv4Network(s) if s else None
-for line in sys.stdin:
-    cmd, *args = json.loads(line)
-    try:
-        if cmd == "setup":
-            out = tm.setup(*map(net, args))
-        else:
-            out = getattr(tm, cmd)()
-        print(json.dumps({"ok": out}), flush=True)
-    except Exception as err:
-        print(json.dumps({"error": f"{type(err).__name__}: {err}"}), flush=True)
-"""
-
-
-class Driver:
-    """A TrafficManager living in a process inside ``ns``."""
-
-    def __init__(self, ns: str, **opts: bool) -> None:
-        self.proc = subprocess.Popen(in_ns(ns, sys.executable, "-c", DRIVER, json.dumps(opts)), text=True,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-    def call(self, *cmd: str | None) -> object:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(json.dumps(cmd) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        assert line, f"driver died: {self.proc.stderr.read() if self.proc.stderr else ''}"
-        answer = json.loads(line)
-        assert "error" not in answer, answer["error"]
-        return answer["ok"]
-
-    def close(self) -> None:
-        if self.proc.stdin:
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+Driver = TrafficDriver
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -29,6 +28,8 @@ import pytest
 from pyflannel.core.subnetenv import parse_subnet_env
 from pyflannel.lab.cluster import Host, Lab, stop_everything
 from pyflannel.lab.netns import in_ns, ns_add, ns_delete, ns_list, sh, veth
+
+from .helpers import TrafficDriver
 
 NS = "pf2n-rules"
 LAB = "pf2n"
@@ -115,46 +116,7 @@ def blocks_in(rules: list[str], *blocks: list[str], head: list[str] = ()) -> boo
 
 # ---- two TrafficManagers in one namespace ----------------------------------------------------------
 
-DRIVER = r"""
-import ipaddress, json, sys
-from pyflannel.kernel.traffic import TrafficManager
-tm = TrafficManager(**json.loads(sys.argv[1]))
-net = lambda s: ipaddress.IPv4Network(s) if s else None
-for line in sys.stdin:
-    cmd, *args = json.loads(line)
-    try:
-        out = tm.setup(*map(net, args)) if cmd == "setup" else getattr(tm, cmd)()
-        print(json.dumps({"ok": out}), flush=True)
-    except Exception as err:
-        print(json.dumps({"error": f"{type(err).__name__}: {err}"}), flush=True)
-"""
-
-
-class Driver:
-    """One network's TrafficManager, in its own process inside ``ns`` (as one flanneld)."""
-
-    def __init__(self, ns: str, **opts: bool) -> None:
-        self.proc = subprocess.Popen(in_ns(ns, sys.executable, "-c", DRIVER, json.dumps(opts)), text=True,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-    def call(self, *cmd: str | None) -> object:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(json.dumps(cmd) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        assert line, f"driver died: {self.proc.stderr.read() if self.proc.stderr else ''}"
-        answer = json.loads(line)
-        assert "error" not in answer, answer["error"]
-        return answer["ok"]
-
-    def close(self) -> None:
-        if self.proc.stdin:
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+Driver = TrafficDriver
 
 
 @pytest.fixture
