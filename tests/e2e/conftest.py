@@ -22,7 +22,9 @@ from collections.abc import Callable, Iterator, Mapping
 import pytest
 
 from pyflannel.lab.cluster import Lab, stop_everything
-from pyflannel.lab.netns import ns_list
+from pyflannel.lab.netns import ns_add, ns_delete, ns_list
+
+from .helpers import TrafficDriver
 
 
 @contextlib.contextmanager
@@ -67,3 +69,30 @@ def make_lab() -> Callable[..., contextlib.AbstractContextManager[Lab]]:
     subnet_max="", env=None, wait=30.0)``: see ``running_lab``."""
     return running_lab
 
+
+
+@pytest.fixture
+def ns(root: None, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A bare namespace named by the test module's ``NS``, removed afterwards (also on failure)."""
+    name = request.module.NS
+    ns_delete(name)
+    ns_add(name)
+    try:
+        yield name
+    finally:
+        ns_delete(name)
+    assert name not in ns_list()
+
+
+@pytest.fixture
+def driver(ns: str) -> Iterator[Callable[..., TrafficDriver]]:
+    """Start TrafficManagers in ``ns``, each in a process of its own (as one flanneld each)."""
+    made: list[TrafficDriver] = []
+
+    def make(**opts: bool) -> TrafficDriver:
+        made.append(TrafficDriver(ns, **opts))
+        return made[-1]
+
+    yield make
+    for d in made:
+        d.close()

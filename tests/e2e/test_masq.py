@@ -9,7 +9,7 @@ import ipaddress
 import re
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -22,30 +22,6 @@ NS = "pftm"
 NET, POD = "10.244.0.0/16", "10.244.1.0/24"
 
 Driver = TrafficDriver
-
-
-@pytest.fixture
-def ns(root: None) -> Iterator[str]:
-    ns_delete(NS)
-    ns_add(NS)
-    try:
-        yield NS
-    finally:
-        ns_delete(NS)
-    assert NS not in ns_list()
-
-
-@pytest.fixture
-def driver(ns: str) -> Iterator[Callable[..., Driver]]:
-    made: list[Driver] = []
-
-    def make(**opts: bool) -> Driver:
-        made.append(Driver(ns, **opts))
-        return made[-1]
-
-    yield make
-    for d in made:
-        d.close()
 
 
 def run(ns: str, *cmd: str, stdin: str | None = None) -> str:

@@ -20,14 +20,14 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
 
 from pyflannel.core.subnetenv import parse_subnet_env
 from pyflannel.lab.cluster import Host, Lab, stop_everything
-from pyflannel.lab.netns import in_ns, ns_add, ns_delete, ns_list, sh, veth
+from pyflannel.lab.netns import in_ns, ns_add, ns_list, sh, veth
 
 from .helpers import TrafficDriver
 
@@ -117,30 +117,6 @@ def blocks_in(rules: list[str], *blocks: list[str], head: list[str] = ()) -> boo
 # ---- two TrafficManagers in one namespace ----------------------------------------------------------
 
 Driver = TrafficDriver
-
-
-@pytest.fixture
-def ns(root: None) -> Iterator[str]:
-    ns_delete(NS)
-    ns_add(NS)
-    try:
-        yield NS
-    finally:
-        ns_delete(NS)
-    assert NS not in ns_list()
-
-
-@pytest.fixture
-def driver(ns: str) -> Iterator[Callable[..., Driver]]:
-    made: list[Driver] = []
-
-    def make(**opts: bool) -> Driver:
-        made.append(Driver(ns, **opts))
-        return made[-1]
-
-    yield make
-    for d in made:
-        d.close()
 
 
 def nft_available(ns: str) -> None:
