@@ -28,7 +28,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from .backend import Backend, Target
-from .backend.udp import PumpTarget
 from .core.backoff import Backoff, LogOnce
 from .core.desired import DesiredState
 from .core.errors import FlannelError, KernelError, LocalConfigError, TransientError
@@ -106,6 +105,7 @@ class Converger:
         self._backoff = Backoff(0.2, 10.0)
         self._retry_at: float | None = None
         self.programmed: Mapping[Net, Lease] = {}
+        self.applied: dict[str, Plan] = {}  # the last plan each target took without an error
 
     # ---- inputs (called on the event loop, O(1)) -------------------------------------------------
     def mark_dirty(self, table: Mapping[Net, Lease] | None = None) -> None:
@@ -262,6 +262,7 @@ class Converger:
             changes = target.apply(plan, full)
         else:
             changes = await asyncio.to_thread(target.apply, plan, full)
+        self.applied[name] = plan
         self.stats.changes += changes
         self.stats.per_target[name] = self.stats.per_target.get(name, 0) + changes
         self._log[name].ok(f"{name} reconcile works again")
@@ -272,6 +273,6 @@ class Converger:
 
     # ---- for the health endpoint -----------------------------------------------------------------
     def pump_table(self) -> PumpPlan | None:
-        """What the udp pump forwards by right now (the table last swapped in), or None."""
-        target = self.targets.get("pump")
-        return target.current if isinstance(target, PumpTarget) else None
+        """What the udp pump forwards by right now (the table last swapped into it), or None."""
+        plan = self.applied.get("pump")
+        return plan if isinstance(plan, PumpPlan) else None
