@@ -246,15 +246,22 @@ def test_a_second_network_asking_for_the_same_vxlan_device_is_refused(ns: str) -
             config = f'{{"Network": "{net}", "Backend": {{"Type": "vxlan", "VNI": {vni}}}}}'
             return VxlanBackend(ext, parse_config(config))
 
-        first = KernelHost(Reconciler())
-        asyncio.run(backend("10.10.0.0/16", 1).prepare(first))
+        # The claims live as long as these objects (in flanneld: the process): release them, or
+        # this long-lived test process would hold them after the namespace is gone, and a later
+        # namespace that reuses its inode would find flannel.1 taken.
+        hosts = [KernelHost(Reconciler()) for _ in range(3)]
         try:
-            asyncio.run(backend("10.20.0.0/16", 1).prepare(KernelHost(Reconciler())))
-            refused = ""
-        except LocalConfigError as err:
-            refused = str(err)
-        asyncio.run(backend("10.20.0.0/16", 2).prepare(KernelHost(Reconciler())))  # its own VNI: fine
-        return refused, sh(["ip", "-n", ns, "-br", "link"]).stdout
+            asyncio.run(backend("10.10.0.0/16", 1).prepare(hosts[0]))
+            try:
+                asyncio.run(backend("10.20.0.0/16", 1).prepare(hosts[1]))
+                refused = ""
+            except LocalConfigError as err:
+                refused = str(err)
+            asyncio.run(backend("10.20.0.0/16", 2).prepare(hosts[2]))  # its own VNI: fine
+            return refused, sh(["ip", "-n", ns, "-br", "link"]).stdout
+        finally:
+            for host in hosts:
+                host.release()
 
     refused, links = in_netns(ns, body)
     assert refused.startswith("flannel.1 is already used on this host by the flanneld of network 10.10.0.0/16: "
