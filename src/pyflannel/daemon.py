@@ -16,10 +16,13 @@ it. A task that dies unexpectedly is logged by name and ends the process with 1,
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import gc
 import ipaddress
 import logging
+import os
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -303,6 +306,7 @@ async def _main(opts: Options) -> int:
         log.info("received %s, shutting down", signal.Signals(signum).name)
         for s in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(s)  # a second signal kills us the default way
+        threading.Thread(target=_shutdown_watchdog, name="shutdown-watchdog", daemon=True).start()
         task.cancel()
 
     for s in (signal.SIGTERM, signal.SIGINT):
@@ -325,6 +329,19 @@ async def _main(opts: Options) -> int:
 
 
 _EXPECTED = (LocalConfigError, ConfigError, AllocationError, LeaseLost)
+SHUTDOWN_GRACE_S = 8.0
+
+
+def _shutdown_watchdog() -> None:
+    """A stop must never hang (systemd would SIGKILL us at TimeoutStopSec anyway): if the clean
+    shutdown has not finished after ``SHUTDOWN_GRACE_S``, print every thread's stack for the
+    operator and exit 0 all the same; the lease stays in etcd and the kernel state in place."""
+    time.sleep(SHUTDOWN_GRACE_S)
+    log.error("shutdown is still not done after %gs; the stacks of all threads follow; exiting anyway",
+              SHUTDOWN_GRACE_S)
+    faulthandler.dump_traceback(all_threads=True)
+    logging.shutdown()
+    os._exit(0)
 
 
 def _flatten(err: BaseException) -> list[BaseException]:
