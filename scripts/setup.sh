@@ -42,4 +42,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ "$pump_changed" = 1
   "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[dev]'
   touch "$stamp"
 fi
+# Go flannel, for the tests that run it beside pyflannel (first time only; skips with one message
+# when no Go >= 1.25)
+./scripts/goflannel.sh
 echo "setup: ok ($("$VENV/bin/python" --version), etcd $(etcd --version | awk 'NR==1{print $3}'))"
