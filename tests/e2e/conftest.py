@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Mapping
 
 import pytest
 
+from pyflannel.lab import goflannel
 from pyflannel.lab.cluster import Lab, stop_everything
 from pyflannel.lab.netns import ns_add, ns_delete, ns_list
 
@@ -30,7 +31,8 @@ from .helpers import TrafficDriver
 @contextlib.contextmanager
 def running_lab(name: str, hosts: int = 3, backend: str = "udp", *, config: str | None = None,
                 write_config: bool = True, extra: tuple[str, ...] = (), subnet_max: str = "",
-                env: Mapping[str, str] | None = None, wait: float = 30.0) -> Iterator[Lab]:
+                env: Mapping[str, str] | None = None, wait: float = 30.0, go_hosts: tuple[int, ...] = (),
+                host_extra: Mapping[int, tuple[str, ...]] | None = None) -> Iterator[Lab]:
     """A lab named ``name`` with ``hosts`` hosts on ``backend``.
 
     config        the network config written to etcd before flanneld starts (default: the lab's,
@@ -40,13 +42,17 @@ def running_lab(name: str, hosts: int = 3, backend: str = "udp", *, config: str 
     extra         more flanneld flags, on every host (a test restarting flanneld passes them again)
     env           environment for the lab's whole life, inherited by every flanneld it starts
     wait          seconds each host has to write its subnet.env
+    go_hosts      indexes (from 1) of the hosts that run Go flannel's flanneld instead of ours (ask
+                  for the ``go_flanneld`` fixture first, so that the test skips without it)
+    host_extra    more flanneld flags for one host only: {index: flags}, kept across restarts
     """
     if os.geteuid() != 0:
         pytest.fail("end-to-end tests need root (network namespaces, TUN devices)")
     stop_everything(name)
     saved = {key: os.environ.get(key) for key in env or {}}
     os.environ.update(env or {})
-    lab = Lab(name=name, hosts_n=hosts, backend=backend, subnet_max=subnet_max)
+    lab = Lab(name=name, hosts_n=hosts, backend=backend, subnet_max=subnet_max, go_hosts=tuple(go_hosts),
+              host_extra=dict(host_extra or {}))
     try:
         lab.up(write_config=write_config, config=config, wait=wait, extra=tuple(extra))
         yield lab
@@ -66,8 +72,20 @@ def running_lab(name: str, hosts: int = 3, backend: str = "udp", *, config: str 
 @pytest.fixture(scope="session")
 def make_lab() -> Callable[..., contextlib.AbstractContextManager[Lab]]:
     """``make_lab(name, hosts=3, backend="udp", *, config=None, write_config=True, extra=(),
-    subnet_max="", env=None, wait=30.0)``: see ``running_lab``."""
+    subnet_max="", env=None, wait=30.0, go_hosts=(), host_extra=None)``: see ``running_lab``."""
     return running_lab
+
+
+@pytest.fixture(scope="session")
+def go_flanneld() -> str:
+    """The Go flanneld built by setup (lab/goflannel.py). Without it the test skips with setup's
+    one-line reason, or fails when PYFLANNEL_REQUIRE_GO_FLANNEL=1 (CI: these tests must run)."""
+    path = goflannel.binary()
+    if path is None:
+        if goflannel.required():
+            pytest.fail(f"{goflannel.missing()} ({goflannel.REQUIRE_ENV}=1: not skipping)")
+        pytest.skip(goflannel.missing())
+    return path
 
 
 

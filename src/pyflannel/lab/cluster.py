@@ -5,7 +5,8 @@ Layout for lab ``NAME`` (default ``pfl``), all inside network namespaces:
     NAME-ul    the underlay: bridge br0, 198.18.0.1/24 (the hosts' default gateway)
     NAME-etcd  etcd at 198.18.0.2:2379
     NAME-hI    host I at 198.18.0.(10+I): flanneld with the article's flags, docker0 configured
-               from its own mk-docker-opts output (--bip, --mtu)
+               from its own mk-docker-opts output (--bip, --mtu); the hosts in ``go_hosts`` run
+               Go flannel's flanneld (lab/goflannel.py) with the same flags instead of ours
     NAME-cI    one container behind host I's docker0 (its address: the subnet's .2)
 
 State (logs, subnet.env, etcd data, lab.json) lives in /run/pyflannel-lab/NAME.
@@ -25,6 +26,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from ..core.subnetenv import parse_subnet_env
+from . import goflannel
 from .etcd_server import EtcdServer
 from .netns import LabError, in_ns, ns_add, ns_delete, ns_kill_all, ns_list, sh, sysctl, veth
 
@@ -54,6 +56,7 @@ class Host:
     subnet: str = ""  # FLANNEL_SUBNET, e.g. 10.0.53.1/24
     container_ip: str = ""
     docker_opts: str = ""
+    go: bool = False  # runs Go flannel's flanneld, not ours
 
 
 @dataclass
@@ -62,6 +65,8 @@ class Lab:
     hosts_n: int = 3
     backend: str = "udp"
     subnet_max: str = ""  # tests keep real hosts below this, so synthetic leases above never collide
+    go_hosts: tuple[int, ...] = ()  # indexes (from 1) of the hosts running Go flannel's flanneld
+    host_extra: dict[int, tuple[str, ...]] = field(default_factory=dict)  # index -> flags for that host only
     hosts: list[Host] = field(default_factory=list)
     etcd_server: EtcdServer | None = field(default=None, repr=False)
 
@@ -97,16 +102,18 @@ class Lab:
 
     def save(self) -> None:
         with open(os.path.join(self.state_dir, "lab.json"), "w") as f:
-            json.dump({"name": self.name, "backend": self.backend, "hosts": [asdict(h) for h in self.hosts]}, f,
-                      indent=2)
+            json.dump({"name": self.name, "backend": self.backend, "hosts": [asdict(h) for h in self.hosts],
+                       "host_extra": {str(i): list(v) for i, v in self.host_extra.items()}}, f, indent=2)
 
     @classmethod
     def load(cls, name: str) -> Lab:
         path = os.path.join(STATE_ROOT, name, "lab.json")
         with open(path) as f:
             data = json.load(f)
-        return cls(name=name, hosts_n=len(data["hosts"]), backend=data["backend"],
-                   hosts=[Host(**h) for h in data["hosts"]])
+        hosts = [Host(**h) for h in data["hosts"]]
+        return cls(name=name, hosts_n=len(hosts), backend=data["backend"], hosts=hosts,
+                   go_hosts=tuple(h.index for h in hosts if h.go),
+                   host_extra={int(i): tuple(v) for i, v in data.get("host_extra", {}).items()})
 
     # ---- bring up ---------------------------------------------------------------------------------
     def up(self, *, write_config: bool = True, config: str | None = None, wait: float = 30.0,
@@ -191,7 +198,8 @@ class Lab:
         self.etcdctl("put", f"{prefix}/config", config)
 
     def _host(self, i: int) -> Host:
-        host = Host(i, f"{self.name}-h{i}", f"{self.name}-c{i}", str(UNDERLAY.network_address + 10 + i))
+        host = Host(i, f"{self.name}-h{i}", f"{self.name}-c{i}", str(UNDERLAY.network_address + 10 + i),
+                    go=i in self.go_hosts)
         ns_add(host.ns)
         self._attach(host.ns, host.ip, f"h{i}")
         sysctl(host.ns, "net.ipv4.ip_forward", "1")
@@ -201,10 +209,21 @@ class Lab:
     def flanneld_command(self, host: Host, extra: tuple[str, ...] = (), *, prefix: str = PREFIX,
                          subnet_file: str | None = None) -> list[str]:
         """The article's flags: FLANNEL_ETCD_ENDPOINTS and FLANNEL_ETCD_PREFIX from
-        /etc/sysconfig/flanneld. ``prefix`` and ``subnet_file``: another network's flanneld on
-        the same host (default: the lab's network and the host's subnet.env)."""
-        return in_ns(host.ns, *_tool("flanneld"), f"-etcd-endpoints={self.etcd_endpoint}",
-                     f"-etcd-prefix={prefix}", f"--subnet-file={subnet_file or self.subnet_file(host)}", *extra)
+        /etc/sysconfig/flanneld, then the host's own ``host_extra`` and ``extra``. ``prefix`` and
+        ``subnet_file``: another network's flanneld on the same host (default: the lab's network
+        and the host's subnet.env). A ``go`` host runs Go flannel's flanneld with the same flags."""
+        return in_ns(host.ns, *self.flanneld_binary(host), f"-etcd-endpoints={self.etcd_endpoint}",
+                     f"-etcd-prefix={prefix}", f"--subnet-file={subnet_file or self.subnet_file(host)}",
+                     *self.host_extra.get(host.index, ()), *extra)
+
+    @staticmethod
+    def flanneld_binary(host: Host) -> list[str]:
+        if not host.go:
+            return _tool("flanneld")
+        path = goflannel.binary()
+        if path is None:
+            raise LabError(goflannel.missing())
+        return [path]
 
     def start_flanneld(self, host: Host, extra: tuple[str, ...] = (), env: dict[str, str] | None = None
                        ) -> subprocess.Popen[bytes]:
