@@ -1,7 +1,9 @@
 """flanneld's conductor: the one owner of lifecycle and tasks (docs/architecture.md).
 
 config -> external interface and public IP -> backend.prepare -> lease -> converger.start (our
-devices and routes) -> iptables -> subnet.env -> READY=1 -> tasks under one TaskGroup:
+devices and routes) -> iptables -> tasks under one TaskGroup:
+
+- subnet-file: writes subnet.env, then READY=1; while it cannot, retries, not ready, forwarding;
 
 - watcher: etcd watch -> peer table -> ``converger.mark_dirty`` (never waits on the kernel);
 - converger: plans once per batch and applies (``converger.py``);
@@ -33,7 +35,7 @@ from .core.config import NetworkConfig, parse_config
 from .core.errors import AllocationError, ConfigError, KernelError, LeaseLost, LocalConfigError, StoreUnavailable
 from .core.events import PeerTable, Snapshot
 from .core.lease import Lease
-from .core.subnetenv import render_subnet_env, subnet_env_for
+from .core.subnetenv import SubnetEnv, render_subnet_env, subnet_env_for
 from .keeper import LeaseKeeper
 from .kernel.host import KernelHost
 from .kernel.iface import select_external_interface
@@ -41,10 +43,13 @@ from .kernel.traffic import TrafficManager
 from .observe import HttpServer, Stats, View
 from .store.etcd import EtcdOptions, EtcdRegistry
 from .store.manager import DEFAULT_TTL, LeaseManager, log_bad, watch_leases
-from .subnetfile import read_previous_subnet, write_subnet_file
+from .subnetfile import read_previous_subnet, try_write_subnet_file, unwritable_fix
 from .systemd import sd_notify
 
 log = logging.getLogger("flanneld")
+
+SUBNET_FILE_RETRY_S = 5.0  # longest wait between two tries at an unwritable subnet.env
+SUBNET_FILE_EXTEND_S = 30.0  # each try extends systemd's start timeout by this much
 
 
 @dataclass(frozen=True)
@@ -175,30 +180,53 @@ class Conductor:
         self.backend = backend = get_backend(config.backend_type)(ext, config)
         self.converger = converger = Converger(backend, full_check_s=opts.kernel_check_s)
         attrs = await backend.prepare(KernelHost(converger.reconciler))
-        prev_subnet, prev_network = read_previous_subnet(opts.subnet_file)
-        manager = LeaseManager(self.registry, attrs, ttl=opts.lease_ttl_s, previous_subnet=prev_subnet)
+        prev = read_previous_subnet(opts.subnet_file, config.subnet_len)
+        manager = LeaseManager(self.registry, attrs, ttl=opts.lease_ttl_s, previous_subnet=prev.subnet,
+                               previous_problem=prev.problem and f"subnet.env {opts.subnet_file} names no usable "
+                                                                 f"subnet: {prev.problem}")
         lease = await self.acquire(config, manager)
         self.keeper = LeaseKeeper(lease, manager, self.registry, opts.renew_margin_min * 60)
         await converger.start(lease, await backend.start(lease))
-        await self._setup_traffic(config, lease, prev_network, prev_subnet)
+        await self._setup_traffic(config, lease, prev.network, prev.subnet)
         assert config.network is not None
         env = subnet_env_for(config.network, lease.subnet, backend.mtu(), opts.ip_masq)
-        write_subnet_file(opts.subnet_file, render_subnet_env(env))
-        self.stats.ready = True
-        log.info("flannel is ready: wrote %s subnet=%s mtu=%d", opts.subnet_file, env.subnet, env.mtu)
-        if prev_subnet is not None and prev_subnet != lease.subnet:
-            log.error("SUBNET CHANGED from %s to %s: restart docker (or the container runtime) so that its "
-                      "bridge moves to the new subnet", prev_subnet, lease.subnet)
-        sd_notify("READY=1")
         # Everything built so far (modules, clients, the backend) lives as long as the process:
         # out of the collector's sight, a full collection no longer walks it again and again.
         gc.freeze()
         async with asyncio.TaskGroup() as tg:
+            # first, so that its first write is not queued behind the others' start-up
+            tg.create_task(self._guard("subnet-file", self.publish_subnet_file(env, prev.subnet)))
             tg.create_task(self._guard("watcher", self.watch_loop()))
             tg.create_task(self._guard("converger", converger.run()))
             tg.create_task(self._guard("keeper", self.keeper.run()))
             tg.create_task(self._guard("traffic-check", self.traffic_loop()))
             tg.create_task(self._guard("store-probe", self.probe_loop()))
+
+    async def publish_subnet_file(self, env: SubnetEnv, prev_subnet: ipaddress.IPv4Network | None) -> None:
+        """Write subnet.env, then report ready (READY=1). While it cannot be written (read-only, full,
+        a directory in its place...) the data path forwards all the same: not ready with the cause
+        (/readyz, flannel_ready 0, systemd's STATUS=), one error naming the fix, a retry at most
+        every SUBNET_FILE_RETRY_S. READY=1 waits for the file, since docker's options come from it;
+        EXTEND_TIMEOUT_USEC keeps systemd's start timeout from killing a forwarding flanneld."""
+        path, text = self.opts.subnet_file, render_subnet_env(env)
+        backoff, once = Backoff(0.5, SUBNET_FILE_RETRY_S), LogOnce(log)
+        while (err := await asyncio.to_thread(try_write_subnet_file, path, text)) is not None:
+            cause = f"cannot write {path}: {err.strerror or err}"
+            once.error("%s; %s. The network keeps forwarding; flanneld reports not ready and retries every %gs",
+                       cause, unwritable_fix(path, err), SUBNET_FILE_RETRY_S)
+            self.stats.not_ready = cause
+            sd_notify(f"STATUS=not ready: {cause} (forwarding continues)\n"
+                      f"EXTEND_TIMEOUT_USEC={int(SUBNET_FILE_EXTEND_S * 1e6)}")
+            await asyncio.sleep(backoff.next())
+        once.ok("%s can be written again", path)
+        self.stats.not_ready = ""
+        self.stats.ready = True
+        lease = self.lease
+        log.info("flannel is ready: wrote %s subnet=%s mtu=%d", path, env.subnet, env.mtu)
+        if prev_subnet is not None and lease is not None and prev_subnet != lease.subnet:
+            log.error("SUBNET CHANGED from %s to %s: restart docker (or the container runtime) so that its "
+                      "bridge moves to the new subnet", prev_subnet, lease.subnet)
+        sd_notify(f"READY=1\nSTATUS=ready: subnet {env.subnet}")
 
     def _warn_unsupported(self, config: NetworkConfig) -> None:
         """Accepted settings that do nothing yet say so, once, at start-up."""

@@ -26,6 +26,7 @@ class Stats:
     """The conductor's own state for the metrics (one event loop writes it)."""
 
     ready: bool = False
+    not_ready: str = ""  # why not ready while forwarding (e.g. subnet.env cannot be written)
     store_ok: bool = True
     watch_relists: int = 0
     started: float = field(default_factory=time.time)
@@ -76,6 +77,9 @@ class HttpServer:
                 return 200, "text/plain", b"flanneld is ready"
             if self.view.stats.ready:
                 return 503, "text/plain", b"flanneld is not ready: etcd is unreachable (forwarding continues)"
+            if self.view.stats.not_ready:
+                why = f"flanneld is not ready: {self.view.stats.not_ready} (forwarding continues)"
+                return 503, "text/plain", why.encode()
             return 503, "text/plain", b"flanneld is not ready yet"
         if path == "/metrics":
             from prometheus_client import generate_latest

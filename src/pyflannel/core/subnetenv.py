@@ -9,7 +9,9 @@ human may have edited the file or another tool may have written it.
 
 Everything here is pure: callers do the file I/O (the daemon writes atomically, the CLI reads). A
 line that is not ``KEY=VALUE`` raises ``LocalConfigError``: the file lives on this host and the
-operator fixes it.
+operator fixes it. flanneld itself reads its previous file with ``salvage_subnet_env`` instead:
+bytes, line by line, keeping every line that reads and noting the others, because a damaged file
+must never stop it (``previous_run`` then says which subnet, if any, the file still names).
 
 Differences from godotenv, on purpose: no ``$VAR`` expansion, no multi-line quoted values, no
 YAML-style ``KEY: value`` lines. None of these occur in a file flannel writes.
@@ -20,17 +22,21 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from .errors import LocalConfigError
 
 SUBNET_KEY = "FLANNEL_SUBNET"
 IPV6_SUBNET_KEY = "FLANNEL_IPV6_SUBNET"
+NETWORK_KEY = "FLANNEL_NETWORK"
+MAX_SUBNET_ENV_BYTES = 64 * 1024  # flannel writes ~100 bytes; flanneld reads no more than this
 
 _KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
 _INLINE_COMMENT_RE = re.compile(r"\s#")
 _PREFIX_LEN_RE = re.compile(r"[0-9]{1,3}")
+_LEADING_ADDR_RE = re.compile(r"\s*([0-9.]+)(/?)")
+_IGNORED_KEPT = 8  # ignored lines named in the log; the rest are counted
 _DOUBLE_QUOTE_ESCAPES = {"n": "\n", "r": "\r"}
 
 _Iface = TypeVar("_Iface", ipaddress.IPv4Interface, ipaddress.IPv6Interface)
@@ -67,7 +73,7 @@ def render_subnet_env(env: SubnetEnv) -> str:
     """The file's text, byte for byte what Go flannel's ``WriteSubnetFile`` writes."""
     lines: list[str] = []
     if env.network is not None:
-        lines.append(f"FLANNEL_NETWORK={env.network}")
+        lines.append(f"{NETWORK_KEY}={env.network}")
         lines.append(f"{SUBNET_KEY}={env.subnet}")
     if env.ipv6_network is not None:
         lines.append(f"FLANNEL_IPV6_NETWORK={env.ipv6_network}")
@@ -209,3 +215,165 @@ def _first_usable_v4(net: ipaddress.IPv4Network) -> ipaddress.IPv4Interface:
 def _first_usable_v6(net: ipaddress.IPv6Network) -> ipaddress.IPv6Interface:
     addr = ipaddress.IPv6Address((int(net.network_address) + 1) % 2**128)
     return ipaddress.IPv6Interface((addr, net.prefixlen))
+
+
+# --- flanneld's own previous file, read leniently -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Salvaged:
+    """What a possibly damaged subnet.env still says (``salvage_subnet_env``).
+
+    ``values`` holds the lines that read cleanly (a later duplicate wins). ``ignored`` names the
+    first few other lines and why (``line 3 (b'\\xff\\xfe'): not UTF-8 ...``), ``ignored_count``
+    counts them all. ``cut_key`` is the key of a last line with no newline after it: the file may
+    have been cut off there, so its value may be too. ``fragments`` maps the key of a damaged line
+    (bad bytes, a broken quote) to the text before the damage.
+    """
+
+    values: dict[str, str] = field(default_factory=dict)
+    ignored: tuple[str, ...] = ()
+    ignored_count: int = 0
+    cut_key: str = ""
+    fragments: dict[str, str] = field(default_factory=dict)
+
+
+def salvage_subnet_env(data: bytes, *, truncated: bool = False) -> Salvaged:
+    """Read ``data`` line by line, never failing: a line that is not UTF-8, holds a NUL byte or is
+    not ``KEY=VALUE`` is noted and skipped, the others are read as ``parse_subnet_env`` reads them.
+    ``truncated``: the caller read only the first ``MAX_SUBNET_ENV_BYTES`` of a longer file."""
+    values: dict[str, str] = {}
+    fragments: dict[str, str] = {}
+    ignored: list[str] = []
+    count, cut_key = 0, ""
+    lines = data.split(b"\n")
+    for lineno, raw in enumerate(lines, start=1):
+        raw = raw.removesuffix(b"\r")
+        text, why = _undamaged_prefix(raw)
+        if not why:
+            line = text.strip()
+            if not line or line.startswith("#"):
+                continue
+            try:
+                key, value = _parse_line(line)
+            except ValueError as err:
+                why = str(err)
+            else:
+                values[key] = value
+                cut_key = key if lineno == len(lines) else ""  # the last "line" is b"" after a final newline
+                continue
+        count += 1
+        if len(ignored) < _IGNORED_KEPT:
+            ignored.append(f"line {lineno} ({_excerpt(raw)}): {why}")
+        key, value = _fragment(text)
+        if key:
+            fragments[key] = value
+    if truncated:
+        count += 1
+        ignored.append(f"everything after the first {MAX_SUBNET_ENV_BYTES} bytes (the file is larger)")
+    return Salvaged(values, tuple(ignored), count, cut_key, fragments)
+
+
+def _undamaged_prefix(raw: bytes) -> tuple[str, str]:
+    """(the line's text up to any damage, why it is damaged or "")."""
+    nul = raw.find(b"\0")
+    head = raw if nul < 0 else raw[:nul]
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return head[: err.start].decode("utf-8"), f"not UTF-8 (byte 0x{head[err.start]:02x} at column {err.start + 1})"
+    if nul >= 0:
+        return text, f"NUL byte at column {nul + 1}"
+    return text, ""
+
+
+def _excerpt(raw: bytes, limit: int = 20) -> str:
+    """A short, printable, log-safe rendering of a line."""
+    return repr(raw[:limit]) + ("..." if len(raw) > limit else "")
+
+
+def _fragment(text: str) -> tuple[str, str]:
+    """``KEY=value...`` at the start of a damaged line: (KEY, the value's text), else ("", "")."""
+    text = text.strip()
+    if text.startswith(("export ", "export\t")):
+        text = text[len("export") :].lstrip()
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not _KEY_RE.fullmatch(key):
+        return "", ""
+    return key, value.strip().lstrip("'\"")
+
+
+@dataclass(frozen=True)
+class PreviousRun:
+    """What flanneld's previous subnet.env tells the next start.
+
+    ``subnet``: the lease it names (network form), to be asked for again; ``network``: the network
+    it served (to recycle old iptables rules). ``problem``: why a file that is there names no usable
+    subnet (the caller says so plainly). ``recovered``: how a damaged ``FLANNEL_SUBNET`` still
+    named its subnet.
+    """
+
+    subnet: ipaddress.IPv4Network | None = None
+    network: ipaddress.IPv4Network | None = None
+    problem: str = ""
+    recovered: str = ""
+
+
+def previous_run(s: Salvaged, subnet_len: int) -> PreviousRun:
+    """The previous subnet and network in ``s``. A clean ``FLANNEL_SUBNET`` is taken as it is
+    (``previous_subnets``). A damaged or cut one still names its subnet when its address is
+    whole (followed by ``/``, or ending a complete line) and is what flannel writes, the first
+    address of a ``subnet_len`` subnet: ``10.0.53.1/2`` cut from ``10.0.53.1/24`` is
+    ``10.0.53.0/24``; ``10.0.5`` names nothing."""
+    network = None
+    if NETWORK_KEY in s.values and s.cut_key != NETWORK_KEY:
+        try:
+            network = ipaddress.IPv4Network(s.values[NETWORK_KEY], strict=False)
+        except ValueError:
+            network = None
+    clean = s.values.get(SUBNET_KEY)
+    complete = clean is not None and s.cut_key != SUBNET_KEY
+    full = _first_cidr(clean, ipaddress.IPv4Interface)
+    if full is not None and complete:
+        return PreviousRun(full.network, network)
+    raw = clean if clean is not None else s.fragments.get(SUBNET_KEY)
+    if raw is None:
+        return PreviousRun(None, network, problem=f"it has no {SUBNET_KEY} line" + _ignored_note(s))
+    shown = ascii(raw[:40])
+    addr, subnet = _subnet_from_address(raw, complete, subnet_len)
+    if subnet is None:
+        if clean is None:
+            why = "is on a damaged line, and no whole address survives in it"
+        elif not complete:
+            why = "is cut off (no newline ends the file), and no whole address survives in it"
+        else:
+            why = "is not a subnet such as 10.0.53.1/24"
+        return PreviousRun(None, network, problem=f"{SUBNET_KEY}={shown} {why}")
+    if full is not None and full.network == subnet:
+        return PreviousRun(subnet, network)  # a hand-written file without a final newline
+    how = (f"{SUBNET_KEY}={shown} is not a whole subnet (damaged or cut off); its address {addr} is the first "
+           f"of {subnet} (SubnetLen /{subnet_len}): asking for that subnet")
+    return PreviousRun(subnet, network, recovered=how)
+
+
+def _ignored_note(s: Salvaged) -> str:
+    n = s.ignored_count
+    return f" ({n} damaged line{'' if n == 1 else 's'} ignored)" if n else ""
+
+
+def _subnet_from_address(raw: str, complete: bool, subnet_len: int
+                         ) -> tuple[str, ipaddress.IPv4Network | None]:
+    """(the leading address, the ``subnet_len`` subnet it is the first address of) or ("", None)
+    when the address may be cut or is not a subnet's first address."""
+    m = _LEADING_ADDR_RE.match(raw)
+    if m is None or not (m.group(2) or (complete and m.end() == len(raw.rstrip()))):
+        return "", None
+    try:
+        addr = ipaddress.IPv4Address(m.group(1))
+        subnet = ipaddress.IPv4Network((addr, subnet_len), strict=False)
+    except ValueError:
+        return "", None
+    if int(addr) != int(subnet.network_address) + 1:
+        return "", None
+    return str(addr), subnet

@@ -52,12 +52,16 @@ class LeaseManager:
         *,
         ttl: int = DEFAULT_TTL,
         previous_subnet: ipaddress.IPv4Network | None = None,
+        previous_problem: str = "",
         rng: random.Random | None = None,
     ) -> None:
+        """``previous_problem``: why the previous subnet.env names no usable subnet ("subnet.env
+        PATH names no usable subnet: WHY"); said plainly once the outcome is known."""
         self.registry = registry
         self.attrs = attrs
         self.ttl = ttl
         self.previous_subnet = previous_subnet
+        self.previous_problem = previous_problem
         self.rng = rng or random.SystemRandom()
 
     async def acquire(self, config: NetworkConfig) -> AcquireResult:
@@ -82,6 +86,7 @@ class LeaseManager:
                 new = await self.registry.update_lease(lease, self.attrs, ttl)
                 if new is None:
                     return None
+                self._say_problem(f"our lease in etcd still names {new.subnet}: keeping it")
                 return new, "reservation" if lease.is_reservation else "reused"
             if lease.is_reservation:
                 log.warning("ignoring reservation %s for our public IP %s: it does not fit the network config "
@@ -99,9 +104,18 @@ class LeaseManager:
                 return (new, "previous") if new is not None else None
             log.info("not reusing previous subnet %s from subnet.env: taken or outside the network config", prev)
             self.previous_subnet = None
+        self._say_problem("nothing else names our old subnet (no lease in etcd for our public IP "
+                          f"{self.attrs.public_ip}): a new subnet will be leased; restart docker afterwards",
+                          logging.ERROR)
         subnet = pick_subnet(config, taken, self.rng)
         new = await self.registry.create_lease(subnet, self.attrs, self.ttl)
         return (new, "allocated") if new is not None else None
+
+    def _say_problem(self, outcome: str, level: int = logging.WARNING) -> None:
+        """Once: the previous subnet.env named no usable subnet, and what that means now."""
+        if self.previous_problem:
+            log.log(level, "%s; %s", self.previous_problem, outcome)
+            self.previous_problem = ""
 
     async def renew(self, lease: Lease) -> Lease | None:
         """Re-put our lease with a fresh TTL; None when the key was changed or deleted by someone."""
