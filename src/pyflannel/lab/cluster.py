@@ -225,10 +225,10 @@ class Lab:
             raise LabError(goflannel.missing())
         return [path]
 
-    def start_flanneld(self, host: Host, extra: tuple[str, ...] = (), env: dict[str, str] | None = None
-                       ) -> subprocess.Popen[bytes]:
+    def start_flanneld(self, host: Host, extra: tuple[str, ...] = (), env: dict[str, str] | None = None,
+                       subnet_file: str | None = None) -> subprocess.Popen[bytes]:
         with open(self.log_file(host), "ab") as log:
-            proc = subprocess.Popen(self.flanneld_command(host, extra), stdout=log, stderr=subprocess.STDOUT,
+            proc = subprocess.Popen(self.flanneld_command(host, extra, subnet_file=subnet_file), stdout=log, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True,
                                     env=None if env is None else dict(os.environ, **env))
         with open(os.path.join(self.host_dir(host), "flanneld.pid"), "w") as f:
