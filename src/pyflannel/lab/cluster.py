@@ -228,8 +228,8 @@ class Lab:
     def start_flanneld(self, host: Host, extra: tuple[str, ...] = (), env: dict[str, str] | None = None,
                        subnet_file: str | None = None) -> subprocess.Popen[bytes]:
         with open(self.log_file(host), "ab") as log:
-            proc = subprocess.Popen(self.flanneld_command(host, extra, subnet_file=subnet_file), stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True,
+            proc = subprocess.Popen(self.flanneld_command(host, extra, subnet_file=subnet_file), stdout=log,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                                     env=None if env is None else dict(os.environ, **env))
         with open(os.path.join(self.host_dir(host), "flanneld.pid"), "w") as f:
             f.write(str(proc.pid))
