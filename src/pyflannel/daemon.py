@@ -212,13 +212,13 @@ class Conductor:
         backoff, once = Backoff(0.5, SUBNET_FILE_RETRY_S), LogOnce(log)
         while (err := await asyncio.to_thread(try_write_subnet_file, path, text)) is not None:
             cause = f"cannot write {path}: {err.strerror or err}"
-            once.error("%s; %s. The network keeps forwarding; flanneld reports not ready and retries every %gs",
+            once.error("%s; %s. The network keeps forwarding; flanneld reports not ready and retries at most %gs apart",
                        cause, unwritable_fix(path, err), SUBNET_FILE_RETRY_S)
             self.stats.not_ready = cause
             sd_notify(f"STATUS=not ready: {cause} (forwarding continues)\n"
                       f"EXTEND_TIMEOUT_USEC={int(SUBNET_FILE_EXTEND_S * 1e6)}")
             await asyncio.sleep(backoff.next())
-        once.ok("%s can be written again", path)
+        recovered = once.ok("%s can be written again", path)
         self.stats.not_ready = ""
         self.stats.ready = True
         lease = self.lease
@@ -226,7 +226,8 @@ class Conductor:
         if prev_subnet is not None and lease is not None and prev_subnet != lease.subnet:
             log.error("SUBNET CHANGED from %s to %s: restart docker (or the container runtime) so that its "
                       "bridge moves to the new subnet", prev_subnet, lease.subnet)
-        sd_notify(f"READY=1\nSTATUS=ready: subnet {env.subnet}")
+        # as Go flannel: READY=1 alone; after a failure, also a STATUS= replacing the one with the cause
+        sd_notify("READY=1" + (f"\nSTATUS=ready: subnet {env.subnet}" if recovered else ""))
 
     def _warn_unsupported(self, config: NetworkConfig) -> None:
         """Accepted settings that do nothing yet say so, once, at start-up."""
