@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import random
 import subprocess
 import sys
 import threading
@@ -62,6 +64,42 @@ def ip(host_ns: str, *args: str) -> str:
 
 def all_pairs_ping(lab: Lab) -> list[tuple[int, int]]:
     return [(a.index, b.index) for a in lab.hosts for b in lab.hosts if a is not b and not lab.ping(a, b, 1)[0]]
+
+
+_SERVER = """
+import hashlib, socket, sys
+srv = socket.create_server(("0.0.0.0", 5201))
+print("ready", flush=True)
+conn, _ = srv.accept()
+h, n = hashlib.sha256(), 0
+while chunk := conn.recv(1 << 16):
+    h.update(chunk)
+    n += len(chunk)
+print(n, h.hexdigest(), flush=True)
+"""
+
+_CLIENT = """
+import random, socket, sys
+data = random.Random(int(sys.argv[2])).randbytes(int(sys.argv[3]))
+with socket.create_connection((sys.argv[1], 5201), timeout=20) as s:
+    s.sendall(data)
+"""
+
+
+def transfer(a: Host, b: Host, size: int = 20 * 1024 * 1024, seed: int = 0, timeout: float = 120) -> None:
+    """``size`` random bytes from a's container to b's over TCP; the receiver's byte count and
+    sha256 must be the sender's."""
+    srv = subprocess.Popen(in_ns(b.container_ns, sys.executable, "-c", _SERVER), stdout=subprocess.PIPE, text=True)
+    try:
+        assert srv.stdout is not None and srv.stdout.readline().strip() == "ready"
+        subprocess.run(in_ns(a.container_ns, sys.executable, "-c", _CLIENT, b.container_ip, str(seed), str(size)),
+                       check=True, timeout=timeout)
+        n, digest = srv.stdout.readline().split()
+    finally:
+        srv.kill()
+        srv.wait(timeout=10)
+    assert int(n) == size
+    assert digest == hashlib.sha256(random.Random(seed).randbytes(size)).hexdigest()
 
 
 # Runs a TrafficManager inside a namespace, as one flanneld would: one JSON command per stdin line,

@@ -8,24 +8,22 @@ whose content is checked end to end (large packets, bursts: the compiled pump's 
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import os
 import struct
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
 import pytest
 
 from pyflannel.backend import udp_pump
-from pyflannel.lab.cluster import Host, Lab
+from pyflannel.lab.cluster import Lab
 from pyflannel.lab.netns import in_ns, sh
 from pyflannel.lab.pcap import all_packets
 
 from . import test_udp_lab as _base
-from .helpers import log_text, wait_for
+from .helpers import log_text, transfer, wait_for
 
 MTU = 1472  # flannel0: the lab's 1500 underlay - 28
 PUMPS = {"c": "udp pump: compiled (PYFLANNEL_PUMP=c)", "python": "udp pump: pure python (PYFLANNEL_PUMP=python)"}
@@ -51,46 +49,10 @@ def test_the_forced_pump_is_the_one_running(lab: Lab) -> None:
         assert want in log_text(lab, h)
 
 
-_SERVER = """
-import hashlib, socket, sys
-srv = socket.create_server(("0.0.0.0", 5201))
-print("ready", flush=True)
-conn, _ = srv.accept()
-h, n = hashlib.sha256(), 0
-while chunk := conn.recv(1 << 16):
-    h.update(chunk)
-    n += len(chunk)
-print(n, h.hexdigest(), flush=True)
-"""
-
-_CLIENT = """
-import os, socket, sys
-data = bytes.fromhex(sys.argv[2]) * (int(sys.argv[3]) // 4096)
-with socket.create_connection((sys.argv[1], 5201), timeout=20) as s:
-    s.sendall(data)
-"""
-
-
-def transfer(lab: Lab, a: Host, b: Host, size: int = 20 * 1024 * 1024) -> None:
-    """``size`` bytes from a's container to b's over TCP, checked byte for byte."""
-    block = os.urandom(4096)
-    srv = subprocess.Popen(in_ns(b.container_ns, sys.executable, "-c", _SERVER), stdout=subprocess.PIPE, text=True)
-    try:
-        assert srv.stdout is not None and srv.stdout.readline().strip() == "ready"
-        subprocess.run(in_ns(a.container_ns, sys.executable, "-c", _CLIENT, b.container_ip, block.hex(), str(size)),
-                       check=True, timeout=60)
-        n, digest = srv.stdout.readline().split()
-    finally:
-        srv.kill()
-        srv.wait(timeout=10)
-    assert int(n) == size
-    assert digest == hashlib.sha256(block * (size // 4096)).hexdigest()
-
-
 def test_bulk_tcp_transfer_arrives_intact(lab: Lab) -> None:
     """20 MB container to container over flannel0 and UDP/8285, both ways."""
-    transfer(lab, lab.hosts[0], lab.hosts[1])
-    transfer(lab, lab.hosts[1], lab.hosts[0])
+    transfer(lab.hosts[0], lab.hosts[1])
+    transfer(lab.hosts[1], lab.hosts[0])
 
 
 def test_the_two_pumps_talk_to_each_other(lab: Lab) -> None:
@@ -107,8 +69,8 @@ def test_the_two_pumps_talk_to_each_other(lab: Lab) -> None:
         wait_for(lambda: lab.ping(h1, h3, count=1)[0], what="ping h1 -> h3")
         compiled = h3 if other == "c" else h1  # with TUN offloads: super-packets against a plain reader
         assert "udp TUN offloads: on" in log_text(lab, compiled)
-        transfer(lab, h1, h3)
-        transfer(lab, h3, h1)
+        transfer(h1, h3)
+        transfer(h3, h1)
     finally:
         lab.stop_flanneld(h3)
         lab.start_flanneld(h3)
@@ -142,7 +104,7 @@ def test_bulk_tcp_on_the_wire_is_whole_mtu_sized_ipv4_packets(lab: Lab) -> None:
         deadline = time.monotonic() + 10
         while "listening on" not in cap.stderr.readline() and time.monotonic() < deadline:
             pass
-        transfer(lab, h1, h2, size=4 * 1024 * 1024)
+        transfer(h1, h2, size=4 * 1024 * 1024)
         time.sleep(0.5)
     finally:
         cap.terminate()
