@@ -16,6 +16,7 @@ from pyflannel.core.lease import (
     LeaseAttrs,
     parse_lease_attrs,
     parse_subnet_key,
+    public_ip_problem,
     render_lease_attrs,
     render_subnet_key,
 )
@@ -188,7 +189,7 @@ def test_dual_stack_value_field_order():
 
 def test_unset_public_ip_and_compressed_v6():
     expected = b'{"PublicIP":"0.0.0.0","PublicIPv6":"fc00::10"}'
-    assert render_lease_attrs(LeaseAttrs(A4(0), A6("FC00:0:0:0::0010"))) == expected
+    assert render_lease_attrs(LeaseAttrs(A4(0), A6("FC00:0:0:0::0010"))) == expected  # IPv6-only host
 
 
 def test_parse_accepts_str_and_bytes():
@@ -209,7 +210,9 @@ def test_parse_matches_keys_case_insensitively(text):
 
 
 def test_parse_defaults_and_unknown_keys():
-    assert parse_lease_attrs("{}") == LeaseAttrs(A4("0.0.0.0"))
+    with pytest.raises(StoreDataError, match="unspecified"):  # a missing PublicIP points nowhere
+        parse_lease_attrs("{}")
+    assert parse_lease_attrs('{"PublicIPv6":"2001:db8::1"}') == LeaseAttrs(A4("0.0.0.0"), A6("2001:db8::1"))
     assert parse_lease_attrs('{"PublicIP":"1.2.3.4","Extra":[1,2],"BackendType":null}') == LeaseAttrs(A4("1.2.3.4"))
 
 
@@ -275,10 +278,14 @@ json_values = st.recursive(
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=12,
 )
+def _possible(ip):  # an address a host can have as its public IP
+    return public_ip_problem(ip) is None
+
+
 attrs_strategy = st.builds(
     LeaseAttrs,
-    public_ip=st.builds(A4, st.integers(0, 2**32 - 1)),
-    public_ipv6=st.none() | st.builds(A6, st.integers(0, 2**128 - 1)),
+    public_ip=st.builds(A4, st.integers(0, 2**32 - 1)).filter(_possible),
+    public_ipv6=st.none() | st.builds(A6, st.integers(0, 2**128 - 1)).filter(_possible),
     backend_type=st.sampled_from(["", "udp", "vxlan", "host-gw", "wireguard"]) | st.text(max_size=12),
     backend_data=st.none() | st.dictionaries(st.text(max_size=8), json_values, max_size=4),
     backend_v6_data=st.none() | st.dictionaries(st.text(max_size=8), json_values, max_size=4),
@@ -323,3 +330,26 @@ def test_parse_of_arbitrary_json_objects_raises_only_store_data_error(obj):
         return
     assert isinstance(attrs, LeaseAttrs)
     assert isinstance(attrs.backend_type, str)
+
+
+@pytest.mark.parametrize("ip,why", [
+    ("0.0.0.0", "unspecified"), ("224.0.0.1", "multicast"), ("239.1.2.3", "multicast"),
+    ("255.255.255.255", "broadcast"), ("127.0.0.1", "loopback"), ("169.254.1.2", "link-local"),
+])
+def test_impossible_public_ips_are_neither_read_nor_written(ip, why):
+    with pytest.raises(StoreDataError, match=why):
+        parse_lease_attrs(f'{{"PublicIP":"{ip}","PublicIPv6":null}}')
+    with pytest.raises(StoreDataError, match=why):
+        render_lease_attrs(LeaseAttrs(A4(ip)))
+
+
+@pytest.mark.parametrize("ip6", ["::", "ff02::1", "::1", "fe80::1"])
+def test_impossible_public_ipv6(ip6):
+    with pytest.raises(StoreDataError, match="PublicIPv6"):
+        parse_lease_attrs(f'{{"PublicIP":"198.18.0.1","PublicIPv6":"{ip6}"}}')
+
+
+def test_ipv6_only_lease_keeps_an_unset_public_ip_as_go_writes_it():
+    expected = b'{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8::10"}'
+    assert parse_lease_attrs(expected) == LeaseAttrs(A4(0), A6("2001:db8::10"))
+    assert render_lease_attrs(LeaseAttrs(A4(0), A6("2001:DB8:0:0::0010"))) == expected

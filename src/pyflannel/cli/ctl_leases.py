@@ -13,7 +13,7 @@ from typing import Any
 from ..core.allocate import is_compatible
 from ..core.config import NetworkConfig, parse_config
 from ..core.errors import ConfigError, FlannelError, StoreUnavailable
-from ..core.lease import Lease, LeaseAttrs
+from ..core.lease import Lease, LeaseAttrs, public_ip_problem
 from ..core.subnetenv import parse_subnet_env, previous_subnets
 from ..store.etcd import EtcdRegistry
 
@@ -90,6 +90,10 @@ async def leases_reserve(registry: EtcdRegistry, subnet_text: str, ip_text: str)
         public_ip = ipaddress.IPv4Address(ip_text)
     except ValueError as err:
         raise FlannelError(f"bad public IP {ip_text!r}: not an IPv4 address") from err
+    problem = public_ip_problem(public_ip)
+    if problem is not None:
+        raise FlannelError(f"cannot reserve {subnet} for {public_ip}: {problem}; give the address the other "
+                           "hosts reach that host on")
     config = await network_config(registry)
     assert config is not None
     if not is_compatible(config, subnet):

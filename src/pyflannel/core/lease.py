@@ -83,7 +83,9 @@ class Lease:
 
 
 def render_lease_attrs(attrs: LeaseAttrs) -> bytes:
-    """Exactly Go's ``json.Marshal(LeaseAttrs)``: e.g. ``{"PublicIP":"1.2.3.4","PublicIPv6":null}``."""
+    """Exactly Go's ``json.Marshal(LeaseAttrs)``: e.g. ``{"PublicIP":"1.2.3.4","PublicIPv6":null}``.
+    Raises ``StoreDataError`` for a public IP no host can have: such a lease is never written."""
+    check_public_ips(attrs.public_ip, attrs.public_ipv6)
     parts = [f'"PublicIP":{json.dumps(str(attrs.public_ip))}']
     parts.append('"PublicIPv6":' + (json.dumps(attrs.public_ipv6.compressed) if attrs.public_ipv6 else "null"))
     if attrs.backend_type:
@@ -93,6 +95,40 @@ def render_lease_attrs(attrs: LeaseAttrs) -> bytes:
     if attrs.backend_v6_data is not None:
         parts.append('"BackendV6Data":' + json.dumps(attrs.backend_v6_data, separators=(",", ":")))
     return ("{" + ",".join(parts) + "}").encode()
+
+
+def public_ip_problem(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """Why ``ip`` cannot be a host's public (underlay) address, or None. Such a lease would point
+    routes, FDB entries or tunnels at nothing (0.0.0.0), at a group (224.0.0.1), at every host or
+    at the peer itself, so it is never read, written or programmed."""
+    if ip.is_unspecified:
+        return f"{ip} is unspecified (a missing or empty PublicIP)"
+    if ip.is_multicast:
+        return f"{ip} is a multicast address"
+    if isinstance(ip, ipaddress.IPv4Address) and ip == ipaddress.IPv4Address("255.255.255.255"):
+        return f"{ip} is the broadcast address"
+    if ip.is_loopback:
+        return f"{ip} is a loopback address"
+    if ip.is_link_local:
+        return f"{ip} is a link-local address"
+    return None
+
+
+def check_public_ip(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, what: str = "PublicIP") -> None:
+    """Raise ``StoreDataError`` when ``ip`` cannot be a host's public address."""
+    problem = public_ip_problem(ip)
+    if problem is not None:
+        raise StoreDataError(f"lease {what} {problem}: no host can be reached there")
+
+
+def check_public_ips(ip: ipaddress.IPv4Address, ipv6: ipaddress.IPv6Address | None) -> None:
+    """A lease's addresses: PublicIP may be unset (0.0.0.0, as Go writes it) only on an IPv6-only
+    host, whose PublicIPv6 then says where it is."""
+    if ipv6 is not None:
+        check_public_ip(ipv6, "PublicIPv6")
+        if ip.is_unspecified:
+            return
+    check_public_ip(ip)
 
 
 def _reject_constant(token: str) -> Any:
@@ -122,6 +158,7 @@ def parse_lease_attrs(data: bytes | str) -> LeaseAttrs:
         public_ipv6 = ipaddress.IPv6Address(_ip_text(pip6, "PublicIPv6")) if pip6 is not None else None
     except (ValueError, TypeError) as err:
         raise StoreDataError(f"lease value has a bad public IP: {err}") from err
+    check_public_ips(public_ip, public_ipv6)
     btype = gojson.lookup(obj, "BackendType")
     if btype is None:
         btype = ""

@@ -13,6 +13,7 @@ import re
 
 from ..core.errors import LocalConfigError
 from ..core.host import ExternalInterface
+from ..core.lease import public_ip_problem
 from . import netlink
 from .netlink import IFA_F_DEPRECATED, IFA_F_PERMANENT, IFA_F_TEMPORARY, Addr, Link
 
@@ -138,4 +139,9 @@ def select_external_interface(
         ip = got
     if link.mtu <= 0:
         raise LocalConfigError(f"failed to determine MTU for {link.name} interface")
+    problem = public_ip_problem(pub or ip)
+    if problem is not None:
+        how = "--public-ip" if pub is not None else f"the address of {link.name}"
+        raise LocalConfigError(f"cannot use {how} as this host's public IP: {problem}; give --public-ip "
+                               "an address the other hosts reach this one on (or --iface another interface)")
     return ExternalInterface(link.name, link.index, link.mtu, ip, pub or ip)

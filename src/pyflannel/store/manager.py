@@ -155,5 +155,5 @@ def log_bad(bad: tuple[BadLease, ...], seen: set[str]) -> None:
     for b in bad:
         if b.key not in seen:
             seen.add(b.key)
-            log.warning("skipping bad lease key=%s: %s (someone else wrote it; fix or delete that key)",
-                        b.key, b.reason)
+            log.warning("skipping bad lease key=%s: %s (someone else wrote it: fix it, or delete it with "
+                        "`flannelctl leases revoke %s`)", b.key, b.reason, b.key.rsplit("/", 1)[-1])

@@ -1,0 +1,55 @@
+"""Which leases may reach the kernel: the shape rules a subnet key must meet against the network
+config, applied to every store event before the peer table sees it.
+
+A key someone wrote by hand (or an attacker) for a /25 inside host A's /24, or a /23 around it,
+would otherwise be programmed on every host and pull half of A's containers towards the writer.
+Go flannel programs such keys; pyflannel skips them, one warning per key (``store.manager.log_bad``).
+
+The rules: a lease is exactly ``SubnetLen`` long, aligned (the key parser already refuses host
+bits) and inside ``Network``. Two aligned subnets of one length are either the same key or
+disjoint, so with these rules no lease can overlap another one: the overlap check of the issue
+falls out of the length rule and needs no table walk per event.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from .config import NetworkConfig
+from .events import BadLease, Changes, Snapshot
+from .lease import Lease
+
+
+def subnet_problem(subnet: ipaddress.IPv4Network, config: NetworkConfig) -> str | None:
+    """Why a lease for ``subnet`` cannot belong to a host of this network, or None."""
+    network = config.network
+    if network is None:
+        return None
+    if subnet.prefixlen != config.subnet_len:
+        return (f"{subnet} is a /{subnet.prefixlen}, but every lease of {network} is a /{config.subnet_len} "
+                "(SubnetLen): it would overlap other hosts' subnets")
+    if not subnet.subnet_of(network):
+        return f"{subnet} is outside the network {network}"
+    return None
+
+
+def screen(event: Snapshot | Changes, config: NetworkConfig) -> Snapshot | Changes:
+    """``event`` with every lease that breaks a shape rule moved to ``bad`` (O(size of event)).
+    Deletes pass: deleting a key that was never accepted changes nothing."""
+    leases = event.leases if isinstance(event, Snapshot) else event.puts
+    misfits: list[BadLease] = []
+    kept: list[Lease] = []
+    for lease in leases:
+        problem = subnet_problem(lease.subnet, config)
+        if problem is None and lease.attrs.public_ip.is_unspecified:
+            problem = "its host has no IPv4 PublicIP (an IPv6-only host): pyflannel routes IPv4 only"
+        if problem is None:
+            kept.append(lease)
+        else:
+            misfits.append(BadLease(lease.key, problem))
+    if not misfits:
+        return event
+    bad = event.bad + tuple(misfits)
+    if isinstance(event, Snapshot):
+        return Snapshot(tuple(kept), event.revision, bad)
+    return Changes(tuple(kept), event.deletes, event.revision, bad)

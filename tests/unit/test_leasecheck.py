@@ -1,0 +1,67 @@
+"""The shape rules a lease must meet before any backend sees it (issue 13: stolen half subnets)."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from pyflannel.core.config import parse_config
+from pyflannel.core.events import Changes, PeerTable, Snapshot
+from pyflannel.core.lease import Lease, LeaseAttrs
+from pyflannel.core.leasecheck import screen, subnet_problem
+
+CONFIG = parse_config('{"Network": "10.0.0.0/16"}')
+N = ipaddress.IPv4Network
+
+
+def lease(subnet: str, ip: str = "198.18.0.2") -> Lease:
+    return Lease(N(subnet), LeaseAttrs(ipaddress.IPv4Address(ip)), lease_id=7)
+
+
+@pytest.mark.parametrize("subnet,why", [
+    ("10.0.5.128/25", "is a /25"),  # half of a host's /24
+    ("10.0.4.0/23", "is a /23"),  # two hosts' /24s
+    ("10.0.0.0/16", "is a /16"),  # the whole network
+    ("10.1.5.0/24", "outside the network"),
+    ("192.168.0.0/24", "outside the network"),
+])
+def test_misshapen_subnets_are_refused(subnet, why):
+    assert why in (subnet_problem(N(subnet), CONFIG) or "")
+
+
+def test_a_host_sized_subnet_inside_the_network_passes():
+    assert subnet_problem(N("10.0.5.0/24"), CONFIG) is None
+    # SubnetMin/SubnetMax bound allocation only: a reservation below SubnetMin is still a host's
+    assert subnet_problem(N("10.0.0.0/24"), CONFIG) is None
+
+
+def test_screen_moves_misfits_to_bad_in_a_snapshot():
+    snap = Snapshot((lease("10.0.5.0/24"), lease("10.0.5.128/25", "198.18.0.66"), lease("10.0.4.0/23")), 9)
+    got = screen(snap, CONFIG)
+    assert isinstance(got, Snapshot) and got.revision == 9
+    assert [le.subnet for le in got.leases] == [N("10.0.5.0/24")]
+    assert {b.key for b in got.bad} == {"10.0.5.128-25", "10.0.4.0-23"}
+    assert all(b.subnet is None for b in got.bad)  # nothing to keep: it never was a peer
+    table = PeerTable()
+    table.apply(got)
+    assert set(table.leases) == {N("10.0.5.0/24")}
+
+
+def test_screen_moves_misfits_to_bad_in_changes_and_passes_deletes():
+    ch = Changes((lease("10.0.6.0/24"), lease("10.0.6.0/25")), (N("10.0.7.0/24"),), 12)
+    got = screen(ch, CONFIG)
+    assert isinstance(got, Changes)
+    assert got.puts == (lease("10.0.6.0/24"),) and got.deletes == (N("10.0.7.0/24"),)
+    assert [b.key for b in got.bad] == ["10.0.6.0-25"]
+
+
+def test_screen_refuses_an_ipv6_only_peer_on_the_ipv4_data_path():
+    v6only = Lease(N("10.0.8.0/24"), LeaseAttrs(ipaddress.IPv4Address(0), ipaddress.IPv6Address("2001:db8::8")))
+    got = screen(Snapshot((v6only,), 3), CONFIG)
+    assert got.leases == () and "IPv6-only" in got.bad[0].reason
+
+
+def test_screen_returns_a_clean_event_unchanged():
+    snap = Snapshot((lease("10.0.5.0/24"),), 4)
+    assert screen(snap, CONFIG) is snap
