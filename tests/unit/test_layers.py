@@ -20,11 +20,13 @@ ALLOWED = {
     "observe": {"core", "metrics"},
     "metrics": set(),
     "subnetfile": {"core"},
+    "instance": {"core"},
     "converger": {"core", "kernel", "backend"},
     "keeper": {"core", "store"},
-    "daemon": {"core", "store", "kernel", "backend", "systemd", "observe", "subnetfile", "converger", "keeper"},
+    "daemon": {"core", "store", "kernel", "backend", "systemd", "observe", "subnetfile", "converger", "keeper",
+               "instance"},
     "cli": {"core", "store", "kernel", "backend", "systemd", "daemon", "lab", "__init__"},
-    "lab": {"core", "store", "cli"},
+    "lab": {"core", "store", "cli", "instance"},
 }
 
 

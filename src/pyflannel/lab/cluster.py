@@ -26,6 +26,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from ..core.subnetenv import parse_subnet_env
+from ..instance import lock_path
 from . import goflannel
 from .etcd_server import EtcdServer
 from .netns import LabError, in_ns, ns_add, ns_delete, ns_kill_all, ns_list, sh, sysctl, veth
@@ -307,6 +308,9 @@ class Lab:
             ns_kill_all(ns)
         for ns in spaces:
             ns_delete(ns)
+        for host in self.hosts:  # every flanneld is gone: their instance locks too
+            with contextlib.suppress(OSError):
+                os.unlink(lock_path(self.subnet_file(host)))
         if os.path.isdir(self.state_dir):
             shutil.rmtree(self.state_dir, ignore_errors=True)
 
