@@ -31,11 +31,13 @@ from dataclasses import dataclass, field
 from .backend import Backend, get_backend
 from .converger import Converger
 from .core.backoff import Backoff, LogOnce
-from .core.config import NetworkConfig, parse_config
+from .core.config import RESTART_NEEDED, NetworkConfig, config_changes, parse_config
 from .core.errors import AllocationError, ConfigError, KernelError, LeaseLost, LocalConfigError, StoreUnavailable
 from .core.events import PeerTable, Snapshot
 from .core.lease import Lease
+from .core.leasecheck import screen
 from .core.subnetenv import SubnetEnv, render_subnet_env, subnet_env_for
+from .instance import InstanceLock
 from .keeper import LeaseKeeper
 from .kernel.host import KernelHost
 from .kernel.iface import select_external_interface
@@ -82,6 +84,7 @@ class Conductor:
         self.keeper: LeaseKeeper | None = None
         self.peers = PeerTable()
         self._bad_seen: set[str] = set()
+        self._config_seen: bytes | None = None  # the config in etcd as last read (raw)
         self.stats = Stats()
         self.http: HttpServer | None = None
         self.traffic: TrafficManager | None = None
@@ -139,6 +142,7 @@ class Conductor:
                 data = await self.registry.get_config()
                 if data is not None:
                     config = parse_config(data)
+                    self._config_seen = data
                     # an unknown Backend.Type or a bad Backend option is a config error too
                     for warning in get_backend(config.backend_type).check_config(config):
                         log.warning(warning)
@@ -261,9 +265,10 @@ class Conductor:
     async def watch_loop(self) -> None:
         """etcd -> the peer table -> mark the converger dirty. Per event O(size of the event); the
         converger plans once for everything that arrived while it was busy."""
-        assert self.converger is not None and self.keeper is not None
-        first, own = True, self.keeper.subnet
-        async for ev in watch_leases(self.registry):
+        assert self.converger is not None and self.keeper is not None and self.config is not None
+        first, own, config = True, self.keeper.subnet, self.config
+        async for raw in watch_leases(self.registry):
+            ev = screen(raw, config)  # a misshapen lease is a bad key: warned about, never programmed
             if isinstance(ev, Snapshot):
                 self.stats.watch_relists += 0 if first else 1
             log_bad(ev.bad, self._bad_seen)
@@ -287,7 +292,7 @@ class Conductor:
         while True:
             await asyncio.sleep(period)
             try:
-                await asyncio.wait_for(self.registry.get_config(), 2 * period)
+                data = await asyncio.wait_for(self.registry.get_config(), 2 * period)
             except (StoreUnavailable, TimeoutError) as err:
                 if down_since is None:
                     down_since = time.monotonic()
@@ -300,6 +305,29 @@ class Conductor:
                          time.monotonic() - down_since)
                 down_since = None
                 self.stats.store_ok = True
+            self._check_config(data)
+
+    def _check_config(self, data: bytes | None) -> None:
+        """The config in etcd changed while we run: say once what changed and that only a restart
+        applies it (flanneld keeps running on the config it started with)."""
+        if data == self._config_seen or self.config is None:
+            return
+        self._config_seen = data
+        if data is None:
+            log.warning("the network config was deleted from %s; flanneld keeps running on the one it started "
+                        "with (write it back with `flannelctl config set`)", self.registry.config_key)
+            return
+        try:
+            changes = config_changes(self.config, parse_config(data))
+        except ConfigError as err:
+            log.warning("the network config at %s is now invalid (%s); flanneld keeps running on the one it started "
+                        "with; fix it with `flannelctl config set`", self.registry.config_key, err)
+            return
+        if changes:
+            log.warning("the network config at %s changed: %s; %s", self.registry.config_key, "; ".join(changes),
+                        RESTART_NEEDED)
+        else:
+            log.info("the network config at %s is the one flanneld runs with again", self.registry.config_key)
 
     async def traffic_loop(self) -> None:
         """Re-check our iptables/nftables rules every ``-iptables-resync`` seconds; restore them if
@@ -381,7 +409,15 @@ def _flatten(err: BaseException) -> list[BaseException]:
 
 def run(opts: Options) -> int:
     """The composition root: run flanneld until SIGTERM; the process exit code."""
+    instance = InstanceLock(opts.subnet_file)
+    try:
+        instance.acquire()  # before anything is touched: a second flanneld must change nothing
+    except LocalConfigError as err:
+        log.error("%s", err)
+        return 1
     try:
         return asyncio.run(_main(opts))
     except KeyboardInterrupt:
         return 0
+    finally:
+        instance.release()

@@ -40,7 +40,8 @@ class LeaseKeeper:
         self._wake = asyncio.Event()
         self._not_before = 0.0  # a failed renewal is retried no sooner than this (time.time())
         self._renew_at = self._renewal_time(lease)
-        self._renew_log = LogOnce(log)
+        self._renew_log = LogOnce(log, same=lambda m: m.split(" (")[0])  # one outage, one line
+        self._retry = Backoff(0.5, 10.0)
         self.renewals = 0
 
     @property
@@ -113,9 +114,12 @@ class LeaseKeeper:
         try:
             new = await self.manager.renew(self.lease)
         except StoreUnavailable as err:
-            self._renew_log.error("cannot renew lease %s, retrying every 10s: %s", self.lease.subnet, err)
-            self._not_before = time.time() + 10.0
+            delay = self._retry_delay()
+            self._renew_log.error("cannot renew lease %s (it expires in %s), retrying with a backoff: %s",
+                                  self.lease.subnet, self._time_left(), err)
+            self._not_before = time.time() + delay
             return
+        self._retry.reset()
         if new is None:  # changed under us: let the watcher's view settle, then try again
             self._not_before = time.time() + 1.0
             return
@@ -123,6 +127,17 @@ class LeaseKeeper:
         self._set(new)
         self.renewals += 1
         log.info("lease renewed subnet=%s expires_in=%ds", new.subnet, int((new.expiration or 0) - time.time()))
+
+    def _retry_delay(self) -> float:
+        """After a failed renewal: the backoff (0.5 s doubling up to 10 s), but never more than a
+        quarter of the time the lease has left, so a short etcd stall is retried while it lives."""
+        delay = self._retry.next()
+        left = (self.lease.expiration or 0.0) - time.time()
+        return min(delay, max(left / 4, 0.2)) if left > 0 else min(delay, 1.0)
+
+    def _time_left(self) -> str:
+        left = (self.lease.expiration or 0.0) - time.time()
+        return f"{left:.0f}s" if left > 0 else "no time: it has expired"
 
     async def _retake(self) -> None:
         """Re-create our deleted lease, riding out an unavailable etcd; LeaseLost if another host

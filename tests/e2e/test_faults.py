@@ -200,3 +200,98 @@ def test_hand_deleted_neighbour_and_fdb_come_back(lab: Lab) -> None:
     wait_for(lambda: f"{gw} lladdr {mac}" in ip(h1.ns, "neigh", "show", "dev", "flannel.1")
              and f"{mac} dst {h2.ip}" in sh(["bridge", "-n", h1.ns, "fdb", "show", "dev", "flannel.1"]).stdout,
              timeout=3, what="the neighbour and FDB entry restored at once (kernel monitor, not the 10 s check)")
+
+
+def _kernel_state(lab: Lab, host) -> str:
+    """Everything through which ``host`` could forward to a peer: routes, and per backend the FDB
+    and neighbours of flannel.1 or the pump's table."""
+    text = ip(host.ns, "route")
+    if lab.backend == "vxlan":
+        text += sh(["bridge", "-n", host.ns, "fdb", "show", "dev", "flannel.1"]).stdout
+        text += ip(host.ns, "neigh", "show", "dev", "flannel.1")
+    if lab.backend == "udp":
+        text += json.dumps(pump_table(host))
+    return text
+
+
+def test_misshapen_and_impossible_leases_never_reach_the_kernel(lab: Lab) -> None:
+    """Issue 13 (1, 2): a /25 inside a host's /24, a /23 around it, a subnet outside the network and
+    leases whose PublicIP no host can have are skipped on every host with one warning naming the
+    key; the victim's containers stay reachable."""
+    victim, thief = lab.hosts[0], lab.hosts[2]
+    third = int(subnet_of(victim).split(".")[2])
+    value = lease_json  # each backend's own lease shape, with the address under test
+    hostile = {
+        f"10.0.{third}.128-25": value(lab, "10.0.0.128", thief.ip),
+        f"10.0.{third & ~1}.0-23": value(lab, "10.0.0.0", thief.ip),
+        "10.1.7.0-24": value(lab, "10.1.7.0", thief.ip),
+        "10.0.201.0-24": value(lab, "10.0.201.0", "0.0.0.0"),
+        "10.0.202.0-24": '{"PublicIPv6":null}',
+        "10.0.203.0-24": value(lab, "10.0.203.0", "224.0.0.1"),
+        "10.0.204.0-24": value(lab, "10.0.204.0", "127.0.0.1"),
+        "10.0.205.0-24": value(lab, "10.0.205.0", "169.254.9.9"),
+        "10.0.206.0-24": value(lab, "10.0.206.0", "255.255.255.255"),
+    }
+    try:
+        for key, val in hostile.items():
+            lab.etcdctl("put", f"{PREFIX}/subnets/{key}", val)
+        for host in lab.hosts:
+            wait_for(lambda h=host: all(f"skipping bad lease key={PREFIX}/subnets/{k}" in log_text(lab, h)
+                                        for k in hostile),
+                     timeout=10, what=f"{host.ns} warning about every hostile key by name")
+        for host in lab.hosts:
+            state = _kernel_state(lab, host)
+            for needle in (f"10.0.{third}.128/25", f"10.0.{third & ~1}.0/23", "10.1.7.0/24", "10.0.201.0",
+                           "10.0.202.0", "10.0.203.0", "10.0.204.0", "10.0.205.0", "10.0.206.0", "224.0.0.1",
+                           "dst 0.0.0.0", "169.254.9.9", "255.255.255.255"):
+                assert needle not in state, f"{needle} reached the kernel of {host.ns}:\n{state}"
+        for host in lab.hosts[1:]:
+            ok, out = lab.ping(host, victim)
+            assert ok, f"{host.ns} cannot reach the victim's container: {out}"
+        # one warning per key, not one per event or per host restart of the watch
+        assert log_text(lab, lab.hosts[1]).count(f"key={PREFIX}/subnets/10.0.{third}.128-25") == 1
+    finally:
+        for key in hostile:
+            lab.etcdctl("del", f"{PREFIX}/subnets/{key}", check=False)
+
+
+def test_a_second_flanneld_is_refused_and_the_first_loses_nothing(lab: Lab) -> None:
+    """Issue 13 (4): the same flags again on a running host: refused with one line naming the
+    running flanneld, before it touches etcd or the kernel; pings at 10 ms lose nothing."""
+    host, other = lab.hosts[1], lab.hosts[0]
+    pid = lab.flanneld_pid(host)
+    lease_before = lab.etcdctl("get", lease_key(host), "--print-value-only")
+    ping = pinger(lab, other, host, 4.0)
+    time.sleep(0.5)
+    second = subprocess.run(lab.flanneld_command(host, HEALTHZ), capture_output=True, text=True, timeout=30)
+    out, _ = ping.communicate(timeout=30)
+    sent, got = lost(out)
+    assert second.returncode == 1, second.stderr
+    lines = [ln for ln in second.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and f"flanneld pid {pid} already runs with --subnet-file=" in lines[0], second.stderr
+    assert sent - got == 0, f"the running flanneld lost {sent - got} of {sent} pings to a second one: {out}"
+    assert lab.flanneld_pid(host) == pid
+    assert lab.etcdctl("get", lease_key(host), "--print-value-only") == lease_before
+    assert all(ok for ok, _ in [lab.ping(h, host) for h in lab.hosts if h is not host])
+
+
+def test_a_config_changed_while_running_is_reported_once(lab: Lab) -> None:
+    """Issue 13: the config is re-read every second; a change of Network or backend says, once,
+    that only a restart applies it (Go reads it only at start), and changing it back is noticed."""
+    config = lab.etcdctl("get", f"{PREFIX}/config", "--print-value-only").strip()
+    changed = json.dumps({"Network": "10.9.0.0/16", "Backend": {"Type": "host-gw" if lab.backend != "host-gw"
+                                                                else "vxlan"}})
+    marks = [len(log_text(lab, h)) for h in lab.hosts]
+    try:
+        lab.put_config(changed)
+        for host, mark in zip(lab.hosts, marks, strict=True):
+            wait_for(lambda h=host, m=mark: 'Network "10.0.0.0/16" -> "10.9.0.0/16"' in log_text(lab, h)[m:]
+                     and "restart flanneld on every host" in log_text(lab, h)[m:], timeout=10,
+                     what=f"{host.ns} saying the changed config needs a restart")
+    finally:
+        lab.put_config(config)
+    for host, mark in zip(lab.hosts, marks, strict=True):
+        wait_for(lambda h=host: "is the one flanneld runs with again" in log_text(lab, h), timeout=10,
+                 what="the config back as it was")
+        assert log_text(lab, host)[mark:].count("-> \"10.9.0.0/16\"") == 1  # once, not once a second
+    assert all_pairs_ping(lab) == []

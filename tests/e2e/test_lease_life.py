@@ -148,3 +148,41 @@ def test_a_key_taken_by_another_host_ends_flanneld_with_one_error(lab: Lab) -> N
             proc.kill()
             proc.wait()
         lab.etcdctl("del", lease_key(h), check=False)
+
+
+STALL_TTL = 20  # renewed every ~10 s; a 6 s etcd stall at a renewal must not cost the lease
+
+
+def test_a_short_etcd_stall_at_renewal_costs_no_lease(make_lab) -> None:
+    """Issue 13 (8): etcd frozen for 6 s just before a renewal of a 20 s lease. The renewal call
+    times out (5 s); it must be retried while the lease lives, not after a fixed 10 s (by then
+    etcd had deleted the key, and the subnet was taken again: a new create revision)."""
+    import signal
+    import time
+
+    with make_lab("pfts", 2, "host-gw", extra=(f"-subnet-lease-ttl={STALL_TTL}", "-subnet-lease-renew-margin=1"),
+                  wait=20) as lab:
+        host = lab.hosts[0]
+        before = key_of(lab, host)
+        assert before is not None and ttl_left(lab, before.lease_id) is not None
+        renewed = re.compile(r"lease renewed subnet=\S+ expires_in=")
+        wait_for(lambda: renewed.search(log_text(lab, host)), timeout=STALL_TTL, what="a first renewal")
+        seen = len(renewed.findall(log_text(lab, host)))
+        renewed_at = time.monotonic()
+        # the next renewal comes ~STALL_TTL/2 after this one: freeze etcd across it
+        time.sleep(max(0.0, STALL_TTL / 2 - 1.5 - (time.monotonic() - renewed_at)))
+        server = lab.etcd_server
+        assert server is not None and server.proc is not None
+        os.killpg(server.proc.pid, signal.SIGSTOP)
+        try:
+            time.sleep(6.0)
+        finally:
+            os.killpg(server.proc.pid, signal.SIGCONT)
+        wait_for(lambda: len(renewed.findall(log_text(lab, host))) > seen, timeout=STALL_TTL,
+                 what="the renewal that met the stall, retried")
+        text = log_text(lab, host)
+        assert "cannot renew lease" in text, "the stall did not meet a renewal: the test proved nothing"
+        after = key_of(lab, host)
+        assert after is not None and after.create_revision == before.create_revision, (
+            f"the lease expired during a 6 s stall of a {STALL_TTL} s lease:\n{text[-2000:]}")
+        assert "was deleted from etcd" not in text

@@ -417,3 +417,13 @@ def test_effective_json_reparses_to_the_same_config(
         return
     effective = {k: v for k, v in c.to_effective_json().items() if v is not None}
     assert parse_config(json.dumps(effective)) == c
+
+
+def test_config_changes_name_each_changed_field():
+    from pyflannel.core.config import config_changes
+
+    old = parse_config('{"Network": "10.0.0.0/16"}')
+    assert config_changes(old, parse_config('{"network": "10.0.0.0/16", "Backend": {"Type": "udp"}}')) == []
+    got = config_changes(old, parse_config('{"Network": "10.1.0.0/16", "Backend": {"Type": "vxlan"}}'))
+    assert got[0] == 'Network "10.0.0.0/16" -> "10.1.0.0/16"'
+    assert 'BackendType "udp" -> "vxlan"' in got

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..backend import get_backend
-from ..core.config import parse_config
+from ..core.config import RESTART_NEEDED, NetworkConfig, config_changes, parse_config
 from ..core.errors import ConfigError, FlannelError, StoreUnavailable
 from ..store.etcd import EtcdRegistry
 from .ctl_leases import leases_list, leases_reserve, leases_revoke, orphaned_by, status
@@ -77,6 +77,16 @@ def _read(path: str) -> bytes:
         raise FlannelError(f"cannot read {path}: {err.strerror}") from err
 
 
+def _warn_restart(previous: bytes | None, new: NetworkConfig) -> None:
+    """A changed config takes effect only when each flanneld restarts: say so, with what changed."""
+    try:
+        changes = config_changes(parse_config(previous), new) if previous else []
+    except ConfigError:
+        changes = ["the previous config was invalid"]
+    if changes:
+        print(f"flannelctl: warning: {'; '.join(changes)}: {RESTART_NEEDED}", file=sys.stderr)
+
+
 async def _config(args: argparse.Namespace, registry: EtcdRegistry) -> int:
     try:
         if args.action == "validate" and args.file:
@@ -109,6 +119,7 @@ async def _config(args: argparse.Namespace, registry: EtcdRegistry) -> int:
             await registry.put_config(data)
             print(f"wrote {registry.config_key}: network {cfg.network}, /{cfg.subnet_len} per host, "
                   f"{cfg.subnets_ipv4()} subnets, backend {cfg.backend_type}")
+            _warn_restart(got, cfg)
         elif getattr(args, "json", False):
             print(json.dumps(cfg.to_effective_json(), indent=2))
         else:

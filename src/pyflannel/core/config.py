@@ -89,6 +89,19 @@ class NetworkConfig:
         }
 
 
+def config_changes(old: NetworkConfig, new: NetworkConfig) -> list[str]:
+    """What differs between two effective configs, one ``Field old -> new`` per field."""
+    before, after = old.to_effective_json(), new.to_effective_json()
+    for side in (before, after):  # the type is BackendType's; {"Type": "udp"} and {} are one backend
+        side["Backend"] = {k: v for k, v in side["Backend"].items() if k.lower() != "type"}
+    return [f"{name} {json.dumps(before[name])} -> {json.dumps(after[name])}"
+            for name in before if before[name] != after[name]]
+
+
+RESTART_NEEDED = ("flanneld reads the network config only at start (as Go flannel does): restart flanneld on every "
+                  "host to use it (then docker, if the subnets move)")
+
+
 def parse_config(data: str | bytes) -> NetworkConfig:
     """Parse and validate a network config; raise ConfigError naming what is wrong and the fix."""
     fields = _decode_fields(_load_object(data))
