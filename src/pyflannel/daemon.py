@@ -268,7 +268,8 @@ class Conductor:
         assert self.converger is not None and self.keeper is not None and self.config is not None
         first, own, config = True, self.keeper.subnet, self.config
         async for raw in watch_leases(self.registry):
-            ev = screen(raw, config)  # a misshapen lease is a bad key: warned about, never programmed
+            # a misshapen lease is a bad key: warned about, never programmed
+            ev = screen(raw, config, self.registry.subnets_prefix)
             if isinstance(ev, Snapshot):
                 self.stats.watch_relists += 0 if first else 1
             log_bad(ev.bad, self._bad_seen)

@@ -236,9 +236,12 @@ def test_misshapen_and_impossible_leases_never_reach_the_kernel(lab: Lab) -> Non
         for key, val in hostile.items():
             lab.etcdctl("put", f"{PREFIX}/subnets/{key}", val)
         for host in lab.hosts:
-            wait_for(lambda h=host: all(f"skipping bad lease key={PREFIX}/subnets/{k}" in log_text(lab, h)
-                                        for k in hostile),
-                     timeout=10, what=f"{host.ns} warning about every hostile key by name")
+            def unwarned(h=host) -> list[str]:
+                return [k for k in hostile if f"skipping bad lease key={PREFIX}/subnets/{k}:" not in log_text(lab, h)]
+            try:
+                wait_for(lambda h=host: not unwarned(h), timeout=10, what="warnings")
+            except AssertionError:
+                raise AssertionError(f"{host.ns} did not warn about {unwarned()}:\n{lab.log_tail(host, 30)}") from None
         for host in lab.hosts:
             state = _kernel_state(lab, host)
             for needle in (f"10.0.{third}.128/25", f"10.0.{third & ~1}.0/23", "10.1.7.0/24", "10.0.201.0",

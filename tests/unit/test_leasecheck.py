@@ -50,10 +50,10 @@ def test_screen_moves_misfits_to_bad_in_a_snapshot():
 
 def test_screen_moves_misfits_to_bad_in_changes_and_passes_deletes():
     ch = Changes((lease("10.0.6.0/24"), lease("10.0.6.0/25")), (N("10.0.7.0/24"),), 12)
-    got = screen(ch, CONFIG)
+    got = screen(ch, CONFIG, "/p/subnets/")
     assert isinstance(got, Changes)
     assert got.puts == (lease("10.0.6.0/24"),) and got.deletes == (N("10.0.7.0/24"),)
-    assert [b.key for b in got.bad] == ["10.0.6.0-25"]
+    assert [b.key for b in got.bad] == ["/p/subnets/10.0.6.0-25"]
 
 
 def test_screen_refuses_an_ipv6_only_peer_on_the_ipv4_data_path():

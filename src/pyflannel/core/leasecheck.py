@@ -33,9 +33,10 @@ def subnet_problem(subnet: ipaddress.IPv4Network, config: NetworkConfig) -> str 
     return None
 
 
-def screen(event: Snapshot | Changes, config: NetworkConfig) -> Snapshot | Changes:
-    """``event`` with every lease that breaks a shape rule moved to ``bad`` (O(size of event)).
-    Deletes pass: deleting a key that was never accepted changes nothing."""
+def screen(event: Snapshot | Changes, config: NetworkConfig, prefix: str = "") -> Snapshot | Changes:
+    """``event`` with every lease that breaks a shape rule moved to ``bad`` (O(size of event)),
+    named by its full key (``prefix`` + subnet key, as the store names bad keys). Deletes pass:
+    deleting a key that was never accepted changes nothing."""
     leases = event.leases if isinstance(event, Snapshot) else event.puts
     misfits: list[BadLease] = []
     kept: list[Lease] = []
@@ -46,7 +47,7 @@ def screen(event: Snapshot | Changes, config: NetworkConfig) -> Snapshot | Chang
         if problem is None:
             kept.append(lease)
         else:
-            misfits.append(BadLease(lease.key, problem))
+            misfits.append(BadLease(prefix + lease.key, problem))
     if not misfits:
         return event
     bad = event.bad + tuple(misfits)
