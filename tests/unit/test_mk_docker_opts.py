@@ -200,6 +200,16 @@ def test_usage_exits_1_without_writing(files, flags, capsys):
     assert not dst.exists()
 
 
+@pytest.mark.parametrize(("flags", "first"), [(("-x",), "Illegal option -x"), (("-i", "-y"), "Illegal option -y"),
+                                             (("-f",), "No arg for -f option"), (("-c", "-k"), "No arg for -k option")])
+def test_bad_option_is_named_in_dashs_words(files, flags, first, capsys):
+    """The script's getopts runs under dash: the first stderr line is dash's, byte for byte (the
+    whole output is compared with the script itself in tests/e2e/test_goflannel_bytes.py)."""
+    _src, dst = files
+    assert main(["-d", str(dst), *flags], environ={}, route_table=lambda: "") == 1
+    assert capsys.readouterr().err.split("\n")[0] == first
+
+
 def test_parse_args_defaults_and_stop_at_first_operand():
     assert parse_args([]) == Options(
         flannel_env="/run/flannel/subnet.env",

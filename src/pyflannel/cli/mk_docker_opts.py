@@ -3,7 +3,7 @@
 Existing systemd units run ``mk-docker-opts.sh -k DOCKER_NETWORK_OPTIONS -d /run/flannel/docker``
 and then ``EnvironmentFile=`` the result, so this port keeps the script's contract: the same
 getopts options (``-f -d -i -c -k -m -h -?``, ``-fFILE``, ``-ic``), the same defaults, exit 1 for
-usage, byte-identical output (docs/compatibility.md#mk-docker-opts), the output file truncated before writing, and
+usage (a bad option named in dash's getopts words), byte-identical output (docs/compatibility.md#mk-docker-opts), the output file truncated before writing, and
 the routing-table sanity check run *after* the file is written.
 
 Where it differs from the script, it is on purpose:
@@ -76,8 +76,9 @@ def parse_args(argv: list[str]) -> Options:
     """getopts "f:d:icmk:?h"; like getopts, parsing stops at the first non-option argument."""
     try:
         pairs, _rest = getopt.getopt(argv, "f:d:icmk:?h")
-    except getopt.GetoptError as err:
-        raise UsageError(str(err)) from err
+    except getopt.GetoptError as err:  # in the words of the script's getopts (dash)
+        missing = "requires argument" in err.msg
+        raise UsageError(f"No arg for -{err.opt} option" if missing else f"Illegal option -{err.opt}") from err
     defaults = Options()
     flannel_env, docker_env, key = defaults.flannel_env, defaults.docker_env, defaults.combined_key
     individual = combined = False
@@ -101,7 +102,7 @@ def parse_args(argv: list[str]) -> Options:
         individual = combined = True
     opts = Options(flannel_env, docker_env, key, individual, combined, ipmasq)
     if not _SHELL_NAME_RE.fullmatch(opts.combined_key):
-        raise UsageError(f"invalid combined key {opts.combined_key!r}: must be a shell variable name")
+        raise UsageError(f"{PROG}: invalid combined key {opts.combined_key!r}: must be a shell variable name")
     return opts
 
 
@@ -184,7 +185,7 @@ def main(
         options = parse_args(sys.argv[1:] if argv is None else argv)
     except UsageError as err:
         if str(err):
-            _err(f"{PROG}: {err}")
+            _err(str(err))
         _err(USAGE)
         return 1
     try:
