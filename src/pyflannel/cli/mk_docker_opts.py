@@ -3,8 +3,9 @@
 Existing systemd units run ``mk-docker-opts.sh -k DOCKER_NETWORK_OPTIONS -d /run/flannel/docker``
 and then ``EnvironmentFile=`` the result, so this port keeps the script's contract: the same
 getopts options (``-f -d -i -c -k -m -h -?``, ``-fFILE``, ``-ic``), the same defaults, exit 1 for
-usage (a bad option named in dash's getopts words), byte-identical output (docs/compatibility.md#mk-docker-opts), the output file truncated before writing, and
-the routing-table sanity check run *after* the file is written.
+usage (a bad option named in dash's getopts words), byte-identical output
+(docs/compatibility.md#mk-docker-opts), the output file truncated before writing, and the
+routing-table sanity check run *after* the file is written.
 
 Where it differs from the script, it is on purpose:
 
