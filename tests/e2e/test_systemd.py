@@ -42,7 +42,7 @@ def test_install_lays_out_flannel(installed: pathlib.Path) -> None:
     for var in ("FLANNEL_ETCD_ENDPOINTS=", "FLANNEL_ETCD_PREFIX=\"/atomic.io/network\"", "FLANNEL_OPTIONS="):
         assert var in sysconfig
     dropin = (installed / "etc/systemd/system/docker.service.d/flannel.conf").read_text()
-    assert "EnvironmentFile=-/run/flannel/docker" in dropin and "$DOCKER_NETWORK_OPTIONS" in dropin
+    assert "After=flanneld.service" in dropin and "\nExecStart" not in dropin
     wrapper = (installed / "usr/local/bin/flanneld").read_text()
     assert "exec /usr/local/lib/pyflannel/bin/python -m pyflannel.cli.flanneld" in wrapper
     res = subprocess.run([str(installed / "usr/local/lib/pyflannel/bin/python"), "-m", "pyflannel.cli.flanneld",
@@ -63,8 +63,7 @@ def test_systemd_analyze_accepts_the_units(tmp_path: pathlib.Path) -> None:
     unit.write_text((ROOT / "dist/systemd/flanneld.service.in").read_text().replace("@BINDIR@", str(VENV_BIN)))
     (tmp_path / "docker.service").write_text("[Unit]\nDescription=Docker\n[Service]\nExecStart=/bin/true\n")
     (tmp_path / "docker.service.d").mkdir()
-    dropin = (ROOT / "dist/systemd/docker.service.d/flannel.conf").read_text()
-    (tmp_path / "docker.service.d/flannel.conf").write_text(dropin.replace("/usr/sbin/dockerd", "/bin/true"))
+    shutil.copy(ROOT / "dist/systemd/docker.service.d/flannel.conf", tmp_path / "docker.service.d/flannel.conf")
     assert verify(unit, tmp_path / "docker.service", unit_path=tmp_path) == ""
 
 
@@ -81,3 +80,91 @@ def test_empty_endpoint_in_sysconfig_is_named() -> None:
                          capture_output=True, text=True, timeout=30)
     assert res.returncode == 2
     assert "FLANNEL_ETCD_ENDPOINTS in /etc/sysconfig/flanneld" in res.stderr
+
+
+# ---- against the units of Debian's docker.io package (issue 15: restarting flanneld restarted docker)
+DOCKER_IO_CACHE = ROOT / ".cache" / "docker.io"
+TIES = ("Requires", "Requisite", "BindsTo", "PartOf", "Upholds", "PropagatesStopTo", "StopPropagatedFrom",
+        "RequiredBy", "UpheldBy")  # every kind that makes one unit's stop or restart reach another
+
+
+def parse_unit(*texts: str) -> dict[tuple[str, str], list[str]]:
+    """A unit and its drop-ins, merged as systemd does: values accumulate, an empty one resets."""
+    out: dict[tuple[str, str], list[str]] = {}
+    for text in texts:
+        section = ""
+        for raw in text.splitlines():
+            line = raw.strip()
+            if not line or line[0] in "#;":
+                continue
+            if line.startswith("["):
+                section = line.strip("[]")
+                continue
+            key, _, value = line.partition("=")
+            values = out.setdefault((section, key.strip()), [])
+            if value.strip():
+                values.append(value.strip())
+            else:
+                values.clear()
+    return out
+
+
+@pytest.fixture(scope="module")
+def docker_io() -> pathlib.Path:
+    """docker.service and docker.socket of Debian's docker.io, downloaded once into .cache."""
+    unit = DOCKER_IO_CACHE / "lib/systemd/system/docker.service"
+    if not unit.exists():
+        work = DOCKER_IO_CACHE.parent / "docker.io.download"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        try:
+            got = subprocess.run(["apt-get", "download", "docker.io"], cwd=work, capture_output=True, text=True,
+                                 timeout=600)
+            debs = list(work.glob("docker.io_*.deb"))
+            if got.returncode != 0 or not debs:
+                msg = f"cannot download Debian's docker.io package: {got.stderr.strip()[-300:]}"
+                if os.environ.get("CI"):
+                    pytest.fail(msg)
+                pytest.skip(msg)
+            subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(work / "x")], check=True, timeout=300)
+            DOCKER_IO_CACHE.mkdir(parents=True, exist_ok=True)
+            for name in ("docker.service", "docker.socket"):
+                (DOCKER_IO_CACHE / "lib/systemd/system").mkdir(parents=True, exist_ok=True)
+                shutil.copy(work / "x/lib/systemd/system" / name, DOCKER_IO_CACHE / "lib/systemd/system" / name)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return DOCKER_IO_CACHE / "lib/systemd/system"
+
+
+def test_docker_is_ordered_after_flanneld_but_never_tied_to_it(docker_io: pathlib.Path, tmp_path) -> None:
+    stock = (docker_io / "docker.service").read_text()
+    dropin = (ROOT / "dist/systemd/docker.service.d/flannel.conf").read_text()
+    ours = (ROOT / "dist/systemd/flanneld.service.in").read_text().replace("@BINDIR@", str(VENV_BIN))
+    docker, flanneld = parse_unit(stock, dropin), parse_unit(ours)
+    assert "flanneld.service" in docker[("Unit", "After")][-1] and "flanneld.service" in docker[("Unit", "Wants")]
+    for (_section, key), values in docker.items():
+        if key in TIES:
+            assert not any("flanneld" in v for v in values), f"docker's {key}= ties it to flanneld: {values}"
+    assert not any(key in TIES for _, key in flanneld), f"flanneld.service ties another unit: {flanneld}"
+    # docker's own command line, --containerd included, is what Debian's package wrote
+    assert docker[("Service", "ExecStart")] == parse_unit(stock)[("Service", "ExecStart")]
+    assert "--containerd=" in docker[("Service", "ExecStart")][0]
+    # and systemd itself accepts the three together
+    shutil.copy(docker_io / "docker.socket", tmp_path / "docker.socket")
+    # dockerd is not installed here: verify would stop at its missing binary
+    (tmp_path / "docker.service").write_text(stock.replace("/usr/sbin/dockerd", "/bin/true"))
+    (tmp_path / "docker.service.d").mkdir()
+    (tmp_path / "docker.service.d/flannel.conf").write_text(dropin)
+    (tmp_path / "flanneld.service").write_text(ours)
+    assert verify(tmp_path / "flanneld.service", tmp_path / "docker.service", unit_path=tmp_path) == ""
+
+
+def test_the_old_drop_in_would_have_failed(docker_io: pathlib.Path) -> None:
+    """The check above can fail: the drop-in pyflannel shipped before tied docker to flanneld and
+    replaced docker's command line."""
+    old = ("[Unit]\nAfter=flanneld.service\nRequires=flanneld.service\n[Service]\n"
+           "EnvironmentFile=-/run/flannel/docker\nExecStart=\n"
+           "ExecStart=/usr/sbin/dockerd -H fd:// $DOCKER_OPTS $DOCKER_NETWORK_OPTIONS\n")
+    docker = parse_unit((docker_io / "docker.service").read_text(), old)
+    assert "flanneld.service" in docker[("Unit", "Requires")]
+    assert "--containerd=" not in docker[("Service", "ExecStart")][0]

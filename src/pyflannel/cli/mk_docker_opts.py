@@ -17,6 +17,8 @@ Where it differs from the script, it is on purpose:
   shell variables, which the script's ``set | grep`` would sweep in, are not.
 - The ``-k`` key must be a shell variable name, since the output is read as an env file.
 - If ``ip`` is not installed, the routing-table check is skipped instead of failing.
+- ``--daemon-json[=FILE]`` (pyflannel's own) merges the options into docker's daemon.json instead
+  (``docker_json``): the way the shipped units hand them to docker, whatever its packaging.
 
 The work is split into small pure functions (options, rendering, the route match); ``main`` only
 does the I/O, and takes the environment and the route-table reader as parameters so tests never
@@ -36,6 +38,8 @@ from dataclasses import dataclass
 
 from pyflannel.core.errors import LocalConfigError
 from pyflannel.core.subnetenv import parse_subnet_env
+
+from . import docker_json
 
 PROG = "mk-docker-opts"
 
@@ -182,8 +186,10 @@ def main(
 ) -> int:
     """Run like the script; returns the exit status."""
     env = os.environ if environ is None else environ
+    args = list(sys.argv[1:] if argv is None else argv)
+    daemon_json = _take_daemon_json(args)
     try:
-        options = parse_args(sys.argv[1:] if argv is None else argv)
+        options = parse_args(args)
     except UsageError as err:
         if str(err):
             _err(str(err))
@@ -195,6 +201,8 @@ def main(
     except (OSError, LocalConfigError, OptsError) as err:
         _err(str(err) if isinstance(err, OptsError) else f"{PROG}: {err}")
         return 1
+    if daemon_json is not None:
+        return docker_json.run(values, daemon_json, options.ipmasq, PROG)
     text = render_docker_env(opts, options, env.get(options.combined_key))
     try:
         with open(options.docker_env, "w", encoding="utf-8", errors="surrogateescape") as f:
@@ -203,6 +211,15 @@ def main(
         _err(f"{PROG}: cannot write {options.docker_env}: {err}")
         return 1
     return _check_routes(values.get("FLANNEL_SUBNET", ""), route_table)
+
+
+def _take_daemon_json(args: list[str]) -> str | None:
+    """Remove pyflannel's ``--daemon-json[=FILE]`` from ``args``; its FILE, or None when absent."""
+    for i, arg in enumerate(args):
+        if arg == "--daemon-json" or arg.startswith("--daemon-json="):
+            del args[i]
+            return arg.partition("=")[2] or docker_json.DEFAULT_PATH
+    return None
 
 
 def _check_routes(flannel_subnet: str, route_table: Callable[[], str | None]) -> int:
