@@ -213,7 +213,11 @@ class Converger:
                     self._failed(name, err)
                     self._full.add(name)  # a failed delta cannot be trusted: read in full on the retry
                     failed = True
-            self.stats.seconds += time.monotonic() - start
+            took = time.monotonic() - start
+            self.stats.seconds += took
+            log.debug("converge run %d: %d peers planned, %s, %s in %.1f ms", self.stats.runs, len(selected),
+                      f"full read of {', '.join(sorted(full))}" if full else "delta", "failed" if failed else "done",
+                      took * 1000)
             if failed:
                 self._retry_at = self.clock() + self._backoff.next()
             else:

@@ -275,6 +275,9 @@ class Conductor:
             log_bad(ev.bad, self._bad_seen)
             self.keeper.observe(ev)
             delta = self.peers.apply(ev)
+            log.debug("store %s at revision %d: %d added, %d removed, %d changed, %d bad; %d leases known",
+                      type(ev).__name__.lower(), ev.revision, len(delta.added), len(delta.removed),
+                      len(delta.changed), len(ev.bad), len(self.peers.leases))
             for le in delta.added:
                 if le.subnet != own:
                     self._bad_seen.discard(le.key)

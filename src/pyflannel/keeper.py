@@ -94,6 +94,8 @@ class LeaseKeeper:
         """The one place ``lease`` changes hands; a new expiry moves the renewal time."""
         if lease.expiration != self.lease.expiration or lease.is_reservation != self.lease.is_reservation:
             self._renew_at = self._renewal_time(lease)
+            if self._renew_at is not None:
+                log.debug("lease %s: next renewal in %.0fs", lease.subnet, self._renew_at - time.time())
         self.lease = lease
 
     def _until_renewal(self) -> float | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -12,6 +13,7 @@ from .. import __version__
 from ..daemon import Options, run
 from ..store.etcd import EtcdOptions
 from .flags import Flag, FlagSet, HelpRequested, UsageError
+from .proctitle import set_process_name
 
 ETCD_FLAGS = [
     Flag("etcd-endpoints", "str", "http://127.0.0.1:4001,http://127.0.0.1:2379",
@@ -120,12 +122,19 @@ def build_options(v: Mapping[str, Any]) -> Options:
     )
 
 
+OWN_LOGGERS = ("flanneld", "pyflannel")  # everything pyflannel logs is under one of these
+
+
 def setup_logging(verbosity: int) -> None:
+    """-v=0/1: pyflannel's own info; -v=2: its debug decisions too; -v>=3: the libraries' debug
+    as well (pyroute2, grpc, asyncio, etcd3aio, botocore). Below 3 libraries say only warnings."""
     logging.basicConfig(
-        level=logging.DEBUG if verbosity >= 2 else logging.INFO,
+        level=logging.DEBUG if verbosity >= 3 else logging.WARNING,
         format="%(asctime)s %(levelname).1s %(process)d %(name)s] %(message)s",
         stream=sys.stderr,
     )
+    for name in OWN_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbosity >= 2 else logging.INFO)
     if verbosity < 3:
         logging.getLogger("etcd3aio").setLevel(logging.ERROR)  # we log outages once, ourselves
         logging.getLogger("asyncio").addFilter(_grpc_watch_teardown_noise)
@@ -157,7 +166,26 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         print(f"flanneld: {err}\nRun 'flanneld -h' for the flags.", file=sys.stderr)
         return 2
     setup_logging(values["v"])
+    set_process_name("flanneld", list(sys.argv[1:] if argv is None else argv))
+    logging.getLogger("flanneld").info("flanneld %s (pyflannel, Python %s) starting; effective flags: %s",
+                                       __version__, platform.python_version(), effective_flags(values))
     return run(opts)
+
+
+def effective_flags(v: Mapping[str, Any]) -> str:
+    """Every flag with the value in force (command line, FLANNELD_* environment or default), as Go
+    flannel logs its "CLI flags config"; the etcd password is never shown."""
+    out = []
+    for flag in FLANNELD_FLAGS:
+        value = v[flag.name]
+        if flag.name == "etcd-password" and value:
+            value = "<redacted>"
+        elif isinstance(value, list | tuple):
+            value = ",".join(map(str, value))
+        elif isinstance(value, bool):
+            value = str(value).lower()
+        out.append(f"-{flag.name}={value}")
+    return " ".join(out)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,63 @@
+"""What an operator sees of a running flanneld (issue 15): its name, version and flags at start,
+and a debug log (-v=2) that holds pyflannel's own decisions and no library internals."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from pyflannel import __version__
+from pyflannel.lab.cluster import PREFIX, Lab
+
+from .helpers import log_text, wait_for
+
+LINE = re.compile(r"^\d{4}-\d\d-\d\d [\d:,]+ ([DIWEC]) \d+ (\S+)\] ")
+
+
+@pytest.fixture(scope="module")
+def lab(make_lab) -> Iterator[Lab]:
+    with make_lab("pfop", 2, "vxlan", extra=("-v=2",)) as lab:
+        yield lab
+
+
+def test_debug_log_holds_our_decisions_and_no_library_lines(lab: Lab) -> None:
+    host = lab.hosts[0]
+    key = f"{PREFIX}/subnets/10.0.230.0-24"
+    lab.etcdctl("put", key, '{"PublicIP":"198.18.0.230","PublicIPv6":null,"BackendType":"vxlan",'
+                            '"BackendData":{"VNI":1,"VtepMAC":"02:42:0a:00:e6:00"}}')
+    wait_for(lambda: "peer added subnet=10.0.230.0/24" in log_text(lab, host), what="the peer added")
+    lab.etcdctl("del", key)
+    wait_for(lambda: "peer removed subnet=10.0.230.0/24" in log_text(lab, host), what="the peer removed")
+    wait_for(lambda: log_text(lab, host).count("converge run") >= 3, what="debug lines of the converger")
+    text = log_text(lab, host)
+    names = {m.group(2) for m in map(LINE.match, text.splitlines()) if m}
+    foreign = sorted(n for n in names if not n.startswith(("flanneld", "pyflannel")))
+    assert not foreign, f"library loggers at -v=2: {foreign}"
+    unparsed = [ln for ln in text.splitlines() if ln.strip() and not LINE.match(ln)]
+    assert not unparsed, f"lines that are no log record of ours (a library printing?): {unparsed[:5]}"
+    assert re.search(r" D \d+ flanneld\] store changes at revision \d+: 1 added", text)
+    assert len(text) < 200_000, f"{len(text)} bytes of log for two events"
+
+
+def test_start_line_names_version_and_every_flag(lab: Lab) -> None:
+    text = log_text(lab, lab.hosts[0])
+    m = re.search(rf"flanneld {re.escape(__version__)} \(pyflannel, Python [\d.]+\) starting; effective flags: (.*)",
+                  text)
+    assert m, text[:2000]
+    flags = m.group(1)
+    assert f"-etcd-endpoints={lab.etcd_endpoint}" in flags and f"-etcd-prefix={PREFIX}" in flags
+    assert "-v=2" in flags and "-ip-masq=false" in flags and "-etcd-password=" in flags
+
+
+def test_the_process_is_called_flanneld(lab: Lab) -> None:
+    pid = lab.flanneld_pid(lab.hosts[0])
+    assert pid is not None
+    assert str(pid) in subprocess.run(["pidof", "flanneld"], capture_output=True, text=True).stdout.split()
+    with open(f"/proc/{pid}/comm") as f:
+        assert f.read().strip() == "flanneld"
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        argv = [a.decode() for a in f.read().split(b"\0") if a]
+    assert argv[0] == "flanneld" and f"-etcd-prefix={PREFIX}" in argv
