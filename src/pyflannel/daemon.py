@@ -42,7 +42,8 @@ from .keeper import LeaseKeeper
 from .kernel.host import KernelHost
 from .kernel.iface import select_external_interface
 from .kernel.traffic import TrafficManager
-from .observe import HttpServer, Stats, View
+from .observe import HttpServer, Stats, View, state_lines
+from .process import ignore_early, install_signals, raise_file_limit
 from .store.etcd import EtcdOptions, EtcdRegistry
 from .store.manager import DEFAULT_TTL, LeaseManager, log_bad, watch_leases
 from .subnetfile import read_previous_subnet, try_write_subnet_file, unwritable_fix
@@ -105,7 +106,11 @@ class Conductor:
             datapath=lambda: self.backend.stats() if self.backend is not None else {},
             etcd_errors=lambda: self.registry.errors, bad_leases=lambda: len(self._bad_seen),
             reconcile=reconcile, masq_repairs=lambda: self.traffic.repairs if self.traffic is not None else 0,
-            programmed=self.programmed)
+            programmed=self.programmed, known=self._known_peers)
+
+    def _known_peers(self) -> int:
+        own = self.lease.subnet if self.lease is not None else None
+        return sum(1 for subnet in self.peers.leases if subnet != own)
 
     def programmed(self) -> dict[str, object]:
         """The peers as the data path has them now: for udp the pump's table itself."""
@@ -346,6 +351,9 @@ class Conductor:
                 self._traffic_log.ok("iptables/nftables rules can be checked again")
             except (KernelError, LocalConfigError) as err:
                 self._traffic_log.error("cannot check the iptables/nftables rules, retrying: %s", err)
+            except OSError as err:  # e.g. EMFILE: no descriptor left to run iptables with
+                self._traffic_log.error("cannot check the iptables/nftables rules, retrying: cannot run %s: %s",
+                                        "nft" if self.traffic.nftables else "iptables", err.strerror or err)
 
     async def close(self) -> None:
         if self.converger is not None:
@@ -372,6 +380,7 @@ async def _main(opts: Options) -> int:
 
     for s in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(s, on_signal, s)
+    install_signals(loop, lambda: state_lines(conductor.view()))
     try:
         await conductor.run()
         return 0
@@ -413,12 +422,14 @@ def _flatten(err: BaseException) -> list[BaseException]:
 
 def run(opts: Options) -> int:
     """The composition root: run flanneld until SIGTERM; the process exit code."""
+    ignore_early()
     instance = InstanceLock(opts.subnet_file)
     try:
         instance.acquire()  # before anything is touched: a second flanneld must change nothing
     except LocalConfigError as err:
         log.error("%s", err)
         return 1
+    raise_file_limit()
     try:
         return asyncio.run(_main(opts))
     except KeyboardInterrupt:

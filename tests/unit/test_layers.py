@@ -17,6 +17,7 @@ ALLOWED = {
     "kernel": {"core"},
     "backend": {"core"},
     "systemd": set(),
+    "process": set(),
     "observe": {"core", "metrics"},
     "metrics": set(),
     "subnetfile": {"core"},
@@ -24,7 +25,7 @@ ALLOWED = {
     "converger": {"core", "kernel", "backend"},
     "keeper": {"core", "store"},
     "daemon": {"core", "store", "kernel", "backend", "systemd", "observe", "subnetfile", "converger", "keeper",
-               "instance"},
+               "instance", "process"},
     "cli": {"core", "store", "kernel", "backend", "systemd", "daemon", "lab", "__init__"},
     "lab": {"core", "store", "cli", "instance"},
 }
