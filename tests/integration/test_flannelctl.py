@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -127,3 +129,102 @@ def test_wrong_prefix_and_wrong_endpoint(etcd_server, capsys) -> None:
     port = free_port()
     assert main([f"-etcd-endpoints=http://127.0.0.1:{port}", "leases", "list"]) == 1
     assert f"127.0.0.1:{port}" in capsys.readouterr().err
+
+
+# ---- issue 13.9: bad input ends every command with one line and exit 1, never a traceback ------------
+
+def ctl_proc(server_endpoint: str, *args: str, stdin: bytes = b"") -> tuple[int, str, str]:
+    """flannelctl as the operator runs it: its own process, so a traceback or any stray output
+    (a library's log at exit) shows on stderr."""
+    res = subprocess.run([sys.executable, "-m", "pyflannel.cli.flannelctl", f"-etcd-endpoints={server_endpoint}",
+                          f"-etcd-prefix={PREFIX}", *args], input=stdin, capture_output=True, timeout=60)
+    return res.returncode, res.stdout.decode(errors="replace"), res.stderr.decode(errors="replace")
+
+
+def one_line_error(result: tuple[int, str, str], *wanted: str) -> str:
+    rc, _, err = result
+    assert rc == 1, result
+    assert "Traceback" not in err and err.endswith("\n") and err.count("\n") == 1, err
+    assert err.startswith("flannelctl: "), err
+    for text in wanted:
+        assert text in err, err
+    return err
+
+
+@pytest.fixture
+def net(etcd_server) -> EtcdServer:
+    asyncio.run(_raw_put(etcd_server, f"{PREFIX}/config", b'{"Network": "10.0.0.0/16"}'))
+    return etcd_server
+
+
+def test_status_on_a_binary_subnet_env(net, tmp_path) -> None:
+    bad = tmp_path / "subnet.env"
+    bad.write_bytes(b"FLANNEL_NETWORK=10.0.0.0/16\n\xff\xfe\x00\x81garbage\n")
+    one_line_error(ctl_proc(net.endpoint, "status", f"-subnet-file={bad}"), f"{bad} is not a subnet.env: byte 28")
+    bad.write_text("FLANNEL_NETWORK=10.0.0.0/16\nFLANNEL_SUBNET=10.0.5\n")  # cut short
+    one_line_error(ctl_proc(net.endpoint, "status", f"-subnet-file={bad}"), "no valid FLANNEL_SUBNET (found '10.0.5')")
+    one_line_error(ctl_proc(net.endpoint, "status", f"-subnet-file={tmp_path}"), "Is a directory")
+
+
+def test_garbage_leases(net, tmp_path) -> None:
+    """Garbage values and keys under subnets/: listed as bad, named where they are in the way."""
+    asyncio.run(_raw_put(net, f"{PREFIX}/subnets/10.0.9.0-24", b"\xff\x00garbage"))
+    asyncio.run(_raw_put(net, f"{PREFIX}/subnets/not-a-subnet", b"{}"))
+    rc, out, err = ctl_proc(net.endpoint, "leases", "list")
+    assert (rc, err) == (0, ""), err
+    assert f"BAD  {PREFIX}/subnets/10.0.9.0-24: lease value is not JSON" in out
+    assert f"BAD  {PREFIX}/subnets/not-a-subnet: not a subnet key" in out
+    one_line_error(ctl_proc(net.endpoint, "leases", "reserve", "10.0.9.0/24", "198.18.0.9"),
+                   f"{PREFIX}/subnets/10.0.9.0-24 is in the way and holds garbage",
+                   f"flannelctl leases revoke {PREFIX}/subnets/10.0.9.0-24")
+    env = tmp_path / "subnet.env"
+    env.write_text("FLANNEL_NETWORK=10.0.0.0/16\nFLANNEL_SUBNET=10.0.9.1/24\nFLANNEL_MTU=1472\nFLANNEL_IPMASQ=false\n")
+    rc, out, err = ctl_proc(net.endpoint, "status", f"-subnet-file={env}")
+    assert rc == 0 and "Traceback" not in err, err
+    assert f"lease       10.0.9.0/24: its key {PREFIX}/subnets/10.0.9.0-24 holds garbage" in out
+    # a garbage network config: every command that needs it says so in one line
+    asyncio.run(_raw_put(net, f"{PREFIX}/config", b"\xff\xfe{"))
+    for args in (("config", "get"), ("config", "validate"), ("leases", "list"),
+                 ("leases", "reserve", "10.0.11.0/24", "198.18.0.11"), ("status", f"-subnet-file={env}")):
+        one_line_error(ctl_proc(net.endpoint, *args), "network config", "invalid JSON")
+
+
+def test_revoke_a_bad_key(net) -> None:
+    asyncio.run(_raw_put(net, f"{PREFIX}/subnets/10.0.5.128-25", b'{"PublicIP":"198.18.0.5"}'))
+    asyncio.run(_raw_put(net, f"{PREFIX}/subnets/10.0.9.0-24", b"\xff\x00garbage"))
+    asyncio.run(_raw_put(net, f"{PREFIX}/subnets/garbage", b"x"))
+    for key in ("10.0.5.128-25", f"{PREFIX}/subnets/10.0.9.0-24", "garbage"):
+        rc, out, err = ctl_proc(net.endpoint, "leases", "revoke", key)
+        assert (rc, err) == (0, ""), err
+        assert out.startswith(f"revoked {PREFIX}/subnets/"), out
+    rc, out, _ = ctl_proc(net.endpoint, "leases", "list", "--json")
+    assert rc == 0 and json.loads(out)["bad"] == [] and json.loads(out)["leases"] == []
+    one_line_error(ctl_proc(net.endpoint, "leases", "revoke", "garbage"), "no lease for garbage")
+    one_line_error(ctl_proc(net.endpoint, "leases", "revoke", "/etc/passwd"), f"not under {PREFIX}/subnets/")
+    one_line_error(ctl_proc(net.endpoint, "leases", "revoke", "10.0.7.1/24"), "bad subnet")
+
+
+def test_unreachable_etcd_and_bad_files(tmp_path) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    env = tmp_path / "subnet.env"
+    env.write_text("FLANNEL_NETWORK=10.0.0.0/16\nFLANNEL_SUBNET=10.0.9.1/24\n")
+    cfg = tmp_path / "net.json"
+    cfg.write_text('{"Network": "10.0.0.0/16"}')
+    for args in (("config", "get"), ("config", "set", str(cfg)), ("config", "validate"), ("leases", "list"),
+                 ("leases", "reserve", "10.0.9.0/24", "198.18.0.9"), ("leases", "revoke", "10.0.9.0/24"),
+                 ("status", f"-subnet-file={env}")):
+        one_line_error(ctl_proc(dead, *args), f"etcd at {dead} failed", "check -etcd-endpoints")
+    cfg.write_bytes(b"\xff\xfe{\x00")
+    one_line_error(ctl_proc(dead, "config", "validate", str(cfg)), f"invalid network config in {cfg}")
+    one_line_error(ctl_proc(dead, "config", "set", "-", stdin=b"\x00\x01"), "invalid network config in -")
+    one_line_error(ctl_proc(dead, "config", "validate", str(tmp_path / "nope.json")), "No such file or directory")
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    one_line_error(ctl_proc(dead, f"-etcd-cafile={garbage}", f"-etcd-certfile={garbage}", f"-etcd-keyfile={garbage}",
+                            "leases", "list"), f"--etcd-cafile {garbage} holds no PEM CA certificate")
+    one_line_error(ctl_proc("ftp://etcd", "leases", "list"), "bad etcd endpoint 'ftp://etcd'")
+    # usage errors: one line too, exit 2
+    for args in (("bogus",), ("leases",), ("leases", "reserve", "10.0.9.0/24"), ("lab", "up", "--hosts", "x"),
+                 ("-healthz-port=x", "status")):
+        rc, _, err = ctl_proc(dead, *args)
+        assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err, (args, err)

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import ipaddress
 import json
+import urllib.error
 import urllib.request
 from typing import Any
 
 from ..core.allocate import is_compatible
 from ..core.config import NetworkConfig, parse_config
-from ..core.errors import ConfigError, FlannelError, StoreUnavailable
+from ..core.errors import ConfigError, FlannelError, KernelError, StoreUnavailable
 from ..core.lease import Lease, LeaseAttrs, public_ip_problem
 from ..core.subnetenv import parse_subnet_env, previous_subnets
 from ..store.etcd import EtcdRegistry
@@ -100,6 +102,10 @@ async def leases_reserve(registry: EtcdRegistry, subnet_text: str, ip_text: str)
         raise FlannelError(f"{subnet} is outside the network: it must be a /{config.subnet_len} between SubnetMin "
                            f"{config.subnet_min} and SubnetMax {config.subnet_max} of {config.network}")
     snap = await registry.list_leases()
+    for bad in snap.bad:
+        if bad.key == registry.lease_key(subnet) or (bad.subnet is not None and bad.subnet.overlaps(subnet)):
+            raise FlannelError(f"{bad.key} is in the way and holds garbage ({bad.reason}): delete it first with "
+                               f"`flannelctl leases revoke {bad.key}`")
     for lease in snap.leases:
         if lease.subnet.overlaps(subnet) and lease.attrs.public_ip != public_ip:
             what = "reserved for" if lease.is_reservation else "leased to"
@@ -117,11 +123,31 @@ async def leases_reserve(registry: EtcdRegistry, subnet_text: str, ip_text: str)
     return 0
 
 
-async def leases_revoke(registry: EtcdRegistry, subnet_text: str) -> int:
-    subnet = _subnet(subnet_text)
-    if not await registry.delete_lease(subnet):
-        raise FlannelError(f"no lease for {subnet} under {registry.subnets_prefix} (see flannelctl leases list)")
-    print(f"revoked {subnet}: its host's flanneld takes it again if it still runs, or leases a new one on restart")
+def revoke_key(registry: EtcdRegistry, text: str) -> str:
+    """The key ``leases revoke TEXT`` deletes: a subnet (``10.0.5.0/24``), or a key under
+    ``<prefix>/subnets/`` as ``leases list`` shows it, in full or its last part (``10.0.5.128-25``,
+    ``garbage``): a key that does not decode can be deleted too."""
+    prefix = registry.subnets_prefix
+    if text.startswith(prefix):
+        tail = text[len(prefix):]
+    elif text.startswith("/"):
+        raise FlannelError(f"{text} is not under {prefix}: only lease keys can be revoked (is -etcd-prefix right?)")
+    elif "/" in text:
+        return registry.lease_key(_subnet(text))
+    else:
+        tail = text
+    if not tail or "/" in tail:
+        raise FlannelError(f"bad key {text!r}: give a subnet (10.0.53.0/24) or a key as `flannelctl leases list` "
+                           f"shows it ({prefix}10.0.53.0-24, or just 10.0.53.0-24)")
+    return prefix + tail
+
+
+async def leases_revoke(registry: EtcdRegistry, text: str) -> int:
+    key = revoke_key(registry, text)
+    if not await registry.delete_subnet_key(key):
+        raise FlannelError(f"no lease for {text}: {key} does not exist (see flannelctl leases list)")
+    print(f"revoked {key}: if a running flanneld held it, it takes it again; a host leases a new subnet when it "
+          "restarts")
     return 0
 
 
@@ -129,14 +155,28 @@ def orphaned_by(new: NetworkConfig, leases: list[Lease]) -> list[Lease]:
     return [le for le in leases if not is_compatible(new, le.subnet)]
 
 
-async def status(registry: EtcdRegistry, subnet_file: str, healthz_port: int) -> int:
+def read_subnet_env(path: str) -> dict[str, str]:
+    """subnet.env for ``status``: a file that is not one is an error naming the file."""
     try:
-        with open(subnet_file) as f:
-            values = parse_subnet_env(f.read(), source=subnet_file)
+        with open(path, "rb") as f:
+            data = f.read()
     except OSError as err:
-        raise FlannelError(f"cannot read {subnet_file}: {err.strerror} (is flanneld running here? "
-                           "give -subnet-file if it writes elsewhere)") from err
+        raise FlannelError(f"cannot read {path}: {err.strerror} (is flanneld running here? give -subnet-file "
+                           "if it writes elsewhere)") from err
+    try:
+        text = data.decode()
+    except UnicodeDecodeError as err:
+        raise FlannelError(f"{path} is not a subnet.env: byte {err.start} is not text (a binary or damaged "
+                           "file; flanneld writes it anew once it holds its lease)") from None
+    return parse_subnet_env(text, source=path)
+
+
+async def status(registry: EtcdRegistry, subnet_file: str, healthz_port: int) -> int:
+    values = read_subnet_env(subnet_file)
     own, _ = previous_subnets(values)
+    if own is None:
+        raise FlannelError(f"{subnet_file} holds no valid FLANNEL_SUBNET (found {values.get('FLANNEL_SUBNET')!r}): "
+                           "is flanneld done starting here? give -subnet-file if it writes elsewhere")
     config = await network_config(registry)
     assert config is not None
     snap = await registry.list_leases()
@@ -144,11 +184,15 @@ async def status(registry: EtcdRegistry, subnet_file: str, healthz_port: int) ->
     print(f"subnet.env  {subnet_file}: FLANNEL_SUBNET={values.get('FLANNEL_SUBNET')} "
           f"FLANNEL_MTU={values.get('FLANNEL_MTU')}")
     print(f"network     {config.network} backend {config.backend_type}")
-    if mine is None:
-        print(f"lease       {own}: NOT in etcd (flanneld retakes it, or leases a new subnet when restarted)")
-    else:
+    bad = next((b for b in snap.bad if b.subnet == own), None)
+    if mine is not None:
         ttl = None if mine.is_reservation else await registry.time_to_live(mine.lease_id)
         print(f"lease       {mine.subnet} public IP {mine.attrs.public_ip}, expires in {_expires(ttl)}")
+    elif bad is not None:
+        print(f"lease       {own}: its key {bad.key} holds garbage ({bad.reason}): revoke it (flannelctl leases "
+              f"revoke {bad.key}) so that flanneld can take the subnet again")
+    else:
+        print(f"lease       {own}: NOT in etcd (flanneld retakes it, or leases a new subnet when restarted)")
     print(f"peers       {len([le for le in snap.leases if le.subnet != own])} (bad keys: {len(snap.bad)})")
     print(f"devices     {await asyncio.to_thread(_devices, config)}")  # pyroute2's sync API wants no loop
     if healthz_port:
@@ -159,7 +203,10 @@ async def status(registry: EtcdRegistry, subnet_file: str, healthz_port: int) ->
 def _devices(config: NetworkConfig) -> str:
     from ..kernel import netlink
 
-    names = {link.name: link for link in netlink.links()}
+    try:
+        names = {link.name: link for link in netlink.links()}
+    except KernelError as err:
+        return f"cannot list them: {err}"
     want = {"udp": "flannel0", "vxlan": f"flannel.{config.backend_option('VNI', 1)}"}.get(config.backend_type)
     if want is None:
         return "none needed"
@@ -170,8 +217,10 @@ def _devices(config: NetworkConfig) -> str:
 def _health(port: int) -> str:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=3) as r:
-            return f"{r.status} {r.read().decode()}"
-    except OSError as err:
+            return f"{r.status} {r.read().decode(errors='replace')}"
+    except urllib.error.HTTPError as err:  # 503: not ready, and why
+        return f"{err.code} {err.read().decode(errors='replace')}"
+    except (OSError, http.client.HTTPException, ValueError) as err:  # not an HTTP server on that port
         return f"not answering on 127.0.0.1:{port}: {err}"
 
 

@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from ..backend import get_backend
 from ..core.config import RESTART_NEEDED, NetworkConfig, config_changes, parse_config
 from ..core.errors import ConfigError, FlannelError, StoreUnavailable
+from ..lab.netns import LabError
 from ..store.etcd import EtcdRegistry
 from .ctl_leases import leases_list, leases_reserve, leases_revoke, orphaned_by, status
 from .flags import Flag, FlagSet, HelpRequested, UsageError
@@ -35,10 +37,18 @@ CTL_FLAGS = [
 ]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``UsageError``), not the usage text and an exit."""
+
+    def error(self, message: str) -> NoReturn:
+        sub = self.prog.removeprefix("flannelctl").strip()
+        raise UsageError(f"{sub + ': ' if sub else ''}{message} (see `{self.prog} -h`)")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="flannelctl", description="Operate a flannel network "
-                                "(etcd flags as flanneld: -etcd-endpoints, -etcd-prefix, ...)")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    p = _Parser(prog="flannelctl", description="Operate a flannel network "
+                "(etcd flags as flanneld: -etcd-endpoints, -etcd-prefix, ...)")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
     cfg = sub.add_parser("config", help="read, check and write the network config").add_subparsers(
         dest="action", required=True)
     cfg.add_parser("get", help="print the network config stored in etcd")
@@ -55,8 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     rs = leases.add_parser("reserve", help="reserve SUBNET for the host with PUBLIC_IP (a key without TTL)")
     rs.add_argument("subnet")
     rs.add_argument("public_ip")
-    rv = leases.add_parser("revoke", help="delete the lease or reservation of SUBNET")
-    rv.add_argument("subnet")
+    rv = leases.add_parser("revoke", help="delete the lease or reservation of SUBNET, or any key under "
+                           "<prefix>/subnets/ (a bad one too) given as listed: 10.0.5.128-25 or the full key")
+    rv.add_argument("subnet", metavar="SUBNET|KEY")
     sub.add_parser("status", help="this host: lease, backend, peers, devices, health")
     lab = sub.add_parser("lab", help="a multi-host cluster in network namespaces on this machine")
     lab.add_argument("action", choices=["up", "down", "status", "demo"])
@@ -88,50 +99,47 @@ def _warn_restart(previous: bytes | None, new: NetworkConfig) -> None:
 
 
 async def _config(args: argparse.Namespace, registry: EtcdRegistry) -> int:
+    if args.action == "set" or getattr(args, "file", None):  # a file is checked before etcd is asked
+        data, where = _read(args.file), args.file
+    else:
+        got = await registry.get_config()
+        where = registry.config_key
+        if got is None:
+            raise FlannelError(f"no network config at {registry.config_key}: write one with "
+                               f"`flannelctl -etcd-prefix={registry.prefix} config set FILE`")
+        data = got
     try:
-        if args.action == "validate" and args.file:
-            data = _read(args.file)
-            where = args.file
-        else:
-            got = await registry.get_config()
-            where = registry.config_key
-            if got is None and args.action != "set":
-                raise FlannelError(f"no network config at {registry.config_key}: write one with "
-                                   f"`flannelctl -etcd-prefix={registry.prefix} config set FILE`")
-            data = got or b""
-        if args.action == "set":
-            data, where = _read(args.file), args.file
-        try:
-            cfg = parse_config(data)
-            for warning in get_backend(cfg.backend_type).check_config(cfg):
-                print(f"flannelctl: warning: {warning}", file=sys.stderr)
-        except ConfigError as err:
-            raise FlannelError(f"invalid network config in {where}: {err}") from err
-        if args.action == "get":
-            sys.stdout.write(data.decode(errors="replace").rstrip("\n") + "\n")
-        elif args.action == "set":
-            orphans = orphaned_by(cfg, list((await registry.list_leases()).leases))
-            if orphans and not args.force:
-                names = ", ".join(f"{le.subnet} ({le.attrs.public_ip})" for le in orphans)
-                raise FlannelError(f"refusing to write {registry.config_key}: {len(orphans)} existing lease(s) would "
-                                   f"fall outside the new network: {names}. Their hosts would lease new subnets "
-                                   f"(and docker would need a restart); add --force to write anyway")
-            await registry.put_config(data)
-            print(f"wrote {registry.config_key}: network {cfg.network}, /{cfg.subnet_len} per host, "
-                  f"{cfg.subnets_ipv4()} subnets, backend {cfg.backend_type}")
-            _warn_restart(got, cfg)
-        elif getattr(args, "json", False):
-            print(json.dumps(cfg.to_effective_json(), indent=2))
-        else:
-            print(f"{where}: valid: network {cfg.network}, /{cfg.subnet_len} per host "
-                  f"({cfg.subnet_min}..{cfg.subnet_max}, {cfg.subnets_ipv4()} subnets), backend {cfg.backend_type}")
-        return 0
-    finally:
-        await registry.close()
+        cfg = parse_config(data)
+        for warning in get_backend(cfg.backend_type).check_config(cfg):
+            print(f"flannelctl: warning: {warning}", file=sys.stderr)
+    except ConfigError as err:
+        raise FlannelError(f"invalid network config in {where}: {err}") from err
+    if args.action == "get":
+        sys.stdout.write(data.decode(errors="replace").rstrip("\n") + "\n")
+    elif args.action == "set":
+        orphans = orphaned_by(cfg, list((await registry.list_leases()).leases))
+        if orphans and not args.force:
+            names = ", ".join(f"{le.subnet} ({le.attrs.public_ip})" for le in orphans)
+            raise FlannelError(f"refusing to write {registry.config_key}: {len(orphans)} existing lease(s) would "
+                               f"fall outside the new network: {names}. Their hosts would lease new subnets "
+                               f"(and docker would need a restart); add --force to write anyway")
+        previous = await registry.get_config()
+        await registry.put_config(data)
+        print(f"wrote {registry.config_key}: network {cfg.network}, /{cfg.subnet_len} per host, "
+              f"{cfg.subnets_ipv4()} subnets, backend {cfg.backend_type}")
+        _warn_restart(previous, cfg)
+    elif getattr(args, "json", False):
+        print(json.dumps(cfg.to_effective_json(), indent=2))
+    else:
+        print(f"{where}: valid: network {cfg.network}, /{cfg.subnet_len} per host "
+              f"({cfg.subnet_min}..{cfg.subnet_max}, {cfg.subnets_ipv4()} subnets), backend {cfg.backend_type}")
+    return 0
 
 
 async def _run(args: argparse.Namespace, values: Mapping[str, Any], registry: EtcdRegistry) -> int:
     try:
+        if args.cmd == "config":
+            return await _config(args, registry)
         if args.cmd == "status":
             return await status(registry, values["subnet-file"], values["healthz-port"])
         if args.action == "list":
@@ -139,8 +147,6 @@ async def _run(args: argparse.Namespace, values: Mapping[str, Any], registry: Et
         if args.action == "reserve":
             return await leases_reserve(registry, args.subnet, args.public_ip)
         return await leases_revoke(registry, args.subnet)
-    except StoreUnavailable as err:
-        raise FlannelError(f"{err} (check -etcd-endpoints)") from err
     finally:
         await registry.close()
 
@@ -172,6 +178,32 @@ def _lab(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Exit 0 when done, 1 with one line naming the cause and the fix when the input, a file or
+    the store is wrong, 2 with one line for a usage error; never a traceback."""
+    try:
+        return _main(argv, environ)
+    except UsageError as err:
+        print(f"flannelctl: {err}", file=sys.stderr)
+        return 2
+    except StoreUnavailable as err:
+        print(f"flannelctl: {err} (check -etcd-endpoints)", file=sys.stderr)
+        return 1
+    except (FlannelError, LabError) as err:
+        print(f"flannelctl: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `flannelctl leases list | head -1`: the reader is gone, nothing to say
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except Exception as err:  # a bug: still one line, with what is needed to report it
+        print(f"flannelctl: unexpected {type(err).__name__}: {err} (a bug in flannelctl: please report it with "
+              "the command line)", file=sys.stderr)
+        return 1
+
+
+def _main(argv: Sequence[str] | None, environ: Mapping[str, str] | None) -> int:
     flags = FlagSet("flannelctl", CTL_FLAGS, env_prefix="FLANNELD")
     try:
         values, rest = flags.parse(sys.argv[1:] if argv is None else argv,
@@ -179,27 +211,13 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except HelpRequested:
         _parser().print_help()
         return 0
-    except UsageError as err:
-        print(f"flannelctl: {err}", file=sys.stderr)
-        return 2
     try:
         args = _parser().parse_args(rest)
-    except SystemExit as exc:
+    except SystemExit as exc:  # -h of a subcommand
         return int(exc.code or 0)
-    try:
-        if args.cmd == "lab":
-            return _lab(args)
-        registry = EtcdRegistry(etcd_options(values))
-        if args.cmd == "config":
-            return asyncio.run(_config(args, registry))
-        return asyncio.run(_run(args, values, registry))
-    except FlannelError as err:
-        print(f"flannelctl: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-
-
+    if args.cmd == "lab":
+        return _lab(args)
+    return asyncio.run(_run(args, values, EtcdRegistry(etcd_options(values))))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import ipaddress
 import logging
 import posixpath
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -97,6 +98,22 @@ def _read(path: str, what: str) -> bytes:
         raise LocalConfigError(f"cannot read {what} {path}: {err.strerror}") from err
 
 
+def _check_tls_files(cafile: str, certfile: str, keyfile: str) -> None:
+    """gRPC takes any bytes and then fails every call with "Failed to create security handshaker"
+    (and logs C++ errors): check the PEM files first, so that a wrong one is named."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        ctx.load_verify_locations(cafile=cafile)
+    except (ssl.SSLError, ValueError) as err:
+        raise LocalConfigError(f"--etcd-cafile {cafile} holds no PEM CA certificate ({err})") from None
+    if certfile:
+        try:  # an empty password: an encrypted key fails here instead of prompting on a terminal
+            ctx.load_cert_chain(certfile, keyfile, password="")
+        except (ssl.SSLError, ValueError) as err:
+            raise LocalConfigError(f"--etcd-certfile {certfile} and --etcd-keyfile {keyfile} are not a PEM "
+                                   f"certificate and its unencrypted key ({err})") from None
+
+
 class EtcdRegistry:
     """Registry over one etcd cluster and one prefix."""
 
@@ -133,7 +150,9 @@ class EtcdRegistry:
             log.warning("no certificate provided: connecting to etcd with http. This is insecure "
                         "(give both --etcd-certfile and --etcd-keyfile for TLS)")
         if tls:
-            conn["ca_cert"] = _read(o.cafile or "/etc/ssl/certs/ca-certificates.crt", "--etcd-cafile")
+            cafile = o.cafile or "/etc/ssl/certs/ca-certificates.crt"
+            conn["ca_cert"] = _read(cafile, "--etcd-cafile")
+            _check_tls_files(cafile, o.certfile if "cert_chain" in conn else "", o.keyfile)
         client = Etcd3Client(
             targets,
             rpc_max_attempts=2,
@@ -295,6 +314,15 @@ class EtcdRegistry:
         cmp = Compare(result=Compare.EQUAL, target=Compare.MOD, key=key.encode(), mod_revision=mod_revision)
         txn = await self._call(kv.txn, [cmp], [KVService.txn_op_delete(key)], timeout=_CALL_TIMEOUT, max_attempts=1)
         return bool(txn.succeeded)
+
+    async def delete_subnet_key(self, key: str) -> bool:
+        """Delete one key under ``<prefix>/subnets/`` as it is spelled, also one that does not decode
+        (``flannelctl leases revoke`` of a bad key); False when there was none."""
+        if not key.startswith(self.subnets_prefix) or key == self.subnets_prefix:
+            raise ValueError(f"{key!r} is not a key under {self.subnets_prefix}")
+        kv = await self._kv()
+        resp = await self._call(kv.delete, key, timeout=_CALL_TIMEOUT)
+        return resp.deleted > 0
 
     async def watch_leases(self, start_revision: int) -> AsyncIterator[Changes | WatchLost]:
         client = await self.connect()
