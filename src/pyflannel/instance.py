@@ -71,3 +71,28 @@ def _read_pid(fd: int) -> int | None:
         return int(text) if text.isdigit() else None
     except OSError:
         return None
+
+
+def holder(subnet_file: str, lock_dir: str = LOCK_DIR) -> int | None:
+    """The pid of the flanneld that holds the lock for ``subnet_file``, or None when none does.
+    Read from /proc/locks, without taking the lock even for a moment: a flanneld starting at that
+    instant must never find it taken by a status check."""
+    try:
+        st = os.stat(lock_path(subnet_file, lock_dir))
+        with open("/proc/locks") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    want = (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+    for line in lines:
+        parts = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 1234 00:1a:5678 0 EOF" (a blocked waiter has "->" after the id)
+        if "->" in parts or len(parts) < 6 or parts[1] != "FLOCK":
+            continue
+        try:
+            major, minor, ino = parts[5].split(":")
+            if (int(major, 16), int(minor, 16), int(ino)) == want:
+                return int(parts[4])
+        except ValueError:
+            continue
+    return None

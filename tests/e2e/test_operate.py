@@ -61,3 +61,43 @@ def test_the_process_is_called_flanneld(lab: Lab) -> None:
     with open(f"/proc/{pid}/cmdline", "rb") as f:
         argv = [a.decode() for a in f.read().split(b"\0") if a]
     assert argv[0] == "flanneld" and f"-etcd-prefix={PREFIX}" in argv
+
+
+def _ctl(lab: Lab, host, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+    import sys
+
+    cmd = ["ip", "netns", "exec", host.ns, sys.executable, "-m", "pyflannel.cli.flannelctl", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=dict(os.environ, **(env or {})))
+
+
+def test_status_reads_the_sysconfig_asks_healthz_ip_and_fails_on_a_dead_host(lab: Lab, tmp_path) -> None:
+    """Issue 15 (2, 7): on a host installed as the article does, `flannelctl status` needs no flags
+    (the sysconfig file has the etcd endpoints, prefix and FLANNEL_OPTIONS), asks health where
+    flanneld serves it (-healthz-ip), and exits 1 when flanneld is dead."""
+    host = lab.hosts[1]
+    serve = (f"-healthz-ip={host.ip}", "-healthz-port=8082")
+    lab.stop_flanneld(host)
+    starts = log_text(lab, host).count("flannel is ready")
+    lab.start_flanneld(host, ("-v=2", *serve))
+    wait_for(lambda: log_text(lab, host).count("flannel is ready") > starts, timeout=20,
+             what="flanneld back with its health port on the host's own address")
+    sysconfig = tmp_path / "flanneld"
+    sysconfig.write_text(f'FLANNEL_ETCD_ENDPOINTS="{lab.etcd_endpoint}"\nFLANNEL_ETCD_PREFIX="{PREFIX}"\n'
+                         f'FLANNEL_OPTIONS="{" ".join(serve)} -subnet-file={lab.subnet_file(host)}"\n')
+    env = {"FLANNEL_SYSCONFIG": str(sysconfig)}
+    live = _ctl(lab, host, "status", env=env)
+    assert live.returncode == 0, live.stdout + live.stderr
+    assert f"running, pid {lab.flanneld_pid(host)}" in live.stdout
+    assert "health      200 flanneld is ready" in live.stdout
+    lab.stop_flanneld(host, sig=9)
+    try:
+        dead = _ctl(lab, host, "status", env=env)
+        assert dead.returncode == 1, dead.stdout + dead.stderr
+        last = dead.stdout.strip().splitlines()[-1]
+        assert last.startswith("status: 2 problem(s)") and "flanneld is not running" in last, dead.stdout
+        assert f"not answering on {host.ip}:8082" in dead.stdout
+    finally:
+        starts = log_text(lab, host).count("flannel is ready")
+        lab.start_flanneld(host, ("-v=2",))
+        wait_for(lambda: log_text(lab, host).count("flannel is ready") > starts, timeout=20, what="flanneld back")

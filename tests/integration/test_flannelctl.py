@@ -85,8 +85,8 @@ def test_leases_reserve_list_revoke(etcd_server, cfg_file, capsys) -> None:
     assert table[2].split() == ["10.0.80.0/24", "198.18.0.12", "udp", "-", "never", "yes"]
     assert ctl(etcd_server, "leases", "list", "--json") == 0
     doc = json.loads(capsys.readouterr().out)
-    assert [(r["subnet"], r["reservation"]) for r in doc["leases"]] == [("10.0.53.0/24", False), ("10.0.80.0/24", True)]
-    assert 0 < doc["leases"][0]["expires_in_s"] <= 600
+    assert [(r["Subnet"], r["Reservation"]) for r in doc["Leases"]] == [("10.0.53.0/24", False), ("10.0.80.0/24", True)]
+    assert 0 < doc["Leases"][0]["ExpiresInSeconds"] <= 600
     assert ctl(etcd_server, "leases", "revoke", "10.0.80.0/24") == 0
     assert ctl(etcd_server, "leases", "revoke", "10.0.80.0/24") == 1
     assert "no lease for 10.0.80.0/24" in capsys.readouterr().err
@@ -180,8 +180,9 @@ def test_garbage_leases(net, tmp_path) -> None:
     env = tmp_path / "subnet.env"
     env.write_text("FLANNEL_NETWORK=10.0.0.0/16\nFLANNEL_SUBNET=10.0.9.1/24\nFLANNEL_MTU=1472\nFLANNEL_IPMASQ=false\n")
     rc, out, err = ctl_proc(net.endpoint, "status", f"-subnet-file={env}")
-    assert rc == 0 and "Traceback" not in err, err
+    assert rc == 1 and "Traceback" not in err, err  # no flanneld here, and a garbage lease: problems
     assert f"lease       10.0.9.0/24: its key {PREFIX}/subnets/10.0.9.0-24 holds garbage" in out
+    assert "our lease key holds garbage" in out.splitlines()[-1]
     # a garbage network config: every command that needs it says so in one line
     asyncio.run(_raw_put(net, f"{PREFIX}/config", b"\xff\xfe{"))
     for args in (("config", "get"), ("config", "validate"), ("leases", "list"),
@@ -198,7 +199,7 @@ def test_revoke_a_bad_key(net) -> None:
         assert (rc, err) == (0, ""), err
         assert out.startswith(f"revoked {PREFIX}/subnets/"), out
     rc, out, _ = ctl_proc(net.endpoint, "leases", "list", "--json")
-    assert rc == 0 and json.loads(out)["bad"] == [] and json.loads(out)["leases"] == []
+    assert rc == 0 and json.loads(out)["Bad"] == [] and json.loads(out)["Leases"] == []
     one_line_error(ctl_proc(net.endpoint, "leases", "revoke", "garbage"), "no lease for garbage")
     one_line_error(ctl_proc(net.endpoint, "leases", "revoke", "/etc/passwd"), f"not under {PREFIX}/subnets/")
     one_line_error(ctl_proc(net.endpoint, "leases", "revoke", "10.0.7.1/24"), "bad subnet")
@@ -228,3 +229,48 @@ def test_unreachable_etcd_and_bad_files(tmp_path) -> None:
                  ("-healthz-port=x", "status")):
         rc, _, err = ctl_proc(dead, *args)
         assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err, (args, err)
+
+
+def test_write_commands_that_would_hurt_are_refused_or_warned(net, cfg_file, tmp_path) -> None:
+    """Issue 15 (8): a second subnet for a public IP that holds one is refused (--force overrides);
+    a backend switch is written with the warning that running daemons keep the old one; an empty
+    -etcd-prefix is a usage error; a subnet with host bits gets the subnet it means as the fix."""
+    put_lease(net, "10.0.7.0/24", "198.18.0.7")
+    one_line_error(ctl_proc(net.endpoint, "leases", "reserve", "10.0.8.0/24", "198.18.0.7"),
+                   "198.18.0.7 already holds 10.0.7.0/24", "flannelctl leases reserve 10.0.7.0/24 198.18.0.7")
+    rc, out, err = ctl_proc(net.endpoint, "leases", "reserve", "10.0.8.0/24", "198.18.0.7", "--force")
+    assert rc == 0 and "reserved 10.0.8.0/24" in out, err
+    one_line_error(ctl_proc(net.endpoint, "leases", "reserve", "10.0.202.5/24", "198.18.0.9"),
+                   "write it as 10.0.202.0/24")
+    rc, out, err = ctl_proc(net.endpoint, "config", "set", cfg_file('{"Network": "10.0.0.0/16", '
+                                                                    '"Backend": {"Type": "vxlan"}}'))
+    assert rc == 0, err
+    assert err.count("\n") == 1 and 'BackendType "udp" -> "vxlan"' in err and "restart flanneld on every host" in err
+    res = subprocess.run([sys.executable, "-m", "pyflannel.cli.flannelctl", f"-etcd-endpoints={net.endpoint}",
+                          "-etcd-prefix=", "leases", "list"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "-etcd-prefix is empty" in res.stderr and res.stderr.count("\n") == 1
+
+
+def test_validate_json_output_is_a_config_that_set_accepts(net, tmp_path) -> None:
+    """Issue 15 (7): `config validate --json` prints the effective config as a config again."""
+    rc, out, err = ctl_proc(net.endpoint, "config", "validate", "-", "--json",
+                            stdin=b'{"Network": "10.5.0.0/16", "SubnetLen": 26, "Backend": {"Type": "host-gw"}}')
+    assert rc == 0, err
+    rc, _, err = ctl_proc(net.endpoint, "config", "set", "-", stdin=out.encode())
+    assert rc == 0, err
+    rc, got, err = ctl_proc(net.endpoint, "config", "validate", "--json")
+    assert rc == 0 and json.loads(got) == json.loads(out), err
+
+
+def test_flannelctl_takes_the_etcd_flags_from_the_sysconfig_file(net, tmp_path) -> None:
+    """Issue 15 (7): the article's /etc/sysconfig/flanneld is enough; FLANNELD_* and flags win."""
+    conf = tmp_path / "flanneld"
+    conf.write_text(f'# as the article writes it\nFLANNEL_ETCD_ENDPOINTS="{net.endpoint}"\n'
+                    f'FLANNEL_ETCD_PREFIX="{PREFIX}"\nFLANNEL_OPTIONS=""\n')
+    env = {"PATH": "/usr/bin:/bin", "FLANNEL_SYSCONFIG": str(conf)}
+    res = subprocess.run([sys.executable, "-m", "pyflannel.cli.flannelctl", "config", "get"], capture_output=True,
+                         text=True, timeout=60, env=env)
+    assert res.returncode == 0 and "10.0.0.0/16" in res.stdout, res.stderr
+    res = subprocess.run([sys.executable, "-m", "pyflannel.cli.flannelctl", "config", "get"], capture_output=True,
+                         text=True, timeout=60, env=env | {"FLANNELD_ETCD_PREFIX": "/nothing/here"})
+    assert res.returncode == 1 and "/nothing/here/config" in res.stderr

@@ -39,3 +39,16 @@ def test_an_uncreatable_lock_warns_and_does_not_gate(tmp_path, caplog):
     (tmp_path / "file").write_text("")
     InstanceLock(str(tmp_path / "s.env"), str(tmp_path / "file" / "locks")).acquire()
     assert "would not be refused" in caplog.text
+
+
+def test_the_holder_is_read_from_proc_locks_without_taking_the_lock(tmp_path):
+    from pyflannel.instance import holder
+
+    subnet, locks = str(tmp_path / "s.env"), str(tmp_path / "locks")
+    assert holder(subnet, locks) is None
+    lock = InstanceLock(subnet, locks)
+    lock.acquire()
+    assert holder(subnet, locks) == os.getpid()
+    assert holder(str(tmp_path / "other.env"), locks) is None
+    lock.release()
+    assert holder(subnet, locks) is None

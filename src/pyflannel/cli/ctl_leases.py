@@ -3,20 +3,16 @@ raw etcdctl, with the checks etcdctl cannot make (inside the network, not someon
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import http.client
 import ipaddress
 import json
-import urllib.error
-import urllib.request
 from typing import Any
 
 from ..core.allocate import is_compatible
 from ..core.config import NetworkConfig, parse_config
-from ..core.errors import ConfigError, FlannelError, KernelError, StoreUnavailable
+from ..core.errors import ConfigError, FlannelError, StoreUnavailable
 from ..core.lease import Lease, LeaseAttrs, public_ip_problem
-from ..core.subnetenv import parse_subnet_env, previous_subnets
+from ..core.subnetenv import parse_subnet_env
 from ..store.etcd import EtcdRegistry
 
 
@@ -59,23 +55,24 @@ async def leases_list(registry: EtcdRegistry, as_json: bool) -> int:
         if not lease.is_reservation:
             with contextlib.suppress(StoreUnavailable):
                 ttl = await registry.time_to_live(lease.lease_id)
-        rows.append({"subnet": str(lease.subnet), "public_ip": str(lease.attrs.public_ip),
-                     "backend": lease.attrs.backend_type or "udp", "vtep_mac": _mac(lease),
-                     "expires_in_s": ttl, "reservation": lease.is_reservation,
-                     "outside_network": bool(config and not is_compatible(config, lease.subnet))})
-    bad = [{"key": b.key, "reason": b.reason} for b in snap.bad]
+        # flannel's own field names (as in the lease JSON and the network config): one key style
+        rows.append({"Subnet": str(lease.subnet), "PublicIP": str(lease.attrs.public_ip),
+                     "BackendType": lease.attrs.backend_type or "udp", "VtepMAC": _mac(lease) or None,
+                     "ExpiresInSeconds": ttl, "Reservation": lease.is_reservation,
+                     "OutsideNetwork": bool(config and not is_compatible(config, lease.subnet))})
+    bad = [{"Key": b.key, "Reason": b.reason} for b in snap.bad]
     if as_json:
-        print(json.dumps({"prefix": registry.prefix, "revision": snap.revision, "leases": rows, "bad": bad}))
+        print(json.dumps({"Prefix": registry.prefix, "Revision": snap.revision, "Leases": rows, "Bad": bad}))
         return 0
     head = ("SUBNET", "PUBLIC IP", "BACKEND", "VTEP MAC", "EXPIRES IN", "RESERVATION")
-    table = [head] + [(r["subnet"] + (" (outside the network)" if r["outside_network"] else ""), r["public_ip"],
-                       r["backend"], r["vtep_mac"] or "-", _expires(r["expires_in_s"]),
-                       "yes" if r["reservation"] else "no") for r in rows]
+    table = [head] + [(r["Subnet"] + (" (outside the network)" if r["OutsideNetwork"] else ""), r["PublicIP"],
+                       r["BackendType"], r["VtepMAC"] or "-", _expires(r["ExpiresInSeconds"]),
+                       "yes" if r["Reservation"] else "no") for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     for b in bad:
-        print(f"BAD  {b['key']}: {b['reason']}")
+        print(f"BAD  {b['Key']}: {b['Reason']}")
     return 0
 
 
@@ -83,10 +80,19 @@ def _subnet(text: str) -> ipaddress.IPv4Network:
     try:
         return ipaddress.IPv4Network(text)
     except ValueError as err:
-        raise FlannelError(f"bad subnet {text!r}: {err} (write it as 10.0.53.0/24)") from err
+        raise FlannelError(f"bad subnet {text!r}: {err} ({subnet_hint(text)})") from err
 
 
-async def leases_reserve(registry: EtcdRegistry, subnet_text: str, ip_text: str) -> int:
+def subnet_hint(text: str) -> str:
+    """The fix for a subnet written with host bits or no length: the subnet it most likely means."""
+    try:
+        meant = ipaddress.IPv4Network(text if "/" in text else f"{text}/24", strict=False)
+    except ValueError:
+        return "write it as A.B.C.0/24, e.g. 10.0.53.0/24"
+    return f"write it as {meant}"
+
+
+async def leases_reserve(registry: EtcdRegistry, subnet_text: str, ip_text: str, force: bool = False) -> int:
     subnet = _subnet(subnet_text)
     try:
         public_ip = ipaddress.IPv4Address(ip_text)
@@ -107,10 +113,16 @@ async def leases_reserve(registry: EtcdRegistry, subnet_text: str, ip_text: str)
             raise FlannelError(f"{bad.key} is in the way and holds garbage ({bad.reason}): delete it first with "
                                f"`flannelctl leases revoke {bad.key}`")
     for lease in snap.leases:
+        what = "a reservation for" if lease.is_reservation else "leased to"
         if lease.subnet.overlaps(subnet) and lease.attrs.public_ip != public_ip:
-            what = "reserved for" if lease.is_reservation else "leased to"
             raise FlannelError(f"{lease.subnet} is already {what} {lease.attrs.public_ip}: revoke it first "
                                f"(flannelctl leases revoke {lease.subnet}) if that host is gone")
+        if lease.attrs.public_ip == public_ip and lease.subnet != subnet and not force:
+            # one host, one subnet: with two, every flanneld would warn of a forged lease
+            raise FlannelError(f"{public_ip} already holds {lease.subnet} ({what} it): one host has one subnet. "
+                               f"Reserve that one instead (flannelctl leases reserve {lease.subnet} {public_ip}), "
+                               f"or revoke it first (flannelctl leases revoke {lease.subnet}); --force to reserve "
+                               "anyway (the host takes the reservation at its next start)")
     current = next((le for le in snap.leases if le.subnet == subnet), None)
     attrs = current.attrs if current else LeaseAttrs(public_ip)
     if current is not None:
@@ -169,58 +181,5 @@ def read_subnet_env(path: str) -> dict[str, str]:
         raise FlannelError(f"{path} is not a subnet.env: byte {err.start} is not text (a binary or damaged "
                            "file; flanneld writes it anew once it holds its lease)") from None
     return parse_subnet_env(text, source=path)
-
-
-async def status(registry: EtcdRegistry, subnet_file: str, healthz_port: int) -> int:
-    values = read_subnet_env(subnet_file)
-    own, _ = previous_subnets(values)
-    if own is None:
-        raise FlannelError(f"{subnet_file} holds no valid FLANNEL_SUBNET (found {values.get('FLANNEL_SUBNET')!r}): "
-                           "is flanneld done starting here? give -subnet-file if it writes elsewhere")
-    config = await network_config(registry)
-    assert config is not None
-    snap = await registry.list_leases()
-    mine = next((le for le in snap.leases if le.subnet == own), None)
-    print(f"subnet.env  {subnet_file}: FLANNEL_SUBNET={values.get('FLANNEL_SUBNET')} "
-          f"FLANNEL_MTU={values.get('FLANNEL_MTU')}")
-    print(f"network     {config.network} backend {config.backend_type}")
-    bad = next((b for b in snap.bad if b.subnet == own), None)
-    if mine is not None:
-        ttl = None if mine.is_reservation else await registry.time_to_live(mine.lease_id)
-        print(f"lease       {mine.subnet} public IP {mine.attrs.public_ip}, expires in {_expires(ttl)}")
-    elif bad is not None:
-        print(f"lease       {own}: its key {bad.key} holds garbage ({bad.reason}): revoke it (flannelctl leases "
-              f"revoke {bad.key}) so that flanneld can take the subnet again")
-    else:
-        print(f"lease       {own}: NOT in etcd (flanneld retakes it, or leases a new subnet when restarted)")
-    print(f"peers       {len([le for le in snap.leases if le.subnet != own])} (bad keys: {len(snap.bad)})")
-    print(f"devices     {await asyncio.to_thread(_devices, config)}")  # pyroute2's sync API wants no loop
-    if healthz_port:
-        print(f"health      {_health(healthz_port)}")
-    return 0
-
-
-def _devices(config: NetworkConfig) -> str:
-    from ..kernel import netlink
-
-    try:
-        names = {link.name: link for link in netlink.links()}
-    except KernelError as err:
-        return f"cannot list them: {err}"
-    want = {"udp": "flannel0", "vxlan": f"flannel.{config.backend_option('VNI', 1)}"}.get(config.backend_type)
-    if want is None:
-        return "none needed"
-    link = names.get(want)
-    return f"{want} {'up' if link.up else 'DOWN'} mtu {link.mtu}" if link else f"{want} MISSING"
-
-
-def _health(port: int) -> str:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=3) as r:
-            return f"{r.status} {r.read().decode(errors='replace')}"
-    except urllib.error.HTTPError as err:  # 503: not ready, and why
-        return f"{err.code} {err.read().decode(errors='replace')}"
-    except (OSError, http.client.HTTPException, ValueError) as err:  # not an HTTP server on that port
-        return f"not answering on 127.0.0.1:{port}: {err}"
 
 

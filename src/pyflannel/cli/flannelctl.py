@@ -26,19 +26,37 @@ from ..core.config import RESTART_NEEDED, NetworkConfig, config_changes, parse_c
 from ..core.errors import ConfigError, FlannelError, StoreUnavailable
 from ..lab.netns import LabError
 from ..store.etcd import EtcdRegistry
-from .ctl_leases import leases_list, leases_reserve, leases_revoke, orphaned_by, status
+from .ctl_leases import leases_list, leases_reserve, leases_revoke, orphaned_by
+from .ctl_status import status
 from .flags import Flag, FlagSet, HelpRequested, UsageError
 from .flanneld import ETCD_FLAGS, etcd_options
+from .sysconfig import with_sysconfig
 
 CTL_FLAGS = [
     *ETCD_FLAGS,
     Flag("subnet-file", "str", "/run/flannel/subnet.env", "status: flanneld's subnet file on this host"),
     Flag("healthz-port", "int", 0, "status: flanneld's health port on this host (0: do not ask)"),
+    Flag("healthz-ip", "str", "0.0.0.0", "status: the address flanneld serves health on (0.0.0.0: ask 127.0.0.1)"),
 ]
 
 
+def _flags_epilog() -> str:
+    lines = ["flags (before or after the subcommand, one or two dashes; also from FLANNELD_* variables and",
+             "FLANNEL_ETCD_ENDPOINTS, FLANNEL_ETCD_PREFIX, FLANNEL_OPTIONS in /etc/sysconfig/flanneld):"]
+    for flag in CTL_FLAGS:
+        default = "" if flag.default in ("", 0, False) else f" (default {flag.default})"
+        lines.append(f"  -{flag.name:<16} {flag.help}{default}")
+    return "\n".join(lines)
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (``UsageError``), not the usage text and an exit."""
+    """argparse, but a usage error is one line (``UsageError``), not the usage text and an exit;
+    every subcommand's help ends with the flags it takes (flannelctl's own, parsed before it)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("epilog", _flags_epilog())
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         sub = self.prog.removeprefix("flannelctl").strip()
@@ -65,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     rs = leases.add_parser("reserve", help="reserve SUBNET for the host with PUBLIC_IP (a key without TTL)")
     rs.add_argument("subnet")
     rs.add_argument("public_ip")
+    rs.add_argument("--force", action="store_true", help="reserve even if PUBLIC_IP already holds another subnet")
     rv = leases.add_parser("revoke", help="delete the lease or reservation of SUBNET, or any key under "
                            "<prefix>/subnets/ (a bad one too) given as listed: 10.0.5.128-25 or the full key")
     rv.add_argument("subnet", metavar="SUBNET|KEY")
@@ -141,11 +160,11 @@ async def _run(args: argparse.Namespace, values: Mapping[str, Any], registry: Et
         if args.cmd == "config":
             return await _config(args, registry)
         if args.cmd == "status":
-            return await status(registry, values["subnet-file"], values["healthz-port"])
+            return await status(registry, values["subnet-file"], values["healthz-port"], values["healthz-ip"])
         if args.action == "list":
             return await leases_list(registry, args.json)
         if args.action == "reserve":
-            return await leases_reserve(registry, args.subnet, args.public_ip)
+            return await leases_reserve(registry, args.subnet, args.public_ip, args.force)
         return await leases_revoke(registry, args.subnet)
     finally:
         await registry.close()
@@ -207,7 +226,7 @@ def _main(argv: Sequence[str] | None, environ: Mapping[str, str] | None) -> int:
     flags = FlagSet("flannelctl", CTL_FLAGS, env_prefix="FLANNELD")
     try:
         values, rest = flags.parse(sys.argv[1:] if argv is None else argv,
-                                   os.environ if environ is None else environ, interspersed=True)
+                                   with_sysconfig(os.environ if environ is None else environ), interspersed=True)
     except HelpRequested:
         _parser().print_help()
         return 0

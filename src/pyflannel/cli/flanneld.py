@@ -76,6 +76,10 @@ def unsupported_warnings(v: Mapping[str, Any]) -> tuple[str, ...]:
 
 
 def etcd_options(v: Mapping[str, Any]) -> EtcdOptions:
+    if not v["etcd-prefix"].strip().strip("/"):
+        raise UsageError(f"-etcd-prefix is empty ({v['etcd-prefix']!r}): set FLANNEL_ETCD_PREFIX in "
+                         '/etc/sysconfig/flanneld (e.g. FLANNEL_ETCD_PREFIX="/atomic.io/network") or pass '
+                         "-etcd-prefix=/coreos.com/network (flannel's default)")
     return EtcdOptions(
         endpoints=tuple(e for e in v["etcd-endpoints"].split(",") if e.strip()),
         prefix=v["etcd-prefix"],

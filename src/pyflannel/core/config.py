@@ -71,8 +71,11 @@ class NetworkConfig:
         return max(0, (int(self.subnet_max) - int(self.subnet_min)) // size + 1)
 
     def to_effective_json(self) -> dict[str, Any]:
-        """The config under flannel's field names, defaults filled in (for ``config validate --json``)."""
-        return {
+        """The config under flannel's field names, defaults filled in (for ``config validate --json``).
+        Unset fields are left out (flannel's parser takes no ``null`` CIDR), so the output is itself a
+        valid config that ``config set`` accepts and that parses to this one; ``BackendType`` is
+        informational (flannel ignores unknown keys; the type is ``Backend.Type``)."""
+        out = {
             "Network": _text(self.network),
             "SubnetLen": self.subnet_len,
             "SubnetMin": _text(self.subnet_min),
@@ -87,6 +90,7 @@ class NetworkConfig:
             "BackendType": self.backend_type,
             "Backend": copy.deepcopy(dict(self.backend)),
         }
+        return {k: v for k, v in out.items() if v is not None}
 
 
 def config_changes(old: NetworkConfig, new: NetworkConfig) -> list[str]:
@@ -94,8 +98,9 @@ def config_changes(old: NetworkConfig, new: NetworkConfig) -> list[str]:
     before, after = old.to_effective_json(), new.to_effective_json()
     for side in (before, after):  # the type is BackendType's; {"Type": "udp"} and {} are one backend
         side["Backend"] = {k: v for k, v in side["Backend"].items() if k.lower() != "type"}
-    return [f"{name} {json.dumps(before[name])} -> {json.dumps(after[name])}"
-            for name in before if before[name] != after[name]]
+    names = list(before) + [k for k in after if k not in before]
+    return [f"{name} {json.dumps(before.get(name))} -> {json.dumps(after.get(name))}"
+            for name in names if before.get(name) != after.get(name)]
 
 
 RESTART_NEEDED = ("flanneld reads the network config only at start (as Go flannel does): restart flanneld on every "

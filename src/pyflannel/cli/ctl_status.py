@@ -1,0 +1,106 @@
+"""``flannelctl status``: this host as flanneld should have it, checked; exit 1 when anything is
+wrong (a dead flanneld, a lost lease, a missing device, a health endpoint not ready), so that
+monitoring and scripts can rely on the exit code alone.
+
+Whether flanneld runs is read from the kernel's lock table (``instance.holder``: the flanneld that
+holds the lock for this subnet file), never by taking the lock. Health is asked where flanneld
+serves it: ``-healthz-ip`` (``0.0.0.0``/``::``/empty: the loopback address of that family).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import urllib.error
+import urllib.request
+
+from ..core.config import NetworkConfig
+from ..core.errors import FlannelError, KernelError
+from ..core.subnetenv import previous_subnets
+from ..instance import holder
+from ..store.etcd import EtcdRegistry
+from .ctl_leases import _expires, network_config, read_subnet_env
+
+
+async def status(registry: EtcdRegistry, subnet_file: str, healthz_port: int, healthz_ip: str = "") -> int:
+    values = read_subnet_env(subnet_file)
+    own, _ = previous_subnets(values)
+    if own is None:
+        raise FlannelError(f"{subnet_file} holds no valid FLANNEL_SUBNET (found {values.get('FLANNEL_SUBNET')!r}): "
+                           "is flanneld done starting here? give -subnet-file if it writes elsewhere")
+    problems: list[str] = []
+
+    def line(label: str, text: str, problem: str = "") -> None:
+        print(f"{label:<11} {text}" + ("" if not problem else "   <- PROBLEM"))
+        if problem:
+            problems.append(problem)
+
+    pid = holder(subnet_file)
+    line("flanneld", f"running, pid {pid}" if pid else f"NOT running for {subnet_file}",
+         "" if pid else "flanneld is not running (systemctl status flanneld; journalctl -u flanneld)")
+    config = await network_config(registry)
+    assert config is not None
+    snap = await registry.list_leases()
+    mine = next((le for le in snap.leases if le.subnet == own), None)
+    line("subnet.env", f"{subnet_file}: FLANNEL_SUBNET={values.get('FLANNEL_SUBNET')} "
+                       f"FLANNEL_MTU={values.get('FLANNEL_MTU')}")
+    line("network", f"{config.network} backend {config.backend_type}")
+    bad = next((b for b in snap.bad if b.subnet == own), None)
+    if mine is not None:
+        ttl = None if mine.is_reservation else await registry.time_to_live(mine.lease_id)
+        expired = ttl is not None and ttl <= 0
+        line("lease", f"{mine.subnet} public IP {mine.attrs.public_ip}, expires in {_expires(ttl)}",
+             "our lease has expired" if expired else "")
+    elif bad is not None:
+        line("lease", f"{own}: its key {bad.key} holds garbage ({bad.reason}): revoke it (flannelctl leases "
+                      f"revoke {bad.key}) so that flanneld can take the subnet again", "our lease key holds garbage")
+    else:
+        line("lease", f"{own}: NOT in etcd (flanneld retakes it, or leases a new subnet when restarted)",
+             "our lease is not in etcd")
+    line("peers", f"{len([le for le in snap.leases if le.subnet != own])} (bad keys: {len(snap.bad)})")
+    text, ok = await asyncio.to_thread(_devices, config)  # pyroute2's sync API wants no loop
+    line("devices", text, "" if ok else f"device: {text}")
+    if healthz_port:
+        text, ok = _health(healthz_ip, healthz_port)
+        line("health", text, "" if ok else f"health: {text}")
+    if problems:
+        print(f"status: {len(problems)} problem(s): {'; '.join(problems)}")
+        return 1
+    return 0
+
+
+def _devices(config: NetworkConfig) -> tuple[str, bool]:
+    from ..kernel import netlink
+
+    try:
+        names = {link.name: link for link in netlink.links()}
+    except KernelError as err:
+        return f"cannot list them: {err}", False
+    want = {"udp": "flannel0", "vxlan": f"flannel.{config.backend_option('VNI', 1)}"}.get(config.backend_type)
+    if want is None:
+        return "none needed", True
+    link = names.get(want)
+    if link is None:
+        return f"{want} MISSING", False
+    return f"{want} {'up' if link.up else 'DOWN'} mtu {link.mtu}", link.up
+
+
+def health_address(ip: str) -> str:
+    """Where to ask: the address flanneld listens on, the loopback one for a wildcard."""
+    if ip in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if ip == "::":
+        return "::1"
+    return ip
+
+
+def _health(ip: str, port: int) -> tuple[str, bool]:
+    host = health_address(ip)
+    url = f"http://[{host}]:{port}/readyz" if ":" in host else f"http://{host}:{port}/readyz"
+    try:
+        with urllib.request.urlopen(url, timeout=3) as r:
+            return f"{r.status} {r.read().decode(errors='replace')}", r.status == 200
+    except urllib.error.HTTPError as err:  # 503: not ready, and why
+        return f"{err.code} {err.read().decode(errors='replace')}", False
+    except (OSError, http.client.HTTPException, ValueError) as err:  # not an HTTP server on that port
+        return f"not answering on {host}:{port}: {err}", False
