@@ -101,3 +101,34 @@ def test_status_reads_the_sysconfig_asks_healthz_ip_and_fails_on_a_dead_host(lab
         starts = log_text(lab, host).count("flannel is ready")
         lab.start_flanneld(host, ("-v=2",))
         wait_for(lambda: log_text(lab, host).count("flannel is ready") > starts, timeout=20, what="flanneld back")
+
+
+def test_lab_commands_say_where_things_are_and_never_wipe_a_running_lab() -> None:
+    """Issue 15 (10)."""
+    import sys
+
+    from pyflannel.lab.cluster import stop_everything
+    from pyflannel.lab.netns import ns_list
+
+    def ctl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pyflannel.cli.flannelctl", "lab", *args, "--name", "pflu"],
+                              capture_output=True, text=True, timeout=120)
+
+    stop_everything("pflu")
+    try:
+        bad = ctl("up", "--backend", "aws-vpc")
+        assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "cannot run backend 'aws-vpc'" in bad.stderr
+        assert not [ns for ns in ns_list() if ns.startswith("pflu-")]
+        up = ctl("up", "--hosts", "1")
+        assert up.returncode == 0, up.stderr
+        for text in ("etcd http://198.18.0.2:2379", "enter the host: ip netns exec pflu-h1 bash", "log: "):
+            assert text in up.stdout, up.stdout
+        again = ctl("up", "--hosts", "1")
+        assert again.returncode == 1 and "a lab named pflu is running" in again.stderr and "--force" in again.stderr
+        status = ctl("status")
+        assert status.returncode == 0 and "enter the host" in status.stdout, status.stderr
+        forced = ctl("up", "--hosts", "1", "--force")
+        assert forced.returncode == 0, forced.stderr
+    finally:
+        down = ctl("down")
+    assert down.returncode == 0 and not [ns for ns in ns_list() if ns.startswith("pflu-")]

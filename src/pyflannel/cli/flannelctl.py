@@ -4,7 +4,7 @@ from the same FLANNELD_* environment, before or after the subcommand.
     flannelctl [-etcd-endpoints=…] [-etcd-prefix=…] config get | set FILE|- [--force] | validate [FILE|-] [--json]
     flannelctl leases list [--json] | reserve SUBNET PUBLIC_IP | revoke SUBNET
     flannelctl [-subnet-file=…] [-healthz-port=N] status
-    flannelctl lab up|down|status|demo [--name NAME] [--hosts N] [--backend udp|vxlan|host-gw] [--keep]
+    flannelctl lab up|down|status|demo [--name NAME] [--hosts N] [--backend udp|vxlan|host-gw] [--keep] [--force]
 
 Exit 0 = fine, 1 = the input or the store is wrong (one message naming what and how to fix),
 2 = usage.
@@ -26,6 +26,7 @@ from ..core.config import RESTART_NEEDED, NetworkConfig, config_changes, parse_c
 from ..core.errors import ConfigError, FlannelError, StoreUnavailable
 from ..lab.netns import LabError
 from ..store.etcd import EtcdRegistry
+from .ctl_lab import lab_command
 from .ctl_leases import leases_list, leases_reserve, leases_revoke, orphaned_by
 from .ctl_status import status
 from .flags import Flag, FlagSet, HelpRequested, UsageError
@@ -94,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     lab.add_argument("--hosts", type=int, default=3, help="number of hosts (default 3)")
     lab.add_argument("--backend", default="udp", help="backend type (default udp, the article's)")
     lab.add_argument("--keep", action="store_true", help="demo: leave the lab running afterwards")
+    lab.add_argument("--force", action="store_true", help="up: replace a lab of that name that is running")
     return p
 
 
@@ -170,32 +172,6 @@ async def _run(args: argparse.Namespace, values: Mapping[str, Any], registry: Et
         await registry.close()
 
 
-def _lab(args: argparse.Namespace) -> int:
-    from ..lab.cluster import Lab
-    from ..lab.demo import run_demo
-
-    if os.geteuid() != 0:
-        raise FlannelError("the lab needs root (network namespaces): run it as root")
-    if args.action == "demo":
-        return run_demo(args.name, args.hosts, args.backend, args.keep)
-    if args.action == "up":
-        lab = Lab(name=args.name, hosts_n=args.hosts, backend=args.backend)
-        lab.up()
-        for row in lab.status():
-            print("  ".join(f"{k}={v}" for k, v in row.items()))
-    elif args.action == "down":
-        Lab(name=args.name).down()
-        print(f"lab {args.name} removed")
-    else:
-        try:
-            lab = Lab.load(args.name)
-        except OSError:
-            raise FlannelError(f"no lab named {args.name} is running (start one: flannelctl lab up)") from None
-        for row in lab.status():
-            print("  ".join(f"{k}={v}" for k, v in row.items()))
-    return 0
-
-
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     """Exit 0 when done, 1 with one line naming the cause and the fix when the input, a file or
     the store is wrong, 2 with one line for a usage error; never a traceback."""
@@ -235,7 +211,7 @@ def _main(argv: Sequence[str] | None, environ: Mapping[str, str] | None) -> int:
     except SystemExit as exc:  # -h of a subcommand
         return int(exc.code or 0)
     if args.cmd == "lab":
-        return _lab(args)
+        return lab_command(args)
     return asyncio.run(_run(args, values, EtcdRegistry(etcd_options(values))))
 
 

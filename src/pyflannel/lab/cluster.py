@@ -37,6 +37,7 @@ GATEWAY = "198.18.0.1"
 ETCD_IP = "198.18.0.2"
 PREFIX = "/atomic.io/network"
 ARTICLE_CONFIG = '{ "Network": "10.0.0.0/16" }'
+LAB_BACKENDS = ("udp", "vxlan", "host-gw")  # what runs in namespaces on one machine (no cloud API)
 
 
 def _tool(name: str) -> list[str]:

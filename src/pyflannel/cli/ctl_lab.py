@@ -1,0 +1,60 @@
+"""``flannelctl lab up|down|status|demo``: the namespace lab, as a new user meets it. ``up`` and
+``status`` say where everything is (etcd, the logs, how to enter a host or a container); ``up``
+never wipes a running lab unless told to (``--force``); a backend the lab cannot run is refused at
+once, in one line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from ..core.errors import FlannelError
+
+
+def lab_command(args: argparse.Namespace) -> int:
+    from ..lab.cluster import LAB_BACKENDS, Lab
+    from ..lab.demo import run_demo
+
+    if os.geteuid() != 0:
+        raise FlannelError("the lab needs root (network namespaces): run it as root")
+    if args.action in ("up", "demo"):
+        if args.backend not in LAB_BACKENDS:
+            raise FlannelError(f"the lab cannot run backend {args.backend!r}: it runs {', '.join(LAB_BACKENDS)} "
+                               "(aws-vpc and gce need their clouds; their tests use local API servers)")
+        if not 1 <= args.hosts <= 200:
+            raise FlannelError(f"--hosts {args.hosts}: the lab runs 1..200 hosts")
+        running = Lab(name=args.name).namespaces()
+        if running and not args.force:
+            raise FlannelError(f"a lab named {args.name} is running ({len(running)} namespaces): "
+                               f"`flannelctl lab status --name {args.name}` shows it; `flannelctl lab down --name "
+                               f"{args.name}` removes it, or add --force to replace it")
+    if args.action == "demo":
+        return run_demo(args.name, args.hosts, args.backend, args.keep)
+    if args.action == "up":
+        lab = Lab(name=args.name, hosts_n=args.hosts, backend=args.backend)
+        lab.up()
+        _print_status(lab)
+    elif args.action == "down":
+        Lab(name=args.name).down()
+        print(f"lab {args.name} removed")
+    else:
+        try:
+            lab = Lab.load(args.name)
+        except OSError:
+            raise FlannelError(f"no lab named {args.name} is running (start one: flannelctl lab up)") from None
+        _print_status(lab)
+    return 0
+
+
+def _print_status(lab: object) -> None:
+    from ..lab.cluster import PREFIX, Lab
+
+    assert isinstance(lab, Lab)
+    print(f"lab {lab.name}: backend {lab.backend}, etcd {lab.etcd_endpoint} (prefix {PREFIX}), "
+          f"state in {lab.state_dir}")
+    for row, host in zip(lab.status(), lab.hosts, strict=True):
+        print("  ".join(f"{k}={v}" for k, v in row.items()))
+        print(f"    log: {lab.log_file(host)}    enter the host: ip netns exec {host.ns} bash    "
+              f"its container: ip netns exec {host.container_ns} bash")
+    print(f"leases: ip netns exec {lab.etcd_ns} etcdctl --endpoints {lab.etcd_endpoint} get --prefix "
+          f"{PREFIX}/subnets    remove the lab: flannelctl lab down --name {lab.name}")
