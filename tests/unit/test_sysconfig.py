@@ -49,3 +49,11 @@ def test_fix_hints_name_the_subnet_meant():
 def test_health_is_asked_where_flanneld_serves_it():
     assert health_address("0.0.0.0") == "127.0.0.1" and health_address("") == "127.0.0.1"
     assert health_address("::") == "::1" and health_address("198.18.0.11") == "198.18.0.11"
+
+
+def test_flannelctl_has_a_version(capsys):
+    from pyflannel import __version__
+    from pyflannel.cli.flannelctl import main
+
+    assert main(["--version"], environ={}) == 0
+    assert capsys.readouterr().out == f"flannelctl {__version__} (pyflannel)\n"

@@ -21,6 +21,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
+from .. import __version__
 from ..backend import get_backend
 from ..core.config import RESTART_NEEDED, NetworkConfig, config_changes, parse_config
 from ..core.errors import ConfigError, FlannelError, StoreUnavailable
@@ -38,6 +39,7 @@ CTL_FLAGS = [
     Flag("subnet-file", "str", "/run/flannel/subnet.env", "status: flanneld's subnet file on this host"),
     Flag("healthz-port", "int", 0, "status: flanneld's health port on this host (0: do not ask)"),
     Flag("healthz-ip", "str", "0.0.0.0", "status: the address flanneld serves health on (0.0.0.0: ask 127.0.0.1)"),
+    Flag("version", "bool", False, "print pyflannel's version and exit"),
 ]
 
 
@@ -205,6 +207,9 @@ def _main(argv: Sequence[str] | None, environ: Mapping[str, str] | None) -> int:
                                    with_sysconfig(os.environ if environ is None else environ), interspersed=True)
     except HelpRequested:
         _parser().print_help()
+        return 0
+    if values["version"]:
+        print(f"flannelctl {__version__} (pyflannel)")
         return 0
     try:
         args = _parser().parse_args(rest)
