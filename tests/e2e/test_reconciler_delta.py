@@ -104,6 +104,24 @@ def test_delta_never_overwrites_a_route_that_appeared_since_the_last_read(ns: st
     assert any("not replacing the existing route to 10.0.7.0/24" in n for n in plan.notes)
 
 
+def test_go_flannels_route_exactly_as_ours_is_adopted_any_other_left_alone(ns: str) -> None:
+    """After an in-place switch from Go flannel its routes are still there, protocol boot: one
+    exactly as we want it is replaced with ours (and goes when its lease goes); one with another
+    gateway, or of another daemon's protocol, is left alone."""
+    sh(["ip", "-n", ns, "route", "add", "10.0.1.0/24", "via", str(GW), "dev", "v0"])  # Go flannel's
+    sh(["ip", "-n", ns, "route", "add", "10.0.2.0/24", "via", "198.18.0.77", "dev", "v0"])  # an admin's
+    sh(["ip", "-n", ns, "route", "add", "10.0.3.0/24", "via", str(GW), "dev", "v0", "proto", "static"])
+    rec = Reconciler()
+    plan, _ = in_netns(ns, lambda: rec.apply(state(1, 2, 3)))
+    got = routes(ns)
+    assert got["10.0.1.0/24"].split() == ["10.0.1.0/24", "via", str(GW), "dev", "v0", "proto", "151"]
+    assert "proto" not in got["10.0.2.0/24"] and "via 198.18.0.77" in got["10.0.2.0/24"]
+    assert "proto static" in got["10.0.3.0/24"]
+    assert [n.split()[6] for n in plan.notes] == ["10.0.2.0/24:", "10.0.3.0/24:"]  # "...route to X: it is..."
+    in_netns(ns, lambda: rec.apply(state(2, 3)))  # 10.0.1.0/24's lease is gone: so is the adopted route
+    assert sorted(routes(ns)) == ["10.0.2.0/24", "10.0.3.0/24"]
+
+
 def test_delta_does_not_see_hand_deletions_but_the_full_run_repairs_them(ns: str) -> None:
     rec = Reconciler()
     in_netns(ns, lambda: rec.apply(state(1, 2)))

@@ -24,6 +24,7 @@ from .nldump import dump_fdb, dump_neighbours, dump_routes
 __all__ = ["KernelError", "dump_fdb", "dump_neighbours", "dump_routes", "guard", "session"]
 
 RTPROT_FLANNEL = 151  # our routes carry this protocol number; only such routes are ever removed
+RTPROT_BOOT = 3  # the default: `ip route add`, and Go flannel's routes
 RT_SCOPE_UNIVERSE = 0
 IFA_F_TEMPORARY = 0x01
 IFA_F_DEPRECATED = 0x20

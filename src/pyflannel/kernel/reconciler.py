@@ -11,8 +11,12 @@ is sent with pyroute2, and every netlink error becomes a ``KernelError`` naming 
 fix (``netlink.guard``).
 
 Only our entries are ever removed: routes carrying ``RTPROT_FLANNEL`` inside our network, and
-permanent neighbour/FDB entries on devices we own. A device is recreated only when it is missing
-or incompatible, so a restart changes nothing that is already right.
+permanent neighbour/FDB entries on devices we own. One exception to "someone else's route is left
+alone": a route with the default protocol (``boot``) that is exactly a route we want (dst, device,
+gateway, onlink) is what Go flannel leaves behind when a host is switched to pyflannel in place; it
+is adopted, i.e. replaced by the same route with our protocol (one atomic replace, no packet lost).
+A device is recreated only when it is missing or incompatible, so a restart changes nothing that
+is already right.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from pyroute2 import IPRoute
 
 from ..core.desired import ActualState, DesiredState, Fdb, LinkSpec, Neigh, Plan, Route, diff
 from . import netlink
-from .netlink import RTPROT_FLANNEL, KernelError, ensure_only_address, guard, is_gone
+from .netlink import RTPROT_BOOT, RTPROT_FLANNEL, KernelError, ensure_only_address, guard, is_gone
 
 log = logging.getLogger(__name__)
 
@@ -179,8 +183,12 @@ class Reconciler:
 
     def read(self, desired: DesiredState, index: dict[str, int]) -> ActualState:
         """Our routes (protocol-marked, inside the network), the dsts of everyone else's routes
-        there, and the permanent neighbour/FDB entries on our devices (``nldump``: lean)."""
+        there, and the permanent neighbour/FDB entries on our devices (``nldump``: lean). A
+        ``boot`` route exactly as we want it (Go flannel's, after an in-place switch) is neither:
+        missing from ours, it is put again, i.e. replaced with our protocol."""
         names = {i: n for n, i in index.items()}
+        wanted = {r.dst: r for r in desired.routes}
+        adopted = []
         net, plen = int(desired.network.network_address), desired.network.prefixlen
         mask = int(desired.network.netmask)
         routes, foreign = set(), set()
@@ -190,11 +198,17 @@ class Reconciler:
             if dst_len < plen or dst & mask != net:
                 continue  # outside our network: another network's flanneld, or not overlay at all
             dnet = ipaddress.IPv4Network((dst, dst_len))
-            if proto != RTPROT_FLANNEL:
+            route = Route(dnet, names.get(oif, "?"), ipaddress.IPv4Address(gw) if gw is not None else None,
+                          bool(flags & RTNH_F_ONLINK))
+            if proto == RTPROT_BOOT and wanted.get(dnet) == route:
+                adopted.append(dnet)
+            elif proto != RTPROT_FLANNEL:
                 foreign.add(dnet)
-                continue
-            routes.add(Route(dnet, names.get(oif, "?"), ipaddress.IPv4Address(gw) if gw is not None else None,
-                             bool(flags & RTNH_F_ONLINK)))
+            else:
+                routes.add(route)
+        if adopted:
+            log.info("adopting %d route(s) exactly as ours but with protocol boot (Go flannel's, after an in-place "
+                     "switch): %s", len(adopted), ", ".join(map(str, sorted(adopted)[:5])))
         neighs, fdbs = set(), set()
         for dev in desired.owned_devs:
             idx = index.get(dev)
