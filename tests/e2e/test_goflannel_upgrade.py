@@ -6,8 +6,9 @@ between containers on that host and the other hosts (one on Go, one on ours), no
 either way; the subnet, the lease, subnet.env, the iptables rules, and on vxlan flannel.1 (same
 ifindex) and its VTEP MAC stay. After the switch pyflannel owns Go's routes (they were left with
 protocol boot; the reconciler adopts those exactly as it wants them), so a peer that goes away
-later is removed; back on Go, Go removes ours. On udp the TUN device goes with the process that holds it: the loss across each
-switch is measured and reported (``record_property`` and the terminal), and forwarding resumes.
+later is removed; back on Go, Go removes ours. On udp the TUN device goes with the process that
+holds it: the loss across each switch is measured and reported (``record_property`` and the
+terminal), and forwarding resumes.
 """
 
 from __future__ import annotations
