@@ -1,15 +1,17 @@
 # pyflannel: `make demo` runs the lab demo, `make test` the whole test suite (both as root;
 # both install what is missing first). `make bench` runs the benchmark suite (bench/README.md; not
-# part of `make test`).
+# part of `make test`). `make deb` builds the Debian package (build/pyflannel_*.deb; README: Install).
 VENV ?= .venv
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: setup demo test unit lint install clean bench
+.PHONY: setup demo test unit lint install deb clean bench
 
 PREFIX ?= /usr/local
 DESTDIR ?=
+DEB_VERSION ?=
+DEB_OUT ?= build
 
 setup:
 	@./scripts/setup.sh
@@ -33,6 +35,9 @@ bench: setup
 
 install:
 	PREFIX=$(PREFIX) DESTDIR=$(DESTDIR) ./scripts/install.sh
+
+deb:
+	DEB_VERSION=$(DEB_VERSION) DEB_OUT=$(DEB_OUT) ./scripts/deb.sh
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -32,7 +32,8 @@ from .helpers import TrafficDriver
 def running_lab(name: str, hosts: int = 3, backend: str = "udp", *, config: str | None = None,
                 write_config: bool = True, extra: tuple[str, ...] = (), subnet_max: str = "",
                 env: Mapping[str, str] | None = None, wait: float = 30.0, go_hosts: tuple[int, ...] = (),
-                host_extra: Mapping[int, tuple[str, ...]] | None = None) -> Iterator[Lab]:
+                host_extra: Mapping[int, tuple[str, ...]] | None = None,
+                host_command: Mapping[int, tuple[str, ...]] | None = None) -> Iterator[Lab]:
     """A lab named ``name`` with ``hosts`` hosts on ``backend``.
 
     config        the network config written to etcd before flanneld starts (default: the lab's,
@@ -45,6 +46,8 @@ def running_lab(name: str, hosts: int = 3, backend: str = "udp", *, config: str 
     go_hosts      indexes (from 1) of the hosts that run Go flannel's flanneld instead of ours (ask
                   for the ``go_flanneld`` fixture first, so that the test skips without it)
     host_extra    more flanneld flags for one host only: {index: flags}, kept across restarts
+    host_command  the command that runs flanneld on one host instead of ours: {index: argv}; the
+                  flags follow it (test_deb.py: the packaged flanneld in a Debian root)
     """
     if os.geteuid() != 0:
         pytest.fail("end-to-end tests need root (network namespaces, TUN devices)")
@@ -52,7 +55,7 @@ def running_lab(name: str, hosts: int = 3, backend: str = "udp", *, config: str 
     saved = {key: os.environ.get(key) for key in env or {}}
     os.environ.update(env or {})
     lab = Lab(name=name, hosts_n=hosts, backend=backend, subnet_max=subnet_max, go_hosts=tuple(go_hosts),
-              host_extra=dict(host_extra or {}))
+              host_extra=dict(host_extra or {}), host_command=dict(host_command or {}))
     try:
         lab.up(write_config=write_config, config=config, wait=wait, extra=tuple(extra))
         yield lab
@@ -72,7 +75,8 @@ def running_lab(name: str, hosts: int = 3, backend: str = "udp", *, config: str 
 @pytest.fixture(scope="session")
 def make_lab() -> Callable[..., contextlib.AbstractContextManager[Lab]]:
     """``make_lab(name, hosts=3, backend="udp", *, config=None, write_config=True, extra=(),
-    subnet_max="", env=None, wait=30.0, go_hosts=(), host_extra=None)``: see ``running_lab``."""
+    subnet_max="", env=None, wait=30.0, go_hosts=(), host_extra=None, host_command=None)``: see
+    ``running_lab``."""
     return running_lab
 
 

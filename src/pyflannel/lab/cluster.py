@@ -6,7 +6,8 @@ Layout for lab ``NAME`` (default ``pfl``), all inside network namespaces:
     NAME-etcd  etcd at 198.18.0.2:2379
     NAME-hI    host I at 198.18.0.(10+I): flanneld with the article's flags, docker0 configured
                from its own mk-docker-opts output (--bip, --mtu); the hosts in ``go_hosts`` run
-               Go flannel's flanneld (lab/goflannel.py) with the same flags instead of ours
+               Go flannel's flanneld (lab/goflannel.py) with the same flags instead of ours, and
+               those in ``host_command`` the command given there (a packaged flanneld in a chroot)
     NAME-cI    one container behind host I's docker0 (its address: the subnet's .2)
 
 State (logs, subnet.env, etcd data, lab.json) lives in /run/pyflannel-lab/NAME.
@@ -69,6 +70,8 @@ class Lab:
     subnet_max: str = ""  # tests keep real hosts below this, so synthetic leases above never collide
     go_hosts: tuple[int, ...] = ()  # indexes (from 1) of the hosts running Go flannel's flanneld
     host_extra: dict[int, tuple[str, ...]] = field(default_factory=dict)  # index -> flags for that host only
+    # index -> the command that runs flanneld on that host instead of ours (the flags follow it)
+    host_command: dict[int, tuple[str, ...]] = field(default_factory=dict)
     hosts: list[Host] = field(default_factory=list)
     etcd_server: EtcdServer | None = field(default=None, repr=False)
 
@@ -105,7 +108,8 @@ class Lab:
     def save(self) -> None:
         with open(os.path.join(self.state_dir, "lab.json"), "w") as f:
             json.dump({"name": self.name, "backend": self.backend, "hosts": [asdict(h) for h in self.hosts],
-                       "host_extra": {str(i): list(v) for i, v in self.host_extra.items()}}, f, indent=2)
+                       "host_extra": {str(i): list(v) for i, v in self.host_extra.items()},
+                       "host_command": {str(i): list(v) for i, v in self.host_command.items()}}, f, indent=2)
 
     @classmethod
     def load(cls, name: str) -> Lab:
@@ -115,7 +119,8 @@ class Lab:
         hosts = [Host(**h) for h in data["hosts"]]
         return cls(name=name, hosts_n=len(hosts), backend=data["backend"], hosts=hosts,
                    go_hosts=tuple(h.index for h in hosts if h.go),
-                   host_extra={int(i): tuple(v) for i, v in data.get("host_extra", {}).items()})
+                   host_extra={int(i): tuple(v) for i, v in data.get("host_extra", {}).items()},
+                   host_command={int(i): tuple(v) for i, v in data.get("host_command", {}).items()})
 
     # ---- bring up ---------------------------------------------------------------------------------
     def up(self, *, write_config: bool = True, config: str | None = None, wait: float = 30.0,
@@ -213,13 +218,15 @@ class Lab:
         """The article's flags: FLANNEL_ETCD_ENDPOINTS and FLANNEL_ETCD_PREFIX from
         /etc/sysconfig/flanneld, then the host's own ``host_extra`` and ``extra``. ``prefix`` and
         ``subnet_file``: another network's flanneld on the same host (default: the lab's network
-        and the host's subnet.env). A ``go`` host runs Go flannel's flanneld with the same flags."""
+        and the host's subnet.env). A ``go`` host runs Go flannel's flanneld with the same flags, a
+        host in ``host_command`` that command."""
         return in_ns(host.ns, *self.flanneld_binary(host), f"-etcd-endpoints={self.etcd_endpoint}",
                      f"-etcd-prefix={prefix}", f"--subnet-file={subnet_file or self.subnet_file(host)}",
                      *self.host_extra.get(host.index, ()), *extra)
 
-    @staticmethod
-    def flanneld_binary(host: Host) -> list[str]:
+    def flanneld_binary(self, host: Host) -> list[str]:
+        if host.index in self.host_command:
+            return list(self.host_command[host.index])
         if not host.go:
             return _tool("flanneld")
         path = goflannel.binary()
