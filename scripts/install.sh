@@ -9,7 +9,7 @@
 # staging tree (scripts, pyvenv.cfg and the byte-compiled files carry the final paths), so a
 # staging tree can be moved: `make deb` (scripts/deb.sh) packages one. The venv holds pyflannel and
 # its dependencies only (pip and setuptools are removed: it is an application, not a place to pip
-# into). PIP_* variables reach pip (deb.sh: PIP_FIND_LINKS, PIP_NO_INDEX).
+# into). PIP_* variables reach pip (deb.sh: PIP_ONLY_BINARY, every dependency from a wheel).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
