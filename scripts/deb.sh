@@ -11,7 +11,8 @@
 # scripts (nothing is enabled or started on install; an upgrade restarts a running flanneld).
 #
 #   DEB_VERSION   package version (default: pyproject's version, revision 1: 0.1.0-1)
-#   DEB_OUT       where the .deb goes (default: build/); the staging tree is $DEB_OUT/deb-build
+#   DEB_OUT       where the .deb goes (default: build/); the staging tree $DEB_OUT/deb-build is
+#                 removed once the package is built
 #
 # Installs the Debian packages it needs itself (as root), like scripts/setup.sh.
 set -euo pipefail
@@ -84,5 +85,6 @@ sed -e "s/@VERSION@/$DEB_VERSION/" -e "s/@ARCH@/$arch/" -e "s/@MAINTAINER@/$MAIN
 find "$stage" -type d -exec chmod 0755 {} +
 mkdir -p "$OUT"
 dpkg-deb --root-owner-group -Zxz --build "$stage" "$deb" >/dev/null
+rm -rf "$build"  # dpkg-deb -R unpacks the package again when needed
 echo "deb: $deb ($(du -h "$deb" | cut -f1), installed $((size / 1024)) MiB) in $((SECONDS - start)) s"
 echo "deb: install with: dpkg -i $deb   (needs $(dpkg-deb -f "$deb" Depends))"
