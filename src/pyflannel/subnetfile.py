@@ -16,15 +16,21 @@ log = logging.getLogger("flanneld")
 
 def write_subnet_file(path: str, text: str) -> None:
     """Atomic: a temp file in the same directory, fsync, rename; mode 0644 (flannel: renameio)."""
+    atomic_write(path, text, prefix=".subnet.env.")
+
+
+def atomic_write(path: str, text: str, *, prefix: str, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``text`` at once: a temp file in the same directory, fsync, rename.
+    A reader sees the old file or the new one, never half of one; the temp file never stays."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, mode=0o755, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".subnet.env.")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=prefix)
     try:
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 import subprocess
 import sys
 import threading
@@ -144,3 +145,10 @@ class TrafficDriver:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def ping_counts(out: str) -> tuple[int, int]:
+    """(sent, received) from ping's summary line; fails the test, showing ``out``, without one."""
+    m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
+    assert m, out
+    return int(m.group(1)), int(m.group(2))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from pyflannel.lab.cluster import PREFIX, Lab
 from pyflannel.lab.etcd_server import EtcdServer
 from pyflannel.lab.netns import in_ns, ns_add, sh
 
-from .helpers import all_pairs_ping, log_text, wait_for
+from .helpers import all_pairs_ping, log_text, ping_counts, wait_for
 
 IPS = ["198.18.0.2", "198.18.0.3", "198.18.0.4"]
 CONFIG = '{"Network": "10.0.0.0/16", "Backend": {"Type": "host-gw"}}'
@@ -157,7 +156,7 @@ def test_cluster_member_failures_lose_nothing(cluster: Cluster) -> None:
     finally:
         if ping.poll() is None:
             ping.kill()
-    m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
-    assert m and m.group(1) == m.group(2), out + log_text(lab, h1)[-4000:]
+    sent, received = ping_counts(out)
+    assert sent == received, out + log_text(lab, h1)[-4000:]
     lab.hosts = [h1, h2, h3]
     assert all_pairs_ping(lab) == []

@@ -15,7 +15,7 @@ import pytest
 from pyflannel.lab.cluster import PREFIX, Lab
 from pyflannel.lab.netns import in_ns, sh
 
-from .helpers import all_pairs_ping, ip, lease_key, log_text, subnet_of, wait_for
+from .helpers import all_pairs_ping, ip, lease_key, log_text, ping_counts, subnet_of, wait_for
 
 READYZ = """
 import urllib.request, urllib.error
@@ -82,10 +82,7 @@ def pinger(lab: Lab, src, dst, seconds: float) -> subprocess.Popen[str]:
                                   dst.container_ip), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def lost(out: str) -> tuple[int, int]:
-    m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
-    assert m, out
-    return int(m.group(1)), int(m.group(2))
+lost = ping_counts  # (sent, received)
 
 
 def test_etcd_outage_keeps_traffic_and_catches_up(lab: Lab) -> None:

@@ -11,7 +11,6 @@ accept, the kernel check): no task dies, and each failure is logged once.
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import threading
@@ -23,7 +22,7 @@ import pytest
 from pyflannel.lab.cluster import Host, Lab
 from pyflannel.lab.netns import in_ns, sh
 
-from .helpers import log_text, wait_for
+from .helpers import log_text, ping_counts, wait_for
 
 PORT = 8081
 FLOOD_CONNECTIONS = 1100
@@ -111,9 +110,7 @@ def ping_result(proc: subprocess.Popen[str]) -> tuple[int, int]:
     finally:
         if proc.poll() is None:
             proc.kill()
-    m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
-    assert m, out
-    return int(m.group(1)), int(m.group(2))
+    return ping_counts(out)
 
 
 class FdPeak:

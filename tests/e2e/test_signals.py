@@ -4,7 +4,6 @@ udp took flannel0 with it); SIGUSR1 writes the daemon's state to the log."""
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import time
@@ -15,7 +14,7 @@ import pytest
 from pyflannel.lab.cluster import Lab
 from pyflannel.lab.netns import in_ns
 
-from .helpers import log_text, subnet_of, wait_for
+from .helpers import log_text, ping_counts, subnet_of, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +40,8 @@ def test_signals_change_nothing_and_sigusr1_dumps_the_state(lab: Lab) -> None:
     finally:
         if ping.poll() is None:
             ping.kill()
-    m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
-    assert m, out
-    assert m.group(1) == m.group(2), f"pings lost while signalled: {out}"
+    sent, received = ping_counts(out)
+    assert sent == received, f"pings lost while signalled: {out}"
     assert lab.flanneld_pid(h1) == pid
     assert "flannel0" in subprocess.run(["ip", "-n", h1.ns, "link"], capture_output=True, text=True).stdout
     new = log_text(lab, h1)[seen:]

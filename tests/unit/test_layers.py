@@ -26,7 +26,7 @@ ALLOWED = {
     "keeper": {"core", "store"},
     "daemon": {"core", "store", "kernel", "backend", "systemd", "observe", "subnetfile", "converger", "keeper",
                "instance", "process"},
-    "cli": {"core", "store", "kernel", "backend", "systemd", "daemon", "lab", "__init__", "instance"},
+    "cli": {"core", "store", "kernel", "backend", "systemd", "daemon", "lab", "__init__", "instance", "subnetfile"},
     "lab": {"core", "store", "cli", "instance"},
 }
 

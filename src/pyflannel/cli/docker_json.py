@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Mapping
 from typing import Any
+
+from ..subnetfile import atomic_write
 
 DEFAULT_PATH = "/etc/docker/daemon.json"
 OWNED = ("bip", "mtu", "ip-masq")
@@ -73,20 +73,7 @@ def write_if_changed(path: str, text: str) -> bool:
     with contextlib.suppress(FileNotFoundError), open(path, encoding="utf-8") as f:
         if f.read() == text:
             return False
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, mode=0o755, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".daemon.json.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, text, prefix=".daemon.json.")
     return True
 
 
