@@ -420,8 +420,10 @@ def _flatten(err: BaseException) -> list[BaseException]:
     return [err]
 
 
-def run(opts: Options) -> int:
-    """The composition root: run flanneld until SIGTERM; the process exit code."""
+def run(opts: Options, banner: str = "") -> int:
+    """The composition root: run flanneld until SIGTERM; the process exit code. ``banner`` (the
+    version and flags) is logged once the instance lock is ours: a refused second flanneld says
+    one line, the refusal."""
     ignore_early()
     instance = InstanceLock(opts.subnet_file)
     try:
@@ -429,6 +431,8 @@ def run(opts: Options) -> int:
     except LocalConfigError as err:
         log.error("%s", err)
         return 1
+    if banner:
+        log.info("%s", banner)
     raise_file_limit()
     try:
         return asyncio.run(_main(opts))

@@ -129,7 +129,8 @@ def test_garbage_under_subnets_keeps_every_route(lab: Lab) -> None:
     lab.etcdctl("put", claims_h2, f'{{"PublicIP":"{h2.ip}","PublicIPv6":null}}')
     try:
         wait_for(lambda: log_text(lab, h1).count("skipping bad lease") >= len(junk), what="bad-lease warnings")
-        wait_for(lambda: "skipping peer 10.9.0.0/24" in log_text(lab, h1), what="the outside-network warning")
+        wait_for(lambda: f"skipping bad lease key={outside}: 10.9.0.0/24 is outside the network" in log_text(lab, h1),
+                 what="the outside-network warning, by key")
         wait_for(lambda: f"all claim public IP {h2.ip}" in log_text(lab, h1), what="the shared-IP warning")
         failed = [(a.index, b.index) for a in lab.hosts for b in lab.hosts if a is not b and not lab.ping(a, b, 1)[0]]
         assert failed == [], "every host keeps every healthy peer"

@@ -171,9 +171,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return 2
     setup_logging(values["v"])
     set_process_name("flanneld", list(sys.argv[1:] if argv is None else argv))
-    logging.getLogger("flanneld").info("flanneld %s (pyflannel, Python %s) starting; effective flags: %s",
-                                       __version__, platform.python_version(), effective_flags(values))
-    return run(opts)
+    return run(opts, f"flanneld {__version__} (pyflannel, Python {platform.python_version()}) starting; "
+                     f"effective flags: {effective_flags(values)}")
 
 
 def effective_flags(v: Mapping[str, Any]) -> str:
