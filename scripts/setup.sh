@@ -5,8 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # gcc + python3-dev build the udp backend's compiled packet pump (without them: the pure-Python one);
-# debootstrap makes the Debian 12 root the package test installs `make deb`'s package into
-APT_PACKAGES=(gcc python3-dev etcd-server etcd-client iproute2 iptables nftables iputils-ping tcpdump net-tools iperf3 procps systemd containernetworking-plugins debootstrap)
+# debootstrap makes the Debian 12 root the package test installs `make deb`'s package into;
+# wireguard-go + wireguard-tools: the wireguard backend where the kernel has no WireGuard
+APT_PACKAGES=(gcc python3-dev etcd-server etcd-client iproute2 iptables nftables iputils-ping tcpdump net-tools iperf3 procps systemd containernetworking-plugins debootstrap wireguard-go wireguard-tools)
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 

@@ -10,7 +10,8 @@ target:
 - ``kernel``: the reconciler (``kernel.reconciler``): a lease event sends only the difference,
   a kernel event or the timer reads the kernel in full;
 - ``pump``: the udp pump's table, swapped whole;
-- ``cloud``: the cloud route table, over its API.
+- ``cloud``: the cloud route table, over its API;
+- ``wg``: the WireGuard device's peers, through ``wg`` (``kernel.wireguard``).
 
 It owns the lock, the counters (read by the metrics collector), logging a failure once per
 distinct message, and the retry backoff. Nothing is pruned before the first lease snapshot, so a
@@ -101,7 +102,7 @@ class Converger:
         self._lock = asyncio.Lock()
         self._warned: set[tuple[Net, str]] = set()
         self._shared: dict[ipaddress.IPv4Address, frozenset[Net]] = {}
-        self._log = {name: LogOnce(log) for name in ("kernel", "pump", "cloud")}
+        self._log = {name: LogOnce(log) for name in ("kernel", "pump", "cloud", "wg")}
         self._backoff = Backoff(0.2, 10.0)
         self._retry_at: float | None = None
         self.programmed: Mapping[Net, Lease] = {}

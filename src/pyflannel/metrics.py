@@ -4,6 +4,7 @@ private registry. Imported by ``observe.HttpServer`` only when the server is on.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -53,6 +54,7 @@ class FlannelCollector(Collector):
         yield CounterMetricFamily("flannel_masq_repairs", "Times the iptables rules had to be restored",
                                   value=v.masq_repairs())
         yield from self._datapath(v.datapath())
+        yield from wireguard_metrics(getattr(v, "wg_peers", list)())
 
     @staticmethod
     def _datapath(counters: dict[str, int]) -> Iterator[Any]:
@@ -69,3 +71,26 @@ class FlannelCollector(Collector):
             elif rest.startswith("drop_"):
                 drops.add_metric([direction, rest.removeprefix("drop_")], value)
         yield from (packets, nbytes, drops)
+
+
+# ---- wireguard backend: per-peer handshake and bytes (issue 17; kept apart from the rest) --------
+def wireguard_metrics(peers: list[dict[str, Any]], now: float | None = None) -> Iterator[Any]:
+    """Each WireGuard peer as the converger last read it (``wg show dump``, at most one full
+    check old): seconds since its last handshake (absent until there was one), bytes each way."""
+    if not peers:
+        return
+    now = time.time() if now is None else now
+    labels = ["subnet", "public_key"]
+    age = GaugeMetricFamily("flannel_wireguard_peer_handshake_age_seconds",
+                            "Seconds since the last WireGuard handshake with the peer", labels=labels)
+    rx = CounterMetricFamily("flannel_wireguard_peer_receive_bytes", "Bytes received from the peer", labels=labels)
+    tx = CounterMetricFamily("flannel_wireguard_peer_transmit_bytes", "Bytes sent to the peer", labels=labels)
+    for p in peers:
+        key = [str(p["subnet"]), str(p["public_key"])]
+        if p["latest_handshake"]:
+            age.add_metric(key, max(0.0, now - float(p["latest_handshake"])))
+        rx.add_metric(key, float(p["rx_bytes"]))
+        tx.add_metric(key, float(p["tx_bytes"]))
+    yield age
+    yield rx
+    yield tx

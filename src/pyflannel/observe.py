@@ -51,6 +51,7 @@ class View:
     masq_repairs: Callable[[], int] = lambda: 0
     programmed: Callable[[], dict[str, Any]] = dict  # /peers: the data path's peer table
     known: Callable[[], int] = lambda: 0  # peer leases in the watcher's table (programmed or not)
+    wg_peers: Callable[[], list[dict[str, Any]]] = list  # wireguard: each peer's handshake and bytes
 
 
 def _span(seconds: float) -> str:

@@ -1,11 +1,11 @@
-"""Backends, registered by name as in flannel: udp, vxlan, host-gw, aws-vpc, gce.
+"""Backends, registered by name as in flannel: udp, vxlan, host-gw, wireguard, aws-vpc, gce.
 
 A backend only *plans*. The contract (``Backend``):
 
 - ``check_config(config)``: raise ``ConfigError`` for a bad ``Backend`` object; return warnings;
 - ``prepare(host)``: before the lease, create what must exist (vxlan: the device, whose MAC goes
   into the lease; udp: flannel0 and its socket; cloud: the instance metadata) through ``HostOps``,
-  and return the lease attributes we publish;
+  and return the lease attributes we publish (wireguard: the key and the device);
 - ``start(own)``: once the lease is held, the targets besides the kernel that plans go to (the
   udp pump, the cloud route table);
 - ``select(peers)`` and ``plan(own, peers, facts)``: pure; the peers it can program, and for them
@@ -36,6 +36,7 @@ _CONSTRUCTORS: dict[str, str] = {
     "host-gw": "pyflannel.backend.hostgw:HostGwBackend",
     "aws-vpc": "pyflannel.backend.awsvpc:AwsVpcBackend",
     "gce": "pyflannel.backend.gce:GceBackend",
+    "wireguard": "pyflannel.backend.wireguard:WireguardBackend",
 }
 
 Net = ipaddress.IPv4Network
@@ -53,6 +54,12 @@ class HostOps(Protocol):
     def set_sysctl(self, path: str, value: str) -> None: ...
 
     def open_tun(self, offload: bool) -> tuple[int, str, str | None]: ...
+
+    def wg_key(self, path: str) -> str: ...
+
+    def wg_device(self, name: str, mtu: int) -> str: ...
+
+    def wg_target(self, name: str, public_key: str) -> Target: ...
 
 
 class Target(Protocol):

@@ -60,6 +60,11 @@ async def status(registry: EtcdRegistry, subnet_file: str, healthz_port: int, he
     line("peers", f"{len([le for le in snap.leases if le.subnet != own])} (bad keys: {len(snap.bad)})")
     text, ok = await asyncio.to_thread(_devices, config)  # pyroute2's sync API wants no loop
     line("devices", text, "" if ok else f"device: {text}")
+    if config.backend_type == "wireguard" and ok:
+        for label, text in await asyncio.to_thread(_wg_peers, {le.attrs.backend_data.get("PublicKey"): le
+                                                               for le in snap.leases if le.subnet != own
+                                                               and isinstance(le.attrs.backend_data, dict)}):
+            line(label, text)
     if healthz_port:
         text, ok = _health(healthz_ip, healthz_port)
         line("health", text, "" if ok else f"health: {text}")
@@ -76,13 +81,36 @@ def _devices(config: NetworkConfig) -> tuple[str, bool]:
         names = {link.name: link for link in netlink.links()}
     except KernelError as err:
         return f"cannot list them: {err}", False
-    want = {"udp": "flannel0", "vxlan": f"flannel.{config.backend_option('VNI', 1)}"}.get(config.backend_type)
+    want = {"udp": "flannel0", "vxlan": f"flannel.{config.backend_option('VNI', 1)}",
+            "wireguard": "flannel-wg"}.get(config.backend_type)
     if want is None:
         return "none needed", True
     link = names.get(want)
     if link is None:
         return f"{want} MISSING", False
     return f"{want} {'up' if link.up else 'DOWN'} mtu {link.mtu}", link.up
+
+
+def _wg_peers(leases: dict[object, object]) -> list[tuple[str, str]]:
+    """One line per WireGuard peer of flannel-wg: its subnet (from the lease with its public key),
+    endpoint, last handshake and bytes, as ``wg show flannel-wg dump`` has them."""
+    import time
+
+    from ..core.wgconf import parse_dump
+    from ..kernel.wireguard import wg_show_dump
+
+    try:
+        state = parse_dump(wg_show_dump("flannel-wg"))
+    except (FlannelError, ValueError) as err:
+        return [("wg peers", f"cannot read flannel-wg: {err}")]
+    out = [("wg peers", f"{len(state.peers)} on flannel-wg, listening on {state.listen_port}")]
+    now = time.time()
+    for p in sorted(state.peers.values(), key=lambda p: p.endpoint):
+        lease = leases.get(p.public_key)
+        subnet = str(lease.subnet) if lease is not None else "(no lease)"  # type: ignore[attr-defined]
+        seen = f"handshake {int(now - p.latest_handshake)}s ago" if p.latest_handshake else "no handshake yet"
+        out.append(("  peer", f"{subnet} {p.endpoint or '(no endpoint)'} {seen}, rx {p.rx} B, tx {p.tx} B"))
+    return out
 
 
 def health_address(ip: str) -> str:

@@ -3,7 +3,8 @@
 - ``DesiredState`` (``core.desired``): the kernel (vxlan, host-gw, and udp's flannel0 device and
   network route), applied by the kernel reconciler;
 - ``PumpPlan``: the udp pump's peer table, swapped into the running pump whole;
-- ``CloudPlan``: the cloud route table (aws-vpc, gce): our own route plus the cleanup inputs.
+- ``CloudPlan``: the cloud route table (aws-vpc, gce): our own route plus the cleanup inputs;
+- ``WgPlan``: the WireGuard device's configuration (key, port, the peer set), applied by ``wg``.
 
 A plan is computed from our lease, the peers' leases and ``HostFacts`` only (pure), so the daemon
 can plan once per batch of lease events and hand each plan to its target.
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .desired import DesiredState
 from .lease import Lease
@@ -51,13 +52,43 @@ class CloudPlan:
         return len(self.live or ())
 
 
-Plan = DesiredState | PumpPlan | CloudPlan
+@dataclass(frozen=True, order=True)
+class WgPeer:
+    """One WireGuard peer, one per lease: keyed by its public key (never by its endpoint, so
+    several hosts behind one NAT address are several peers)."""
+
+    public_key: str  # base64, validated by the backend
+    endpoint: str  # "PublicIP:Port" from the lease
+    allowed_ips: tuple[str, ...]  # the peer's subnet(s), e.g. ("10.0.5.0/24",)
+    keepalive: int = 0  # seconds, 0 = off
+
+
+@dataclass(frozen=True)
+class WgPlan:
+    """The WireGuard device: our private key (by file, never the key itself), listen port,
+    pre-shared key (by value: the target passes it to ``wg`` in a private file) and the peer set.
+    ``prune`` False (before the first lease snapshot): add and fix peers, remove none."""
+
+    dev: str
+    key_file: str
+    listen_port: int
+    peers: tuple[WgPeer, ...] = ()
+    psk: str = field(default="", repr=False)
+    prune: bool = True
+
+    def __len__(self) -> int:
+        return len(self.peers)
+
+
+Plan = DesiredState | PumpPlan | CloudPlan | WgPlan
 
 
 def target_of(plan: Plan) -> str:
-    """The name of the target a plan is for: ``kernel``, ``pump`` or ``cloud``."""
+    """The name of the target a plan is for: ``kernel``, ``pump``, ``wg`` or ``cloud``."""
     if isinstance(plan, DesiredState):
         return "kernel"
+    if isinstance(plan, WgPlan):
+        return "wg"
     return "pump" if isinstance(plan, PumpPlan) else "cloud"
 
 

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 
 from ..core.desired import LinkSpec
 from ..core.errors import KernelError, LocalConfigError
-from . import netlink, tun
+from . import netlink, tun, wireguard
 from .reconciler import Reconciler, incompatibilities, link_kind_attrs
 from .traffic import HostPeers
 
@@ -65,6 +65,17 @@ class KernelHost:
             fd, name = tun.open_tun("flannel%d")
             return fd, name, "not asked for"
         return tun.open_tun_offload("flannel%d")
+
+    def wg_key(self, path: str) -> str:
+        """Our WireGuard public key, from the private key file (made when missing)."""
+        return wireguard.load_key(path)
+
+    def wg_device(self, name: str, mtu: int) -> str:
+        """The WireGuard device (kept, the kernel's, or wireguard-go's): its link kind."""
+        return wireguard.ensure_device(name, mtu)
+
+    def wg_target(self, name: str, public_key: str) -> wireguard.WgTarget:
+        return wireguard.WgTarget(name, public_key)
 
 
 class OnlinkCache:

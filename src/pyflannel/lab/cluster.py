@@ -38,7 +38,11 @@ GATEWAY = "198.18.0.1"
 ETCD_IP = "198.18.0.2"
 PREFIX = "/atomic.io/network"
 ARTICLE_CONFIG = '{ "Network": "10.0.0.0/16" }'
-LAB_BACKENDS = ("udp", "vxlan", "host-gw")  # what runs in namespaces on one machine (no cloud API)
+LAB_BACKENDS = ("udp", "vxlan", "host-gw", "wireguard")  # what runs in namespaces on one machine (no cloud API)
+# wireguard-go's control sockets live in /run/wireguard, which network namespaces share: each host's
+# flanneld (and the wireguard-go it starts) runs in a private mount namespace with its own folder on
+# /run/wireguard; a restart binds the same folder again, so the socket of the running device is kept
+_PRIVATE_RUN_WG = 'mkdir -p /run/wireguard "$0" && mount --bind "$0" /run/wireguard && exec "$@"'
 
 
 def _tool(name: str) -> list[str]:
@@ -220,9 +224,10 @@ class Lab:
         ``subnet_file``: another network's flanneld on the same host (default: the lab's network
         and the host's subnet.env). A ``go`` host runs Go flannel's flanneld with the same flags, a
         host in ``host_command`` that command."""
-        return in_ns(host.ns, *self.flanneld_binary(host), f"-etcd-endpoints={self.etcd_endpoint}",
-                     f"-etcd-prefix={prefix}", f"--subnet-file={subnet_file or self.subnet_file(host)}",
-                     *self.host_extra.get(host.index, ()), *extra)
+        return in_ns(host.ns, *self.host_wrapper(host), *self.flanneld_binary(host),
+                     f"-etcd-endpoints={self.etcd_endpoint}", f"-etcd-prefix={prefix}",
+                     f"--subnet-file={subnet_file or self.subnet_file(host)}", *self.host_extra.get(host.index, ()),
+                     *extra)
 
     def flanneld_binary(self, host: Host) -> list[str]:
         if host.index in self.host_command:
