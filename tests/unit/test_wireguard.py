@@ -187,3 +187,27 @@ def test_key_file_in_a_folder_we_cannot_read(tmp_path) -> None:
     (folder / "wgkey").mkdir()  # a directory where the key file should be
     with pytest.raises(LocalConfigError, match="cannot read the wireguard key file"):
         kwg.load_key(str(folder / "wgkey"))
+
+
+def test_no_kernel_wireguard_and_no_wireguard_go_is_one_line(monkeypatch) -> None:
+    monkeypatch.setattr(kwg.shutil, "which", lambda name: None)
+    with pytest.raises(LocalConfigError) as err:
+        kwg._start_wireguard_go("flannel-wg")
+    assert "apt-get install wireguard-go" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(LocalConfigError, match="apt-get install wireguard-tools"):
+        kwg._wg("show")
+
+
+def test_metrics_per_peer_handshake_age_and_bytes() -> None:
+    from pyflannel.metrics import wireguard_metrics
+
+    peers = [{"public_key": K1, "subnet": "10.0.5.0/24", "endpoint": "198.18.0.12:51820",
+              "latest_handshake": 1000, "rx_bytes": 10, "tx_bytes": 20},
+             {"public_key": K2, "subnet": "10.0.6.0/24", "endpoint": "", "latest_handshake": 0,
+              "rx_bytes": 0, "tx_bytes": 0}]
+    fams = {f.name: f for f in wireguard_metrics(peers, now=1030.0)}
+    age = fams["flannel_wireguard_peer_handshake_age_seconds"].samples
+    assert [(s.labels["subnet"], s.value) for s in age] == [("10.0.5.0/24", 30.0)]  # none for "never"
+    rx = [s for s in fams["flannel_wireguard_peer_receive_bytes"].samples if s.name.endswith("_total")]
+    assert [(s.labels["public_key"], s.value) for s in rx] == [(K1, 10.0), (K2, 0.0)]
+    assert list(wireguard_metrics([])) == []
