@@ -4,7 +4,8 @@ from the same FLANNELD_* environment, before or after the subcommand.
     flannelctl [-etcd-endpoints=…] [-etcd-prefix=…] config get | set FILE|- [--force] | validate [FILE|-] [--json]
     flannelctl leases list [--json] | reserve SUBNET PUBLIC_IP | revoke SUBNET
     flannelctl [-subnet-file=…] [-healthz-port=N] status
-    flannelctl lab up|down|status|demo [--name NAME] [--hosts N] [--backend udp|vxlan|host-gw] [--keep] [--force]
+    flannelctl lab up|down|status|demo [--name NAME] [--hosts N] [--backend udp|vxlan|host-gw|wireguard]
+               [--keep] [--force]
 
 Exit 0 = fine, 1 = the input or the store is wrong (one message naming what and how to fix),
 2 = usage.

@@ -65,6 +65,10 @@ def run_demo(name: str = "pfl", hosts: int = 3, backend: str = "udp", keep: bool
         for h in lab.hosts:
             out(f"\n== [root@{h.ns} ~]# route -n")
             out("\n".join("   " + ln for ln in lab.route_table(h).rstrip().splitlines()))
+        if backend == "wireguard":
+            for h in lab.hosts:
+                out(f"\n== [root@{h.ns} ~]# wg show flannel-wg   (its own /run/wireguard)")
+                out("\n".join("   " + ln for ln in lab.wg(h, "show", "flannel-wg", check=False).rstrip().splitlines()))
         port = {"udp": 8285, "vxlan": 8472}.get(backend)
         if port and len(lab.hosts) >= 2:
             out(f"\n== one packet captured on the underlay ({lab.hosts[0].ip} -> {lab.hosts[1].ip}):")
