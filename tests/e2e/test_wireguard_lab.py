@@ -218,3 +218,14 @@ def test_missing_key_file_is_made_again_and_peers_follow(lab: Lab) -> None:
     wait_for(lambda: all(new in wg_peers(lab, o) and old not in wg_peers(lab, o) for o in lab.hosts[:2]),
              what="the peers use the new key")
     wait_for(lambda: lab.ping(lab.hosts[0], h, count=1)[0], what="ping with the new key")
+
+
+def test_killed_wireguard_go_is_started_again_with_its_peers(lab: Lab) -> None:
+    h = lab.hosts[1]
+    for pid in wireguard_go_pids(h):
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: "flannel-wg is gone: creating it again with all 2 peers" in log_text(lab, h),
+             what="the device made again")
+    wait_for(lambda: len(wireguard_go_pids(h)) == 1 and len(wg_peers(lab, h)) == 2, what="wireguard-go back")
+    wait_for(lambda: lab.ping(lab.hosts[0], h, count=1)[0] and lab.ping(h, lab.hosts[2], count=1)[0],
+             timeout=30, what="ping through the new device")

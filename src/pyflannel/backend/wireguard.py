@@ -161,7 +161,7 @@ class WireguardBackend(PlanningBackend):
     def plan(self, own: Lease, peers: Mapping[ipaddress.IPv4Network, Lease] | None, facts: HostFacts
              ) -> tuple[Plan, ...]:
         wg = WgPlan(DEV, self.key_file, self.opts.listen_port, plan_peers(self.opts, peers or {}), self.opts.psk,
-                    prune=peers is not None)
+                    prune=peers is not None, mtu=self.mtu())
         return wg, plan_kernel(self.network, own, self.link_spec())
 
     def wg_peers(self) -> list[dict[str, object]]:

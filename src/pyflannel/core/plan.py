@@ -75,6 +75,7 @@ class WgPlan:
     peers: tuple[WgPeer, ...] = ()
     psk: str = field(default="", repr=False)
     prune: bool = True
+    mtu: int = 1420  # for a device made again (wireguard-go gone)
 
     def __len__(self) -> int:
         return len(self.peers)

@@ -178,7 +178,17 @@ class WgTarget:
 
     def apply(self, plan: Plan, full: bool) -> int:
         assert isinstance(plan, WgPlan)
-        actual = self.read()
+        try:
+            actual = self.read()
+        except KernelError:
+            if _link_kind(self.dev) is not None:
+                raise
+            # the device is gone (wireguard-go killed, or someone deleted it): make it again, with
+            # every peer; the kernel target then gives it its address and route
+            log.warning("%s is gone: creating it again with all %d peers", self.dev, len(plan.peers))
+            ensure_device(self.dev, plan.mtu)
+            self._sent.clear()
+            actual = self.read()
         with _psk_file(plan.psk) as psk_file:
             args = set_args(plan, actual, self.public_key, psk_file, self._sent)
             if args:
