@@ -117,7 +117,7 @@ def test_a_stranger_reaches_no_container(lab: Lab) -> None:
     key = base64.b64encode(os.urandom(32)).decode()
     with open(os.path.join(wgdir, "key"), "w") as f:
         f.write(key)
-    script = ("mkdir -p /run/wireguard && mount --bind \"$0\" /run/wireguard && wireguard-go rogue && "
+    script = ("mkdir -p /run/wireguard && mount --bind \"$0\" /run/wireguard && wireguard-go rogue >/dev/null 2>&1 && "
               "wg set rogue private-key \"$0/key\" listen-port 51820 peer \"$1\" endpoint \"$2:51820\" "
               "allowed-ips 10.0.0.0/16 persistent-keepalive 1 && ip addr add 10.0.250.1/32 dev rogue && "
               "ip link set rogue up && ip route add 10.0.0.0/16 dev rogue")

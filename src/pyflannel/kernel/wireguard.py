@@ -142,11 +142,17 @@ def _start_wireguard_go(name: str, wait: float = 10.0) -> None:
         raise LocalConfigError("wireguard backend: this kernel has no WireGuard and wireguard-go is not installed: "
                                "install Debian's wireguard-go (apt-get install wireguard-go)")
     # its own session: it must outlive flanneld (a restart keeps the device and its peers)
-    res = subprocess.run([binary, name], capture_output=True, text=True, timeout=wait, check=False,
-                         start_new_session=True, env=dict(os.environ, WG_HIDE_BANNER="1"))
+    # its output to a file, never a pipe: the daemon it forks must not hold our pipe open
+    with tempfile.TemporaryFile() as out:
+        try:
+            res = subprocess.run([binary, name], stdin=subprocess.DEVNULL, stdout=out, stderr=out, timeout=wait,
+                                 check=False, start_new_session=True)
+        except subprocess.TimeoutExpired as err:
+            raise LocalConfigError(f"wireguard-go {name} did not start within {wait:g}s") from err
+        out.seek(0)
+        text = out.read().decode(errors="replace").strip()
     if res.returncode != 0:
-        raise LocalConfigError(f"wireguard-go {name} failed ({res.returncode}): "
-                               f"{(res.stderr or res.stdout).strip()[-300:]}")
+        raise LocalConfigError(f"wireguard-go {name} failed ({res.returncode}): {text[-300:]}")
     deadline = time.monotonic() + wait
     while not _answers(name):
         if time.monotonic() > deadline:
