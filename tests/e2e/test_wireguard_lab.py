@@ -78,7 +78,7 @@ def test_underlay_carries_only_udp_51820_never_the_payload(lab: Lab) -> None:
     a, b = lab.hosts[0], lab.hosts[1]
     path = os.path.join(lab.state_dir, "wg.pcap")
     # on host a's port of the underlay switch: br0 itself sees only what the bridge floods
-    proc = subprocess.Popen(in_ns(lab.underlay_ns, "tcpdump", "-i", f"h{a.index}", "-U", "-n", "-w", path,
+    proc = subprocess.Popen(in_ns(lab.underlay_ns, "tcpdump", "-i", f"h{a.index}", "-U", "-c", "10", "-w", path,
                                   f"host {a.ip} and host {b.ip}"), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     try:
@@ -89,9 +89,11 @@ def test_underlay_carries_only_udp_51820_never_the_payload(lab: Lab) -> None:
         res = sh(in_ns(a.container_ns, "ping", "-n", "-c", "5", "-i", "0.2", "-s", "200", "-p", PATTERN,
                        b.container_ip), check=False)
         assert res.returncode == 0, res.stdout
+        proc.wait(timeout=10)  # -c 10: 5 echo requests and 5 replies, at least
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=10)
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=10)
     with open(path, "rb") as f:
         _, frames = all_packets(f.read())
     ipv4 = [fr[14:] for fr in frames if fr[12:14] == b"\x08\x00"]
