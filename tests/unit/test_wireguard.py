@@ -211,3 +211,17 @@ def test_metrics_per_peer_handshake_age_and_bytes() -> None:
     rx = [s for s in fams["flannel_wireguard_peer_receive_bytes"].samples if s.name.endswith("_total")]
     assert [(s.labels["public_key"], s.value) for s in rx] == [(K1, 10.0), (K2, 0.0)]
     assert list(wireguard_metrics([])) == []
+
+
+def test_lab_commands_for_every_backend() -> None:
+    """The lab builds flanneld's command line for every backend it runs; only wireguard's host
+    gets a private mount namespace with its own /run/wireguard and key file."""
+    from pyflannel.lab.cluster import LAB_BACKENDS, Host, Lab
+
+    host = Host(1, "x-h1", "x-c1", "198.18.0.11")
+    for backend in LAB_BACKENDS:
+        cmd = Lab(name="x", backend=backend).flanneld_command(host)
+        assert cmd[:4] == ["ip", "netns", "exec", "x-h1"]
+        assert ("unshare" in cmd) == (backend == "wireguard"), cmd
+    cmd = Lab(name="x", backend="wireguard").flanneld_command(host)
+    assert "WIREGUARD_KEY_FILE=/run/pyflannel-lab/x/h1/wgkey" in cmd and "/run/pyflannel-lab/x/h1/wireguard" in cmd

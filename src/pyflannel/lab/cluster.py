@@ -229,6 +229,24 @@ class Lab:
                      f"--subnet-file={subnet_file or self.subnet_file(host)}", *self.host_extra.get(host.index, ()),
                      *extra)
 
+    def wg_dir(self, host: Host) -> str:
+        return os.path.join(self.host_dir(host), "wireguard")
+
+    def host_wrapper(self, host: Host) -> list[str]:
+        """For wireguard: run in a private mount namespace with this host's own /run/wireguard and
+        key file (``WIREGUARD_KEY_FILE``)."""
+        if self.backend != "wireguard" or host.go:
+            return []
+        key = os.path.join(self.host_dir(host), "wgkey")
+        return ["env", f"WIREGUARD_KEY_FILE={key}", "unshare", "-m", "--propagation", "private", "sh", "-c",
+                _PRIVATE_RUN_WG, self.wg_dir(host)]
+
+    def wg(self, host: Host, *args: str, check: bool = True) -> str:
+        """``wg ARGS`` as seen on ``host`` (its network namespace and its own /run/wireguard)."""
+        cmd = in_ns(host.ns, "unshare", "-m", "--propagation", "private", "sh", "-c", _PRIVATE_RUN_WG,
+                    self.wg_dir(host), "wg", *args)
+        return sh(cmd, check=check).stdout
+
     def flanneld_binary(self, host: Host) -> list[str]:
         if host.index in self.host_command:
             return list(self.host_command[host.index])
