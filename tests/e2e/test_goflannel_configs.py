@@ -117,6 +117,7 @@ CORPUS: dict[str, Case] = {
     "Backend.Type VXLAN": Case(be(Type="VXLAN")),
     "Backend.Type Host-GW": Case(be(Type="Host-GW")),
     "ipip": Case(be(Type="ipip"), NOT_IMPLEMENTED, "not invalid", "invalid"),
+    "wireguard": Case(be(Type="wireguard"), NOT_IMPLEMENTED, "not invalid", "invalid"),
     "alloc": Case(be(Type="alloc"), NOT_IMPLEMENTED, "ok", "invalid"),
     # udp
     "udp Port": Case(be(Type="udp", Port=8286)),
