@@ -107,7 +107,7 @@ class Conductor:
             etcd_errors=lambda: self.registry.errors, bad_leases=lambda: len(self._bad_seen),
             reconcile=reconcile, masq_repairs=lambda: self.traffic.repairs if self.traffic is not None else 0,
             programmed=self.programmed, known=self._known_peers,
-            wg_peers=lambda: getattr(self.backend, "wg_peers", list)())
+            wg_peers=lambda: self.backend.peer_stats() if self.backend is not None else [])
 
     def _known_peers(self) -> int:
         own = self.lease.subnet if self.lease is not None else None

@@ -54,7 +54,7 @@ class FlannelCollector(Collector):
         yield CounterMetricFamily("flannel_masq_repairs", "Times the iptables rules had to be restored",
                                   value=v.masq_repairs())
         yield from self._datapath(v.datapath())
-        yield from wireguard_metrics(getattr(v, "wg_peers", list)())
+        yield from wireguard_metrics(v.wg_peers())
 
     @staticmethod
     def _datapath(counters: dict[str, int]) -> Iterator[Any]:

@@ -59,7 +59,7 @@ class HostOps(Protocol):
 
     def wg_device(self, name: str, mtu: int) -> str: ...
 
-    def wg_target(self, name: str, public_key: str) -> Target: ...
+    def wg_target(self, name: str, public_key: str) -> PeerTarget: ...
 
 
 class Target(Protocol):
@@ -71,6 +71,12 @@ class Target(Protocol):
     full_check_s: float | None  # the backstop timer of full runs (None: only on demand)
 
     def apply(self, plan: Plan, full: bool) -> int: ...
+
+
+class PeerTarget(Target, Protocol):
+    """A target that also knows each peer's tunnel state (wireguard's device)."""
+
+    def peer_stats(self) -> list[dict[str, object]]: ...
 
 
 class Backend(Protocol):
@@ -94,6 +100,11 @@ class Backend(Protocol):
 
     def stats(self) -> dict[str, int]:
         """Data-path counters for the metrics (the udp pump's), read at scrape time."""
+        ...
+
+    def peer_stats(self) -> list[dict[str, object]]:
+        """Each peer's tunnel state for the metrics and the SIGUSR1 dump (wireguard: handshake and
+        bytes, as its target last read them); [] for a backend without tunnels."""
         ...
 
     async def close(self) -> None: ...

@@ -82,5 +82,8 @@ class PlanningBackend:
     def stats(self) -> dict[str, int]:
         return {}
 
+    def peer_stats(self) -> list[dict[str, object]]:
+        return []
+
     async def close(self) -> None:
         """vxlan and host-gw leave their kernel state in place: restarts lose no packet."""

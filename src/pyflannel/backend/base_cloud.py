@@ -150,6 +150,9 @@ class CloudBackend:
     def stats(self) -> dict[str, int]:
         return {}
 
+    def peer_stats(self) -> list[dict[str, object]]:
+        return []
+
     def select(self, peers: Mapping[Net, Lease]) -> Selection:
         """Every lease inside the network counts (whatever its backend): cleanup must know them all."""
         network = self.config.network

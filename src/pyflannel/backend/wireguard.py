@@ -30,7 +30,7 @@ from ..core.host import ExternalInterface, HostFacts
 from ..core.lease import Lease, LeaseAttrs
 from ..core.plan import Plan, WgPeer, WgPlan
 from ..core.wgconf import valid_key
-from . import HostOps, Target
+from . import HostOps, PeerTarget, Target
 from .base import PlanningBackend, check_keys, int_option
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ class WireguardBackend(PlanningBackend):
         self.public_key = ""
         self.kind = ""  # the device's link kind: "wireguard" (kernel) or "tun" (wireguard-go)
         self._host: HostOps | None = None
-        self._target: Target | None = None
+        self._target: PeerTarget | None = None
 
     @classmethod
     def check_config(cls, config: NetworkConfig) -> list[str]:
@@ -164,7 +164,6 @@ class WireguardBackend(PlanningBackend):
                     prune=peers is not None, mtu=self.mtu())
         return wg, plan_kernel(self.network, own, self.link_spec())
 
-    def wg_peers(self) -> list[dict[str, object]]:
-        """Each peer's handshake and bytes as the target last read them (metrics, status)."""
-        stats = getattr(self._target, "peer_stats", None)
-        return stats() if stats is not None else []
+    def peer_stats(self) -> list[dict[str, object]]:
+        """Each peer's handshake and bytes as the target last read them (metrics)."""
+        return self._target.peer_stats() if self._target is not None else []
