@@ -71,8 +71,8 @@ def test_hostgw_and_udp_plans() -> None:
 
 
 @pytest.mark.parametrize(("backend", "message"), [
-    ('{"Type": "vxlan", "VNI": 0}', "VNI must be an integer 1..16777215"),
-    ('{"Type": "vxlan", "VNI": 16777216}', "VNI must be an integer 1..16777215"),
+    ('{"Type": "vxlan", "VNI": -1}', "VNI must be an integer 0..16777215"),
+    ('{"Type": "vxlan", "VNI": 16777216}', "VNI must be an integer 0..16777215"),
     ('{"Type": "vxlan", "Port": 70000}', "Port must be an integer 1..65535"),
     ('{"Type": "vxlan", "GBP": "yes"}', "GBP must be true or false"),
     ('{"Type": "udp", "Port": -1}', "Port must be an integer 1..65535"),
@@ -83,6 +83,14 @@ def test_bad_backend_options(backend: str, message: str) -> None:
     cfg = parse_config(f'{{"Network": "10.0.0.0/16", "Backend": {backend}}}')
     with pytest.raises(ConfigError, match=message):
         get_backend(cfg.backend_type).check_config(cfg)
+
+
+def test_vxlan_vni_0_is_accepted_as_go_flannel_does() -> None:
+    """Go flannel takes VNI 0 (the kernel does): device flannel.0 (tests/e2e/test_goflannel_configs.py)."""
+    from pyflannel.backend.vxlan import parse_options
+
+    cfg = parse_config('{"Network": "10.0.0.0/16", "Backend": {"Type": "vxlan", "VNI": 0}}')
+    assert parse_options(cfg, 1500).dev == "flannel.0"
 
 
 def test_unknown_backend_key_is_named() -> None:

@@ -54,7 +54,7 @@ class VxlanOptions:
 def parse_options(config: NetworkConfig, ext_mtu: int) -> VxlanOptions:
     port = config.backend_option("Port", 0)
     return VxlanOptions(
-        vni=int_option(config, "VNI", 1, 1, 16777215, "vxlan"),
+        vni=int_option(config, "VNI", 1, 0, 16777215, "vxlan"),  # 0 too, as Go flannel (flannel.0)
         port=0 if port == 0 and not isinstance(port, bool) else int_option(config, "Port", 0, 1, 65535, "vxlan"),
         mtu=int_option(config, "MTU", ext_mtu, 68 + OVERHEAD, 65535, "vxlan"),
         gbp=bool_option(config, "GBP", "vxlan"),
