@@ -21,6 +21,7 @@ restarted flanneld never deletes a route it simply has not heard about yet.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import ipaddress
 import logging
@@ -44,6 +45,11 @@ log = logging.getLogger("pyflannel.converger")
 Net = ipaddress.IPv4Network
 
 
+# upper bounds of the run-time histogram (flannel_reconcile_duration_seconds): a delta run takes
+# about a millisecond, a full kernel read of a few hundred peers tens of ms, a cloud API call seconds
+DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
 @dataclass
 class ConvergeStats:
     """Plain counters, written by the converger task only, read by the metrics collector."""
@@ -56,6 +62,24 @@ class ConvergeStats:
     peers: int = 0  # peers programmed by the last successful run
     last_ok: float = 0.0  # time.time() of the last successful run
     per_target: dict[str, int] = field(default_factory=dict)  # changes per target
+    errors_per_target: dict[str, int] = field(default_factory=dict)
+    # finished runs by time taken: [i] counts runs of at most DURATION_BUCKETS[i] (and more than
+    # the bound before); the last, runs longer than every bound
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(DURATION_BUCKETS) + 1))
+
+    def observe(self, seconds: float) -> None:
+        """One finished run that took ``seconds``."""
+        self.seconds += seconds
+        self.buckets[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """(upper bound, runs that took at most that long), the last bound being +inf: the
+        buckets of a Prometheus histogram."""
+        out, total = [], 0
+        for bound, n in zip((*DURATION_BUCKETS, float("inf")), self.buckets, strict=True):
+            total += n
+            out.append((bound, total))
+        return out
 
 
 class KernelTarget:
@@ -141,6 +165,9 @@ class Converger:
         self._loop = asyncio.get_running_loop()
         self.own = own
         self.targets = {"kernel": self.kernel, **targets}
+        for name in self.targets:  # every target's counters exist from the start, at zero
+            self.stats.per_target.setdefault(name, 0)
+            self.stats.errors_per_target.setdefault(name, 0)
         now = self.clock()
         for name, target in self.targets.items():
             if target.full_check_s is not None:
@@ -215,7 +242,7 @@ class Converger:
                     self._full.add(name)  # a failed delta cannot be trusted: read in full on the retry
                     failed = True
             took = time.monotonic() - start
-            self.stats.seconds += took
+            self.stats.observe(took)
             log.debug("converge run %d: %d peers planned, %s, %s in %.1f ms", self.stats.runs, len(selected),
                       f"full read of {', '.join(sorted(full))}" if full else "delta", "failed" if failed else "done",
                       took * 1000)
@@ -274,6 +301,7 @@ class Converger:
 
     def _failed(self, name: str, err: FlannelError) -> None:
         self.stats.errors += 1
+        self.stats.errors_per_target[name] = self.stats.errors_per_target.get(name, 0) + 1
         self._log[name].error(f"{name} reconcile failed, retrying with backoff: {err}")
 
     # ---- for the health endpoint -----------------------------------------------------------------

@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass, field
 
 from .backend import Backend, get_backend
+from .backend.udp_pump import available as pump_built
 from .converger import Converger
 from .core.backoff import Backoff, LogOnce
 from .core.config import RESTART_NEEDED, NetworkConfig, config_changes, parse_config
@@ -106,7 +107,8 @@ class Conductor:
             datapath=lambda: self.backend.stats() if self.backend is not None else {},
             etcd_errors=lambda: self.registry.errors, bad_leases=lambda: len(self._bad_seen),
             reconcile=reconcile, masq_repairs=lambda: self.traffic.repairs if self.traffic is not None else 0,
-            programmed=self.programmed, known=self._known_peers,
+            programmed=self.programmed, known=self._known_peers, compiled_pump=pump_built,
+            network=lambda: str(self.config.network) if self.config is not None else "",
             wg_peers=lambda: self.backend.peer_stats() if self.backend is not None else [])
 
     def _known_peers(self) -> int:
@@ -230,7 +232,7 @@ class Conductor:
             await asyncio.sleep(backoff.next())
         recovered = once.ok("%s can be written again", path)
         self.stats.not_ready = ""
-        self.stats.ready = True
+        self.stats.subnet_file_written = True
         lease = self.lease
         log.info("flannel is ready: wrote %s subnet=%s mtu=%d", path, env.subnet, env.mtu)
         if prev_subnet is not None and lease is not None and prev_subnet != lease.subnet:

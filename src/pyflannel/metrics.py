@@ -1,67 +1,127 @@
 """flanneld's Prometheus metrics: one collector reading the daemon's ``View`` at scrape time, on a
-private registry. Imported by ``observe.HttpServer`` only when the server is on. ``view`` is an
-``observe.View`` (not imported: observe imports this module)."""
+private registry with the process and GC collectors. Imported by ``observe.HttpServer`` only when
+the server is on. ``view`` is an ``observe.View`` (not imported: observe imports this module).
+
+Every metric, its labels and its meaning are listed in docs/metrics.md (a unit test keeps the two
+equal). Series that can be known from the start are exported from the start, at zero (the udp
+drop reasons, each converger target), so that ``rate()`` and alerts see them before the first
+event.
+"""
 
 from __future__ import annotations
 
+import platform
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
+from prometheus_client import GC_COLLECTOR, CollectorRegistry, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from . import __version__
 
-def registry_for(view: Any) -> CollectorRegistry:
+Readiness = Callable[[Any], tuple[bool, str]]
+
+
+def registry_for(view: Any, readiness: Readiness) -> CollectorRegistry:
+    """``readiness(stats)`` is the one that answers /readyz, so that ``flannel_ready`` agrees."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(FlannelCollector(view))
+    registry.register(FlannelCollector(view, readiness))
+    ProcessCollector(registry=registry)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
+    registry.register(GC_COLLECTOR)  # python_gc_*: reads gc.get_stats(), shared and stateless
     return registry
 
 
+def _gauge(name: str, doc: str, value: float | None = None, labels: list[str] | None = None) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value, labels=labels)
+
+
 class FlannelCollector(Collector):
-    def __init__(self, view: Any) -> None:
+    def __init__(self, view: Any, readiness: Readiness) -> None:
         self.view = view
+        self.readiness = readiness
 
     def collect(self) -> Iterator[Any]:
         v, s = self.view, self.view.stats
-        lease = v.lease()
-        info = GaugeMetricFamily("flannel_lease_info", "Our subnet lease (1 while held)",
-                                 labels=["subnet", "public_ip", "backend", "reservation"])
-        expiry = GaugeMetricFamily("flannel_lease_expiry_timestamp_seconds", "When our lease expires (unix time)")
-        if lease is not None:
-            info.add_metric([str(lease.subnet), str(lease.attrs.public_ip), v.backend(),
-                             str(lease.is_reservation).lower()], 1)
-            if lease.expiration:
-                expiry.add_metric([], lease.expiration)
-        yield info
-        yield expiry
-        yield GaugeMetricFamily("flannel_ready", "1 once subnet.env is written", value=int(s.ready))
-        yield GaugeMetricFamily("flannel_etcd_reachable", "1 while etcd answers", value=int(s.store_ok))
-        yield GaugeMetricFamily("flannel_peers", "Peer leases programmed", value=v.peers())
-        yield GaugeMetricFamily("flannel_bad_leases", "Keys under subnets/ that cannot be decoded",
-                                value=v.bad_leases())
+        build = _gauge("flannel_build_info", "pyflannel's version, the Python running it and whether the compiled "
+                       "udp pump was built (always 1)", labels=["version", "python", "compiled_pump"])
+        build.add_metric([__version__, platform.python_version(), str(bool(v.compiled_pump())).lower()], 1)
+        yield build
+        yield _gauge("flannel_ready", "1 while /readyz answers 200: subnet.env written and etcd reachable",
+                     int(self.readiness(s)[0]))
+        yield _gauge("flannel_subnet_file_written", "1 once subnet.env is written (Go flannel's readiness)",
+                     int(s.subnet_file_written))
+        yield _gauge("flannel_etcd_reachable", "1 while etcd answers flanneld's probe (every second)",
+                     int(s.store_ok))
+        yield from self._lease(v)
+        yield _gauge("flannel_peers", "Peers programmed into the data path by the last successful converge run",
+                     v.peers())
+        yield _gauge("flannel_peer_leases", "Peer leases in etcd as the lease watch last saw them, programmed or not",
+                     v.known())
+        yield _gauge("flannel_bad_leases", "Keys under subnets/ that cannot be used as a lease (undecodable or "
+                     "misshapen)", v.bad_leases())
         yield CounterMetricFamily("flannel_etcd_errors", "etcd calls that failed", value=v.etcd_errors())
         yield CounterMetricFamily("flannel_etcd_watch_relists", "Lease re-lists after a lost watch or compaction",
                                   value=s.watch_relists)
-        r = v.reconcile()
-        runs, errors, changes, seconds = (r.runs, r.errors, r.changes, r.seconds) if r is not None else (0, 0, 0, 0.0)
-        yield CounterMetricFamily("flannel_reconcile_errors", "Converge runs in which a target failed", value=errors)
-        yield CounterMetricFamily("flannel_reconcile_changes", "Entries added, replaced or removed (kernel, udp pump "
-                                  "table, cloud routes)", value=changes)
-        yield SummaryMetricFamily("flannel_reconcile_duration_seconds", "Converge runs and their time",
-                                  count_value=runs, sum_value=seconds)
-        yield CounterMetricFamily("flannel_masq_repairs", "Times the iptables rules had to be restored",
-                                  value=v.masq_repairs())
+        yield from self._reconcile(v.reconcile())
+        yield CounterMetricFamily("flannel_masq_repairs", "Times the iptables/nftables rules (masquerade and "
+                                  "forward) had to be restored", value=v.masq_repairs())
         yield from self._datapath(v.datapath())
         yield from wireguard_metrics(v.wg_peers())
 
     @staticmethod
+    def _lease(v: Any) -> Iterator[Any]:
+        lease = v.lease()
+        info = _gauge("flannel_lease_info", "Our subnet lease (1 while held)",
+                      labels=["subnet", "public_ip", "backend", "reservation", "network"])
+        expiry = _gauge("flannel_lease_expiry_timestamp_seconds", "When our lease expires (unix time); absent for "
+                        "a reservation")
+        if lease is not None:
+            info.add_metric([str(lease.subnet), str(lease.attrs.public_ip), v.backend(),
+                             str(lease.is_reservation).lower(), v.network()], 1)
+            if lease.expiration:
+                expiry.add_metric([], lease.expiration)
+        yield info
+        yield expiry
+
+    @staticmethod
+    def _reconcile(r: Any) -> Iterator[Any]:
+        """The converger's counters (``converger.ConvergeStats``), or nothing before it exists."""
+        if r is None:
+            return
+        changes = CounterMetricFamily("flannel_reconcile_changes", "Entries added, replaced or removed, by target "
+                                      "(kernel: routes, neighbours, FDB; pump: udp peer table rows; cloud: routes)",
+                                      labels=["target"])
+        errors = CounterMetricFamily("flannel_reconcile_errors", "Failed applies, by target (each is retried with "
+                                     "a backoff)", labels=["target"])
+        for target in sorted(r.per_target.keys() | r.errors_per_target.keys()):
+            changes.add_metric([target], r.per_target.get(target, 0))
+            errors.add_metric([target], r.errors_per_target.get(target, 0))
+        yield changes
+        yield errors
+        cumulative = r.cumulative()
+        yield HistogramMetricFamily("flannel_reconcile_duration_seconds", "Time each converge run took (plan and "
+                                    "apply, all targets)",
+                                    buckets=[("+Inf" if b == float("inf") else repr(b), n) for b, n in cumulative],
+                                    sum_value=r.seconds)
+        last = _gauge("flannel_reconcile_last_success_timestamp_seconds", "When a converge run last succeeded "
+                      "(unix time); absent before the first")
+        if r.last_ok:
+            last.add_metric([], r.last_ok)
+        yield last
+
+    @staticmethod
     def _datapath(counters: dict[str, int]) -> Iterator[Any]:
-        packets = CounterMetricFamily("flannel_udp_packets", "Packets moved by the udp backend", labels=["direction"])
-        nbytes = CounterMetricFamily("flannel_udp_bytes", "Bytes moved by the udp backend", labels=["direction"])
-        drops = CounterMetricFamily("flannel_udp_drops", "Packets dropped by the udp backend",
-                                    labels=["direction", "reason"])
+        """The udp pump's counters (every one from the start, zeros included); nothing on other backends."""
+        if not counters:
+            return
+        packets = CounterMetricFamily("flannel_udp_packets", "Packets moved by the udp backend",
+                                      labels=["direction"])
+        nbytes = CounterMetricFamily("flannel_udp_bytes", "Bytes moved by the udp backend (whole inner IPv4 "
+                                     "packets)", labels=["direction"])
+        drops = CounterMetricFamily("flannel_udp_drops", "Packets dropped by the udp backend, by direction and "
+                                    "reason", labels=["direction", "reason"])
         for key, value in sorted(counters.items()):
             direction, _, rest = key.partition("_")
             if rest == "packets":

@@ -28,9 +28,9 @@ log = logging.getLogger("flanneld.http")
 class Stats:
     """The conductor's own state for the metrics (one event loop writes it)."""
 
-    ready: bool = False
-    not_ready: str = ""  # why not ready while forwarding (e.g. subnet.env cannot be written)
-    store_ok: bool = True
+    subnet_file_written: bool = False  # Go flannel's whole notion of ready
+    not_ready: str = ""  # why subnet.env is not written while forwarding (e.g. it cannot be written)
+    store_ok: bool = True  # the store probe's last read of etcd succeeded
     watch_relists: int = 0
     started: float = field(default_factory=time.time)
 
@@ -52,6 +52,22 @@ class View:
     programmed: Callable[[], dict[str, Any]] = dict  # /peers: the data path's peer table
     known: Callable[[], int] = lambda: 0  # peer leases in the watcher's table (programmed or not)
     wg_peers: Callable[[], list[dict[str, Any]]] = list  # wireguard: each peer's handshake and bytes
+    network: Callable[[], str] = lambda: ""  # the Network of the config flanneld runs with
+    compiled_pump: Callable[[], bool] = lambda: False  # whether the compiled udp pump was built
+
+
+def readiness(stats: Stats) -> tuple[bool, str]:
+    """Whether flanneld is ready and, if not, why: what ``/readyz`` answers and ``flannel_ready``
+    reports (one function, so that they cannot disagree). Ready means subnet.env is written (Go
+    flannel's /readyz) *and* etcd answers (pyflannel's addition: without etcd no new peer is
+    learnt and our lease cannot be renewed; forwarding to the known peers goes on)."""
+    if stats.subnet_file_written and stats.store_ok:
+        return True, "flanneld is ready"
+    if stats.subnet_file_written:
+        return False, "flanneld is not ready: etcd is unreachable (forwarding continues)"
+    if stats.not_ready:
+        return False, f"flanneld is not ready: {stats.not_ready} (forwarding continues)"
+    return False, "flanneld is not ready yet"
 
 
 def _span(seconds: float) -> str:
@@ -72,7 +88,7 @@ def state_lines(view: View, now: float | None = None, show: int = 8) -> list[str
     else:
         left = "unknown" if lease.expiration is None else _span(lease.expiration - now)
         own = f"lease {lease.subnet} public_ip={lease.attrs.public_ip} expires_in={left}"
-    lines = [f"state: {own} backend={view.backend() or '-'} ready={'yes' if s.ready else 'no'} "
+    lines = [f"state: {own} backend={view.backend() or '-'} ready={'yes' if readiness(s)[0] else 'no'} "
              f"etcd={'ok' if s.store_ok else 'UNREACHABLE'} up={_span(now - s.started)}"]
     rows = list(view.programmed().get("peers", []))
     listed = ", ".join(f"{r['subnet']} via {r['public_ip']}" for r in rows[:show])
@@ -127,7 +143,7 @@ class HttpServer:
         from .metrics import registry_for  # only with --healthz-port
 
         self.host, self.port, self.view = host, port, view
-        self.registry = registry_for(view)
+        self.registry = registry_for(view, readiness)
         self._sock: socket.socket | None = None
         self._acceptor: asyncio.Task[None] | None = None
         self._serving: set[asyncio.Task[None]] = set()
@@ -210,14 +226,8 @@ class HttpServer:
         if path == "/healthz":
             return 200, "text/plain", b"flanneld is running"
         if path == "/readyz":
-            if self.view.stats.ready and self.view.stats.store_ok:
-                return 200, "text/plain", b"flanneld is ready"
-            if self.view.stats.ready:
-                return 503, "text/plain", b"flanneld is not ready: etcd is unreachable (forwarding continues)"
-            if self.view.stats.not_ready:
-                why = f"flanneld is not ready: {self.view.stats.not_ready} (forwarding continues)"
-                return 503, "text/plain", why.encode()
-            return 503, "text/plain", b"flanneld is not ready yet"
+            ready, why = readiness(self.view.stats)
+            return 200 if ready else 503, "text/plain", why.encode()
         if path == "/metrics":
             from prometheus_client import generate_latest
 

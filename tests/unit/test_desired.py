@@ -68,6 +68,8 @@ def test_hostgw_and_udp_plans() -> None:
     d = plan_udp(NET, OWN, "flannel0")
     assert d.routes == {Route(NET, "flannel0")}
     assert str(d.addresses[0].address) == "10.0.53.0/32"
+    # no IPv6 on flannel0: the kernel's own router solicitations would otherwise go into the pump
+    assert ("net/ipv6/conf/flannel0/disable_ipv6", "1") in d.sysctls
 
 
 @pytest.mark.parametrize(("backend", "message"), [

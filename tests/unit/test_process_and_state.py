@@ -40,7 +40,7 @@ def _lease(subnet: str, ip: str, expiration: float | None) -> Lease:
 
 
 def test_state_lines() -> None:
-    stats = Stats(ready=True, store_ok=False, watch_relists=2, started=1000.0)
+    stats = Stats(subnet_file_written=True, store_ok=False, watch_relists=2, started=1000.0)
     conv = ConvergeStats(runs=7, full_runs=3, changes=12, errors=1, last_ok=4990.0)
     peers = [{"subnet": f"10.0.{i}.0/24", "public_ip": f"198.18.0.{i}"} for i in range(1, 11)]
     view = View(stats, lease=lambda: _lease("10.0.53.0/24", "198.18.0.11", 5000.0 + 3725),
@@ -48,7 +48,8 @@ def test_state_lines() -> None:
                 etcd_errors=lambda: 4, bad_leases=lambda: 1, reconcile=lambda: conv,
                 programmed=lambda: {"peers": peers}, known=lambda: 11)
     assert state_lines(view, now=5000.0, show=2) == [
-        "state: lease 10.0.53.0/24 public_ip=198.18.0.11 expires_in=1h02m05s backend=udp ready=yes "
+        # not ready while etcd is unreachable, as /readyz and flannel_ready say
+        "state: lease 10.0.53.0/24 public_ip=198.18.0.11 expires_in=1h02m05s backend=udp ready=no "
         "etcd=UNREACHABLE up=1h06m40s",
         "state: peers in etcd=11 programmed=10 bad_keys=1: 10.0.1.0/24 via 198.18.0.1, "
         "10.0.2.0/24 via 198.18.0.2 (+8 more)",

@@ -180,7 +180,7 @@ def test_readyz_names_the_cause_while_forwarding() -> None:
     server = HttpServer("127.0.0.1", 0, View(stats))
     assert server.respond("/readyz") == (503, "text/plain", b"flanneld is not ready: cannot write "
                                          b"/run/flannel/subnet.env: Read-only file system (forwarding continues)")
-    stats.not_ready, stats.ready = "", True
+    stats.not_ready, stats.subnet_file_written = "", True
     assert server.respond("/readyz")[0] == 200
 
 

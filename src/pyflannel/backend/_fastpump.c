@@ -72,14 +72,14 @@
 /* ---- counters ------------------------------------------------------------------------------ */
 enum {
     C_TX_PACKETS, C_TX_BYTES, C_TX_DROP_NO_ROUTE, C_TX_DROP_TTL, C_TX_DROP_MALFORMED,
-    C_TX_DROP_SEND_ERROR,
+    C_TX_DROP_SEND_ERROR, C_TX_DROP_NOT_IPV4,
     C_RX_PACKETS, C_RX_BYTES, C_RX_DROP_MALFORMED, C_RX_DROP_UNKNOWN_SOURCE, C_RX_DROP_TTL,
     C_RX_DROP_TUN_WRITE, C_RX_DROP_RECV_ERROR, C_RX_DROP_SPOOFED_SOURCE,
     C_N
 };
 static const char *const counter_names[C_N] = {
     "tx_packets", "tx_bytes", "tx_drop_no_route", "tx_drop_ttl", "tx_drop_malformed",
-    "tx_drop_send_error",
+    "tx_drop_send_error", "tx_drop_not_ipv4",
     "rx_packets", "rx_bytes", "rx_drop_malformed", "rx_drop_unknown_source", "rx_drop_ttl",
     "rx_drop_tun_write", "rx_drop_recv_error", "rx_drop_spoofed_source",
 };
@@ -585,7 +585,8 @@ static void tx_flush(worker *w) {
 static void tx_packet(worker *w, uint8_t *b, uint32_t hlen, const uint8_t *pay, uint32_t plen) {
     Pump *p = w->p;
     if (!valid_ipv4(b, hlen)) {
-        CNT(w, C_TX_DROP_MALFORMED, 1);
+        /* IPv6 (or anything not IPv4) is a whole packet we do not carry, not a broken one */
+        CNT(w, hlen && (b[0] >> 4) != 4 ? C_TX_DROP_NOT_IPV4 : C_TX_DROP_MALFORMED, 1);
         return;
     }
     const rslot *rt = table_lookup(w->t, be32(b + 16));
@@ -616,6 +617,10 @@ static void tx_offloaded(worker *w, uint8_t *b, size_t n) {
     vnet_hdr_read(b, &vh);
     uint8_t *pkt = b + VNET_HDR_LEN;
     size_t len = n - VNET_HDR_LEN;
+    if (len && (pkt[0] >> 4) != 4) { /* before its checksum or segments are looked at */
+        CNT(w, C_TX_DROP_NOT_IPV4, 1);
+        return;
+    }
     uint8_t gso_type = vh.gso_type & (uint8_t)~VNET_GSO_ECN;
     if (gso_type == VNET_GSO_NONE) {
         if (vh.flags & VNET_F_NEEDS_CSUM) {

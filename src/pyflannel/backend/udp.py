@@ -41,11 +41,15 @@ TXQUEUELEN = 1000
 def plan_udp(network: ipaddress.IPv4Network, own: Lease, tun: str, mtu: int = 1472) -> DesiredState:
     """Pure: flannel0 carries our subnet's network address /32 and routes the whole network. Our
     ICMP net-unreachable comes out of flannel0 from flannel0's own address: without accept_local
-    the kernel would drop it as a martian and the sender would never hear why."""
+    the kernel would drop it as a martian and the sender would never hear why. IPv6 is off on
+    flannel0 (set before the device comes up): the udp backend carries IPv4 only, and otherwise the
+    kernel sends its own router solicitations and MLD reports into it, which the pump can only
+    drop (Go flannel leaves IPv6 on; its proxy drops them silently)."""
     addr = ipaddress.IPv4Interface(f"{own.subnet.network_address}/32")
     return DesiredState(network, links=(LinkSpec(tun, "tun", mtu, txqlen=TXQUEUELEN),),
                         addresses=(Address(tun, addr, network),), routes=frozenset({Route(network, tun)}),
-                        sysctls=((f"net/ipv4/conf/{tun}/accept_local", "1"),))
+                        sysctls=((f"net/ipv4/conf/{tun}/accept_local", "1"),
+                                 (f"net/ipv6/conf/{tun}/disable_ipv6", "1")))
 
 
 def plan_pump(peers: Mapping[ipaddress.IPv4Network, Lease], port: int) -> PumpPlan:

@@ -9,7 +9,10 @@ lies in that peer's subnet.
 It runs in one thread of its own, blocked in epoll, draining each fd until EAGAIN (a burst per
 wake-up, docs/performance.md#udp-pump). The control plane swaps in a whole immutable ``Tables`` value when leases
 change; the thread reads that one attribute per packet, so it needs no lock. Counters are plain
-ints read by the metrics without locking (a torn read is at worst one packet stale).
+ints read by the metrics without locking (a torn read is at worst one packet stale); every one of
+``COUNTERS`` exists from the start, at zero (docs/metrics.md). A packet from flannel0 that is not
+IPv4 at all (IPv6: the udp backend carries IPv4 only) is counted as ``tx_drop_not_ipv4``, not as
+malformed.
 
 ``UdpPump`` is the reference implementation and the fallback. ``UdpFastPump`` is its compiled
 twin: the same API, decisions and counters (tested side by side), with the packet loop in C
@@ -52,6 +55,15 @@ log = logging.getLogger(__name__)
 _BURST = 256
 ENV_VAR = "PYFLANNEL_PUMP"
 
+# every counter of both pumps, in the compiled pump's order (its COUNTERS, tested equal):
+# <direction>_packets, <direction>_bytes and <direction>_drop_<reason>
+COUNTERS = (
+    "tx_packets", "tx_bytes", "tx_drop_no_route", "tx_drop_ttl", "tx_drop_malformed", "tx_drop_send_error",
+    "tx_drop_not_ipv4",
+    "rx_packets", "rx_bytes", "rx_drop_malformed", "rx_drop_unknown_source", "rx_drop_ttl", "rx_drop_tun_write",
+    "rx_drop_recv_error", "rx_drop_spoofed_source",
+)
+
 
 @dataclass(frozen=True)
 class Tables:
@@ -66,7 +78,7 @@ class UdpPump:
         self.local_ip = local_ip
         self.mtu = mtu
         self.tables = Tables()
-        self.stats: Counter[str] = Counter()
+        self.stats: Counter[str] = Counter(dict.fromkeys(COUNTERS, 0))
         self._ip_cache: dict[str, int] = {}
         self._stop_r, self._stop_w = os.pipe()
         self._thread: threading.Thread | None = None
@@ -130,7 +142,7 @@ class UdpPump:
                     continue
                 raise
             if not is_valid_ipv4(buf, n):
-                stats["tx_drop_malformed"] += 1
+                stats["tx_drop_not_ipv4" if n and buf[0] >> 4 != 4 else "tx_drop_malformed"] += 1
                 continue
             peer = self.tables.routes.lookup(ipv4_dst(buf))
             if peer is None:
@@ -288,8 +300,8 @@ class UdpFastPump:
 
     @property
     def stats(self) -> Counter[str]:
-        """The same keys as ``UdpPump.stats``; like a Counter, counters still at zero are absent."""
-        return Counter({k: v for k, v in self._pump.counters().items() if v})
+        """The same keys as ``UdpPump.stats``: every one of ``COUNTERS``, zeros included."""
+        return Counter(self._pump.counters())
 
 
 def default_split() -> bool:

@@ -178,8 +178,12 @@ def ensure_route(dst: ipaddress.IPv4Network, oif: int, gateway: ipaddress.IPv4Ad
 
 
 def set_sysctl(path: str, value: str) -> None:
-    """Write /proc/sys/<path> (of this process's network namespace) if it differs."""
+    """Write /proc/sys/<path> (of this process's network namespace) if it differs. An IPv6 setting
+    on a kernel without IPv6 (booted with ipv6.disable=1: no /proc/sys/net/ipv6) has nothing to
+    set and is skipped."""
     full = f"/proc/sys/{path}"
+    if path.startswith("net/ipv6/") and not os.path.isdir("/proc/sys/net/ipv6"):
+        return
     try:
         with open(full) as f:
             if f.read().strip() == value:
