@@ -53,8 +53,8 @@ def test_metrics(lab: Lab) -> None:
     assert lab.ping(h1, h2, 3)[0]
     code, text = get(h1, "/metrics")
     assert code == 200
-    assert f'flannel_lease_info{{backend="udp",public_ip="{h1.ip}",reservation="false",subnet="{subnet_of(h1)}"}} 1.0' \
-        in text
+    assert (f'flannel_lease_info{{backend="udp",network="10.0.0.0/16",public_ip="{h1.ip}",reservation="false",'
+            f'subnet="{subnet_of(h1)}"}} 1.0') in text
     assert "flannel_lease_expiry_timestamp_seconds " in text
     assert "flannel_peers 1.0" in text
     assert "flannel_ready 1.0" in text

@@ -424,11 +424,13 @@ def test_truncated_and_garbage_datagrams(rig: Rig) -> None:
     bad_rx = [b"", b"\x45", good[:19], bytes([0x4F]) + good[1:40], bytes([0x44]) + good[1:], b"\x00" * 20]
     for d in bad_rx:
         rig.send_from(PEER_A, d)
-    bad_tx = [b"\x45", good[:19], bytes([0x46]) + good[1:20], b"\xff" * 30]
+    bad_tx = [b"\x45", good[:19], bytes([0x46]) + good[1:20]]
     for p in bad_tx:
         rig.ns.inject(p)
+    rig.ns.inject(b"\xff" * 30)  # IP version 15: not IPv4, rather than a broken IPv4 header
     rig.wait_stat("rx_drop_malformed", len(bad_rx))
     rig.wait_stat("tx_drop_malformed", len(bad_tx))
+    rig.wait_stat("tx_drop_not_ipv4", 1)
     # a header whose IHL fits but whose total-length field lies is forwarded as received, like flannel
     liar = bytearray(packet("10.0.2.5", "10.0.1.7", payload=b"x" * 10))
     liar[2:4] = (1000).to_bytes(2, "big")
@@ -461,8 +463,9 @@ def test_non_ipv4_payloads(rig: Rig) -> None:
     rig.send_from(PEER_A, v6)
     rig.send_from(PEER_A, b"\x08\x06" + bytes(40))  # an ARP-looking frame
     rig.ns.inject(v6, ETH_P_IPV6)
-    rig.wait_stat("rx_drop_malformed", 2)
-    rig.wait_stat("tx_drop_malformed", 1)
+    rig.wait_stat("rx_drop_malformed", 2)  # from the wire: not a whole IPv4 packet
+    rig.wait_stat("tx_drop_not_ipv4", 1)  # from flannel0: a whole IPv6 packet we do not carry
+    assert rig.pump.stats["tx_drop_malformed"] == 0
     assert rig.ns.sniffed(timeout=0.3) == []
 
 
