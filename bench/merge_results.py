@@ -1,4 +1,4 @@
-"""Merge the control-plane results of several bench/run.py runs into one JSON and one markdown file.
+"""Merge the results of several bench/run.py runs into one JSON and one markdown file.
 
 For figures measured in separate, shorter runs (each under the shared lock for at most ~15 min),
 e.g. issue 12's before/after figures:
@@ -6,9 +6,11 @@ e.g. issue 12's before/after figures:
     python bench/merge_results.py --out bench/results/issue12-before --title "issue 12, before" \\
         --commit d200c45 --note "..." PART1/latest.json PART2/latest.json ...
 
-writes ``OUT.json`` (rows as in latest.json, each part's params, command, notes and machine state
-kept under ``parts``) and ``OUT.md`` (the control-plane tables of bench/README.md's latest.md).
-A row measured in two parts (same metric and hosts) is kept from the later part. Needs no root.
+writes ``OUT.json`` (rows as in latest.json, each with ``part``: the number of the run it comes
+from; each part's params, command, notes and machine state kept under ``parts``) and ``OUT.md``
+(the tables of bench/README.md's latest.md). Every ratio in a row was measured within its own part.
+A row measured in two parts (same path and metric; same metric, hosts and flanneld) is kept from
+the later part. Needs no root.
 """
 
 from __future__ import annotations
@@ -33,20 +35,24 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, HERE)
     from pfbench import report
 
-    rows: dict[tuple[str, int], dict] = {}
+    rows: dict[tuple[str, int, str], dict] = {}
+    dp_rows: dict[tuple[str, str], dict] = {}
     parts = []
-    for path in args.parts:
+    for i, path in enumerate(args.parts):
         with open(path) as f:
             doc = json.load(f)
         for r in doc["controlplane"]:
-            rows[(r["metric"], r["hosts"])] = r
+            rows[(r["metric"], r["hosts"], r.get("flanneld", ""))] = {**r, "part": i + 1}
+        for r in doc.get("datapath", []):
+            dp_rows[(r["backend"], r["metric"])] = {**r, "part": i + 1}
         parts.append({"file": path, "date": doc["date"], "command": doc.get("command", ""),
                       "runtime_s": doc["runtime_s"], "params": doc["params"], "notes": doc["notes"],
                       "cpu_busy_at_start_pct": doc["machine"].get("cpu_busy_at_start_pct"),
                       "loadavg_at_start": doc["machine"].get("loadavg_at_start")})
     machine = {k: v for k, v in doc["machine"].items() if k not in ("cpu_busy_at_start_pct", "loadavg_at_start")}
     merged = {"title": args.title, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "commit": args.commit,
-              "machine": machine, "machine_notes": args.note, "controlplane": list(rows.values()),
+              "machine": machine, "machine_notes": args.note, "datapath": list(dp_rows.values()),
+              "controlplane": list(rows.values()),
               "notes": [f"part {i + 1}: {n}" for i, p in enumerate(parts) for n in p["notes"]], "parts": parts}
     report.write_json(args.out + ".json", merged)
     m = machine
@@ -59,12 +65,13 @@ def main(argv: list[str] | None = None) -> int:
                   f"before it started: `{p['command']}`")
     if args.note:
         md += [""] + [f"- {n}" for n in args.note]
+    md += report.datapath_markdown(merged["datapath"], merged=True)
     md += report.controlplane_markdown(merged["controlplane"])
     if merged["notes"]:
         md += ["", "## Notes", ""] + [f"- {n}" for n in merged["notes"]]
     with open(args.out + ".md", "w") as f:
         f.write("\n".join(md) + "\n")
-    print(f"wrote {args.out}.json and {args.out}.md ({len(rows)} rows)")
+    print(f"wrote {args.out}.json and {args.out}.md ({len(dp_rows)} data-path and {len(rows)} control-plane rows)")
     return 0
 
 

@@ -16,12 +16,19 @@ import time
 import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# pfbench.datapath.PATHS (not imported here: that needs pyflannel, which preflight checks first)
+DATA_PATHS = ("underlay", "hand-vxlan", "vxlan", "host-gw", "udp", "wireguard", "go-vxlan", "go-host-gw", "go-udp")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", choices=("datapath", "controlplane"),
                     help="run one half of the suite (written to bench/results/<half>/)")
+    ap.add_argument("--paths", default="",
+                    help="data paths to measure, comma-separated (default: all of " + ", ".join(DATA_PATHS) + ")")
+    ap.add_argument("--no-go", action="store_true",
+                    help="leave Go flannel out (its data paths and its control-plane figures); by default it is "
+                         "measured beside pyflannel, built by scripts/goflannel.sh when missing")
     ap.add_argument("--rounds", type=int, default=5, help="data-path rounds (each path measured once per round)")
     ap.add_argument("--seconds", type=int, default=5, help="length of each iperf3 test (plus 1 s omitted)")
     ap.add_argument("--hosts", default="10,50,100", help="convergence cluster sizes")
@@ -60,6 +67,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error("at most 240 hosts fit on the lab's /24 underlay")
     if args.bursts and not (args.bursts[0] >= 1 and args.bursts[-1] <= 60000):
         ap.error("--burst sizes must be 1..60000")
+    args.path_list = tuple(p.strip() for p in args.paths.split(",") if p.strip()) or DATA_PATHS
+    unknown = [p for p in args.path_list if p not in DATA_PATHS]
+    if unknown:
+        ap.error(f"unknown data path(s) {', '.join(unknown)}: choose from {', '.join(DATA_PATHS)}")
+    if args.no_go:
+        args.path_list = tuple(p for p in args.path_list if not p.startswith("go-"))
     if args.burst_runs < 1:
         ap.error("--burst-runs must be >= 1")
     return args
@@ -96,20 +109,27 @@ def main(argv: list[str] | None = None) -> int:
     info: dict[str, str] = {"PYFLANNEL_PUMP": os.environ.get("PYFLANNEL_PUMP", "(unset: auto)")}
     res = controlplane.Results()
     failure = ""
+    go = not args.no_go and common.ensure_go_flannel(notes)
+    impls = ["", "go"] if go else [""]
+    wanted = args.path_list if go else tuple(p for p in args.path_list if not p.startswith("go-"))
+    if go and args.only in (None, "datapath") and "wireguard" in wanted:
+        notes.append("wireguard: no Go flannel column: Go flannel's wireguard backend creates the kernel's "
+                     "WireGuard device (netlink) and has no userspace fallback; this machine's kernel has no "
+                     "WireGuard, so only pyflannel's wireguard (over wireguard-go) is measured")
     try:
         with common.guarded():
             if args.only in (None, "datapath"):
-                paths = datapath.build(notes, info)
+                paths = datapath.build(notes, info, wanted)
                 datapath.measure(paths, args.rounds, args.seconds, notes)
                 dp_rows = datapath.rows(paths)
                 common.teardown()
             if args.only in (None, "controlplane"):
-                if args.sizes:
-                    controlplane.convergence(res, args.sizes, args.conv_rounds, args.conv_cap, notes)
+                for impl in impls if args.sizes else []:  # pyflannel, then Go flannel, in the same run
+                    controlplane.convergence(res, args.sizes, args.conv_rounds, args.conv_cap, notes, impl)
                     common.teardown()
-                if args.peers > 0:
+                for impl in impls if args.peers > 0 else []:
                     controlplane.coldstart(res, args.peers, args.cold_runs, args.cold_cap, args.idle_windows,
-                                           args.idle_seconds, notes)
+                                           args.idle_seconds, notes, impl)
                     common.teardown()
                 if args.bursts:
                     controlplane.burst(res, args.bursts, args.burst_runs, args.burst_cap, notes)
@@ -129,9 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     if late:
         notes.append(f"other network namespaces appeared during the run ({', '.join(late[:8])}"
                      f"{', …' if len(late) > 8 else ''}): another lab shared the CPUs; figures may be disturbed")
-    params = {k: getattr(args, k) for k in ("rounds", "seconds", "sizes", "conv_rounds", "conv_cap", "peers",
+    params = {"paths": list(wanted), "go_flannel": _go_version() if go else None}
+    params.update({k: getattr(args, k) for k in ("rounds", "seconds", "sizes", "conv_rounds", "conv_cap", "peers",
                                             "cold_runs", "cold_cap", "idle_windows", "idle_seconds", "bursts",
-                                            "burst_runs", "burst_cap", "quick")}
+                                            "burst_runs", "burst_cap", "quick")})
     params.update(info)
     doc = report.document(dp_rows, res.rows(), notes, mach, params, started)
     os.makedirs(args.out, exist_ok=True)
@@ -145,6 +166,13 @@ def main(argv: list[str] | None = None) -> int:
     common.log(f"wrote {args.out}/latest.json, latest.md{'' if args.no_chart else ', datapath.png'} "
                f"in {doc['runtime_s'] / 60:.1f} min")
     return 1 if failure else 0
+
+
+def _go_version() -> str:
+    from pyflannel.lab import goflannel
+
+    how = goflannel.how_built()
+    return f"{goflannel.VERSION}" + (f" ({how})" if how else "")
 
 
 if __name__ == "__main__":

@@ -40,40 +40,64 @@ GHOST_IP = "198.18.0.250"  # the public IP of the synthetic host-gw peer: on the
 
 @dataclass
 class Results:
-    figures: dict[tuple[str, int], Figure] = field(default_factory=dict)
+    """Figures keyed by (metric, hosts, flanneld): ``"go"`` for Go flannel's, ``""`` for pyflannel's."""
+
+    figures: dict[tuple[str, int, str], Figure] = field(default_factory=dict)
     units: dict[str, str] = field(default_factory=dict)
 
-    def add(self, metric: str, hosts: int, value: float, unit: str, capped: bool = False) -> None:
-        fig = self.figures.setdefault((metric, hosts), Figure())
+    def add(self, metric: str, hosts: int, value: float, unit: str, capped: bool = False, impl: str = "") -> None:
+        fig = self.figures.setdefault((metric, hosts, impl), Figure())
         fig.add(value)
         fig.capped = fig.capped or capped
         self.units[metric] = unit
 
     def rows(self) -> list[dict]:
-        return [{"metric": m, "hosts": n, **f.summary(), "unit": self.units[m], **({"capped": True} if f.capped
-                                                                                     else {})}
-                for (m, n), f in self.figures.items()]
+        """pyflannel's rows carry ``ratio_go`` (median / Go flannel's median of the same figure, this
+        run) when Go's was measured; Go's rows carry ``"flanneld": "go"``."""
+        out = []
+        for (m, n, impl), f in self.figures.items():
+            row = {"metric": m, "hosts": n, **f.summary(), "unit": self.units[m]}
+            if impl:
+                row["flanneld"] = impl
+            if f.capped:
+                row["capped"] = True
+            go = self.figures.get((m, n, "go"))
+            if not impl and go is not None and go.values and go.median:
+                row["ratio_go"] = round(f.median / go.median, 3)
+                if go.capped:
+                    row["ratio_go_capped"] = True
+            out.append(row)
+        return out
+
+
+IMPL_NAME = {"": "pyflannel", "go": "Go flannel"}
+ALL_GO = tuple(range(1, 256))  # a LightLab's go_hosts when every host runs Go flannel's flanneld
 
 
 # ---- (a) convergence ------------------------------------------------------------------------------
-def convergence(res: Results, sizes: list[int], rounds: int, cap_s: float, notes: list[str]) -> None:
-    lab = LightLab(name="pfb-conv")
+def convergence(res: Results, sizes: list[int], rounds: int, cap_s: float, notes: list[str], impl: str = "") -> None:
+    """``impl`` "go": every host runs Go flannel's flanneld (lab ``pfb-goconv``)."""
+    lab = LightLab(name="pfb-goconv" if impl else "pfb-conv", go_hosts=ALL_GO if impl else ())
     lab.up_base(CONV_CONFIG)
     writer = LeaseWriter(lab)
+    who = IMPL_NAME[impl]
     try:
         for n in sizes:
             t0 = time.monotonic()
-            log(f"convergence: starting hosts {len(lab.hosts) + 1}..{n}")
+            log(f"convergence ({who}): starting hosts {len(lab.hosts) + 1}..{n}")
             lab.add_hosts(n - len(lab.hosts))
             _settle(lab, n - 1, cap_s=120.0, notes=notes)
-            log(f"convergence: {n} hosts up and settled in {time.monotonic() - t0:.0f} s")
-            _converge_rounds(lab, writer, res, rounds, cap_s, notes)
+            log(f"convergence ({who}): {n} hosts up and settled in {time.monotonic() - t0:.0f} s")
+            _converge_rounds(lab, writer, res, rounds, cap_s, notes, impl)
     finally:
         writer.close()
 
 
 def _count_routes(ns: str) -> int:
-    return len(sh(["ip", "-n", ns, "-4", "route", "show", "proto", "151"], check=False).stdout.splitlines())
+    """Routes into the network (10.0.0.0/16): pyflannel marks its own (proto 151), Go flannel does
+    not, so they are counted by destination."""
+    return sum(1 for line in sh(["ip", "-n", ns, "-4", "route", "show"], check=False).stdout.splitlines()
+               if line.startswith("10."))
 
 
 def _settle(lab: LightLab, peers: int, cap_s: float, notes: list[str]) -> None:
@@ -100,8 +124,9 @@ def _free_subnet(lab: LightLab, taken: set[str]) -> str:
 
 
 def _converge_rounds(lab: LightLab, writer: LeaseWriter, res: Results, rounds: int, cap_s: float,
-                     notes: list[str]) -> None:
+                     notes: list[str], impl: str) -> None:
     n = len(lab.hosts)
+    who = IMPL_NAME[impl]
     pids = [lab.flanneld_pid(h) for h in lab.hosts]
     taken: set[str] = set()
     with Watcher([h.ns for h in lab.hosts], RTMGRP_IPV4_ROUTE) as watch:
@@ -116,18 +141,18 @@ def _converge_rounds(lab: LightLab, writer: LeaseWriter, res: Results, rounds: i
             lat = [(seen.get(h.ns, t_put + cap_s) - t_put) * 1000 for h in lab.hosts]
             capped = len(seen) < n
             if capped:
-                notes.append(f"convergence N={n}: {n - len(seen)} hosts had no route for {subnet} after the "
+                notes.append(f"convergence ({who}) N={n}: {n - len(seen)} hosts had no route for {subnet} after the "
                              f"{cap_s:g}s cap; counted as {cap_s:g}s (a lower bound)")
             for q, name in ((50, "p50"), (99, "p99"), (100, "max")):
-                res.add(f"convergence_{name}_ms", n, percentile(lat, q), "ms", capped)
-            res.add("convergence_cpu_ms_per_host", n, (cpu1 - cpu0) * 1000 / n, "ms", capped)
-            log(f"convergence N={n} round {r + 1}/{rounds}: p50 {percentile(lat, 50):.0f} ms, p99 "
+                res.add(f"convergence_{name}_ms", n, percentile(lat, q), "ms", capped, impl)
+            res.add("convergence_cpu_ms_per_host", n, (cpu1 - cpu0) * 1000 / n, "ms", capped, impl)
+            log(f"convergence ({who}) N={n} round {r + 1}/{rounds}: p50 {percentile(lat, 50):.0f} ms, p99 "
                 f"{percentile(lat, 99):.0f} ms, max {max(lat):.0f} ms, flanneld CPU "
                 f"{(cpu1 - cpu0) * 1000 / n:.1f} ms/host")
             writer.send(op="del", subnet=subnet)
             _, gone = _wait_routes(watch, writer, subnet, n, False, cap_s)
             if len(gone) < n:
-                notes.append(f"convergence N={n}: {n - len(gone)} hosts kept the route to deleted {subnet}")
+                notes.append(f"convergence ({who}) N={n}: {n - len(gone)} hosts kept the route to deleted {subnet}")
             time.sleep(0.5)
 
 
@@ -190,7 +215,7 @@ class Expected:
 
 def dump_counts(ns: str, peers: Expected) -> dict[str, int]:
     """What the kernel holds, counted by a dump (the cross-check of the events)."""
-    routes = {line.split()[0] for line in sh(["ip", "-n", ns, "-4", "route", "show", "proto", "151"],
+    routes = {line.split()[0] for line in sh(["ip", "-n", ns, "-4", "route", "show"],  # Go's have no proto 151
                                              check=False).stdout.splitlines() if line.strip()}
     neighs = sh(["ip", "-n", ns, "neigh", "show", "dev", "flannel.1", "nud", "permanent"], check=False).stdout
     fdbs = sh(in_ns(ns, "bridge", "fdb", "show", "dev", "flannel.1"), check=False).stdout
@@ -201,24 +226,25 @@ def dump_counts(ns: str, peers: Expected) -> dict[str, int]:
 
 
 def coldstart(res: Results, peers_n: int, runs: int, cap_s: float, idle_windows: int, idle_s: float,
-              notes: list[str]) -> None:
-    lab = LightLab(name="pfb-cold")
+              notes: list[str], impl: str = "") -> None:
+    """``impl`` "go": Go flannel's flanneld (lab ``pfb-gocold``)."""
+    lab = LightLab(name="pfb-gocold" if impl else "pfb-cold", go_hosts=ALL_GO if impl else ())
     lab.up_base(COLD_CONFIG)
     writer = LeaseWriter(lab)
     try:
         peers = synthetic_peers(peers_n)
         t0 = time.monotonic()
         writer.call(op="bulk", leases=peers, timeout=300.0)
-        log(f"cold start: wrote {peers_n} synthetic vxlan leases in {time.monotonic() - t0:.1f} s")
+        log(f"cold start ({IMPL_NAME[impl]}): wrote {peers_n} synthetic vxlan leases in {time.monotonic() - t0:.1f} s")
         expected = Expected.of(peers)
         host = None
         for r in range(runs):
             if host is not None:
                 _retire(lab, writer, host)
             host = lab.add_host(r + 1, start=False)  # a new namespace and address every run
-            _cold_run(lab, host, expected, res, peers_n, cap_s, notes, r, runs)
+            _cold_run(lab, host, expected, res, peers_n, cap_s, notes, r, runs, impl)
         assert host is not None
-        idle(lab, host, res, peers_n, idle_windows, idle_s)
+        idle(lab, host, res, peers_n, idle_windows, idle_s, impl)
     finally:
         writer.close()
 
@@ -231,7 +257,8 @@ def _retire(lab: LightLab, writer: LeaseWriter, host: Host) -> None:
 
 
 def _cold_run(lab: LightLab, host: Host, expected: Expected, res: Results, peers_n: int, cap_s: float,
-              notes: list[str], r: int, runs: int) -> None:
+              notes: list[str], r: int, runs: int, impl: str) -> None:
+    tag = f"cold start ({IMPL_NAME[impl]}) run {r + 1}"
     got: dict[str, set[object]] = {"route": set(), "neigh": set(), "fdb": set()}
     subnet_file = lab.subnet_file(host)
     ready = done = math.nan
@@ -264,23 +291,23 @@ def _cold_run(lab: LightLab, host: Host, expected: Expected, res: Results, peers
     capped = math.isnan(done)
     if capped:
         done = cap_s
-        notes.append(f"cold start run {r + 1}: not all {peers_n} peers were programmed after the {cap_s:g}s cap "
+        notes.append(f"{tag}: not all {peers_n} peers were programmed after the {cap_s:g}s cap "
                      f"(kernel holds routes/neighbours/FDB {counts['route']}/{counts['neigh']}/{counts['fdb']}); "
                      f"counted as {cap_s:g}s (a lower bound)")
     elif min(counts.values()) < peers_n:
-        notes.append(f"cold start run {r + 1}: events said complete but a dump finds {counts}")
+        notes.append(f"{tag}: events said complete but a dump finds {counts}")
     if watch.overflows:
-        notes.append(f"cold start run {r + 1}: the netlink socket overflowed {watch.overflows}x; completion was "
+        notes.append(f"{tag}: the netlink socket overflowed {watch.overflows}x; completion was "
                      "taken from dumps")
-    res.add("coldstart_s", peers_n, done, "s", capped)
-    res.add("coldstart_ready_s", peers_n, ready, "s")
-    res.add("coldstart_rss_mb", peers_n, rss, "MB")
-    res.add("coldstart_peak_rss_mb", peers_n, hwm, "MB")
-    log(f"cold start run {r + 1}/{runs}: subnet.env after {ready:.2f} s, all {peers_n} peers programmed after "
+    res.add("coldstart_s", peers_n, done, "s", capped, impl)
+    res.add("coldstart_ready_s", peers_n, ready, "s", impl=impl)
+    res.add("coldstart_rss_mb", peers_n, rss, "MB", impl=impl)
+    res.add("coldstart_peak_rss_mb", peers_n, hwm, "MB", impl=impl)
+    log(f"{tag}/{runs}: subnet.env after {ready:.2f} s, all {peers_n} peers programmed after "
         f"{done:.2f} s{' (CAPPED)' if capped else ''}; RSS {rss:.1f} MB (peak {hwm:.1f}); dump {counts}")
 
 
-def idle(lab: LightLab, host: Host, res: Results, peers_n: int, windows: int, seconds: float) -> None:
+def idle(lab: LightLab, host: Host, res: Results, peers_n: int, windows: int, seconds: float, impl: str = "") -> None:
     pid = lab.flanneld_pid(host)
     time.sleep(5.0)
     for w in range(windows):
@@ -288,9 +315,10 @@ def idle(lab: LightLab, host: Host, res: Results, peers_n: int, windows: int, se
         time.sleep(seconds)
         c1, t1 = cpu_seconds(pid), time.monotonic()
         pct = (c1 - c0) / (t1 - t0) * 100
-        res.add("idle_cpu_pct", peers_n, pct, "% of one core")
-        res.add("idle_rss_mb", peers_n, rss_mb(pid), "MB")
-        log(f"idle window {w + 1}/{windows}: flanneld CPU {pct:.2f}% of a core, RSS {rss_mb(pid):.1f} MB")
+        res.add("idle_cpu_pct", peers_n, pct, "% of one core", impl=impl)
+        res.add("idle_rss_mb", peers_n, rss_mb(pid), "MB", impl=impl)
+        log(f"idle ({IMPL_NAME[impl]}) window {w + 1}/{windows}: flanneld CPU {pct:.2f}% of a core, "
+            f"RSS {rss_mb(pid):.1f} MB")
 
 
 # ---- (d) lease bursts ---------------------------------------------------------------------------------

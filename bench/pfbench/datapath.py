@@ -7,11 +7,16 @@ Paths, each in its own lab (all up at once, so the rounds interleave and drift h
     vxlan        flanneld, vxlan backend (pfb-vxlan)
     host-gw      flanneld, host-gw backend (pfb-hostgw)
     udp          flanneld, udp backend: TUN + the pump (pfb-udp)   reference: vxlan
+    wireguard    flanneld, wireguard backend over wireguard-go (pfb-wg)   reference: vxlan
+    go-vxlan, go-host-gw, go-udp
+                 Go flannel's flanneld (the original, lab/goflannel.py) with the same flags
+                 (pfb-govxlan, pfb-gohostgw, pfb-goudp): each pyflannel path's anchor (issue 14)
 
 Per round and path: iperf3 one TCP stream and four (Gbit/s received), iperf3 UDP with 64-byte
 payloads at full speed (packets/s delivered = sent - lost), ping -i 0.001 (RTT p50/p99 in µs),
 and the CPU time of both hosts' flanneld during the one-stream test divided by the bytes the
-receiving container got (s/GB). Every tool runs inside the lab namespaces, toward lab addresses.
+receiving container got (s/GB); on wireguard also wireguard-go's CPU the same way, apart (it is
+not flanneld's child: it runs in its own session). Every tool runs inside the lab namespaces, toward lab addresses.
 """
 
 from __future__ import annotations
@@ -25,17 +30,26 @@ from dataclasses import dataclass, field
 
 from pyflannel.lab.bench_hosts import LightLab
 from pyflannel.lab.cluster import Lab
-from pyflannel.lab.netns import LabError, in_ns, sh
+from pyflannel.lab.netns import LabError, in_ns, ns_pids, sh
 
 from .common import BenchError, Figure, cpu_seconds, log, percentile
 
-PATHS = ("underlay", "hand-vxlan", "vxlan", "host-gw", "udp")
-RATIO_TO = {"vxlan": "hand-vxlan", "host-gw": "hand-vxlan", "udp": "vxlan"}
-METRICS = {  # name -> unit; higher is better for the first three
+PATHS = ("underlay", "hand-vxlan", "vxlan", "host-gw", "udp", "wireguard", "go-vxlan", "go-host-gw", "go-udp")
+RATIO_TO = {"vxlan": "hand-vxlan", "host-gw": "hand-vxlan", "udp": "vxlan", "wireguard": "vxlan",
+            "go-vxlan": "hand-vxlan", "go-host-gw": "hand-vxlan", "go-udp": "vxlan"}
+GO_OF = {"vxlan": "go-vxlan", "host-gw": "go-host-gw", "udp": "go-udp"}  # pyflannel path -> Go flannel's
+METRICS = {  # name -> unit; higher is better for the first three (the chart's six panels)
     "tcp_1": "Gbit/s", "tcp_4": "Gbit/s", "udp64_pps": "packets/s",
     "rtt_us_p50": "µs", "rtt_us_p99": "µs", "cpu_s_per_gb": "s/GB",
 }
-LABS = {"vxlan": "pfb-vxlan", "host-gw": "pfb-hostgw", "udp": "pfb-udp"}
+EXTRA_METRICS = {"wg_go_cpu_s_per_gb": "s/GB"}  # wireguard-go's own CPU, apart from flanneld's
+NO_RATIO = ("cpu_s_per_gb", "wg_go_cpu_s_per_gb")
+LABS = {  # path -> (lab name, backend, runs Go flannel)
+    "vxlan": ("pfb-vxlan", "vxlan", False), "host-gw": ("pfb-hostgw", "host-gw", False),
+    "udp": ("pfb-udp", "udp", False), "wireguard": ("pfb-wg", "wireguard", False),
+    "go-vxlan": ("pfb-govxlan", "vxlan", True), "go-host-gw": ("pfb-gohostgw", "host-gw", True),
+    "go-udp": ("pfb-goudp", "udp", True),
+}
 PING_COUNT = 2000
 
 
@@ -47,43 +61,59 @@ class Path:
     server_dev: str
     dst: str
     flanneld_pids: list[int | None] = field(default_factory=list)
+    helper_pids: list[int] = field(default_factory=list)  # wireguard-go on both hosts
     figures: dict[str, Figure] = field(default_factory=dict)
 
     def fig(self, metric: str) -> Figure:
         return self.figures.setdefault(metric, Figure())
 
 
-def build(notes: list[str], info: dict[str, str]) -> list[Path]:
-    """Bring up every lab and check each path with a ping; a broken path is noted and left out.
-    ``info`` gets which udp pump flanneld chose (from its log)."""
+def build(notes: list[str], info: dict[str, str], wanted: tuple[str, ...] = PATHS) -> list[Path]:
+    """Bring up every lab of the ``wanted`` paths and check each path with a ping; a broken path is
+    noted and left out. ``info`` gets which udp pump flanneld chose (from its log)."""
     paths: list[Path] = []
-    hand = LightLab(name="pfb-hand", hosts_n=2)
-    hand.up_hand()
-    hand.check_hand()
-    h1, h2 = hand.hosts
-    paths.append(Path("underlay", h1.ns, h2.ns, "eth0", h2.ip))
-    paths.append(Path("hand-vxlan", h1.container_ns, h2.container_ns, "eth0", h2.container_ip))
-    for backend, name in LABS.items():
-        log(f"data path: bringing up {name} ({backend}, 2 hosts, flanneld)")
-        lab = Lab(name=name, hosts_n=2, backend=backend)
+    if "underlay" in wanted or "hand-vxlan" in wanted:
+        hand = LightLab(name="pfb-hand", hosts_n=2)
+        hand.up_hand()
+        hand.check_hand()
+        h1, h2 = hand.hosts
+        if "underlay" in wanted:
+            paths.append(Path("underlay", h1.ns, h2.ns, "eth0", h2.ip))
+        if "hand-vxlan" in wanted:
+            paths.append(Path("hand-vxlan", h1.container_ns, h2.container_ns, "eth0", h2.container_ip))
+    for path_name, (name, backend, go) in LABS.items():
+        if path_name not in wanted:
+            continue
+        who = "Go flannel's flanneld" if go else "flanneld"
+        log(f"data path: bringing up {name} ({backend}, 2 hosts, {who})")
+        lab = Lab(name=name, hosts_n=2, backend=backend, go_hosts=(1, 2) if go else ())
         try:
             lab.up()
         except LabError as err:
-            notes.append(f"{backend}: the lab did not come up, no figures for it: {str(err)[-600:]}")
+            notes.append(f"{path_name}: the lab did not come up, no figures for it: {str(err)[-600:]}")
             log(notes[-1])
             continue
         a, b = lab.hosts
-        if backend == "udp":
+        if path_name == "udp":
             info["udp_pump"] = _pump_line(lab.log_tail(a, 400))
         ok, out = lab.ping(a, b, count=3)
         if not ok:
-            notes.append(f"{backend}: containers {a.container_ip} -> {b.container_ip} cannot ping each other; "
+            notes.append(f"{path_name}: containers {a.container_ip} -> {b.container_ip} cannot ping each other; "
                          f"no figures for it. ping said: {out.strip()[-300:]}")
             log(notes[-1])
             continue
-        paths.append(Path(backend, a.container_ns, b.container_ns, "eth0", b.container_ip,
-                          [lab.flanneld_pid(a), lab.flanneld_pid(b)]))
+        paths.append(Path(path_name, a.container_ns, b.container_ns, "eth0", b.container_ip,
+                          [lab.flanneld_pid(a), lab.flanneld_pid(b)],
+                          [p for h in (a, b) for p in ns_pids(h.ns) if _comm(p) == "wireguard-go"]))
     return paths
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 def _pump_line(log_text: str) -> str:
@@ -129,13 +159,18 @@ def iperf(path: Path, seconds: int, *args: str) -> dict:
 
 
 def tcp(path: Path, seconds: int, streams: int) -> None:
-    pids = path.flanneld_pids
+    pids, helpers = path.flanneld_pids, path.helper_pids
     cpu0, rx0 = sum(cpu_seconds(p) for p in pids), rx_bytes(path.server_ns, path.server_dev)
+    hcpu0 = sum(cpu_seconds(p) for p in helpers)
     data = iperf(path, seconds, "-P", str(streams))
     cpu1, rx1 = sum(cpu_seconds(p) for p in pids), rx_bytes(path.server_ns, path.server_dev)
+    hcpu1 = sum(cpu_seconds(p) for p in helpers)
     path.fig(f"tcp_{streams}").add(data["end"]["sum_received"]["bits_per_second"] / 1e9)
+    gb = max((rx1 - rx0) / 1e9, 1e-9)
     if streams == 1 and pids:
-        path.fig("cpu_s_per_gb").add((cpu1 - cpu0) / max((rx1 - rx0) / 1e9, 1e-9))
+        path.fig("cpu_s_per_gb").add((cpu1 - cpu0) / gb)
+    if streams == 1 and helpers:
+        path.fig("wg_go_cpu_s_per_gb").add((hcpu1 - hcpu0) / gb)
 
 
 def udp64(path: Path, seconds: int) -> None:
@@ -174,7 +209,8 @@ def measure(paths: list[Path], rounds: int, seconds: int, notes: list[str]) -> N
                     notes.append(f"{path.name} round {r + 1}: {name} failed, one run fewer: {err}")
                     log(notes[-1])
             log(f"data path round {r + 1}/{rounds} {path.name}: " + ", ".join(
-                f"{k} {_last(path, k)}" for k in ("tcp_1", "tcp_4", "udp64_pps", "rtt_us_p50", "cpu_s_per_gb")
+                f"{k} {_last(path, k)}" for k in ("tcp_1", "tcp_4", "udp64_pps", "rtt_us_p50", "cpu_s_per_gb",
+                                                  "wg_go_cpu_s_per_gb")
                 if k in path.figures) + f" ({time.monotonic() - t0:.0f} s)")
 
 
@@ -185,22 +221,28 @@ def _last(path: Path, metric: str) -> str:
 
 def rows(paths: list[Path]) -> list[dict]:
     """The flat rows of bench/README.md; ``ratio`` is median / median of ``ratio_to`` measured in this run,
-    ``ratio_underlay`` the same against the underlay."""
+    ``ratio_underlay`` the same against the underlay; on pyflannel's vxlan, host-gw and udp rows
+    ``ratio_go`` is the same against Go flannel's path (``go_path``), CPU included."""
     by_name = {p.name: p for p in paths}
     out = []
     for path in sorted(paths, key=lambda p: PATHS.index(p.name)):
-        for metric, unit in METRICS.items():
+        for metric, unit in {**METRICS, **EXTRA_METRICS}.items():
             fig = path.figures.get(metric)
             if fig is None or not fig.values:
                 continue
-            ref = RATIO_TO.get(path.name) if metric != "cpu_s_per_gb" else None
+            ref = RATIO_TO.get(path.name) if metric not in NO_RATIO else None
             ref_fig = by_name[ref].figures.get(metric) if ref in by_name else None
             under = by_name["underlay"].figures.get(metric) if "underlay" in by_name else None
-            out.append({
+            row = {
                 "backend": path.name, "metric": metric, **fig.summary(), "unit": unit,
                 "ratio_to": ref if ref_fig else None,
                 "ratio": _ratio(fig, ref_fig), "ratio_underlay": _ratio(fig, under),
-            })
+            }
+            go = GO_OF.get(path.name)
+            go_fig = by_name[go].figures.get(metric) if go in by_name else None
+            if go_fig is not None and go_fig.values:
+                row.update(go_path=go, ratio_go=_ratio(fig, go_fig))
+            out.append(row)
     return out
 
 

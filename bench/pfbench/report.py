@@ -16,10 +16,11 @@ import sys
 import time
 from typing import Any
 
-from .datapath import METRICS, PATHS, RATIO_TO
+from .datapath import EXTRA_METRICS, GO_OF, METRICS, PATHS, RATIO_TO
 
 LABELS = {"tcp_1": "TCP 1 stream Gbit/s", "tcp_4": "TCP 4 streams Gbit/s", "udp64_pps": "UDP 64 B kpps",
-          "rtt_us_p50": "RTT p50 µs", "rtt_us_p99": "RTT p99 µs", "cpu_s_per_gb": "flanneld CPU s/GB"}
+          "rtt_us_p50": "RTT p50 µs", "rtt_us_p99": "RTT p99 µs", "cpu_s_per_gb": "flanneld CPU s/GB",
+          "wg_go_cpu_s_per_gb": "wireguard-go CPU s/GB"}
 
 
 CP_LABELS = {
@@ -44,6 +45,7 @@ CP_LABELS = {
     "burst_snapshot_cpu_s": "flanneld CPU for the snapshot (from its start)",
     "burst_add_to_snapshot_ratio": "burst / snapshot (per run)",
 }
+_CP_ORDER = {m: i for i, m in enumerate(CP_LABELS)}
 BURST_COLUMNS = ("burst_add_s", "burst_del_s", "burst_snapshot_s", "burst_add_to_snapshot_ratio", "burst_add_cpu_s",
                  "burst_del_cpu_s", "burst_snapshot_cpu_s", "burst_add_write_s")
 
@@ -80,7 +82,7 @@ def _fmt(x: float | None, metric: str) -> str:
         return f"{x / 1e3:.0f}"
     if metric.startswith("rtt"):
         return f"{x:.0f}"
-    if metric == "cpu_s_per_gb":
+    if metric.endswith("cpu_s_per_gb"):
         return f"{x:.3f}"
     if abs(x) >= 100:
         return f"{x:.0f}"
@@ -93,13 +95,17 @@ def controlplane_markdown(cp: list[dict]) -> list[str]:
     if cp:
         out += ["", "## Control plane", "",
                 "hosts: flanneld hosts in the cluster (convergence), or synthetic peer leases in etcd (cold start, "
-                "idle, bursts).", "",
-                "| figure | metric | hosts | median | min | max | unit |",
-                "| --- | --- | --- | --- | --- | --- | --- |"]
-        for r in cp:
+                "idle, bursts). flanneld: whose ran (Go flannel's measured in the same run, with the same flags); "
+                "x Go: pyflannel's median over Go flannel's.", "",
+                "| figure | metric | hosts | flanneld | median | min | max | unit | x Go |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for r in sorted(cp, key=lambda r: (_CP_ORDER.get(r["metric"], 99), r["hosts"], r.get("flanneld", ""))):
             cap = " **(capped: a lower bound)**" if r.get("capped") else ""
-            out.append(f"| {CP_LABELS.get(r['metric'], r['metric'])}{cap} | {r['metric']} | {r['hosts']} | "
-                       f"{_fmt(r['median'], '')} | {_fmt(r['min'], '')} | {_fmt(r['max'], '')} | {r['unit']} |")
+            who = "Go flannel" if r.get("flanneld") == "go" else "pyflannel"
+            ratio = "-" if r.get("ratio_go") is None else f"{r['ratio_go']:.2f}"
+            out.append(f"| {CP_LABELS.get(r['metric'], r['metric'])}{cap} | {r['metric']} | {r['hosts']} | {who} | "
+                       f"{_fmt(r['median'], '')} | {_fmt(r['min'], '')} | {_fmt(r['max'], '')} | {r['unit']} | "
+                       f"{ratio} |")
     burst_rows = {(r["metric"], r["hosts"]): r for r in cp if r["metric"].startswith("burst_")}
     if burst_rows:
         out += ["", "### Lease bursts, one vxlan flanneld", "",
@@ -118,6 +124,49 @@ def controlplane_markdown(cp: list[dict]) -> list[str]:
     return out
 
 
+def datapath_markdown(dp: list[dict], merged: bool = False) -> list[str]:
+    """The data-path tables (markdown lines), also used by bench/merge_results.py."""
+    out: list[str] = []
+    rows = {(r["backend"], r["metric"]): r for r in dp}
+    paths = [p for p in PATHS if any(b == p for b, _ in rows)]
+    if paths:
+        shown = [*METRICS, *(k for k in EXTRA_METRICS if any(m == k for _, m in rows))]
+        out += ["", "## Data path, container to container across two hosts", "",
+                "go-…: Go flannel's flanneld with the same flags; wireguard: over wireguard-go (this kernel has no "
+                "WireGuard).", "",
+                "| path | " + " | ".join(LABELS[k] for k in shown) + " |",
+                "| --- |" + " --- |" * len(shown)]
+        for p in paths:
+            cells = []
+            for k in shown:
+                r = rows.get((p, k))
+                cells.append("-" if r is None else f"{_fmt(r['median'], k)} ({_fmt(r['min'], k)}-{_fmt(r['max'], k)})")
+            out.append(f"| {p} | " + " | ".join(cells) + " |")
+        ratio_metrics = [k for k in METRICS if k != "cpu_s_per_gb"]
+        run = "the same run (the row's part)" if merged else "this run"
+        out += ["", f"Ratios of medians measured in {run} (for RTT a ratio above 1 means slower):", "",
+                "| path | reference | " + " | ".join(LABELS[k] for k in ratio_metrics) + " |",
+                "| --- | --- |" + " --- |" * len(ratio_metrics)]
+        for p in paths:
+            for ref, key in ((RATIO_TO.get(p), "ratio"), ("underlay", "ratio_underlay")):
+                if ref is None or ref == p:
+                    continue
+                vals = [rows.get((p, k), {}).get(key) for k in ratio_metrics]
+                out.append(f"| {p} | {ref} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in vals) + " |")
+        go_paths = [p for p in paths if GO_OF.get(p) in paths]
+        if go_paths:
+            go_metrics = list(METRICS)
+            out += ["", f"pyflannel over Go flannel, medians measured in {run} (RTT and CPU: above 1 means "
+                    "pyflannel is slower or costs more):", "",
+                    "| path | Go flannel's | " + " | ".join(LABELS[k] for k in go_metrics) + " |",
+                    "| --- | --- |" + " --- |" * len(go_metrics)]
+            for p in go_paths:
+                vals = [rows.get((p, k), {}).get("ratio_go") for k in go_metrics]
+                out.append(f"| {p} | {GO_OF[p]} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in vals)
+                           + " |")
+    return out
+
+
 def markdown(doc: dict[str, Any]) -> str:
     m = doc["machine"]
     prm = doc["params"]
@@ -128,29 +177,9 @@ def markdown(doc: dict[str, Any]) -> str:
            f"{prm['rounds']} interleaved rounds for the data path, {prm['conv_rounds']} lease PUTs per cluster size, "
            f"{prm['cold_runs']} cold starts, {prm['idle_windows']} idle windows of {prm['idle_seconds']:g} s"
            + (f", up to {prm['burst_runs']} runs per lease burst size" if prm.get("bursts") else "") + "."
-           + (f" udp pump: {prm['udp_pump']}." if "udp_pump" in prm else ""), ""]
-    rows = {(r["backend"], r["metric"]): r for r in doc["datapath"]}
-    paths = [p for p in PATHS if any(b == p for b, _ in rows)]
-    if paths:
-        out += ["## Data path, container to container across two hosts", "",
-                "| path | " + " | ".join(LABELS[k] for k in METRICS) + " |",
-                "| --- |" + " --- |" * len(METRICS)]
-        for p in paths:
-            cells = []
-            for k in METRICS:
-                r = rows.get((p, k))
-                cells.append("-" if r is None else f"{_fmt(r['median'], k)} ({_fmt(r['min'], k)}-{_fmt(r['max'], k)})")
-            out.append(f"| {p} | " + " | ".join(cells) + " |")
-        ratio_metrics = [k for k in METRICS if k != "cpu_s_per_gb"]
-        out += ["", "Ratios of medians measured in this run (for RTT a ratio above 1 means slower):", "",
-                "| path | reference | " + " | ".join(LABELS[k] for k in ratio_metrics) + " |",
-                "| --- | --- |" + " --- |" * len(ratio_metrics)]
-        for p in paths:
-            for ref, key in ((RATIO_TO.get(p), "ratio"), ("underlay", "ratio_underlay")):
-                if ref is None or ref == p:
-                    continue
-                vals = [rows.get((p, k), {}).get(key) for k in ratio_metrics]
-                out.append(f"| {p} | {ref} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in vals) + " |")
+           + (f" udp pump: {prm['udp_pump']}." if "udp_pump" in prm else "")
+           + (f" Go flannel: {prm['go_flannel']}." if prm.get("go_flannel") else "")]
+    out += datapath_markdown(doc["datapath"])
     out += controlplane_markdown(doc["controlplane"])
     if doc["notes"]:
         out += ["", "## Notes", ""] + [f"- {n}" for n in doc["notes"]]
@@ -165,9 +194,10 @@ def chart(doc: dict[str, Any], path: str) -> None:
 
     rows = {(r["backend"], r["metric"]): r for r in doc["datapath"]}
     paths = [p for p in PATHS if any(b == p for b, _ in rows)]
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
+    fig, axes = plt.subplots(2, 3, figsize=(18, 9))
     colors = {"underlay": "#9e9e9e", "hand-vxlan": "#5c6bc0", "vxlan": "#26a69a", "host-gw": "#66bb6a",
-              "udp": "#ef6c00"}
+              "udp": "#ef6c00", "wireguard": "#8e24aa", "go-vxlan": "#80cbc4", "go-host-gw": "#a5d6a7",
+              "go-udp": "#ffcc80"}
     for ax, metric in zip(axes.flat, METRICS, strict=True):
         scale = 1e-3 if metric == "udp64_pps" else 1.0
         names = [p for p in paths if (p, metric) in rows]
@@ -187,12 +217,12 @@ def chart(doc: dict[str, Any], path: str) -> None:
         low, high = ax.get_ylim()
         ax.set_ylim(low, high * (2.0 if lower_better else 1.08))  # room for the ratio labels
         ax.set_title(LABELS[metric] + ("  (lower is better, log scale)" if lower_better else ""))
-        ax.tick_params(axis="x", labelsize=8)
+        ax.tick_params(axis="x", labelsize=7, rotation=30)
     m = doc["machine"]
     fig.suptitle(f"pyflannel data path, container to container, {doc['date']} - {m['cores']} x {m['cpu']}, "
                  f"Linux {m['kernel']}; median of {doc['params']['rounds']}, whiskers = min-max;\n"
-                 "xN = ratio to the reference measured in the same run: hand-vxlan for vxlan and host-gw, "
-                 "vxlan for udp", fontsize=10)
+                 "xN = ratio to the reference measured in the same run: hand-vxlan for vxlan, host-gw and Go's, "
+                 "vxlan for udp, go-udp and wireguard; go-…: Go flannel", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

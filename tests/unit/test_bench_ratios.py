@@ -1,0 +1,54 @@
+"""The benchmark's same-run ratios to Go flannel (bench/pfbench): pure arithmetic on recorded runs,
+no lab. Speed itself is measured in bench/, never asserted here."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "bench"))
+
+from pfbench import controlplane, datapath
+from pfbench.report import controlplane_markdown, datapath_markdown
+
+
+def _path(name: str, values: dict[str, list[float]]) -> datapath.Path:
+    path = datapath.Path(name, "c", "s", "eth0", "10.0.2.2")
+    for metric, vals in values.items():
+        path.fig(metric).values = list(vals)
+    return path
+
+
+def test_datapath_rows_carry_the_ratio_to_go_flannels_path() -> None:
+    paths = [_path("vxlan", {"tcp_1": [10.0, 12.0, 11.0]}), _path("udp", {"tcp_1": [6.0, 5.0, 7.0],
+                                                                          "cpu_s_per_gb": [1.0, 1.0, 1.0]}),
+             _path("go-udp", {"tcp_1": [1.0, 1.2, 0.8], "cpu_s_per_gb": [4.0, 4.0, 4.0]}),
+             _path("wireguard", {"tcp_1": [2.0, 2.0, 2.0], "wg_go_cpu_s_per_gb": [3.0, 3.0, 3.0]})]
+    rows = {(r["backend"], r["metric"]): r for r in datapath.rows(paths)}
+    udp = rows[("udp", "tcp_1")]
+    assert (udp["go_path"], udp["ratio_go"]) == ("go-udp", 6.0)
+    assert (udp["ratio_to"], udp["ratio"]) == ("vxlan", round(6.0 / 11.0, 3))
+    assert rows[("udp", "cpu_s_per_gb")]["ratio_go"] == 0.25  # CPU against Go's too
+    assert "ratio_go" not in rows[("vxlan", "tcp_1")]  # no go-vxlan in this run: no made-up ratio
+    assert "ratio_go" not in rows[("go-udp", "tcp_1")]
+    wg = rows[("wireguard", "wg_go_cpu_s_per_gb")]
+    assert (wg["median"], wg["ratio"]) == (3.0, None)  # wireguard-go's CPU, reported apart
+    text = "\n".join(datapath_markdown(datapath.rows(paths)))
+    assert "| udp | go-udp | 6.000 |" in text and "wireguard-go CPU s/GB" in text
+
+
+def test_controlplane_rows_keep_go_apart_and_give_pyflannel_its_ratio() -> None:
+    res = controlplane.Results()
+    for v in (1.0, 1.2, 1.1):
+        res.add("coldstart_s", 1000, v, "s")
+    for v in (2.0, 2.2, 2.4):
+        res.add("coldstart_s", 1000, v, "s", capped=v > 2.3, impl="go")
+    res.add("idle_rss_mb", 1000, 60.0, "MB")
+    rows = {(r["metric"], r.get("flanneld", "")): r for r in res.rows()}
+    ours, go = rows[("coldstart_s", "")], rows[("coldstart_s", "go")]
+    assert (ours["median"], go["median"], go["flanneld"]) == (1.1, 2.2, "go")
+    assert ours["ratio_go"] == 0.5 and ours["ratio_go_capped"] is True
+    assert "ratio_go" not in go and "ratio_go" not in rows[("idle_rss_mb", "")]
+    text = "\n".join(controlplane_markdown(res.rows()))
+    assert "| 1000 | pyflannel | 1.10 | 1.00 | 1.20 | s | 0.50 |" in text
+    assert "| 1000 | Go flannel | 2.20 |" in text
