@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--title", default="pyflannel control-plane benchmark")
     ap.add_argument("--commit", default="", help="the commit measured")
     ap.add_argument("--note", action="append", default=[], help="a note for the top (repeatable)")
+    ap.add_argument("--chart", help="also draw the data-path chart (as bench/run.py's datapath.png) to this PNG")
     args = ap.parse_args(argv)
     sys.path.insert(0, HERE)
     from pfbench import report
@@ -71,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         md += ["", "## Notes", ""] + [f"- {n}" for n in merged["notes"]]
     with open(args.out + ".md", "w") as f:
         f.write("\n".join(md) + "\n")
+    if args.chart and merged["datapath"]:
+        rounds = sorted({p["params"]["rounds"] for p in parts if p["params"].get("paths")})
+        report.chart({**merged, "params": {"rounds": "/".join(map(str, rounds)) or "?"}}, args.chart)
     print(f"wrote {args.out}.json and {args.out}.md ({len(dp_rows)} data-path and {len(rows)} control-plane rows)")
     return 0
 
