@@ -5,8 +5,9 @@ VENV ?= .venv
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 BENCH_ARGS ?=
+SOAK_ARGS ?=
 
-.PHONY: setup demo test unit lint install deb clean bench
+.PHONY: setup demo test unit lint install deb clean bench soak
 
 PREFIX ?= /usr/local
 DESTDIR ?=
@@ -32,6 +33,9 @@ bench: setup
 	@if [ ! -f $(VENV)/.pyflannel-bench-installed ] || [ pyproject.toml -nt $(VENV)/.pyflannel-bench-installed ]; then \
 		$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[bench]' && touch $(VENV)/.pyflannel-bench-installed; fi
 	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
+
+soak: setup
+	$(VENV)/bin/python -m pyflannel.lab.soak $(SOAK_ARGS)
 
 install:
 	PREFIX=$(PREFIX) DESTDIR=$(DESTDIR) ./scripts/install.sh

@@ -4,114 +4,38 @@ lost, leases keep renewing."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
-from pyflannel.lab.cluster import PREFIX, Lab
-from pyflannel.lab.etcd_server import EtcdServer
-from pyflannel.lab.netns import in_ns, ns_add, sh
+from pyflannel.lab.cluster import Lab
+from pyflannel.lab.etcd_cluster import EtcdCluster, build_cluster, make_pki
+from pyflannel.lab.netns import in_ns
 
 from .helpers import all_pairs_ping, log_text, ping_counts, wait_for
 
-IPS = ["198.18.0.2", "198.18.0.3", "198.18.0.4"]
 CONFIG = '{"Network": "10.0.0.0/16", "Backend": {"Type": "host-gw"}}'
 
 
-def make_pki(d: str) -> dict[str, str]:
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d, timeout=60)
-
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "1",
-        "-subj", "/CN=pyflannel-test-ca")
-    for name, cn, san in (("server", "etcd", ",".join(f"IP:{ip}" for ip in IPS)), ("client", "flannel", "DNS:x")):
-        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-            "-subj", f"/CN={cn}")
-        with open(os.path.join(d, f"{name}.ext"), "w") as f:
-            f.write(f"subjectAltName={san}\nextendedKeyUsage=serverAuth,clientAuth\n")
-        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out",
-            f"{name}.crt", "-days", "1", "-extfile", f"{name}.ext")
-    return {k: os.path.join(d, k) for k in ("ca.crt", "server.crt", "server.key", "client.crt", "client.key")}
-
-
-@dataclass
-class Cluster:
-    lab: Lab
-    members: list[EtcdServer]
-    client_flags: tuple[str, ...]
-    ctl_flags: tuple[str, ...]
-
-    def etcdctl(self, *args: str, member: int | None = None) -> str:
-        live = [i for i, m in enumerate(self.members) if m.proc is not None]
-        i = live[0] if member is None else member
-        m = self.members[i]
-        cmd = in_ns(f"{self.lab.name}-e{i + 1}", *m.etcdctl_args()[:1], "--endpoints",
-                    ",".join(x.endpoint for x in self.members if x.proc is not None), *m.etcdctl_args()[3:],
-                    *self.ctl_flags, *args)
-        return sh(cmd, env={"ETCDCTL_API": "3"}).stdout
-
-    def leader(self) -> int:
-        status = json.loads(self.etcdctl("endpoint", "status", "-w", "json"))
-        lead = status[0]["Status"]["leader"]
-        ids = {s["Endpoint"]: s["Status"]["header"]["member_id"] for s in status}
-        return next(i for i, m in enumerate(self.members) if ids.get(m.endpoint) == lead)
-
-
-def build(lab: Lab, mode: str, pki: dict[str, str]) -> Cluster:
-    lab._underlay()
-    tls = (pki["server.crt"], pki["server.key"], pki["ca.crt"]) if mode == "tls" else None
-    cluster = ",".join(f"m{i + 1}=http://{ip}:2380" for i, ip in enumerate(IPS))
-    members = []
-    for i, ip in enumerate(IPS):
-        ns = f"{lab.name}-e{i + 1}"
-        ns_add(ns)
-        lab._attach(ns, ip, f"e{i + 1}")
-        members.append(EtcdServer(os.path.join(lab.state_dir, f"e{i + 1}"), host=ip, netns=ns, name=f"m{i + 1}",
-                                  cluster=cluster, tls=tls, log_path=os.path.join(lab.state_dir, f"e{i + 1}.log")))
-    for m in members:
-        m.start(wait=False)
-    for m in members:
-        m.wait_ready(30)
-    endpoints = ",".join(m.endpoint for m in members)
-    if mode == "tls":
-        client = (f"-etcd-endpoints={endpoints}", f"-etcd-cafile={pki['ca.crt']}",
-                  f"-etcd-certfile={pki['client.crt']}", f"-etcd-keyfile={pki['client.key']}")
-        c = Cluster(lab, members, client, ())
-    else:
-        c = Cluster(lab, members, (f"-etcd-endpoints={endpoints}", "-etcd-username=flannel",
-                                   "-etcd-password=flannel-pw"), ())
-        for args in (("user", "add", "root:root-pw"), ("role", "add", "flannel"),
-                     ("role", "grant-permission", "flannel", "--prefix=true", "readwrite", f"{PREFIX}/"),
-                     ("user", "add", "flannel:flannel-pw"), ("user", "grant-role", "flannel", "flannel"),
-                     ("auth", "enable")):  # before `auth enable` no credentials are needed
-            sh(in_ns(f"{lab.name}-e1", "etcdctl", "--endpoints", endpoints, *args), env={"ETCDCTL_API": "3"})
-        for m in members:
-            m.user = "root:root-pw"
-    c.etcdctl("put", f"{PREFIX}/config", CONFIG)
-    return c
-
-
 @pytest.fixture(params=["tls", "auth"])
-def cluster(request: pytest.FixtureRequest, tmp_path) -> Iterator[Cluster]:
+def cluster(request: pytest.FixtureRequest, tmp_path) -> Iterator[EtcdCluster]:
     if os.geteuid() != 0:
         pytest.fail("end-to-end tests need root")
     lab = Lab(name={"tls": "pfct", "auth": "pfca"}[request.param], hosts_n=3, backend="host-gw")
     lab.down()
     os.makedirs(lab.state_dir, exist_ok=True)
     try:
-        c = build(lab, request.param, make_pki(str(tmp_path)))
+        c = build_cluster(lab, request.param, make_pki(str(tmp_path)), CONFIG)
         lab.hosts = [lab._host(i) for i in range(1, 4)]
         yield c
     finally:
         lab.down()
 
 
-def test_cluster_member_failures_lose_nothing(cluster: Cluster) -> None:
+def test_cluster_member_failures_lose_nothing(cluster: EtcdCluster) -> None:
     lab = cluster.lab
     h1, h2, h3 = lab.hosts
     flags = (*cluster.client_flags, "-subnet-lease-ttl=12")

@@ -1,0 +1,256 @@
+"""The soak's run: build the lab, start the traffic, fire the scheduled faults (each in a thread of
+its own, at its time), check the invariants round after round, stop at the end or at the first
+violation, write the report; the lab is always removed, and after a violation its logs are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..netns import LabError
+from . import report
+from .faults import Injector, Skipped
+from .invariants import EnvWatch, ResourceWatch, duplicate_problems, expected_kernel, read_leases
+from .schedule import DEFAULT_KINDS, Fault, kinds_for, schedule
+from .soaklab import SoakLab
+from .traffic import Pinger, TcpStream
+
+RESOURCE_SETTLE = 15.0  # seconds a flanneld runs before its descriptors and threads are its baseline
+
+
+@dataclass
+class Options:
+    minutes: float = 30.0
+    seed: int = 1
+    backend: str = "vxlan"
+    hosts: int = 5
+    kinds: tuple[str, ...] = DEFAULT_KINDS
+    mean_gap: float = 6.0  # seconds between faults, on average
+    bound: float = 10.0  # seconds after the last fault by which every kernel must match the leases
+    name: str = "pfsk"
+    out: str = "bench/results"
+    prefix: str = "soak-latest"  # the report files: OUT/PREFIX.{json,md,svg}
+
+
+@dataclass
+class _State:
+    records: dict[int, dict[str, Any]] = field(default_factory=dict)
+    active: set[int] = field(default_factory=set)
+    last_event: float = 0.0  # monotonic time of the last fault's start or end
+    violations: list[dict[str, Any]] = field(default_factory=list)
+    rounds: list[tuple[float, bool]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Soak:
+    def __init__(self, opts: Options, log: Any = print) -> None:
+        self.opts = opts
+        self.log = log
+        self.kinds = kinds_for(opts.backend, opts.kinds)
+        self.stop = threading.Event()
+        self.state = _State()
+        self.garbage: set[bytes] = set()
+        self.env = EnvWatch()
+        self.resources = ResourceWatch()
+        self.first_seen: dict[int, float] = {}
+        self.inconsistent_since: float | None = None
+
+    # ---- the run -----------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        o = self.opts
+        self.log(f"soak: building {o.hosts} {o.backend} hosts on a 3-member TLS etcd (lab {o.name})")
+        soak = self.soak = SoakLab.build(o.name, o.hosts, o.backend)
+        pingers: list[Pinger] = []
+        tcp = None
+        try:
+            hosts = soak.lab.hosts
+            pingers = [Pinger(a.container_ns, b.container_ip, f"h{a.index}->h{b.index}")
+                       for a in hosts for b in hosts if a is not b]
+            tcp = TcpStream(hosts[1].container_ns, hosts[0].container_ns, hosts[0].container_ip, o.seed)
+            self._warm_up(pingers)
+            self.rules = {h.index: soak.rules(h) for h in hosts}
+            seconds = o.minutes * 60
+            faults = schedule(o.seed, seconds, tuple(h.index for h in hosts), self.kinds, mean_gap=o.mean_gap)
+            self.log(f"soak: {len(faults)} faults over {seconds:g} s, seed {o.seed}")
+            self.injector = Injector(soak, self.garbage, self.env.lease_lost)
+            self.t0, self.m0 = time.time(), time.monotonic()
+            for p in pingers:
+                p.mark()
+            self.state.last_event = self.m0
+            threads = [threading.Thread(target=self._fault, args=(f,), daemon=True) for f in faults]
+            for t in threads:
+                t.start()
+            while time.monotonic() - self.m0 < seconds and not self.stop.is_set():
+                self._round(tcp)
+                time.sleep(0.05)
+            self.stop.set()
+            for t in threads:
+                t.join(timeout=60)
+            t1 = time.time()
+            for p in pingers:
+                p.stop()
+            tcp.stop()
+            return self._report(faults, pingers, tcp, t1)
+        finally:
+            self.stop.set()
+            for p in pingers:
+                p.stop()
+            if tcp is not None:
+                tcp.stop()
+            if self.state.violations:
+                self._keep_logs()
+            soak.down()
+
+    def _warm_up(self, pingers: list[Pinger], timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(any(p.received) for p in pingers):
+                time.sleep(RESOURCE_SETTLE)
+                return
+            time.sleep(0.2)
+        dead = [p.label for p in pingers if not any(p.received)]
+        raise LabError(f"the lab does not forward: no ping answered within {timeout:g}s on {', '.join(dead)}")
+
+    def _fault(self, f: Fault) -> None:
+        if self.stop.wait(max(0.0, self.m0 + f.at - time.monotonic())):
+            return
+        rec: dict[str, Any] = {"fault": f.to_json(), "label": f.label(), "start": time.time(), "end": None,
+                               "note": "", "skipped": None, "error": None}
+        with self.state.lock:
+            self.state.records[f.seq] = rec
+            self.state.active.add(f.seq)
+            self.state.last_event = time.monotonic()
+        try:
+            rec["note"] = self.injector.inject(f)
+            self.log(f"soak: {time.monotonic() - self.m0:7.1f}s {f.label()}: {rec['note']}")
+            if f.duration:
+                self.stop.wait(max(0.0, self.m0 + f.end - time.monotonic()))
+            self.injector.undo(f)
+        except Skipped as err:
+            rec["skipped"] = str(err)
+            self.log(f"soak: {time.monotonic() - self.m0:7.1f}s {f.label()}: skipped ({err})")
+        except (LabError, RuntimeError, OSError) as err:
+            rec["error"] = str(err)
+            self.log(f"soak: {time.monotonic() - self.m0:7.1f}s {f.label()}: INJECTOR ERROR {err}")
+        rec["end"] = time.time()
+        with self.state.lock:
+            self.state.active.discard(f.seq)
+            self.state.last_event = time.monotonic()
+
+    # ---- one round of checks -----------------------------------------------------------------------
+    def _violation(self, what: str) -> None:
+        t = time.monotonic() - self.m0
+        self.log(f"soak: {t:7.1f}s VIOLATION {what}")
+        self.state.violations.append({"t": round(t, 2), "what": what})
+        self.stop.set()
+
+    def _round(self, tcp: TcpStream) -> None:
+        soak, start = self.soak, time.time()
+        kvs = soak.lease_kvs(timeout=2)
+        problems: list[str] = []
+        unsettled: list[str] = [] if kvs is not None else ["etcd did not answer"]
+        leases, bad = read_leases(kvs or [], self.garbage)
+        problems += bad
+        subnets: dict[int, str] = {}
+        for h in soak.lab.hosts:
+            problem = self.env.update(h.index, soak.subnet_env(h))
+            if problem:
+                problems.append(problem)
+            own = soak.own_subnet(h)
+            if own is not None:
+                subnets[h.index] = str(own)
+            problems += self._resources(h)
+            unsettled += self._host_unsettled(h, own, leases if kvs is not None else None)
+        if kvs is not None:
+            problems += duplicate_problems(leases, subnets)
+        if tcp.corrupt is not None:
+            problems.append(f"the TCP stream's data was corrupted at byte {tcp.corrupt}")
+        self.state.rounds.append((start, not unsettled))
+        for p in problems:
+            self._violation(p)
+        self._judge(unsettled)
+
+    def _resources(self, h: Any) -> list[str]:
+        stats = self.soak.proc_stats(h)
+        if stats is None:
+            return []
+        pid = stats[0]
+        if time.monotonic() - self.first_seen.setdefault(pid, time.monotonic()) < RESOURCE_SETTLE:
+            return []
+        return self.resources.sample(h.index, *stats)
+
+    def _host_unsettled(self, h: Any, own: Any, leases: list[Any] | None) -> list[str]:
+        out = []
+        if self.soak.lab.flanneld_pid(h) is None:
+            out.append(f"h{h.index}: flanneld is not running")
+        if leases is not None:
+            if not any(lv.public_ip == h.ip and lv.subnet == own for lv in leases):
+                out.append(f"h{h.index}: no lease in etcd for its subnet {own}")
+            want, have = expected_kernel(self.soak.backend, leases, h.ip), self.soak.kernel(h)
+            if want != have:
+                out.append(f"h{h.index}: kernel lacks {sorted(want - have)}, has extra {sorted(have - want)}")
+        rules = self.soak.rules(h)
+        if rules != self.rules[h.index]:
+            out.append(f"h{h.index}: iptables lacks {sorted(self.rules[h.index] - rules)}")
+        return out
+
+    def _judge(self, unsettled: list[str]) -> None:
+        now = time.monotonic()
+        if not unsettled:
+            self.inconsistent_since = None
+            return
+        if self.inconsistent_since is None:
+            self.inconsistent_since = now
+        with self.state.lock:
+            if self.state.active:
+                return
+            since = max(self.inconsistent_since, self.state.last_event)
+        if now - since > self.opts.bound:
+            self._violation(f"not healed {self.opts.bound:g}s after the last fault: {'; '.join(unsettled)}")
+
+    # ---- the end -----------------------------------------------------------------------------------
+    def _report(self, faults: list[Fault], pingers: list[Pinger], tcp: TcpStream, t1: float) -> dict[str, Any]:
+        o = self.opts
+        sent, losses = 0, []
+        for p in pingers:
+            n, lost = p.losses(t1 - 2.0)
+            sent += n
+            losses += lost
+        meta = {"seed": o.seed, "minutes": o.minutes, "backend": o.backend, "hosts": o.hosts,
+                "kinds_enabled": list(self.kinds), "mean_gap_s": o.mean_gap, "heal_bound_s": o.bound,
+                "stopped_early": bool(self.state.violations),
+                "schedule": [f.label() for f in faults],
+                "tcp": {"bytes": tcp.bytes, "connections": tcp.connections, "corrupt": tcp.corrupt,
+                        "errors": tcp.errors[:20]},
+                "resources": self.resources.peak}
+        records = [self.state.records[k] for k in sorted(self.state.records)]
+        rep = report.summarize(meta, records, losses, sent, self.state.rounds, self.state.violations, self.t0, t1)
+        os.makedirs(o.out, exist_ok=True)
+        base = os.path.join(o.out, o.prefix)
+        with open(base + ".json", "w") as f:
+            json.dump(rep, f, indent=1)
+        with open(base + ".md", "w") as f:
+            f.write(report.markdown(rep))
+        with open(base + ".svg", "w") as f:
+            f.write(report.svg(rep))
+        self.log(f"soak: report in {base}.json, .md and .svg")
+        return rep
+
+    def _keep_logs(self) -> None:
+        dest = os.path.join(self.opts.out, f"{self.opts.prefix}-logs-seed{self.opts.seed}")
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(self.soak.lab.state_dir, dest, ignore=shutil.ignore_patterns("data", "member", "pki",
+                                                                                        "*.key", "wgkey"))
+        with open(os.path.join(dest, "violations.json"), "w") as f:
+            json.dump({"seed": self.opts.seed, "violations": self.state.violations,
+                       "faults": [self.state.records[k] for k in sorted(self.state.records)]}, f, indent=1)
+        self.log(f"soak: violation: the lab's logs and the fault sequence are kept in {dest}")
+
+
+__all__ = ["Options", "Soak"]

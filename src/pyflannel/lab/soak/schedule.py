@@ -1,0 +1,114 @@
+"""The seeded fault schedule, pure: ``schedule(seed, ...)`` is the same list for the same arguments.
+
+Faults arrive at exponentially distributed gaps (mean ``mean_gap``) between a warm-up and a
+cool-down; each picks its kind uniformly from ``kinds`` and a target that has no fault running at
+that time (a host, or an etcd member; at most one member is down at once, so the cluster keeps its
+quorum). A fault with a duration is undone ``duration`` seconds after it started (a killed member
+or flanneld started again, a cut host reconnected, a link brought up); an instant one (a deletion
+by hand, a flush) heals by itself or not at all.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    target: str  # "host" (a flanneld host), "peer" (a host and one of its peers), "etcd" (a member)
+    duration: tuple[float, float]  # (min, max) seconds until the undo; (0, 0): instant
+    data_path: bool  # touches the data path itself: packet loss is expected
+    backends: tuple[str, ...] = ()  # only on these backends (empty: every backend)
+    description: str = ""
+
+
+KINDS: dict[str, Kind] = {k.name: k for k in (
+    Kind("flanneld-sigkill", "host", (0.2, 2.0), False, description="flanneld SIGKILLed, started again"),
+    Kind("flanneld-sigterm", "host", (0.2, 2.0), False, description="flanneld SIGTERMed, started again"),
+    Kind("etcd-member-kill", "etcd", (1.0, 8.0), False, description="an etcd member SIGKILLed, restarted"),
+    Kind("etcd-leader-kill", "etcd", (1.0, 8.0), False, description="the etcd leader SIGKILLed, restarted"),
+    Kind("host-cut", "host", (2.0, 10.0), False,
+         description="a host's packets to etcd dropped (no clean close), then let through"),
+    Kind("lease-delete", "host", (0, 0), False, description="a host's lease deleted from etcd"),
+    Kind("lease-garbage", "host", (0, 0), False, description="a host's lease overwritten with garbage"),
+    Kind("route-delete", "peer", (0, 0), True, description="a host's route to a peer deleted by hand"),
+    Kind("neigh-delete", "peer", (0, 0), True, ("vxlan",), "a host's neighbour entry for a peer deleted"),
+    Kind("fdb-delete", "peer", (0, 0), True, ("vxlan",), "a host's FDB entry for a peer deleted"),
+    Kind("device-delete", "host", (0, 0), True, ("vxlan",), "a host's flannel.1 deleted by hand"),
+    Kind("iptables-flush", "host", (0, 0), False, description="every iptables chain of a host flushed"),
+    Kind("link-down", "host", (0.5, 3.0), True, description="a host's underlay link down, then up"),
+)}
+DEFAULT_KINDS = tuple(KINDS)
+MEMBERS = 3
+
+
+@dataclass(frozen=True)
+class Fault:
+    seq: int
+    at: float  # seconds from the start of the run
+    kind: str
+    target: int  # host index, or etcd member index (0..2; -1: whoever leads when it fires)
+    peer: int = 0  # "peer" kinds: the peer whose entry is deleted
+    duration: float = 0.0
+
+    @property
+    def end(self) -> float:
+        return self.at + self.duration
+
+    def label(self) -> str:
+        where = f"member {self.target + 1}" if self.kind == "etcd-member-kill" else (
+            "leader" if self.kind == "etcd-leader-kill" else f"h{self.target}")
+        peer = f" (peer h{self.peer})" if self.peer else ""
+        return f"#{self.seq} {self.kind} {where}{peer}" + (f" for {self.duration:.1f}s" if self.duration else "")
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def kinds_for(backend: str, wanted: tuple[str, ...] = DEFAULT_KINDS) -> tuple[str, ...]:
+    """The kinds of ``wanted`` that apply to ``backend``; an unknown name raises ValueError."""
+    unknown = [k for k in wanted if k not in KINDS]
+    if unknown:
+        raise ValueError(f"unknown fault kind {', '.join(unknown)}: the kinds are {', '.join(KINDS)}")
+    return tuple(k for k in wanted if not KINDS[k].backends or backend in KINDS[k].backends)
+
+
+def schedule(seed: int, seconds: float, hosts: tuple[int, ...], kinds: tuple[str, ...] = DEFAULT_KINDS, *,
+             mean_gap: float = 6.0, warmup: float = 5.0, cooldown: float = 15.0) -> list[Fault]:
+    """The faults of a run of ``seconds`` on ``hosts`` (their indexes), in time order."""
+    if not kinds or not hosts:
+        return []
+    rng = random.Random(seed)
+    busy_until: dict[tuple[str, int], float] = {}  # ("host", i) / ("etcd", 0): when the target is free again
+    faults: list[Fault] = []
+    t = warmup
+    while True:
+        t += rng.expovariate(1.0 / mean_gap)
+        kind = KINDS[rng.choice(kinds)]
+        lo, hi = kind.duration
+        duration = round(rng.uniform(lo, hi), 2) if hi else 0.0
+        if t + duration > seconds - cooldown:
+            break
+        if kind.target == "etcd":
+            # one member down at a time: the whole cluster is one target
+            member = -1 if kind.name == "etcd-leader-kill" else rng.randrange(MEMBERS)
+            if busy_until.get(("etcd", 0), -1.0) > t:
+                continue
+            busy_until[("etcd", 0)] = t + duration + 1.0
+            faults.append(Fault(len(faults) + 1, round(t, 2), kind.name, member, 0, duration))
+            continue
+        free = [h for h in hosts if busy_until.get(("host", h), -1.0) <= t]
+        if not free:
+            continue
+        host = rng.choice(free)
+        peer = rng.choice([h for h in hosts if h != host]) if kind.target == "peer" and len(hosts) > 1 else 0
+        if kind.target == "peer" and not peer:
+            continue
+        busy_until[("host", host)] = t + duration + 1.0
+        faults.append(Fault(len(faults) + 1, round(t, 2), kind.name, host, peer, duration))
+    return faults
+
+
+__all__ = ["DEFAULT_KINDS", "KINDS", "Fault", "Kind", "kinds_for", "schedule"]

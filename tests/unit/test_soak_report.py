@@ -1,0 +1,72 @@
+"""The soak's report: loss and time to heal per fault kind, the table, the chart; and its command
+line's refusals."""
+
+from __future__ import annotations
+
+import pytest
+
+from pyflannel.lab.soak.__main__ import parse
+from pyflannel.lab.soak.report import heal_time, markdown, summarize, svg
+from pyflannel.lab.soak.schedule import Fault
+
+T0 = 1000.0
+
+
+def rec(seq: int, kind: str, start: float, end: float, **kw: object) -> dict[str, object]:
+    f = Fault(seq, start - T0, kind, 1, 0, end - start)
+    return {"fault": f.to_json(), "label": f.label(), "start": start, "end": end, "note": "", "skipped": None,
+            "error": None, **kw}
+
+
+def meta() -> dict[str, object]:
+    return {"seed": 4, "minutes": 1, "backend": "vxlan", "hosts": 5,
+            "tcp": {"bytes": 10, "connections": 1, "corrupt": None}, "resources": {"rss_mb": 40.0, "fds": 20,
+                                                                                   "threads": 5}}
+
+
+def test_heal_time_is_the_first_consistent_round_after_the_end() -> None:
+    rounds = [(1.0, True), (2.0, False), (2.5, False), (3.1, True), (4.0, True)]
+    assert heal_time(2.2, rounds) == 0.9
+    assert heal_time(0.5, rounds) == 0.5
+    assert heal_time(4.5, rounds) is None
+
+
+def test_loss_and_heal_per_kind() -> None:
+    rounds = [(T0 + t / 10, not 105 <= t < 112) for t in range(0, 600)]
+    records = [rec(1, "route-delete", T0 + 10.5, T0 + 10.5), rec(2, "route-delete", T0 + 30, T0 + 30),
+               rec(3, "flanneld-sigkill", T0 + 40, T0 + 41), rec(4, "lease-delete", T0 + 50, T0 + 50, skipped="gone")]
+    losses = [T0 + 10.6, T0 + 10.7, T0 + 11.0, T0 + 20.0]
+    rep = summarize(meta(), records, losses, 5000, rounds, [], T0, T0 + 60)
+    k = rep["kinds"]["route-delete"]
+    assert k["injected"] == 2 and k["lost"] == {"median": 1.5, "max": 3} and k["heal_s"]["max"] == 0.7
+    assert k["data_path"] is True
+    assert rep["kinds"]["flanneld-sigkill"]["lost"] == {"median": 0, "max": 0}
+    assert rep["kinds"]["lease-delete"] == {"injected": 0, "skipped": 1, "errors": 0, "unhealed": 0,
+                                            "data_path": False, "lost": {"median": None, "max": None},
+                                            "heal_s": {"median": None, "max": None}}
+    assert rep["pings_lost"] == 4 and sum(rep["loss_per_second"]) == 4 and rep["loss_per_second"][10:12] == [2, 1]
+    table = markdown(rep)
+    assert "**Invariant violations: 0**" in table
+    assert "| route-delete | yes | 2 | 0 | 1.5 / 3 | 0.35 / 0.7 | 0 |" in table
+    assert "--seed 4" in table
+    chart = svg(rep)
+    assert chart.startswith("<svg") and chart.count("<line") == 4 + 2 and "route-delete" in chart
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--backend", "udp"], "the soak does not check it yet"),
+    (["--backend", "nope"], "--backend nope: the soak runs vxlan, host-gw"),
+    (["--minutes", "0"], "--minutes 0"),
+    (["--hosts", "1"], "--hosts 1"),
+    (["--kinds", "route-delete,bogus"], "--kinds: unknown fault kind bogus"),
+])
+def test_bad_arguments_are_one_line(args: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        parse(args)
+    assert exc.value.code == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_good_arguments() -> None:
+    o = parse(["--minutes", "2", "--seed", "9", "--backend", "host-gw", "--kinds", "route-delete, host-cut"])
+    assert (o.minutes, o.seed, o.backend, o.kinds) == (2, 9, "host-gw", ("route-delete", "host-cut"))

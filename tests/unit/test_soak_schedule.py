@@ -1,0 +1,51 @@
+"""The soak's fault schedule is a pure function of its seed and arguments."""
+
+from __future__ import annotations
+
+import pytest
+
+from pyflannel.lab.soak.schedule import DEFAULT_KINDS, KINDS, kinds_for, schedule
+
+HOSTS = (1, 2, 3, 4, 5)
+
+
+def test_same_seed_same_sequence_other_seed_another() -> None:
+    a = schedule(7, 600, HOSTS)
+    assert a == schedule(7, 600, HOSTS)
+    assert a != schedule(8, 600, HOSTS)
+    assert len(a) > 40
+
+
+def test_faults_fit_the_run_and_are_ordered() -> None:
+    faults = schedule(1, 300, HOSTS, warmup=5, cooldown=15)
+    assert [f.seq for f in faults] == list(range(1, len(faults) + 1))
+    assert all(f.at >= 5 and f.end <= 285 for f in faults)
+    assert [f.at for f in faults] == sorted(f.at for f in faults)
+
+
+def test_one_fault_per_target_and_one_etcd_member_down_at_a_time() -> None:
+    faults = schedule(3, 3600, HOSTS, mean_gap=1.0)
+    for i, f in enumerate(faults):
+        for g in faults[i + 1:]:
+            same = (KINDS[f.kind].target == "etcd") == (KINDS[g.kind].target == "etcd") and (
+                KINDS[f.kind].target == "etcd" or f.target == g.target)
+            if same:
+                assert g.at >= f.end, (f, g)
+
+
+def test_every_kind_and_target_shows_up_in_a_long_run() -> None:
+    faults = schedule(5, 3600, HOSTS)
+    assert {f.kind for f in faults} == set(DEFAULT_KINDS)
+    assert {f.target for f in faults if KINDS[f.kind].target == "host"} == set(HOSTS)
+    peers = [f for f in faults if KINDS[f.kind].target == "peer"]
+    assert all(f.peer in HOSTS and f.peer != f.target for f in peers)
+    durable = [f for f in faults if KINDS[f.kind].duration[1]]
+    assert all(KINDS[f.kind].duration[0] <= f.duration <= KINDS[f.kind].duration[1] for f in durable)
+
+
+def test_kinds_for_a_backend_and_unknown_kinds() -> None:
+    assert "fdb-delete" in kinds_for("vxlan")
+    assert "fdb-delete" not in kinds_for("host-gw")
+    with pytest.raises(ValueError, match="unknown fault kind nope"):
+        kinds_for("vxlan", ("nope",))
+    assert schedule(1, 100, HOSTS, ()) == []
