@@ -33,12 +33,34 @@ def test_one_fault_per_target_and_one_etcd_member_down_at_a_time() -> None:
                 assert g.at >= f.end, (f, g)
 
 
+def test_joins_and_leaves_keep_the_host_count_near_its_start_and_spare_the_tcp_hosts() -> None:
+    faults = schedule(4, 7200, HOSTS, ("host-join", "host-leave", "route-delete"), mean_gap=2.0)
+    live = set(HOSTS)
+    gone: set[int] = set()
+    joined: dict[int, float] = {}
+    for f in faults:
+        if f.kind == "host-join":
+            assert f.target not in live | gone
+            live.add(f.target)
+            joined[f.target] = f.at
+        elif f.kind == "host-leave":
+            assert f.target in live and f.target not in (1, 2)
+            live.remove(f.target)
+            gone.add(f.target)
+        else:
+            assert f.target in live and f.peer in live
+            assert all(f.at >= joined[h] + 15 for h in (f.target, f.peer) if h in joined)
+        assert 4 <= len(live) <= 6
+    assert len(gone) > 5 and len(joined) > 5
+
+
 def test_every_kind_and_target_shows_up_in_a_long_run() -> None:
     faults = schedule(5, 3600, HOSTS)
     assert {f.kind for f in faults} == set(DEFAULT_KINDS)
-    assert {f.target for f in faults if KINDS[f.kind].target == "host"} == set(HOSTS)
+    targets = {f.target for f in faults if KINDS[f.kind].target == "host"}
+    assert targets >= {1, 2} and len(targets & set(HOSTS)) >= 4 and max(targets) > 5
     peers = [f for f in faults if KINDS[f.kind].target == "peer"]
-    assert all(f.peer in HOSTS and f.peer != f.target for f in peers)
+    assert peers and all(f.peer and f.peer != f.target for f in peers)
     durable = [f for f in faults if KINDS[f.kind].duration[1]]
     assert all(KINDS[f.kind].duration[0] <= f.duration <= KINDS[f.kind].duration[1] for f in durable)
 

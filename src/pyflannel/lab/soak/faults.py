@@ -27,10 +27,13 @@ class Skipped(Exception):
 
 
 class Injector:
-    def __init__(self, soak: SoakLab, garbage: set[bytes], lease_lost: Callable[[int], None]) -> None:
+    def __init__(self, soak: SoakLab, garbage: set[bytes], lease_lost: Callable[[int], None],
+                 joined: Callable[[Host], None] = lambda h: None, leaving: Callable[[Host], None] = lambda h: None
+                 ) -> None:
         self.soak = soak
         self.garbage = garbage  # values written as garbage: not pyflannel's malformed writes
         self.lease_lost = lease_lost
+        self.joined, self.leaving = joined, leaving  # the run's traffic follows the hosts
         self.down_member: dict[int, int] = {}  # fault seq -> member index killed
 
     def inject(self, fault: Fault) -> str:
@@ -168,6 +171,23 @@ class Injector:
         for table in ("filter", "nat"):
             self._by_hand(host, "iptables", "-t", table, "-F")
         return "iptables -F (filter, nat)"
+
+
+    # ---- hosts joining and leaving -----------------------------------------------------------------
+    def _host_join(self, fault: Fault) -> str:
+        host = self.soak.join(fault.target)
+        self.joined(host)
+        return f"{host.ns} joined with {host.subnet}"
+
+    def _host_leave(self, fault: Fault) -> str:
+        host = self._host(fault)
+        lease = self._own_lease(host)
+        self.leaving(host)
+        self.lease_lost(fault.target)
+        self.soak.leave(host)
+        # what its lease's TTL would do in time, or `flannelctl leases revoke` at once
+        self.soak.cluster.etcdctl("del", lease.key, timeout=3)
+        return f"{host.ns} left, {lease.key} revoked"
 
 
 def wait_until(t: float) -> None:

@@ -66,19 +66,20 @@ class Soak:
         o = self.opts
         self.log(f"soak: building {o.hosts} {o.backend} hosts on a 3-member TLS etcd (lab {o.name})")
         soak = self.soak = SoakLab.build(o.name, o.hosts, o.backend)
-        pingers: list[Pinger] = []
+        self.pingers: list[Pinger] = []
+        pingers = self.pingers
         tcp = None
         try:
             hosts = soak.lab.hosts
-            pingers = [Pinger(a.container_ns, b.container_ip, f"h{a.index}->h{b.index}")
-                       for a in hosts for b in hosts if a is not b]
+            pingers += [Pinger(a.container_ns, b.container_ip, f"h{a.index}->h{b.index}")
+                        for a in hosts for b in hosts if a is not b]
             tcp = TcpStream(hosts[1].container_ns, hosts[0].container_ns, hosts[0].container_ip, o.seed)
             self._warm_up(pingers)
             self.rules = {h.index: soak.rules(h) for h in hosts}
             seconds = o.minutes * 60
             faults = schedule(o.seed, seconds, tuple(h.index for h in hosts), self.kinds, mean_gap=o.mean_gap)
             self.log(f"soak: {len(faults)} faults over {seconds:g} s, seed {o.seed}")
-            self.injector = Injector(soak, self.garbage, self.env.lease_lost)
+            self.injector = Injector(soak, self.garbage, self.env.lease_lost, self._joined, self._leaving)
             self.t0, self.m0 = time.time(), time.monotonic()
             for p in pingers:
                 p.mark()
@@ -106,6 +107,26 @@ class Soak:
             if self.state.violations:
                 self._keep_logs()
             soak.down()
+
+    def _joined(self, host: Any) -> None:
+        """Pings between the new host and every other, both ways; its rules as it made them."""
+        with self.state.lock:
+            others = [h for h in self.soak.lab.hosts if h is not host]
+            self.pingers += [Pinger(a.container_ns, b.container_ip, f"h{a.index}->h{b.index}")
+                             for h in others for a, b in ((h, host), (host, h))]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len(self.soak.rules(host)) < len(self.rules[1]):
+            time.sleep(0.1)
+        self.rules[host.index] = self.soak.rules(host)
+
+    def _leaving(self, host: Any) -> None:
+        """Its pings stop (they are counted up to here)."""
+        with self.state.lock:
+            mine = [p for p in self.pingers if p.label.startswith(f"h{host.index}->")
+                    or p.label.endswith(f"->h{host.index}")]
+        for p in mine:
+            p.stop()
+        self.rules.pop(host.index, None)
 
     def _warm_up(self, pingers: list[Pinger], timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -158,7 +179,7 @@ class Soak:
         leases, bad = read_leases(kvs or [], self.garbage)
         problems += bad
         subnets: dict[int, str] = {}
-        for h in soak.lab.hosts:
+        for h in list(soak.lab.hosts):
             problem = self.env.update(h.index, soak.subnet_env(h))
             if problem:
                 problems.append(problem)
@@ -195,9 +216,9 @@ class Soak:
             want, have = expected_kernel(self.soak.backend, leases, h.ip), self.soak.kernel(h)
             if want != have:
                 out.append(f"h{h.index}: kernel lacks {sorted(want - have)}, has extra {sorted(have - want)}")
-        rules = self.soak.rules(h)
-        if rules != self.rules[h.index]:
-            out.append(f"h{h.index}: iptables lacks {sorted(self.rules[h.index] - rules)}")
+        rules, want_rules = self.soak.rules(h), self.rules.get(h.index)
+        if want_rules is not None and rules != want_rules:
+            out.append(f"h{h.index}: iptables lacks {sorted(want_rules - rules)}")
         return out
 
     def _judge(self, unsettled: list[str]) -> None:
@@ -219,7 +240,7 @@ class Soak:
         o = self.opts
         sent, losses = 0, []
         for p in pingers:
-            n, lost = p.losses(t1 - 2.0)
+            n, lost = p.losses(min(t1, p.stopped or t1) - 2.0)
             sent += n
             losses += lost
         meta = {"seed": o.seed, "minutes": o.minutes, "backend": o.backend, "hosts": o.hosts,

@@ -17,7 +17,9 @@ from dataclasses import asdict, dataclass
 @dataclass(frozen=True)
 class Kind:
     name: str
-    target: str  # "host" (a flanneld host), "peer" (a host and one of its peers), "etcd" (a member)
+    # "host" (a flanneld host), "peer" (a host and one of its peers), "etcd" (a member), "join" (a new
+    # host), "leave" (a host that is not one of the first two: they carry the TCP stream)
+    target: str
     duration: tuple[float, float]  # (min, max) seconds until the undo; (0, 0): instant
     data_path: bool  # touches the data path itself: packet loss is expected
     backends: tuple[str, ...] = ()  # only on these backends (empty: every backend)
@@ -39,9 +41,13 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("device-delete", "host", (0, 0), True, ("vxlan",), "a host's flannel.1 deleted by hand"),
     Kind("iptables-flush", "host", (0, 0), False, description="every iptables chain of a host flushed"),
     Kind("link-down", "host", (0.5, 3.0), True, description="a host's underlay link down, then up"),
+    Kind("host-join", "join", (0, 0), False, description="a new host joins (flanneld, docker0, a container)"),
+    Kind("host-leave", "leave", (0, 0), False,
+         description="a host leaves for good (flanneld stopped, namespaces deleted, its lease revoked)"),
 )}
 DEFAULT_KINDS = tuple(KINDS)
 MEMBERS = 3
+JOIN_TIME = 15.0  # seconds a joining host gets before other faults may pick it
 
 
 @dataclass(frozen=True)
@@ -77,11 +83,15 @@ def kinds_for(backend: str, wanted: tuple[str, ...] = DEFAULT_KINDS) -> tuple[st
 
 def schedule(seed: int, seconds: float, hosts: tuple[int, ...], kinds: tuple[str, ...] = DEFAULT_KINDS, *,
              mean_gap: float = 6.0, warmup: float = 5.0, cooldown: float = 15.0) -> list[Fault]:
-    """The faults of a run of ``seconds`` on ``hosts`` (their indexes), in time order."""
+    """The faults of a run of ``seconds`` on ``hosts`` (their indexes), in time order. Joins add hosts
+    (new indexes) up to one more than ``hosts``; leaves remove hosts down to one fewer, never the
+    first two."""
     if not kinds or not hosts:
         return []
     rng = random.Random(seed)
     busy_until: dict[tuple[str, int], float] = {}  # ("host", i) / ("etcd", 0): when the target is free again
+    live, protected, next_index = list(hosts), set(hosts[:2]), max(hosts) + 1
+    ready: dict[int, float] = {}  # joined host -> when it may be a peer
     faults: list[Fault] = []
     t = warmup
     while True:
@@ -91,23 +101,36 @@ def schedule(seed: int, seconds: float, hosts: tuple[int, ...], kinds: tuple[str
         duration = round(rng.uniform(lo, hi), 2) if hi else 0.0
         if t + duration > seconds - cooldown:
             break
+        free = [h for h in live if busy_until.get(("host", h), -1.0) <= t]
         if kind.target == "etcd":
             # one member down at a time: the whole cluster is one target
             member = -1 if kind.name == "etcd-leader-kill" else rng.randrange(MEMBERS)
             if busy_until.get(("etcd", 0), -1.0) > t:
                 continue
             busy_until[("etcd", 0)] = t + duration + 1.0
-            faults.append(Fault(len(faults) + 1, round(t, 2), kind.name, member, 0, duration))
-            continue
-        free = [h for h in hosts if busy_until.get(("host", h), -1.0) <= t]
-        if not free:
-            continue
-        host = rng.choice(free)
-        peer = rng.choice([h for h in hosts if h != host]) if kind.target == "peer" and len(hosts) > 1 else 0
-        if kind.target == "peer" and not peer:
-            continue
-        busy_until[("host", host)] = t + duration + 1.0
-        faults.append(Fault(len(faults) + 1, round(t, 2), kind.name, host, peer, duration))
+            target, peer = member, 0
+        elif kind.target == "join":
+            if len(live) > len(hosts):
+                continue
+            target, peer, next_index = next_index, 0, next_index + 1
+            live.append(target)
+            busy_until[("host", target)] = ready[target] = t + JOIN_TIME
+        elif kind.target == "leave":
+            free = [h for h in free if h not in protected]
+            if len(live) < len(hosts) or not free:
+                continue
+            target, peer = rng.choice(free), 0
+            live.remove(target)
+        else:
+            if not free:
+                continue
+            target = rng.choice(free)
+            peers = [h for h in live if h != target and ready.get(h, 0.0) <= t]
+            peer = rng.choice(peers) if kind.target == "peer" and peers else 0
+            if kind.target == "peer" and not peer:
+                continue
+            busy_until[("host", target)] = t + duration + 1.0
+        faults.append(Fault(len(faults) + 1, round(t, 2), kind.name, target, peer, duration))
     return faults
 
 

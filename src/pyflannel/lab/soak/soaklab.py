@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 from ...core.errors import FlannelError
 from ...core.subnetenv import parse_subnet_env
+from ...instance import lock_path
 from ..cluster import PREFIX, Host, Lab
 from ..etcd_cluster import EtcdCluster, build_cluster, make_pki
-from ..netns import LabError, in_ns, sh
+from ..netns import LabError, in_ns, ns_delete, sh
 from .invariants import actual_kernel
 
 NETWORK = ipaddress.IPv4Network("10.0.0.0/16")
@@ -68,6 +69,27 @@ class SoakLab:
 
     def start(self, host: Host) -> None:
         self.lab.start_flanneld(host, self.flags)
+
+    def join(self, index: int) -> Host:
+        """A new host ``index``: flanneld started, its subnet.env awaited, docker0 and a container."""
+        host = self.lab._host(index)
+        self.lab.hosts.append(host)
+        self.lab.save()
+        self.start(host)
+        self.lab.wait_subnet(host, 60)
+        self.lab.docker(host)
+        self.lab.save()
+        return host
+
+    def leave(self, host: Host) -> None:
+        """Stop the host's flanneld and delete its namespaces (every device, route and entry)."""
+        self.lab.stop_flanneld(host, timeout=20)
+        self.lab.hosts = [h for h in self.lab.hosts if h.index != host.index]
+        ns_delete(host.container_ns)
+        ns_delete(host.ns)
+        with contextlib.suppress(OSError):
+            os.unlink(lock_path(self.lab.subnet_file(host)))
+        self.lab.save()
 
     # ---- reading ---------------------------------------------------------------------------------
     def lease_kvs(self, timeout: float = 2.0) -> list[tuple[str, bytes, int]] | None:

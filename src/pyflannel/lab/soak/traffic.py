@@ -32,6 +32,7 @@ class Pinger:
         self.marks: list[tuple[int, float]] = []  # (seq, wall time) of every 100th answer
         self.max_seq = 0
         self.from_seq = 1  # the first packet counted (``mark``)
+        self.stopped: float | None = None  # wall time of ``stop``
         self.started = time.time()
         self._base, self._last = 0, 0
         self.proc = subprocess.Popen(in_ns(src_ns, "ping", "-n", "-D", "-O", "-i", str(INTERVAL), dst_ip),
@@ -70,6 +71,8 @@ class Pinger:
         self.from_seq = self.max_seq + 1
 
     def stop(self) -> None:
+        if self.stopped is None:
+            self.stopped = time.time()
         with contextlib.suppress(ProcessLookupError):
             self.proc.send_signal(signal.SIGINT)
         try:
