@@ -45,8 +45,11 @@ class Injector:
             fn(fault)
 
     # ---- flanneld ----------------------------------------------------------------------------------
-    def _host(self, fault: Fault) -> Host:
-        return self.soak.host(fault.target)
+    def _host(self, fault: Fault, index: int = 0) -> Host:
+        try:
+            return self.soak.host(index or fault.target)
+        except StopIteration:
+            raise Skipped(f"there is no host h{index or fault.target} (its join failed)") from None
 
     def _flanneld_sigkill(self, fault: Fault) -> str:
         host = self._host(fault)
@@ -140,7 +143,7 @@ class Injector:
 
     # ---- kernel state deleted by hand ---------------------------------------------------------------
     def _peer_lease(self, fault: Fault) -> LeaseView:
-        return self._own_lease(self.soak.host(fault.peer))
+        return self._own_lease(self._host(fault, fault.peer))
 
     def _by_hand(self, host: Host, *cmd: str) -> str:
         res = sh(in_ns(host.ns, *cmd), check=False)

@@ -112,7 +112,7 @@ class Soak:
         """Pings between the new host and every other, both ways; its rules as it made them."""
         with self.state.lock:
             others = [h for h in self.soak.lab.hosts if h is not host]
-            self.pingers += [Pinger(a.container_ns, b.container_ip, f"h{a.index}->h{b.index}")
+            self.pingers += [Pinger(a.container_ns, b.container_ip, f"h{a.index}->h{b.index}", True)
                              for h in others for a, b in ((h, host), (host, h))]
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and len(self.soak.rules(host)) < len(self.rules[1]):

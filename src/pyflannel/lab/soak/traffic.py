@@ -25,13 +25,15 @@ INTERVAL = 0.01
 
 
 class Pinger:
-    def __init__(self, src_ns: str, dst_ip: str, label: str) -> None:
+    def __init__(self, src_ns: str, dst_ip: str, label: str, from_first_answer: bool = False) -> None:
         self.label = label
         self.received = bytearray()
         self.asked: dict[int, float] = {}  # seq -> wall time of "no answer yet"
         self.marks: list[tuple[int, float]] = []  # (seq, wall time) of every 100th answer
         self.max_seq = 0
-        self.from_seq = 1  # the first packet counted (``mark``)
+        # the first packet counted: 1, the first answered one (a new host's pairs, which start before
+        # its peers know it) or the one after ``mark`` (the soak's start, after the warm-up)
+        self.from_seq: int | None = None if from_first_answer else 1
         self.stopped: float | None = None  # wall time of ``stop``
         self.started = time.time()
         self._base, self._last = 0, 0
@@ -61,6 +63,8 @@ class Pinger:
                 if len(self.received) <= seq:
                     self.received.extend(bytes(seq + 1024 - len(self.received)))
                 self.received[seq] = 1
+                if self.from_seq is None:
+                    self.from_seq = seq
                 if seq % 100 == 0:
                     self.marks.append((seq, float(m.group(1))))
             elif "no answer yet" in line:
@@ -93,6 +97,8 @@ class Pinger:
 
     def losses(self, until: float) -> tuple[int, list[float]]:
         """(sent, wall times of the lost) of the packets sent from ``mark`` until ``until`` (wall time)."""
+        if self.from_seq is None:
+            return 0, []
         last = self.max_seq
         while last >= self.from_seq and self.time_of(last) > until:
             last -= 50
