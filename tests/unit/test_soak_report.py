@@ -19,9 +19,9 @@ def rec(seq: int, kind: str, start: float, end: float, **kw: object) -> dict[str
 
 
 def meta() -> dict[str, object]:
-    return {"seed": 4, "minutes": 1, "backend": "vxlan", "hosts": 5,
-            "tcp": {"bytes": 10, "connections": 1, "corrupt": None}, "resources": {"rss_mb": 40.0, "fds": 20,
-                                                                                   "threads": 5}}
+    return {"seed": 4, "minutes": 1, "backend": "vxlan", "hosts": 5, "garbage_left": ["/p/subnets/10.0.5.0-24"],
+            "tcp": {"bytes": 10, "connections": 1, "corrupt": None},
+            "resources": {"rss_mb": 40.0, "fds": 20, "threads": 5}}
 
 
 def test_heal_time_is_the_first_consistent_round_after_the_end() -> None:
@@ -48,7 +48,7 @@ def test_loss_and_heal_per_kind() -> None:
     table = markdown(rep)
     assert "**Invariant violations: 0**" in table
     assert "| route-delete | yes | 2 | 0 | 1.5 / 3 | 0.35 / 0.7 | 0 |" in table
-    assert "--seed 4" in table
+    assert "--seed 4" in table and "garbage at the end (flanneld rewrites" in table
     chart = svg(rep)
     assert chart.startswith("<svg") and chart.count("<line") == 4 + 2 and "route-delete" in chart
 

@@ -99,6 +99,9 @@ def markdown(rep: dict[str, Any]) -> str:
              f"check rounds {rep['check_rounds']}; flanneld peak RSS {rep['resources']['rss_mb']:g} MB, "
              f"{rep['resources']['fds']} descriptors, {rep['resources']['threads']} threads.", "",
              f"**Invariant violations: {len(rep['violations'])}**", ""]
+    if rep.get("garbage_left"):
+        lines += [f"Lease keys still holding the soak's garbage at the end (flanneld rewrites its own lease only "
+                  f"when it renews it): {', '.join(rep['garbage_left'])}", ""]
     for v in rep["violations"]:
         lines.append(f"- at {v['t']:.1f} s: {v['what']}")
     lines += ["", "| fault | data path | injected | skipped | lost pings (median / max) | heal s (median / max) |"
