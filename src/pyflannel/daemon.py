@@ -63,6 +63,7 @@ class Options:
     iface_regex: tuple[str, ...] = ()
     iface_can_reach: str = ""
     public_ip: str = ""
+    public_ipv6: str = ""
     subnet_file: str = "/run/flannel/subnet.env"
     renew_margin_min: int = 60
     lease_ttl_s: int = DEFAULT_TTL
@@ -86,6 +87,7 @@ class Conductor:
         self.keeper: LeaseKeeper | None = None
         self.peers = PeerTable()
         self._bad_seen: set[str] = set()
+        self._v6_seen: set[str] = set()
         self._config_seen: bytes | None = None  # the config in etcd as last read (raw)
         self.stats = Stats()
         self.http: HttpServer | None = None
@@ -170,7 +172,8 @@ class Conductor:
         while True:
             try:
                 got = await manager.acquire(config)
-                log.info("lease acquired subnet=%s how=%s attempts=%d reservation=%s", got.lease.subnet,
+                log.info("lease acquired subnet=%s%s how=%s attempts=%d reservation=%s", got.lease.subnet,
+                         f" ipv6_subnet={got.lease.ipv6_subnet}" if got.lease.ipv6_subnet else "",
                          got.how, got.attempts, got.lease.is_reservation)
                 return got.lease
             except StoreUnavailable as err:
@@ -183,25 +186,32 @@ class Conductor:
         self.config = config = await self.wait_for_config()
         log.info("network config network=%s subnet_len=%d backend=%s", config.network, config.subnet_len,
                  config.backend_type)
-        self._warn_unsupported(config)
+        self._warn_unsupported()
+        if not config.enable_ipv4:
+            raise LocalConfigError(f"the network config is IPv6-only (EnableIPv4 false, IPv6Network "
+                                   f"{config.ipv6_network}), which this pyflannel does not run yet: set EnableIPv4 "
+                                   "true with a Network for a dual-stack network")
         ext = await asyncio.to_thread(
-            select_external_interface, list(opts.ifaces), list(opts.iface_regex), opts.iface_can_reach, opts.public_ip
+            select_external_interface, list(opts.ifaces), list(opts.iface_regex), opts.iface_can_reach, opts.public_ip,
+            opts.public_ipv6, config.enable_ipv6,
         )
-        log.info("using interface name=%s addr=%s public_ip=%s mtu=%d", ext.name, ext.iface_addr, ext.ext_addr,
-                 ext.mtu)
+        log.info("using interface name=%s addr=%s public_ip=%s mtu=%d%s", ext.name, ext.iface_addr, ext.ext_addr,
+                 ext.mtu, f" addr_v6={ext.iface_v6_addr} public_ipv6={ext.ext_v6_addr}" if config.enable_ipv6 else "")
         self.backend = backend = get_backend(config.backend_type)(ext, config)
         self.converger = converger = Converger(backend, full_check_s=opts.kernel_check_s)
         attrs = await backend.prepare(KernelHost(converger.reconciler))
         prev = read_previous_subnet(opts.subnet_file, config.subnet_len)
         manager = LeaseManager(self.registry, attrs, ttl=opts.lease_ttl_s, previous_subnet=prev.subnet,
                                previous_problem=prev.problem and f"subnet.env {opts.subnet_file} names no usable "
-                                                                 f"subnet: {prev.problem}")
+                                                                 f"subnet: {prev.problem}",
+                               previous_ipv6_subnet=prev.ipv6_subnet)
         lease = await self.acquire(config, manager)
         self.keeper = LeaseKeeper(lease, manager, self.registry, opts.renew_margin_min * 60)
         await converger.start(lease, await backend.start(lease))
         await self._setup_traffic(config, lease, prev.network, prev.subnet)
         assert config.network is not None
-        env = subnet_env_for(config.network, lease.subnet, backend.mtu(), opts.ip_masq)
+        env = subnet_env_for(config.network, lease.subnet, backend.mtu(), opts.ip_masq,
+                             config.ipv6_network if config.enable_ipv6 else None, lease.ipv6_subnet)
         # Everything built so far (modules, clients, the backend) lives as long as the process:
         # out of the collector's sight, a full collection no longer walks it again and again.
         gc.freeze()
@@ -241,11 +251,9 @@ class Conductor:
         # as Go flannel: READY=1 alone; after a failure, also a STATUS= replacing the one with the cause
         sd_notify("READY=1" + (f"\nSTATUS=ready: subnet {env.subnet}" if recovered else ""))
 
-    def _warn_unsupported(self, config: NetworkConfig) -> None:
-        """Accepted settings that do nothing yet say so, once, at start-up."""
-        if config.enable_ipv6:
-            log.warning("EnableIPv6 is set (IPv6Network %s), but pyflannel does not support IPv6 yet: only the IPv4 "
-                        "network is leased and routed", config.ipv6_network)
+    def _warn_unsupported(self) -> None:
+        """Accepted settings that do nothing yet say so, once, at start-up (a backend that carries no
+        IPv6 says so in its ``check_config``)."""
         for warning in self.opts.unsupported:
             log.warning("%s", warning)
 
@@ -277,7 +285,12 @@ class Conductor:
         first, own, config = True, self.keeper.subnet, self.config
         async for raw in watch_leases(self.registry):
             # a misshapen lease is a bad key: warned about, never programmed
-            ev = screen(raw, config, self.registry.subnets_prefix)
+            warnings: list[str] = []
+            ev = screen(raw, config, self.registry.subnets_prefix, warnings)
+            for warning in warnings:
+                if warning not in self._v6_seen:  # once per key and cause
+                    self._v6_seen.add(warning)
+                    log.warning("%s", warning)
             if isinstance(ev, Snapshot):
                 self.stats.watch_relists += 0 if first else 1
             log_bad(ev.bad, self._bad_seen)

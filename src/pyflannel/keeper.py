@@ -147,10 +147,10 @@ class LeaseKeeper:
         own, backoff, failing = self.lease.subnet, Backoff(0.2, 2.0), LogOnce(log)
         while True:
             try:
-                new = await self.manager.recreate(own)
+                new = await self.manager.recreate(own, self.lease.ipv6_subnet)
                 if new is None:  # the key exists: our own earlier attempt, or another host
                     snap = await self.registry.list_leases()
-                    new = next((le for le in snap.leases if le.subnet == own), None)
+                    new = next((le for le in snap.leases if le.key == self.lease.key), None)
                     if new is None:
                         continue
                     if new.attrs.public_ip != self.lease.attrs.public_ip:

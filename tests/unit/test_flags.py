@@ -298,7 +298,6 @@ def test_build_options_defaults_match_flannel():
         (["-subnet-lease-ttl=4"], "subnet-lease-ttl"),
         (["-iptables-resync=0"], "iptables-resync"),
         (["-kube-subnet-mgr"], "kube-subnet-mgr"),
-        (["-public-ipv6=fc00::1"], "public-ipv6"),
     ],
 )
 def test_build_options_rejects(argv, match):

@@ -24,6 +24,14 @@ def check_keys(config: NetworkConfig, known: Iterable[str], backend: str) -> lis
             for k in config.backend if fields.match(k) is None]
 
 
+def ipv4_only(config: NetworkConfig, backend: str, why: str = "") -> list[str]:
+    """The start-up warning of a backend that carries IPv4 only, when EnableIPv6 is set."""
+    if not config.enable_ipv6:
+        return []
+    return [f"{backend} backend carries IPv4 only{why}: the IPv6 network {config.ipv6_network} is leased (the "
+            "subnet key and subnet.env name an IPv6 subnet) but gets no IPv6 routes; use vxlan or host-gw for IPv6"]
+
+
 def int_option(config: NetworkConfig, name: str, default: int, lo: int, hi: int, backend: str) -> int:
     value = config.backend_option(name, default)
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:

@@ -14,7 +14,7 @@ from ..core.errors import LocalConfigError
 from ..core.host import ExternalInterface, HostFacts
 from ..core.lease import Lease, LeaseAttrs
 from ..core.plan import Plan
-from .base import PlanningBackend, check_keys
+from .base import PlanningBackend, check_keys, ipv4_only
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +42,10 @@ class HostGwBackend(PlanningBackend):
 
     @classmethod
     def check_config(cls, config: NetworkConfig) -> list[str]:
-        return check_keys(config, (), "host-gw")
+        return check_keys(config, (), "host-gw") + ipv4_only(config, "host-gw", " in this pyflannel")
 
     def lease_attrs(self) -> LeaseAttrs:
-        return LeaseAttrs(self.ext.ext_addr, None, "host-gw")
+        return LeaseAttrs(self.ext.ext_addr, self.ext.ext_v6_addr, "host-gw")
 
     def mtu(self) -> int:
         return self.ext.mtu

@@ -26,7 +26,7 @@ from ..core.host import ExternalInterface, HostFacts
 from ..core.lease import Lease, LeaseAttrs
 from ..core.plan import Plan, PumpPlan
 from . import HostOps, Target
-from .base import PlanningBackend, check_keys, int_option
+from .base import PlanningBackend, check_keys, int_option, ipv4_only
 from .udp_pump import UdpFastPump, UdpPump, choose_pump, offload_wanted
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class UdpBackend(PlanningBackend):
     @classmethod
     def check_config(cls, config: NetworkConfig) -> list[str]:
         int_option(config, "Port", DEFAULT_PORT, 1, 65535, "udp")
-        return check_keys(config, ("Port",), "udp")
+        return check_keys(config, ("Port",), "udp") + ipv4_only(config, "udp", " (as Go flannel's)")
 
     def lease_attrs(self) -> LeaseAttrs:
         return LeaseAttrs(public_ip=self.ext.ext_addr)

@@ -28,7 +28,7 @@ from ..core.host import ExternalInterface, HostFacts
 from ..core.lease import Lease, LeaseAttrs
 from ..core.plan import Plan
 from . import HostOps
-from .base import PlanningBackend, bool_option, check_keys, int_option
+from .base import PlanningBackend, bool_option, check_keys, int_option, ipv4_only
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ class VxlanBackend(PlanningBackend):
     @classmethod
     def check_config(cls, config: NetworkConfig) -> list[str]:
         parse_options(config, 1500)
-        return check_keys(config, KNOWN_KEYS, "vxlan")
+        return check_keys(config, KNOWN_KEYS, "vxlan") + ipv4_only(config, "vxlan", " in this pyflannel")
 
     def link_spec(self) -> LinkSpec:
         o = self.opts

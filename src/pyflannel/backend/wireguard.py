@@ -31,7 +31,7 @@ from ..core.lease import Lease, LeaseAttrs
 from ..core.plan import Plan, WgPeer, WgPlan
 from ..core.wgconf import valid_key
 from . import HostOps, PeerTarget, Target
-from .base import PlanningBackend, check_keys, int_option
+from .base import PlanningBackend, check_keys, int_option, ipv4_only
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class WireguardBackend(PlanningBackend):
     @classmethod
     def check_config(cls, config: NetworkConfig) -> list[str]:
         parse_options(config, 1500)
-        return check_keys(config, KNOWN_KEYS, "wireguard")
+        return check_keys(config, KNOWN_KEYS, "wireguard") + ipv4_only(config, "wireguard", " in this pyflannel")
 
     def lease_attrs(self) -> LeaseAttrs:
         return LeaseAttrs(self.ext.ext_addr, None, "wireguard",

@@ -34,7 +34,7 @@ FLANNELD_FLAGS = [
     Flag("subnet-file", "str", "/run/flannel/subnet.env",
          "filename where env variables (subnet, MTU, ...) are written"),
     Flag("public-ip", "str", "", "IP accessible by other nodes for inter-host communication"),
-    Flag("public-ipv6", "str", "", "IPv6 accessible by other nodes (dual stack: not yet supported)"),
+    Flag("public-ipv6", "str", "", "IPv6 accessible by other nodes for inter-host communication"),
     Flag("subnet-lease-renew-margin", "int", 60, "subnet lease renewal margin, in minutes (1..1439)"),
     Flag("subnet-lease-ttl", "int", 86400, "pyflannel: TTL of the subnet lease in etcd, in seconds"),
     Flag("ip-masq", "bool", False, "setup IP masquerade rule for traffic destined outside of overlay network"),
@@ -56,7 +56,7 @@ FLANNELD_FLAGS = [
     Flag("log_backtrace_at", "str", "", "(accepted for compatibility; ignored)"),
 ]
 
-_NOT_YET = {"kube-subnet-mgr": "the Kubernetes subnet manager", "public-ipv6": "IPv6 (dual stack)"}
+_NOT_YET = {"kube-subnet-mgr": "the Kubernetes subnet manager"}
 _KUBE_ONLY = ("kube-api-url", "kube-annotation-prefix", "kubeconfig-file", "net-config-path",
               "set-node-network-unavailable")
 
@@ -113,6 +113,7 @@ def build_options(v: Mapping[str, Any]) -> Options:
         iface_regex=tuple(v["iface-regex"]),
         iface_can_reach=v["iface-can-reach"],
         public_ip=v["public-ip"],
+        public_ipv6=v["public-ipv6"],
         subnet_file=v["subnet-file"],
         renew_margin_min=margin,
         lease_ttl_s=v["subnet-lease-ttl"],

@@ -13,6 +13,7 @@ import bisect
 import ipaddress
 import random
 from collections.abc import Iterable
+from typing import NamedTuple
 
 from .config import NetworkConfig
 from .errors import AllocationError
@@ -29,6 +30,27 @@ def is_compatible(config: NetworkConfig, subnet: ipaddress.IPv4Network) -> bool:
         subnet.prefixlen == config.subnet_len
         and config.subnet_min <= subnet.network_address <= config.subnet_max
     )
+
+
+def is_compatible_v6(config: NetworkConfig, subnet: ipaddress.IPv6Network | None) -> bool:
+    """The IPv6 half of isSubnetConfigCompat: with IPv6 off a lease must have no IPv6 subnet; with
+    it on, one inside IPv6SubnetMin..IPv6SubnetMax of IPv6SubnetLen."""
+    if not config.enable_ipv6:
+        return subnet is None
+    if subnet is None or config.ipv6_subnet_min is None or config.ipv6_subnet_max is None:
+        return False
+    return (subnet.prefixlen == config.ipv6_subnet_len
+            and config.ipv6_subnet_min <= subnet.network_address <= config.ipv6_subnet_max)
+
+
+def lease_fits(config: NetworkConfig, subnet: ipaddress.IPv4Network,
+               ipv6_subnet: ipaddress.IPv6Network | None) -> bool:
+    """Both halves of isSubnetConfigCompat (an IPv6-only lease's IPv4 half is 0.0.0.0/0)."""
+    v4 = is_compatible(config, subnet) if config.enable_ipv4 else subnet == NO_IPV4
+    return v4 and is_compatible_v6(config, ipv6_subnet)
+
+
+NO_IPV4 = ipaddress.IPv4Network("0.0.0.0/0")  # the IPv4 half of an IPv6-only lease, as Go keys it
 
 
 class _Taken:
@@ -50,18 +72,42 @@ class _Taken:
         return i >= 0 and self.ends[i] >= start
 
 
-def candidate_count(config: NetworkConfig) -> int:
-    assert config.subnet_min is not None and config.subnet_max is not None
-    size = 1 << (32 - config.subnet_len)
-    return max(0, (int(config.subnet_max) - int(config.subnet_min)) // size + 1)
+class _Range(NamedTuple):
+    """One family's allocation range: subnets of ``length`` from ``low`` to ``high`` inclusive."""
+
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network | None
+    bits: int
+    length: int
+    low: int
+    high: int
+    what: str  # the config fields, for the message
 
 
-def free_count(config: NetworkConfig, taken: Iterable[ipaddress.IPv4Network]) -> int:
+def _range(config: NetworkConfig, v6: bool) -> _Range:
+    if v6:
+        low6, high6 = config.ipv6_subnet_min, config.ipv6_subnet_max
+        return _Range(config.ipv6_network, 128, config.ipv6_subnet_len, int(low6 or 0), int(high6 or 0),
+                      f"IPv6SubnetMin {low6} and IPv6SubnetMax {high6}")
+    return _Range(config.network, 32, config.subnet_len, int(config.subnet_min or 0), int(config.subnet_max or 0),
+                  f"SubnetMin {config.subnet_min} and SubnetMax {config.subnet_max}")
+
+
+def _count(r: _Range) -> int:
+    return max(0, (r.high - r.low) // (1 << (r.bits - r.length)) + 1)
+
+
+def candidate_count(config: NetworkConfig, v6: bool = False) -> int:
+    assert (config.ipv6_subnet_min if v6 else config.subnet_min) is not None
+    return _count(_range(config, v6))
+
+
+def free_count(config: NetworkConfig, taken: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network],
+               v6: bool = False) -> int:
     """How many candidate subnets are still free (for messages and `leases list`)."""
     t = _Taken(taken)
-    size = 1 << (32 - config.subnet_len)
-    base = int(config.subnet_min or 0)
-    return sum(1 for i in range(candidate_count(config)) if not t.overlaps(base + i * size, base + (i + 1) * size - 1))
+    r = _range(config, v6)
+    size = 1 << (r.bits - r.length)
+    return sum(1 for i in range(_count(r)) if not t.overlaps(r.low + i * size, r.low + (i + 1) * size - 1))
 
 
 def pick_subnet(
@@ -70,14 +116,27 @@ def pick_subnet(
     """A random free subnet of ``config.subnet_len`` in SubnetMin..SubnetMax, or AllocationError."""
     if config.network is None or config.subnet_min is None:
         raise AllocationError("no IPv4 network configured: set Network in the network config")
-    taken = list(taken)
+    return ipaddress.IPv4Network(_pick(_range(config, False), list(taken), rng))
+
+
+def pick_subnet_v6(
+    config: NetworkConfig, taken: Iterable[ipaddress.IPv6Network], rng: random.Random
+) -> ipaddress.IPv6Network:
+    """A random free subnet of ``IPv6SubnetLen`` in IPv6SubnetMin..IPv6SubnetMax, or AllocationError
+    (chosen independently of the IPv4 one, as flannel does)."""
+    if config.ipv6_network is None or config.ipv6_subnet_min is None:
+        raise AllocationError('no IPv6 network configured: set "IPv6Network" in the network config')
+    return ipaddress.IPv6Network(_pick(_range(config, True), list(taken), rng))
+
+
+def _pick(r: _Range, taken: list[ipaddress.IPv4Network] | list[ipaddress.IPv6Network],
+          rng: random.Random) -> tuple[int, int]:
     t = _Taken(taken)
-    size = 1 << (32 - config.subnet_len)
-    base = int(config.subnet_min)
-    n = candidate_count(config)
+    size = 1 << (r.bits - r.length)
+    n = _count(r)
 
     def free(i: int) -> bool:
-        start = base + i * size
+        start = r.low + i * size
         return not t.overlaps(start, start + size - 1)
 
     choice: int | None = None
@@ -96,9 +155,8 @@ def pick_subnet(
             choice = next((j % n for j in range(start, start + n) if free(j % n)), None)
     if choice is None:
         raise AllocationError(
-            f"out of subnets: network {config.network} holds {n} subnets of /{config.subnet_len} between "
-            f"SubnetMin {config.subnet_min} and SubnetMax {config.subnet_max}, and all {n} are taken "
-            f"({len(taken)} leases in the store); fix: revoke stale leases, or widen Network or "
-            f"SubnetMin..SubnetMax in the network config"
+            f"out of subnets: network {r.network} holds {n} subnets of /{r.length} between "
+            f"{r.what}, and all {n} are taken ({len(taken)} leases in the store); fix: revoke stale "
+            f"leases, or widen the network or its subnet range in the network config"
         )
-    return ipaddress.IPv4Network((base + choice * size, config.subnet_len))
+    return r.low + choice * size, r.length

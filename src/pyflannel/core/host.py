@@ -16,6 +16,8 @@ class ExternalInterface:
     mtu: int
     iface_addr: ipaddress.IPv4Address  # on the interface: the UDP socket binds here
     ext_addr: ipaddress.IPv4Address  # published in the lease as PublicIP (-public-ip or iface_addr)
+    iface_v6_addr: ipaddress.IPv6Address | None = None  # with EnableIPv6: the interface's IPv6 address
+    ext_v6_addr: ipaddress.IPv6Address | None = None  # published as PublicIPv6 (-public-ipv6 or iface_v6_addr)
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,7 @@ class LeaseAttrs:
     backend_type: str = ""
     backend_data: Any = None  # decoded JSON (dict) or None when absent
     backend_v6_data: Any = None
+    ipv6_problem: str = field(default="", compare=False)  # a peer's PublicIPv6 that did not parse (v4 kept)
 
 
 @dataclass(frozen=True)
@@ -154,10 +155,9 @@ def parse_lease_attrs(data: bytes | str) -> LeaseAttrs:
     try:
         pip = gojson.lookup(obj, "PublicIP")
         public_ip = ipaddress.IPv4Address(_ip_text(pip, "PublicIP")) if pip is not None else ipaddress.IPv4Address(0)
-        pip6 = gojson.lookup(obj, "PublicIPv6")
-        public_ipv6 = ipaddress.IPv6Address(_ip_text(pip6, "PublicIPv6")) if pip6 is not None else None
     except (ValueError, TypeError) as err:
         raise StoreDataError(f"lease value has a bad public IP: {err}") from err
+    public_ipv6, problem6 = _public_ipv6(gojson.lookup(obj, "PublicIPv6"), public_ip)
     check_public_ips(public_ip, public_ipv6)
     btype = gojson.lookup(obj, "BackendType")
     if btype is None:
@@ -170,4 +170,22 @@ def parse_lease_attrs(data: bytes | str) -> LeaseAttrs:
         backend_type=btype,
         backend_data=gojson.lookup(obj, "BackendData"),
         backend_v6_data=gojson.lookup(obj, "BackendV6Data"),
+        ipv6_problem=problem6,
     )
+
+
+def _public_ipv6(value: Any, public_ip: ipaddress.IPv4Address) -> tuple[ipaddress.IPv6Address | None, str]:
+    """PublicIPv6, or (None, why) when it is malformed and the lease still has an IPv4 PublicIP:
+    the IPv4 half of a dual-stack peer stays usable (an IPv6-only lease with a bad one is bad)."""
+    if value is None:
+        return None, ""
+    try:
+        ip6 = ipaddress.IPv6Address(_ip_text(value, "PublicIPv6"))
+        if public_ip.is_unspecified:
+            return ip6, ""
+        check_public_ip(ip6, "PublicIPv6")
+        return ip6, ""
+    except (ValueError, TypeError, StoreDataError) as err:
+        if public_ip.is_unspecified:
+            raise StoreDataError(f"lease value has a bad PublicIPv6: {err}") from err
+        return None, f"its PublicIPv6 {value!r} is unusable ({err})"

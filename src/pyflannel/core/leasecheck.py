@@ -13,6 +13,7 @@ falls out of the length rule and needs no table walk per event.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 
 from .config import NetworkConfig
@@ -33,14 +34,44 @@ def subnet_problem(subnet: ipaddress.IPv4Network, config: NetworkConfig) -> str 
     return None
 
 
-def screen(event: Snapshot | Changes, config: NetworkConfig, prefix: str = "") -> Snapshot | Changes:
+def ipv6_problem(lease: Lease, config: NetworkConfig) -> str | None:
+    """Why the IPv6 half of a dual-stack peer's lease cannot be programmed, or None."""
+    net6, sn6 = config.ipv6_network, lease.ipv6_subnet
+    if not config.enable_ipv6 or net6 is None or sn6 is None:
+        return None
+    if lease.attrs.ipv6_problem:
+        return lease.attrs.ipv6_problem
+    if sn6.prefixlen != config.ipv6_subnet_len:
+        return f"its IPv6 subnet {sn6} is not a /{config.ipv6_subnet_len} (IPv6SubnetLen)"
+    if not sn6.subnet_of(net6):
+        return f"its IPv6 subnet {sn6} is outside the IPv6 network {net6}"
+    return None
+
+
+def _drop_ipv6(lease: Lease, config: NetworkConfig, prefix: str, warnings: list[str] | None) -> Lease:
+    problem = ipv6_problem(lease, config)
+    if problem is None:
+        return lease
+    if warnings is not None:
+        warnings.append(f"lease {prefix + lease.key}: {problem}; using only its IPv4 part {lease.subnet}")
+    return dataclasses.replace(lease, attrs=dataclasses.replace(lease.attrs, public_ipv6=None, backend_v6_data=None),
+                               ipv6_subnet=None)
+
+
+def screen(event: Snapshot | Changes, config: NetworkConfig, prefix: str = "",
+           warnings: list[str] | None = None) -> Snapshot | Changes:
     """``event`` with every lease that breaks a shape rule moved to ``bad`` (O(size of event)),
     named by its full key (``prefix`` + subnet key, as the store names bad keys). Deletes pass:
-    deleting a key that was never accepted changes nothing."""
+    deleting a key that was never accepted changes nothing. A dual-stack lease whose IPv6 half is
+    unusable keeps its IPv4 half (the reason goes to ``warnings``)."""
     leases = event.leases if isinstance(event, Snapshot) else event.puts
     misfits: list[BadLease] = []
     kept: list[Lease] = []
+    changed = False
     for lease in leases:
+        if config.enable_ipv6 and lease.ipv6_subnet is not None:
+            fixed = _drop_ipv6(lease, config, prefix, warnings)
+            changed, lease = changed or fixed is not lease, fixed
         problem = subnet_problem(lease.subnet, config)
         if problem is None and lease.attrs.public_ip.is_unspecified:
             problem = "its host has no IPv4 PublicIP (an IPv6-only host): pyflannel routes IPv4 only"
@@ -48,7 +79,7 @@ def screen(event: Snapshot | Changes, config: NetworkConfig, prefix: str = "") -
             kept.append(lease)
         else:
             misfits.append(BadLease(prefix + lease.key, problem))
-    if not misfits:
+    if not misfits and not changed:
         return event
     bad = event.bad + tuple(misfits)
     if isinstance(event, Snapshot):

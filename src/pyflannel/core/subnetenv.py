@@ -19,6 +19,7 @@ YAML-style ``KEY: value`` lines. None of these occur in a file flannel writes.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 from collections.abc import Mapping
@@ -318,9 +319,16 @@ class PreviousRun:
     network: ipaddress.IPv4Network | None = None
     problem: str = ""
     recovered: str = ""
+    ipv6_subnet: ipaddress.IPv6Network | None = None  # FLANNEL_IPV6_SUBNET's subnet, when whole
 
 
 def previous_run(s: Salvaged, subnet_len: int) -> PreviousRun:
+    """``_previous_v4``, plus the IPv6 subnet of a whole ``FLANNEL_IPV6_SUBNET`` line."""
+    v6 = _first_cidr(s.values.get(IPV6_SUBNET_KEY), ipaddress.IPv6Interface) if s.cut_key != IPV6_SUBNET_KEY else None
+    return dataclasses.replace(_previous_v4(s, subnet_len), ipv6_subnet=None if v6 is None else v6.network)
+
+
+def _previous_v4(s: Salvaged, subnet_len: int) -> PreviousRun:
     """The previous subnet and network in ``s``. A clean ``FLANNEL_SUBNET`` is taken as it is
     (``previous_subnets``). A damaged or cut one still names its subnet when its address is
     whole (followed by ``/``, or ending a complete line) and is what flannel writes, the first

@@ -3,13 +3,17 @@
 Order: each --iface (a name or an IP), then each --iface-regex (against addresses first, then
 names), then --iface-can-reach; with none of them, the interface owning --public-ip, else the
 default route's interface. The address is the first usable IPv4 address, global before
-link-local, permanent before dynamic, non-temporary before temporary.
+link-local, permanent before dynamic, non-temporary before temporary. With IPv6 enabled, the same
+interface's first global IPv6 address (or -public-ipv6) is added; unlike Go flannel (its issue
+2081), -iface, -iface-regex and -iface-can-reach also take IPv6 addresses.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+from dataclasses import replace
+from typing import Any
 
 from ..core.errors import LocalConfigError
 from ..core.host import ExternalInterface
@@ -20,6 +24,7 @@ from .netlink import IFA_F_DEPRECATED, IFA_F_PERMANENT, IFA_F_TEMPORARY, Addr, L
 __all__ = ["ExternalInterface", "select_external_interface"]
 
 _Found = tuple[Link, ipaddress.IPv4Address]
+_IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def _usable(a: Addr) -> bool:
@@ -32,17 +37,25 @@ def _rank(a: Addr) -> tuple[int, int, int]:
     return (int(ip.is_link_local), int(not a.flags & IFA_F_PERMANENT), int(bool(a.flags & IFA_F_TEMPORARY)))
 
 
-def _first_addr(link: Link, addrs: list[Addr]) -> ipaddress.IPv4Address | None:
-    mine = sorted((a for a in addrs if a.index == link.index and _usable(a)), key=_rank)
+def _first_addr(link: Link, addrs: list[Addr], version: int = 4) -> Any:
+    mine = sorted((a for a in addrs if a.index == link.index and a.address.version == version and _usable(a)),
+                  key=_rank)
     return mine[0].address.ip if mine else None
 
 
-def _by_ip(ip: ipaddress.IPv4Address, links: list[Link], addrs: list[Addr]) -> _Found | None:
+def _by_ip(ip: _IP, links: list[Link], addrs: list[Addr]) -> _Found | None:
     for a in addrs:
         if a.address.ip == ip:
             link = next((lk for lk in links if lk.index == a.index), None)
-            if link is not None:
-                return link, ip
+            if link is None:
+                continue
+            if ip.version == 6:  # an IPv6 address names the interface; its IPv4 address is the PublicIP
+                v4 = _first_addr(link, addrs)
+                if v4 is None:
+                    raise LocalConfigError(f"interface {link.name} (which has {ip}) has no usable IPv4 address: "
+                                           "give it one, or pick another --iface")
+                return link, v4
+            return link, ip
     return None
 
 
@@ -78,7 +91,7 @@ def _explicit(ifaces: list[str], regexes: list[str], can_reach: str, links: list
               ) -> tuple[Link, ipaddress.IPv4Address]:
     for spec in ifaces:
         try:
-            found = _by_ip(ipaddress.IPv4Address(spec), links, addrs)
+            found = _by_ip(ipaddress.ip_address(spec), links, addrs)
         except ValueError:
             found = _by_name(spec, links, addrs)
         if found:
@@ -89,14 +102,14 @@ def _explicit(ifaces: list[str], regexes: list[str], can_reach: str, links: list
             return found
     if can_reach:
         try:
-            oif, src = netlink.route_get(ipaddress.IPv4Address(can_reach))
+            oif, src = netlink.route_get(ipaddress.ip_address(can_reach))
         except ValueError as err:
-            raise LocalConfigError(f"bad --iface-can-reach {can_reach!r}: not an IPv4 address") from err
+            raise LocalConfigError(f"bad --iface-can-reach {can_reach!r}: not an IP address") from err
         except netlink.KernelError as err:
             raise LocalConfigError(f"--iface-can-reach {can_reach}: no route to it ({err})") from err
         link = next((lk for lk in links if lk.index == oif), None)
         if link is not None:
-            ip = src or _first_addr(link, addrs)
+            ip = src if src is not None and src.version == 4 else _first_addr(link, addrs)
             if ip is not None:
                 return link, ip
     names = ", ".join(lk.name for lk in links)
@@ -108,9 +121,40 @@ def _explicit(ifaces: list[str], regexes: list[str], can_reach: str, links: list
 
 
 def select_external_interface(
-    ifaces: list[str], regexes: list[str], can_reach: str = "", public_ip: str = ""
+    ifaces: list[str], regexes: list[str], can_reach: str = "", public_ip: str = "", public_ipv6: str = "",
+    ipv6: bool = False,
 ) -> ExternalInterface:
-    links, addrs = netlink.links(), netlink.ipv4_addrs()
+    """The external interface; with ``ipv6`` (EnableIPv6) also its IPv6 address and PublicIPv6."""
+    links, addrs = netlink.links(), netlink.ipv4_addrs() + netlink.ipv6_addrs()
+    ext = _select_v4(ifaces, regexes, can_reach, public_ip, links, addrs)
+    if not ipv6:
+        return ext
+    link = next(lk for lk in links if lk.index == ext.index)
+    return replace(ext, **_v6_addrs(link, addrs, public_ipv6))
+
+
+def _v6_addrs(link: Link, addrs: list[Addr], public_ipv6: str) -> dict[str, Any]:
+    pub6: ipaddress.IPv6Address | None = None
+    if public_ipv6:
+        try:
+            pub6 = ipaddress.IPv6Address(public_ipv6)
+        except ValueError as err:
+            raise LocalConfigError(f"bad --public-ipv6 {public_ipv6!r}: not an IPv6 address") from err
+    ip6 = _first_addr(link, [a for a in addrs if not a.address.ip.is_link_local], 6)
+    if ip6 is None and pub6 is None:
+        raise LocalConfigError(
+            f"IPv6 is enabled (EnableIPv6 in the network config) but interface {link.name} has no global IPv6 "
+            f"address: give it one (ip -6 addr add ADDR/64 dev {link.name}), pick another --iface, or set "
+            "EnableIPv6 to false")
+    problem = public_ip_problem(pub6 or ip6)
+    if problem is not None:
+        raise LocalConfigError(f"cannot use {pub6 or ip6} as this host's PublicIPv6: {problem}; give --public-ipv6 "
+                               "an address the other hosts reach this one on")
+    return {"iface_v6_addr": ip6 or pub6, "ext_v6_addr": pub6 or ip6}
+
+
+def _select_v4(ifaces: list[str], regexes: list[str], can_reach: str, public_ip: str, links: list[Link],
+               addrs: list[Addr]) -> ExternalInterface:
     pub: ipaddress.IPv4Address | None = None
     if public_ip:
         try:

@@ -95,7 +95,7 @@ class Link:
 
 @dataclass(frozen=True)
 class Addr:
-    address: ipaddress.IPv4Interface
+    address: ipaddress.IPv4Interface | ipaddress.IPv6Interface
     index: int
     flags: int
 
@@ -113,13 +113,22 @@ def link_by_name(name: str) -> Link | None:
 
 
 def ipv4_addrs(index: int | None = None) -> list[Addr]:
+    return _addrs(2, index)
+
+
+def ipv6_addrs(index: int | None = None) -> list[Addr]:
+    return _addrs(10, index)
+
+
+def _addrs(family: int, index: int | None) -> list[Addr]:
+    kind = ipaddress.IPv4Interface if family == 2 else ipaddress.IPv6Interface
     with _ipr("list addresses") as ipr:
         out = []
-        for m in ipr.get_addr(family=2):
+        for m in ipr.get_addr(family=family):
             if index is not None and m["index"] != index:
                 continue
             flags = m.get("IFA_FLAGS") or m["flags"]
-            out.append(Addr(ipaddress.IPv4Interface(f"{m.get('address')}/{m['prefixlen']}"), m["index"], flags))
+            out.append(Addr(kind(f"{m.get('address')}/{m['prefixlen']}"), m["index"], flags))
         return out
 
 
@@ -131,12 +140,13 @@ def default_route_oif() -> int | None:
     return None
 
 
-def route_get(dst: ipaddress.IPv4Address) -> tuple[int, ipaddress.IPv4Address | None]:
+def route_get(dst: ipaddress.IPv4Address | ipaddress.IPv6Address
+              ) -> tuple[int, ipaddress.IPv4Address | ipaddress.IPv6Address | None]:
     """``ip route get``: (output ifindex, preferred source address)."""
     with _ipr(f"route get {dst}") as ipr:
-        r = ipr.route("get", dst=str(dst))[0]
+        r = ipr.route("get", dst=str(dst), family=10 if dst.version == 6 else 2)[0]
         src = r.get("RTA_PREFSRC")
-        return int(r.get("RTA_OIF")), ipaddress.IPv4Address(src) if src else None
+        return int(r.get("RTA_OIF")), ipaddress.ip_address(src) if src else None
 
 
 def route_gateway(dst: ipaddress.IPv4Address) -> ipaddress.IPv4Address | None:

@@ -273,7 +273,8 @@ class EtcdRegistry:
         return int(resp.TTL)
 
     async def _put_if(
-        self, key: str, compare: Compare, attrs: LeaseAttrs, ttl: int | None, subnet: ipaddress.IPv4Network
+        self, key: str, compare: Compare, attrs: LeaseAttrs, ttl: int | None, subnet: ipaddress.IPv4Network,
+        ipv6_subnet: ipaddress.IPv6Network | None = None,
     ) -> Lease | None:
         kv = await self._kv()
         lease_id, expiration = (0, None) if ttl is None else await self._grant(ttl)
@@ -289,25 +290,27 @@ class EtcdRegistry:
                 await self.revoke(lease_id)
             return None
         rev = resp.header.revision
-        return Lease(subnet, attrs, None, lease_id=lease_id, mod_revision=rev, expiration=expiration)
+        return Lease(subnet, attrs, ipv6_subnet, lease_id=lease_id, mod_revision=rev, expiration=expiration)
 
     async def create_lease(
-        self, subnet: ipaddress.IPv4Network, attrs: LeaseAttrs, ttl: int | None
+        self, subnet: ipaddress.IPv4Network, attrs: LeaseAttrs, ttl: int | None,
+        ipv6_subnet: ipaddress.IPv6Network | None = None,
     ) -> Lease | None:
-        key = self.lease_key(subnet)
-        return await self._put_if(key, KVService.txn_compare_version(key, 0), attrs, ttl, subnet)
+        key = self.lease_key(subnet, ipv6_subnet)
+        return await self._put_if(key, KVService.txn_compare_version(key, 0), attrs, ttl, subnet, ipv6_subnet)
 
     async def update_lease(self, current: Lease, attrs: LeaseAttrs, ttl: int | None) -> Lease | None:
         key = self.lease_key(current.subnet, current.ipv6_subnet)
         cmp = Compare(result=Compare.EQUAL, target=Compare.MOD, key=key.encode(), mod_revision=current.mod_revision)
-        new = await self._put_if(key, cmp, attrs, ttl, current.subnet)
+        new = await self._put_if(key, cmp, attrs, ttl, current.subnet, current.ipv6_subnet)
         if new is not None and current.lease_id and current.lease_id != new.lease_id:
             await self.revoke(current.lease_id)  # the key moved to the new lease; drop the empty one
         return new
 
-    async def delete_lease(self, subnet: ipaddress.IPv4Network, mod_revision: int | None = None) -> bool:
+    async def delete_lease(self, subnet: ipaddress.IPv4Network, mod_revision: int | None = None,
+                           ipv6_subnet: ipaddress.IPv6Network | None = None) -> bool:
         kv = await self._kv()
-        key = self.lease_key(subnet)
+        key = self.lease_key(subnet, ipv6_subnet)
         if mod_revision is None:
             resp = await self._call(kv.delete, key, timeout=_CALL_TIMEOUT)
             return resp.deleted > 0

@@ -19,7 +19,7 @@ import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from ..core.allocate import is_compatible, pick_subnet
+from ..core.allocate import NO_IPV4, lease_fits, pick_subnet, pick_subnet_v6
 from ..core.backoff import LogOnce
 from ..core.config import NetworkConfig
 from ..core.errors import AllocationError, StoreUnavailable
@@ -44,6 +44,10 @@ def _taken(snap: Snapshot) -> list[ipaddress.IPv4Network]:
     return [le.subnet for le in snap.leases] + [b.subnet for b in snap.bad if b.subnet is not None]
 
 
+def _taken6(snap: Snapshot) -> list[ipaddress.IPv6Network]:
+    return [le.ipv6_subnet for le in snap.leases if le.ipv6_subnet is not None]
+
+
 class LeaseManager:
     def __init__(
         self,
@@ -53,6 +57,7 @@ class LeaseManager:
         ttl: int = DEFAULT_TTL,
         previous_subnet: ipaddress.IPv4Network | None = None,
         previous_problem: str = "",
+        previous_ipv6_subnet: ipaddress.IPv6Network | None = None,
         rng: random.Random | None = None,
     ) -> None:
         """``previous_problem``: why the previous subnet.env names no usable subnet ("subnet.env
@@ -61,6 +66,7 @@ class LeaseManager:
         self.attrs = attrs
         self.ttl = ttl
         self.previous_subnet = previous_subnet
+        self.previous_ipv6_subnet = previous_ipv6_subnet
         self.previous_problem = previous_problem
         self.rng = rng or random.SystemRandom()
 
@@ -78,38 +84,59 @@ class LeaseManager:
             f"{RACE_RETRIES} times in a row; many hosts are joining at once, try again"
         )
 
+    def _is_mine(self, lease: Lease, config: NetworkConfig) -> bool:
+        """Our lease carries our PublicIP; on an IPv6-only host (PublicIP 0.0.0.0 on every host) our
+        PublicIPv6 instead, where Go would take the first lease of all (its issue, not copied)."""
+        if config.enable_ipv4:
+            return lease.attrs.public_ip == self.attrs.public_ip
+        return self.attrs.public_ipv6 is not None and lease.attrs.public_ipv6 == self.attrs.public_ipv6
+
     async def _try_acquire(self, config: NetworkConfig, snap: Snapshot) -> tuple[Lease, str] | None:
-        mine = [le for le in snap.leases if le.attrs.public_ip == self.attrs.public_ip]
+        mine = [le for le in snap.leases if self._is_mine(le, config)]
         for lease in mine:
-            if is_compatible(config, lease.subnet):
+            if lease_fits(config, lease.subnet, lease.ipv6_subnet):
                 ttl = None if lease.is_reservation else self.ttl
                 new = await self.registry.update_lease(lease, self.attrs, ttl)
                 if new is None:
                     return None
-                self._say_problem(f"our lease in etcd still names {new.subnet}: keeping it")
+                self._say_problem(f"our lease in etcd still names {new.key}: keeping it")
                 return new, "reservation" if lease.is_reservation else "reused"
             if lease.is_reservation:
                 log.warning("ignoring reservation %s for our public IP %s: it does not fit the network config "
-                            "(SubnetLen /%d, SubnetMin %s..SubnetMax %s)", lease.subnet, self.attrs.public_ip,
-                            config.subnet_len, config.subnet_min, config.subnet_max)
+                            "(SubnetLen /%d, SubnetMin %s..SubnetMax %s, IPv6 %s)", lease.key, self.attrs.public_ip,
+                            config.subnet_len, config.subnet_min, config.subnet_max,
+                            "on" if config.enable_ipv6 else "off")
                 continue
-            log.warning("deleting our old lease %s: it does not fit the network config", lease.subnet)
-            await self.registry.delete_lease(lease.subnet, lease.mod_revision)
+            log.warning("deleting our old lease %s: it does not fit the network config", lease.key)
+            await self.registry.delete_lease(lease.subnet, lease.mod_revision, lease.ipv6_subnet)
             return None
-        taken = _taken(snap)
-        prev = self.previous_subnet
-        if prev is not None:
-            if is_compatible(config, prev) and not any(prev.overlaps(t) for t in taken):
-                new = await self.registry.create_lease(prev, self.attrs, self.ttl)
-                return (new, "previous") if new is not None else None
-            log.info("not reusing previous subnet %s from subnet.env: taken or outside the network config", prev)
-            self.previous_subnet = None
+        got = await self._try_previous(config, snap)
+        if got is not None:
+            return got if got[0] is not None else None  # type: ignore[return-value]
         self._say_problem("nothing else names our old subnet (no lease in etcd for our public IP "
                           f"{self.attrs.public_ip}): a new subnet will be leased; restart docker afterwards",
                           logging.ERROR)
-        subnet = pick_subnet(config, taken, self.rng)
-        new = await self.registry.create_lease(subnet, self.attrs, self.ttl)
+        subnet = pick_subnet(config, _taken(snap), self.rng) if config.enable_ipv4 else NO_IPV4
+        v6 = pick_subnet_v6(config, _taken6(snap), self.rng) if config.enable_ipv6 else None
+        new = await self.registry.create_lease(subnet, self.attrs, self.ttl, v6)
         return (new, "allocated") if new is not None else None
+
+    async def _try_previous(self, config: NetworkConfig, snap: Snapshot) -> tuple[Lease | None, str] | None:
+        """The subnets subnet.env remembers, if free and still fitting: (lease or None after a lost
+        race, "previous"), or None to allocate."""
+        prev = self.previous_subnet if config.enable_ipv4 else NO_IPV4
+        prev6 = self.previous_ipv6_subnet if config.enable_ipv6 else None
+        if prev is None or (config.enable_ipv6 and prev6 is None):
+            return None
+        taken, taken6 = _taken(snap) if config.enable_ipv4 else [], _taken6(snap)
+        free = not any(prev.overlaps(t) for t in taken) and not (prev6 and any(prev6.overlaps(t) for t in taken6))
+        if lease_fits(config, prev, prev6) and free:
+            new = await self.registry.create_lease(prev, self.attrs, self.ttl, prev6)
+            return new, "previous"
+        log.info("not reusing previous subnet %s%s from subnet.env: taken or outside the network config", prev,
+                 f" {prev6}" if prev6 else "")
+        self.previous_subnet = self.previous_ipv6_subnet = None
+        return None
 
     def _say_problem(self, outcome: str, level: int = logging.WARNING) -> None:
         """Once: the previous subnet.env named no usable subnet, and what that means now."""
@@ -123,9 +150,10 @@ class LeaseManager:
             return lease
         return await self.registry.update_lease(lease, self.attrs, self.ttl)
 
-    async def recreate(self, subnet: ipaddress.IPv4Network) -> Lease | None:
-        """Our key was deleted: take the same subnet again if it is still free."""
-        return await self.registry.create_lease(subnet, self.attrs, self.ttl)
+    async def recreate(self, subnet: ipaddress.IPv4Network,
+                       ipv6_subnet: ipaddress.IPv6Network | None = None) -> Lease | None:
+        """Our key was deleted: take the same subnets again if they are still free."""
+        return await self.registry.create_lease(subnet, self.attrs, self.ttl, ipv6_subnet)
 
 
 async def watch_leases(registry: Registry, *, retry_delay: float = 1.0) -> AsyncIterator[Snapshot | Changes]:

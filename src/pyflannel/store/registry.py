@@ -26,7 +26,8 @@ class Registry(Protocol):
     async def list_leases(self) -> Snapshot: ...
 
     async def create_lease(
-        self, subnet: ipaddress.IPv4Network, attrs: LeaseAttrs, ttl: int | None
+        self, subnet: ipaddress.IPv4Network, attrs: LeaseAttrs, ttl: int | None,
+        ipv6_subnet: ipaddress.IPv6Network | None = None,
     ) -> Lease | None:
         """Create-if-absent; ``ttl=None`` writes a reservation. None when the key exists."""
         ...
@@ -35,7 +36,8 @@ class Registry(Protocol):
         """Re-put ``current`` with ``attrs`` if it is unchanged since it was read; None if not."""
         ...
 
-    async def delete_lease(self, subnet: ipaddress.IPv4Network, mod_revision: int | None = None) -> bool: ...
+    async def delete_lease(self, subnet: ipaddress.IPv4Network, mod_revision: int | None = None,
+                           ipv6_subnet: ipaddress.IPv6Network | None = None) -> bool: ...
 
     async def watch_leases(self, start_revision: int) -> AsyncIterator[Changes | WatchLost]: ...
 

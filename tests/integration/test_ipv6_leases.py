@@ -1,0 +1,75 @@
+"""Dual-stack leases in a real etcd: Go's key and JSON, the IPv6 subnet inside
+IPv6SubnetMin..IPv6SubnetMax, reused on restart (by PublicIP and from subnet.env)."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from pyflannel.core.config import parse_config
+from pyflannel.core.lease import LeaseAttrs
+from pyflannel.store.manager import LeaseManager
+
+from .test_etcd_store import SUBNETS, ctl, get_json, registry, run, with_registry
+
+N4, N6 = ipaddress.IPv4Network, ipaddress.IPv6Network
+A4, A6 = ipaddress.IPv4Address, ipaddress.IPv6Address
+DUAL = parse_config('{"Network":"10.42.0.0/16","EnableIPv6":true,"IPv6Network":"2001:cafe:42::/56",'
+                    '"IPv6SubnetMin":"2001:cafe:42:10::","IPv6SubnetMax":"2001:cafe:42:1f::","Backend":{"Type":"host-gw"}}')
+
+
+def hostgw(ip: str, ip6: str) -> LeaseAttrs:
+    return LeaseAttrs(A4(ip), A6(ip6), "host-gw")
+
+
+def test_dual_stack_acquire_writes_gos_key_and_json_and_reuses_both(etcd_server):
+    async def body(reg):
+        got = await LeaseManager(reg, hostgw("198.18.0.11", "2001:db8::11")).acquire(DUAL)
+        lease = got.lease
+        assert lease.ipv6_subnet is not None and lease.ipv6_subnet.prefixlen == 64
+        assert A6("2001:cafe:42:10::") <= lease.ipv6_subnet.network_address <= A6("2001:cafe:42:1f::")
+        key = SUBNETS + f"{lease.subnet.network_address}-24&{lease.ipv6_subnet.network_address.compressed}-64"
+        assert get_json(etcd_server, key)["value"] == (
+            b'{"PublicIP":"198.18.0.11","PublicIPv6":"2001:db8::11","BackendType":"host-gw"}')
+        again = await LeaseManager(reg, hostgw("198.18.0.11", "2001:db8::11")).acquire(DUAL)
+        assert (again.how, again.lease.subnet, again.lease.ipv6_subnet) == ("reused", lease.subnet, lease.ipv6_subnet)
+        return key
+
+    key = run(with_registry(etcd_server, body))
+    assert ctl(etcd_server, "get", "--prefix", SUBNETS, "--keys-only").split() == [key]
+
+
+def test_previous_ipv6_subnet_from_subnet_env_is_asked_for_again(etcd_server):
+    async def body(reg):
+        mgr = LeaseManager(reg, hostgw("198.18.0.12", "2001:db8::12"), previous_subnet=N4("10.42.77.0/24"),
+                           previous_ipv6_subnet=N6("2001:cafe:42:1c::/64"))
+        got = await mgr.acquire(DUAL)
+        assert (got.how, got.lease.subnet, got.lease.ipv6_subnet) == (
+            "previous", N4("10.42.77.0/24"), N6("2001:cafe:42:1c::/64"))
+
+    run(with_registry(etcd_server, body))
+    assert ctl(etcd_server, "get", "--prefix", SUBNETS, "--keys-only").split() == [
+        SUBNETS + "10.42.77.0-24&2001:cafe:42:1c::-64"]
+
+
+def test_ipv4_only_lease_of_ours_is_replaced_by_a_dual_stack_one(etcd_server):
+    ctl(etcd_server, "put", SUBNETS + "10.42.5.0-24", '{"PublicIP":"198.18.0.13","PublicIPv6":null}')
+
+    async def body(reg):
+        got = await LeaseManager(reg, hostgw("198.18.0.13", "2001:db8::13")).acquire(DUAL)
+        assert got.how == "allocated" and got.lease.ipv6_subnet is not None
+
+    run(with_registry(etcd_server, body))
+    keys = ctl(etcd_server, "get", "--prefix", SUBNETS, "--keys-only").split()
+    assert len(keys) == 1 and "&2001:cafe:42:1" in keys[0]
+
+
+def test_dual_stack_allocations_never_share_an_ipv6_subnet(etcd_server):
+    async def body(reg):
+        seen = set()
+        for i in range(16):  # the whole IPv6SubnetMin..Max range of 16 /64s
+            got = await LeaseManager(registry(etcd_server), hostgw(f"198.18.0.{20 + i}", f"2001:db8::{20 + i}")
+                                     ).acquire(DUAL)
+            seen.add(got.lease.ipv6_subnet)
+        assert len(seen) == 16
+
+    run(with_registry(etcd_server, body))
