@@ -22,7 +22,8 @@ DUAL = '{"Network":"10.42.0.0/16","IPv6Network":"2001:cafe:42::/56","EnableIPv6"
 
 def test_dual_stack_defaults_as_go():
     c = parse_config('{"Network":"10.3.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48"}')
-    assert (c.ipv6_subnet_len, str(c.ipv6_subnet_min), str(c.ipv6_subnet_max)) == (64, "fc00:0:0:1::", "fc00:0:0:ffff::")
+    got = (c.ipv6_subnet_len, str(c.ipv6_subnet_min), str(c.ipv6_subnet_max))
+    assert got == (64, "fc00:0:0:1::", "fc00:0:0:ffff::")
     c = parse_config(DUAL)
     assert (c.ipv6_subnet_len, str(c.ipv6_subnet_min), str(c.ipv6_subnet_max)) == (64, "2001:cafe:42:1::",
                                                                                    "2001:cafe:42:ff::")
@@ -72,7 +73,8 @@ def test_dual_stack_lease_json_byte_for_byte():
     assert render_lease_attrs(attrs) == want
     assert parse_lease_attrs(want) == attrs
     hostgw = LeaseAttrs(A4("198.18.0.11"), A6("2001:db8::11"), "host-gw")
-    assert render_lease_attrs(hostgw) == b'{"PublicIP":"198.18.0.11","PublicIPv6":"2001:db8::11","BackendType":"host-gw"}'
+    want = b'{"PublicIP":"198.18.0.11","PublicIPv6":"2001:db8::11","BackendType":"host-gw"}'
+    assert render_lease_attrs(hostgw) == want
 
 
 def test_ipv6_only_lease_json():
@@ -87,8 +89,8 @@ def test_ipv6_allocation_inside_min_max():
     seen = {pick_subnet_v6(c, taken, random.Random(i)) for i in range(50)}
     assert seen == {N6("fc00:0:0:11::/64"), N6("fc00:0:0:13::/64")}
     assert free_count(c, taken, v6=True) == 2
-    with pytest.raises(AllocationError, match="out of subnets.*IPv6SubnetMin"):
-        pick_subnet_v6(c, taken + [N6("fc00:0:0:11::/64"), N6("fc00:0:0:13::/64")], random.Random(0))
+    with pytest.raises(AllocationError, match=r"out of subnets.*IPv6SubnetMin"):
+        pick_subnet_v6(c, [*taken, N6("fc00:0:0:11::/64"), N6("fc00:0:0:13::/64")], random.Random(0))
 
 
 def test_huge_ipv6_range_is_probed_not_enumerated():

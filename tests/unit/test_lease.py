@@ -236,9 +236,9 @@ def test_parse_defaults_and_unknown_keys():
         b'{"PublicIP":[1]}',
         b'{"PublicIP":{}}',
         b'{"PublicIP":1.5}',
-        b'{"PublicIP":"1.2.3.4","PublicIPv6":"1.2.3.4"}',
-        b'{"PublicIP":"1.2.3.4","PublicIPv6":"not v6"}',
-        b'{"PublicIP":"1.2.3.4","PublicIPv6":[]}',
+        b'{"PublicIP":"0.0.0.0","PublicIPv6":"1.2.3.4"}',
+        b'{"PublicIP":"0.0.0.0","PublicIPv6":"not v6"}',
+        b'{"PublicIP":"0.0.0.0","PublicIPv6":[]}',
         b'{"PublicIP":"1.2.3.4","BackendType":1}',
         b'{"PublicIP":"1.2.3.4","BackendType":{"Type":"vxlan"}}',
         b'{"PublicIP":"1.2.3.4","BackendType":true}',
@@ -256,9 +256,13 @@ def test_deeply_nested_garbage_raises_store_data_error(data):
         parse_lease_attrs(data)
 
 
-@pytest.mark.parametrize(
-    "data", [b'{"PublicIP":1}', b'{"PublicIP":true}', b'{"PublicIP":"1.2.3.4","PublicIPv6":5}']
-)
+@pytest.mark.parametrize("v6", [b'"1.2.3.4"', b'"not v6"', b"[]", b"5", b'"ff02::1"'])
+def test_bad_public_ipv6_beside_a_good_public_ip_keeps_the_ipv4_half(v6):
+    attrs = parse_lease_attrs(b'{"PublicIP":"1.2.3.4","PublicIPv6":' + v6 + b"}")
+    assert attrs.public_ip == A4("1.2.3.4") and attrs.public_ipv6 is None and "PublicIPv6" in attrs.ipv6_problem
+
+
+@pytest.mark.parametrize("data", [b'{"PublicIP":1}', b'{"PublicIP":true}'])
 def test_non_string_public_ip_is_garbage(data):
     with pytest.raises(StoreDataError):
         parse_lease_attrs(data)
@@ -346,7 +350,12 @@ def test_impossible_public_ips_are_neither_read_nor_written(ip, why):
 @pytest.mark.parametrize("ip6", ["::", "ff02::1", "::1", "fe80::1"])
 def test_impossible_public_ipv6(ip6):
     with pytest.raises(StoreDataError, match="PublicIPv6"):
-        parse_lease_attrs(f'{{"PublicIP":"198.18.0.1","PublicIPv6":"{ip6}"}}')
+        parse_lease_attrs(f'{{"PublicIP":"0.0.0.0","PublicIPv6":"{ip6}"}}')
+    # beside a good PublicIP only the IPv6 half is dropped (the lease screen warns once)
+    attrs = parse_lease_attrs(f'{{"PublicIP":"198.18.0.1","PublicIPv6":"{ip6}"}}')
+    assert attrs.public_ipv6 is None and "PublicIPv6" in attrs.ipv6_problem
+    with pytest.raises(StoreDataError, match="PublicIPv6"):
+        render_lease_attrs(LeaseAttrs(A4("198.18.0.1"), A6(ip6)))
 
 
 def test_ipv6_only_lease_keeps_an_unset_public_ip_as_go_writes_it():

@@ -14,16 +14,20 @@ from ..core.errors import LocalConfigError
 from ..core.host import ExternalInterface, HostFacts
 from ..core.lease import Lease, LeaseAttrs
 from ..core.plan import Plan
-from .base import PlanningBackend, check_keys, ipv4_only
+from .base import PlanningBackend, check_keys
 
 log = logging.getLogger(__name__)
 
 
-def plan_hostgw(network: ipaddress.IPv4Network, ext_name: str, peers: Mapping[ipaddress.IPv4Network, Lease]
-                ) -> DesiredState:
-    """Pure: peers' leases in, one route per peer out."""
-    routes = frozenset(Route(sn, ext_name, le.attrs.public_ip) for sn, le in peers.items())
-    return DesiredState(network, routes=routes, watch=(ext_name,))
+def plan_hostgw(network: ipaddress.IPv4Network, ext_name: str, peers: Mapping[ipaddress.IPv4Network, Lease],
+                network6: ipaddress.IPv6Network | None = None) -> DesiredState:
+    """Pure: peers' leases in, one route per peer out; in dual stack (``network6``) also one IPv6
+    route per peer, ``<peer IPv6 subnet> via <peer PublicIPv6>``."""
+    routes = [Route(sn, ext_name, le.attrs.public_ip) for sn, le in peers.items()]
+    if network6 is not None:
+        routes += [Route(le.ipv6_subnet, ext_name, le.attrs.public_ipv6) for le in peers.values()
+                   if le.ipv6_subnet is not None and le.attrs.public_ipv6 is not None]
+    return DesiredState(network, routes=frozenset(routes), watch=(ext_name,), network6=network6)
 
 
 class HostGwBackend(PlanningBackend):
@@ -31,10 +35,11 @@ class HostGwBackend(PlanningBackend):
     lease_types = ("host-gw",)
 
     def __init__(self, ext: ExternalInterface, config: NetworkConfig) -> None:
-        if ext.ext_addr != ext.iface_addr:
+        if ext.ext_addr != ext.iface_addr or ext.ext_v6_addr != ext.iface_v6_addr:
             raise LocalConfigError(
                 "your PublicIP differs from interface IP, meaning that probably you're on a NAT, which is not "
-                f"supported by host-gw backend (public IP {ext.ext_addr}, {ext.name} has {ext.iface_addr}; "
+                f"supported by host-gw backend (public IP {ext.ext_addr} {ext.ext_v6_addr or ''}, {ext.name} has "
+                f"{ext.iface_addr} {ext.iface_v6_addr or ''}; "
                 "use the vxlan backend behind NAT)")
         super().__init__(ext, config)
         for warning in check_keys(config, (), "host-gw"):
@@ -42,7 +47,7 @@ class HostGwBackend(PlanningBackend):
 
     @classmethod
     def check_config(cls, config: NetworkConfig) -> list[str]:
-        return check_keys(config, (), "host-gw") + ipv4_only(config, "host-gw", " in this pyflannel")
+        return check_keys(config, (), "host-gw")
 
     def lease_attrs(self) -> LeaseAttrs:
         return LeaseAttrs(self.ext.ext_addr, self.ext.ext_v6_addr, "host-gw")
@@ -52,4 +57,5 @@ class HostGwBackend(PlanningBackend):
 
     def plan(self, own: Lease, peers: Mapping[ipaddress.IPv4Network, Lease] | None, facts: HostFacts
              ) -> tuple[Plan, ...]:
-        return (plan_hostgw(self.network, self.ext.name, peers or {}),)
+        v6 = self.config.ipv6_network if self.config.enable_ipv6 and self.ext.ext_v6_addr is not None else None
+        return (plan_hostgw(self.network, self.ext.name, peers or {}, v6),)

@@ -28,7 +28,7 @@ from ..core.host import ExternalInterface, HostFacts
 from ..core.lease import Lease, LeaseAttrs
 from ..core.plan import Plan
 from . import HostOps
-from .base import PlanningBackend, bool_option, check_keys, int_option, ipv4_only
+from .base import PlanningBackend, bool_option, check_keys, int_option
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,10 @@ class VxlanOptions:
     def dev(self) -> str:
         return f"flannel.{self.vni}"
 
+    @property
+    def dev6(self) -> str:
+        return f"flannel-v6.{self.vni}"
+
 
 def parse_options(config: NetworkConfig, ext_mtu: int) -> VxlanOptions:
     port = config.backend_option("Port", 0)
@@ -70,13 +74,32 @@ def random_mac() -> str:
     return ":".join(f"{x:02x}" for x in b)
 
 
-def peer_mac(lease: Lease) -> str | None:
-    data = lease.attrs.backend_data
+def peer_mac(lease: Lease, v6: bool = False) -> str | None:
+    data = lease.attrs.backend_v6_data if v6 else lease.attrs.backend_data
     mac = data.get("VtepMAC") if isinstance(data, dict) else None
     return mac.lower() if isinstance(mac, str) and _MAC_RE.match(mac) else None
 
 
 PeerEntries = tuple[Route, Neigh | None, Fdb | None]
+
+
+def peer_entries6(opts: VxlanOptions, lease: Lease) -> PeerEntries | None:
+    """Pure: a dual-stack peer's IPv6 route, neighbour and FDB entry on ``flannel-v6.<VNI>``: the
+    same shape as IPv4, gateway = its IPv6 subnet's address, FDB dst = its PublicIPv6."""
+    sn6, pip6, mac = lease.ipv6_subnet, lease.attrs.public_ipv6, peer_mac(lease, v6=True)
+    if sn6 is None or pip6 is None or mac is None:
+        return None
+    gw = sn6.network_address
+    return Route(sn6, opts.dev6, gw, onlink=True), Neigh(opts.dev6, gw, mac), Fdb(opts.dev6, mac, pip6)
+
+
+def own_ipv6(opts: VxlanOptions, own: Lease, network6: ipaddress.IPv6Network, link6: LinkSpec) -> DesiredState:
+    """Pure: the IPv6 half of our own state: flannel-v6.<VNI> with ``<our IPv6 subnet address>/128``."""
+    assert own.ipv6_subnet is not None
+    addr = ipaddress.IPv6Interface(f"{own.ipv6_subnet.network_address}/128")
+    return DesiredState(ipaddress.IPv4Network("0.0.0.0/32"), (link6,), (Address(opts.dev6, addr, network6),),
+                        owned_devs=frozenset({opts.dev6}), sysctls=((f"net/ipv6/conf/{opts.dev6}/accept_ra", "0"),),
+                        network6=network6)
 
 
 def peer_entries(opts: VxlanOptions, ext_name: str, sn: ipaddress.IPv4Network, lease: Lease, direct: bool
@@ -96,10 +119,12 @@ def plan_vxlan(
     opts: VxlanOptions, network: ipaddress.IPv4Network, own: Lease, link: LinkSpec, ext_name: str,
     peers: Mapping[ipaddress.IPv4Network, Lease], direct: frozenset[ipaddress.IPv4Address] = frozenset(),
     memo: dict[ipaddress.IPv4Network, tuple[Lease, bool, PeerEntries | None]] | None = None,
+    v6: DesiredState | None = None,
 ) -> DesiredState:
     """Pure: our lease and the peers' leases in, the kernel state flannel would build out.
     ``memo`` (optional, updated in place) keeps each peer's entries while its lease object is the
-    same, so a run after one lease event builds one peer's entries, not all of them."""
+    same, so a run after one lease event builds one peer's entries, not all of them. ``v6`` (dual
+    stack: ``own_ipv6``) adds flannel-v6.<VNI> and every peer's IPv6 entries."""
     routes, neighs, fdbs = [], [], []
     fresh: dict[ipaddress.IPv4Network, tuple[Lease, bool, PeerEntries | None]] = {}
     for sn, lease in peers.items():
@@ -117,13 +142,20 @@ def plan_vxlan(
             neighs.append(entries[1])
         if entries[2] is not None:
             fdbs.append(entries[2])
+        entries6 = peer_entries6(opts, lease) if v6 is not None else None
+        if entries6 is not None:
+            routes.append(entries6[0])
+            neighs.append(entries6[1])
+            fdbs.append(entries6[2])
     if memo is not None:
         memo.clear()
         memo.update(fresh)
     own_addr = ipaddress.IPv4Interface(f"{own.subnet.network_address}/32")
-    return DesiredState(network, (link,), (Address(opts.dev, own_addr, network),), frozenset(routes),
-                        frozenset(neighs), frozenset(fdbs), frozenset({opts.dev}),
-                        sysctls=((f"net/ipv6/conf/{opts.dev}/accept_ra", "0"),), watch=(ext_name,))
+    v6 = v6 or DesiredState(network)
+    return DesiredState(network, (link, *v6.links), (Address(opts.dev, own_addr, network), *v6.addresses),
+                        frozenset(routes), frozenset(neighs), frozenset(fdbs), frozenset({opts.dev}) | v6.owned_devs,
+                        sysctls=((f"net/ipv6/conf/{opts.dev}/accept_ra", "0"), *v6.sysctls), watch=(ext_name,),
+                        network6=v6.network6)
 
 
 class VxlanBackend(PlanningBackend):
@@ -136,7 +168,8 @@ class VxlanBackend(PlanningBackend):
             log.warning(warning)
         self.opts = parse_options(config, ext.mtu)
         self.needs_onlink = self.opts.direct_routing
-        self.mac = ""
+        self.mac = self.mac6 = ""
+        self.ipv6 = config.enable_ipv6 and config.ipv6_network is not None and ext.ext_v6_addr is not None
         self._memo: dict[ipaddress.IPv4Network, tuple[Lease, bool, PeerEntries | None]] = {}
         log.info("VXLAN config: VNI=%d Port=%d GBP=%s Learning=%s DirectRouting=%s", self.opts.vni,
                  self.opts.port, self.opts.gbp, self.opts.learning, self.opts.direct_routing)
@@ -144,15 +177,23 @@ class VxlanBackend(PlanningBackend):
     @classmethod
     def check_config(cls, config: NetworkConfig) -> list[str]:
         parse_options(config, 1500)
-        return check_keys(config, KNOWN_KEYS, "vxlan") + ipv4_only(config, "vxlan", " in this pyflannel")
+        return check_keys(config, KNOWN_KEYS, "vxlan")
 
     def link_spec(self) -> LinkSpec:
         o = self.opts
         return LinkSpec(o.dev, "vxlan", o.mtu - OVERHEAD, self.mac or None,
                         VxlanSpec(o.vni, o.port, self.ext.ext_addr, self.ext.index, o.gbp, o.learning))
 
+    def link_spec6(self) -> LinkSpec:
+        o = self.opts
+        assert self.ext.ext_v6_addr is not None
+        return LinkSpec(o.dev6, "vxlan", o.mtu - OVERHEAD, self.mac6 or None,
+                        VxlanSpec(o.vni, o.port, self.ext.ext_v6_addr, self.ext.index, o.gbp, o.learning))
+
     def lease_attrs(self) -> LeaseAttrs:
-        return LeaseAttrs(self.ext.ext_addr, None, "vxlan", {"VNI": self.opts.vni, "VtepMAC": self.mac})
+        v6 = {"VNI": self.opts.vni, "VtepMAC": self.mac6} if self.ipv6 else None
+        return LeaseAttrs(self.ext.ext_addr, self.ext.ext_v6_addr if self.ipv6 else None, "vxlan",
+                          {"VNI": self.opts.vni, "VtepMAC": self.mac}, v6)
 
     def mtu(self) -> int:
         return self.opts.mtu - OVERHEAD
@@ -172,11 +213,19 @@ class VxlanBackend(PlanningBackend):
             self.mac = await asyncio.to_thread(host.existing_mac, self.link_spec()) or random_mac()
             self.mac = await asyncio.to_thread(host.ensure_link, self.link_spec())
             await asyncio.to_thread(host.set_sysctl, f"net/ipv6/conf/{self.opts.dev}/accept_ra", "0")
+            if self.ipv6:
+                host.claim_device(self.opts.dev6, f"network {self.network}", "give this network another VNI")
+                self.mac6 = await asyncio.to_thread(host.existing_mac, self.link_spec6()) or random_mac()
+                self.mac6 = await asyncio.to_thread(host.ensure_link, self.link_spec6())
+                await asyncio.to_thread(host.set_sysctl, f"net/ipv6/conf/{self.opts.dev6}/accept_ra", "0")
         except KernelError as err:
             raise LocalConfigError(f"vxlan backend: {err}") from err
         return self.lease_attrs()
 
     def plan(self, own: Lease, peers: Mapping[ipaddress.IPv4Network, Lease] | None, facts: HostFacts
              ) -> tuple[Plan, ...]:
+        v6 = None
+        if self.ipv6 and own.ipv6_subnet is not None and self.config.ipv6_network is not None:
+            v6 = own_ipv6(self.opts, own, self.config.ipv6_network, self.link_spec6())
         return (plan_vxlan(self.opts, self.network, own, self.link_spec(), self.ext.name, peers or {},
-                           facts.onlink, self._memo),)
+                           facts.onlink, self._memo, v6),)

@@ -21,6 +21,13 @@ def lab_command(args: argparse.Namespace) -> int:
         if args.backend not in LAB_BACKENDS:
             raise FlannelError(f"the lab cannot run backend {args.backend!r}: it runs {', '.join(LAB_BACKENDS)} "
                                "(aws-vpc and gce need their clouds; their tests use local API servers)")
+        ipv6 = getattr(args, "ipv6", "") or ""
+        if ipv6 and ipv6 != "dual":
+            raise FlannelError(f"--ipv6 {ipv6}: the lab runs dual-stack networks (--ipv6 dual); IPv6-only "
+                               "networks are not run by pyflannel yet")
+        if ipv6 and args.backend not in ("vxlan", "host-gw"):
+            raise FlannelError(f"--ipv6 dual: backend {args.backend} carries IPv4 only in this pyflannel; "
+                               "use --backend vxlan or --backend host-gw")
         if not 1 <= args.hosts <= 200:
             raise FlannelError(f"--hosts {args.hosts}: the lab runs 1..200 hosts")
         running = Lab(name=args.name).namespaces()
@@ -31,7 +38,7 @@ def lab_command(args: argparse.Namespace) -> int:
     if args.action == "demo":
         return run_demo(args.name, args.hosts, args.backend, args.keep)
     if args.action == "up":
-        lab = Lab(name=args.name, hosts_n=args.hosts, backend=args.backend)
+        lab = Lab(name=args.name, hosts_n=args.hosts, backend=args.backend, ipv6=getattr(args, "ipv6", "") or "")
         lab.up()
         _print_status(lab)
     elif args.action == "down":
@@ -50,7 +57,8 @@ def _print_status(lab: object) -> None:
     from ..lab.cluster import PREFIX, Lab
 
     assert isinstance(lab, Lab)
-    print(f"lab {lab.name}: backend {lab.backend}, etcd {lab.etcd_endpoint} (prefix {PREFIX}), "
+    stack = ", dual stack" if lab.ipv6 else ""
+    print(f"lab {lab.name}: backend {lab.backend}{stack}, etcd {lab.etcd_endpoint} (prefix {PREFIX}), "
           f"state in {lab.state_dir}")
     for row, host in zip(lab.status(), lab.hosts, strict=True):
         print("  ".join(f"{k}={v}" for k, v in row.items()))

@@ -5,6 +5,7 @@ from the same FLANNELD_* environment, before or after the subcommand.
     flannelctl leases list [--json] | reserve SUBNET PUBLIC_IP | revoke SUBNET
     flannelctl [-subnet-file=…] [-healthz-port=N] status
     flannelctl lab up|down|status|demo [--name NAME] [--hosts N] [--backend udp|vxlan|host-gw|wireguard]
+                                       [--ipv6 dual]
                [--keep] [--force]
 
 Exit 0 = fine, 1 = the input or the store is wrong (one message naming what and how to fix),
@@ -97,6 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     lab.add_argument("--name", default="pfl", help="lab name, prefix of its namespaces (default pfl)")
     lab.add_argument("--hosts", type=int, default=3, help="number of hosts (default 3)")
     lab.add_argument("--backend", default="udp", help="backend type (default udp, the article's)")
+    lab.add_argument("--ipv6", choices=["dual", "only"], default="",
+                     help="up: a dual-stack network on an IPv6 underlay from 2001:db8::/32 (vxlan, host-gw)")
     lab.add_argument("--keep", action="store_true", help="demo: leave the lab running afterwards")
     lab.add_argument("--force", action="store_true", help="up: replace a lab of that name that is running")
     return p

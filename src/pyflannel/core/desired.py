@@ -10,14 +10,20 @@ entries are ours on devices we own (flannel.N).
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+IPNet = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
 class VxlanSpec:
     vni: int
     port: int  # 0 = the kernel's default (8472)
-    local: ipaddress.IPv4Address
+    local: IPAddr  # IPv6 for flannel-v6.<VNI>
     dev_index: int
     gbp: bool = False
     learning: bool = False
@@ -39,11 +45,11 @@ class LinkSpec:
 
 @dataclass(frozen=True)
 class Address:
-    """``address`` on ``dev``; other IPv4 addresses of ``dev`` inside ``within`` are removed."""
+    """``address`` on ``dev``; other addresses of its family on ``dev`` inside ``within`` are removed."""
 
     dev: str
-    address: ipaddress.IPv4Interface
-    within: ipaddress.IPv4Network
+    address: ipaddress.IPv4Interface | ipaddress.IPv6Interface
+    within: IPNet
 
 
 class _CachedHash:
@@ -63,9 +69,9 @@ class _CachedHash:
 
 @dataclass(frozen=True, order=True)
 class Route(_CachedHash):
-    dst: ipaddress.IPv4Network
+    dst: IPNet
     dev: str
-    gateway: ipaddress.IPv4Address | None = None
+    gateway: IPAddr | None = None
     onlink: bool = False
     __hash__ = _CachedHash.__hash__
 
@@ -76,7 +82,7 @@ class Route(_CachedHash):
 @dataclass(frozen=True, order=True)
 class Neigh(_CachedHash):
     dev: str
-    ip: ipaddress.IPv4Address
+    ip: IPAddr
     mac: str
     __hash__ = _CachedHash.__hash__
 
@@ -88,7 +94,7 @@ class Neigh(_CachedHash):
 class Fdb(_CachedHash):
     dev: str
     mac: str
-    dst: ipaddress.IPv4Address
+    dst: IPAddr
     __hash__ = _CachedHash.__hash__
 
     def _key(self) -> tuple[object, ...]:
@@ -106,6 +112,11 @@ class DesiredState:
     owned_devs: frozenset[str] = frozenset()
     sysctls: tuple[tuple[str, str], ...] = ()  # (path under /proc/sys, value), set when they differ
     watch: tuple[str, ...] = ()  # further devices whose change calls for a full run (the underlay)
+    network6: ipaddress.IPv6Network | None = None  # dual stack: our IPv6 routes lie inside this one
+
+    @property
+    def networks(self) -> tuple[IPNet, ...]:
+        return (self.network,) if self.network6 is None else (self.network, self.network6)
 
 
 @dataclass(frozen=True)
@@ -113,7 +124,7 @@ class ActualState:
     routes: frozenset[Route] = frozenset()  # only our routes (protocol-marked, inside the network)
     neighs: frozenset[Neigh] = frozenset()  # only permanent entries on owned devices
     fdbs: frozenset[Fdb] = frozenset()
-    foreign: frozenset[ipaddress.IPv4Network] = frozenset()  # dsts of routes someone else owns
+    foreign: frozenset[IPNet] = frozenset()  # dsts of routes someone else owns
 
 
 @dataclass(frozen=True)
@@ -141,17 +152,30 @@ def diff(desired: DesiredState, actual: ActualState) -> Plan:
     # Set differences first (C speed on cached hashes): an unchanged table costs almost nothing.
     new_routes = desired.routes - actual.routes
     # never `replace` a route we do not own (docker0's connected route, an administrator's route)
-    clash = sorted(r for r in new_routes if r.dst in actual.foreign) if actual.foreign else []
+    clash = _sorted(r for r in new_routes if r.dst in actual.foreign) if actual.foreign else []
     notes = tuple(f"not replacing the existing route to {r.dst}: it is not ours (protocol is not pyflannel's); "
                   f"remove it if {r.dst} should go via {r.gateway or r.dev}" for r in clash)
-    put_routes = sorted(new_routes.difference(clash))
+    put_routes = _sorted(new_routes.difference(clash))
     new_dsts = {r.dst for r in new_routes}  # a route whose dst is wanted anew is replaced, not deleted
-    del_routes = sorted(r for r in actual.routes - desired.routes if r.dst not in new_dsts)
+    del_routes = _sorted(r for r in actual.routes - desired.routes if r.dst not in new_dsts)
     new_neighs = desired.neighs - actual.neighs
-    put_neighs = sorted(new_neighs)
+    put_neighs = _sorted(new_neighs)
     new_keys = {(n.dev, n.ip) for n in new_neighs}
-    del_neighs = sorted(n for n in actual.neighs - desired.neighs if (n.dev, n.ip) not in new_keys)
-    put_fdbs = sorted(desired.fdbs - actual.fdbs)
-    del_fdbs = sorted(actual.fdbs - desired.fdbs)
+    del_neighs = _sorted(n for n in actual.neighs - desired.neighs if (n.dev, n.ip) not in new_keys)
+    put_fdbs = _sorted(desired.fdbs - actual.fdbs)
+    del_fdbs = _sorted(actual.fdbs - desired.fdbs)
     return Plan(tuple(put_routes), tuple(del_routes), tuple(put_neighs), tuple(del_neighs), tuple(put_fdbs),
                 tuple(del_fdbs), notes)
+
+
+def _version(entry: Any) -> int:
+    for name in ("dst", "ip"):
+        value = getattr(entry, name, None)
+        if value is not None:
+            return int(value.version)
+    return 4
+
+
+def _sorted(entries: Iterable[_T]) -> list[_T]:
+    """Sorted, IPv4 first: addresses of the two families do not compare with each other."""
+    return sorted(entries, key=lambda e: (_version(e), e))

@@ -166,10 +166,11 @@ def ensure_link_up(index: int, mtu: int | None = None, txqueuelen: int | None = 
         ipr.link("set", index=index, state="up", **kw)
 
 
-def ensure_only_address(index: int, want: ipaddress.IPv4Interface, network: ipaddress.IPv4Network) -> None:
-    """Give the link ``want`` and remove its other IPv4 addresses inside ``network``
-    (flannel's EnsureV4AddressOnLink)."""
-    have = ipv4_addrs(index)
+def ensure_only_address(index: int, want: ipaddress.IPv4Interface | ipaddress.IPv6Interface,
+                        network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> None:
+    """Give the link ``want`` and remove its other addresses of that family inside ``network``
+    (flannel's EnsureV4AddressOnLink, and its IPv6 twin)."""
+    have = ipv6_addrs(index) if want.version == 6 else ipv4_addrs(index)
     with _ipr(f"set address {want} on link {index}") as ipr:
         for a in have:
             if a.address != want and a.address.ip in network:

@@ -32,6 +32,7 @@ RouteRow = tuple[int, int, int, int, int | None, int]
 # (ip, lladdr, state) and (lladdr, dst ip or None, state)
 NeighRow = tuple[int, str, int]
 FdbRow = tuple[str, int | None, int]
+FdbRow6 = tuple[str, tuple[int, int] | None, int]  # dst as (IP version, address)
 
 
 def _messages(msg_type: int, body: bytes) -> Iterator[tuple[int, memoryview]]:
@@ -73,25 +74,30 @@ def _ip4(raw: memoryview | None) -> int | None:
     return int.from_bytes(raw, "big") if raw is not None and len(raw) == 4 else None
 
 
+def _ip(raw: memoryview | None) -> int | None:
+    """An IPv4 or IPv6 address as an int (the caller knows the family)."""
+    return int.from_bytes(raw, "big") if raw is not None and len(raw) in (4, 16) else None
+
+
 def _mac(raw: memoryview | None) -> str:
     return ":".join(f"{b:02x}" for b in raw) if raw is not None else ""
 
 
-def dump_routes(table: int = 254) -> list[RouteRow]:
-    """Every IPv4 route of ``table`` (unicast or not) as ``RouteRow``."""
+def dump_routes(table: int = 254, family: int = socket.AF_INET) -> list[RouteRow]:
+    """Every route of ``family`` in ``table`` (unicast or not) as ``RouteRow``."""
     out: list[RouteRow] = []
-    for mtype, p in _messages(RTM_GETROUTE, _RTMSG.pack(socket.AF_INET, 0, 0, 0, 0, 0, 0, 0, 0)):
+    for mtype, p in _messages(RTM_GETROUTE, _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)):
         if mtype != RTM_NEWROUTE:
             continue
-        family, dst_len, _src_len, _tos, rtm_table, proto, _scope, _rtype, flags = _RTMSG.unpack_from(p, 0)
-        if family != socket.AF_INET:
+        fam, dst_len, _src_len, _tos, rtm_table, proto, _scope, _rtype, flags = _RTMSG.unpack_from(p, 0)
+        if fam != family:
             continue
         a = _attrs(p, _RTMSG.size)
         if rtm_table != table and (RTA_TABLE not in a or struct.unpack_from("=I", a[RTA_TABLE])[0] != table):
             continue
         oif = a.get(RTA_OIF)
-        out.append((_ip4(a.get(RTA_DST)) or 0, dst_len, proto, struct.unpack_from("=i", oif)[0] if oif else 0,
-                    _ip4(a.get(RTA_GATEWAY)), flags))
+        out.append((_ip(a.get(RTA_DST)) or 0, dst_len, proto, struct.unpack_from("=i", oif)[0] if oif else 0,
+                    _ip(a.get(RTA_GATEWAY)), flags))
     return out
 
 
@@ -104,12 +110,17 @@ def _neigh_dump(family: int, ifindex: int) -> Iterator[tuple[int, dict[int, memo
             yield state, _attrs(p, _NDMSG.size)
 
 
-def dump_neighbours(ifindex: int) -> list[NeighRow]:
-    """The IPv4 neighbour entries of one device."""
-    return [(_ip4(a.get(NDA_DST)) or 0, _mac(a.get(NDA_LLADDR)), state)
-            for state, a in _neigh_dump(socket.AF_INET, ifindex)]
+def dump_neighbours(ifindex: int, family: int = socket.AF_INET) -> list[NeighRow]:
+    """The neighbour entries of ``family`` on one device."""
+    return [(_ip(a.get(NDA_DST)) or 0, _mac(a.get(NDA_LLADDR)), state)
+            for state, a in _neigh_dump(family, ifindex)]
 
 
-def dump_fdb(ifindex: int) -> list[FdbRow]:
-    """The FDB entries of one device (a vxlan device's remote MACs)."""
-    return [(_mac(a.get(NDA_LLADDR)), _ip4(a.get(NDA_DST)), state) for state, a in _neigh_dump(AF_BRIDGE, ifindex)]
+def dump_fdb(ifindex: int) -> list[FdbRow6]:
+    """The FDB entries of one device (a vxlan device's remote MACs); dst as (version, int)."""
+    out: list[FdbRow6] = []
+    for state, a in _neigh_dump(AF_BRIDGE, ifindex):
+        raw = a.get(NDA_DST)
+        dst = None if raw is None or len(raw) not in (4, 16) else (4 if len(raw) == 4 else 6, _ip(raw) or 0)
+        out.append((_mac(a.get(NDA_LLADDR)), dst, state))
+    return out

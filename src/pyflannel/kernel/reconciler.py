@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 
-from ..core.desired import ActualState, DesiredState, Fdb, LinkSpec, Neigh, Plan, Route, diff
+from ..core.desired import ActualState, DesiredState, Fdb, IPAddr, IPNet, LinkSpec, Neigh, Plan, Route, diff
 from . import netlink
 from .netlink import RTPROT_BOOT, RTPROT_FLANNEL, KernelError, ensure_only_address, guard, is_gone
 
@@ -69,8 +70,8 @@ def incompatibilities(spec: LinkSpec, kind: str, attrs: dict[str, object]) -> li
     dev = attrs.get("IFLA_VXLAN_LINK") or 0
     if dev and v.dev_index and dev != v.dev_index:
         out.append(f"underlay device index {dev} (want {v.dev_index})")
-    local = attrs.get("IFLA_VXLAN_LOCAL")
-    if local and str(local) != str(v.local):
+    local = attrs.get("IFLA_VXLAN_LOCAL6" if v.local.version == 6 else "IFLA_VXLAN_LOCAL")
+    if local and ipaddress.ip_address(str(local)) != v.local:
         out.append(f"local {local} (want {v.local})")
     port = attrs.get("IFLA_VXLAN_PORT") or 0
     if port and v.port and port != v.port:
@@ -82,7 +83,7 @@ def incompatibilities(spec: LinkSpec, kind: str, attrs: dict[str, object]) -> li
     return out
 
 
-def after_plan(desired: DesiredState, foreign: frozenset[ipaddress.IPv4Network]) -> ActualState:
+def after_plan(desired: DesiredState, foreign: frozenset[IPNet]) -> ActualState:
     """What the kernel holds once ``diff(desired, ...)`` has been applied without an error: all
     of ``desired`` except routes someone else owns (those were left alone)."""
     routes = frozenset(r for r in desired.routes if r.dst not in foreign) if foreign else desired.routes
@@ -120,7 +121,7 @@ class Reconciler:
 
     @staticmethod
     def _shape(desired: DesiredState) -> object:
-        return (desired.network, desired.links, desired.addresses, desired.owned_devs)
+        return (desired.networks, desired.links, desired.addresses, desired.owned_devs)
 
     def ensure_link(self, ipr: IPRoute, spec: LinkSpec) -> LinkState:
         """``spec`` exists, is compatible, up, with its MTU and MAC: a vxlan device is created or
@@ -165,10 +166,11 @@ class Reconciler:
         v = spec.vxlan
         assert v is not None, "only vxlan devices are created by the reconciler"
         kw: dict[str, object] = dict(
-            ifname=spec.name, kind="vxlan", vxlan_id=v.vni, vxlan_local=str(v.local), vxlan_ttl=0, vxlan_tos=0,
+            ifname=spec.name, kind="vxlan", vxlan_id=v.vni, vxlan_ttl=0, vxlan_tos=0,
             vxlan_learning=int(v.learning), vxlan_proxy=0, vxlan_rsc=0, vxlan_l2miss=0, vxlan_l3miss=0,
             vxlan_udp_zero_csum6_tx=0, vxlan_udp_zero_csum6_rx=0, mtu=spec.mtu, txqlen=0,
         )
+        kw["vxlan_local6" if v.local.version == 6 else "vxlan_local"] = str(v.local)
         if v.dev_index:
             kw["vxlan_link"] = v.dev_index
         if v.port:
@@ -182,23 +184,53 @@ class Reconciler:
         log.info("created %s vni=%d local=%s mac=%s", spec.name, v.vni, v.local, spec.mac)
 
     def read(self, desired: DesiredState, index: dict[str, int]) -> ActualState:
-        """Our routes (protocol-marked, inside the network), the dsts of everyone else's routes
-        there, and the permanent neighbour/FDB entries on our devices (``nldump``: lean). A
-        ``boot`` route exactly as we want it (Go flannel's, after an in-place switch) is neither:
-        missing from ours, it is put again, i.e. replaced with our protocol."""
+        """Our routes (protocol-marked, inside the network: each family's), the dsts of everyone
+        else's routes there, and the permanent neighbour/FDB entries on our devices (``nldump``:
+        lean). A ``boot`` route exactly as we want it (Go flannel's, after an in-place switch) is
+        neither: missing from ours, it is put again, i.e. replaced with our protocol."""
         names = {i: n for n, i in index.items()}
         wanted = {r.dst: r for r in desired.routes}
-        adopted = []
-        net, plen = int(desired.network.network_address), desired.network.prefixlen
-        mask = int(desired.network.netmask)
-        routes, foreign = set(), set()
+        adopted: list[IPNet] = []
+        routes: set[Route] = set()
+        foreign: set[IPNet] = set()
+        for network in desired.networks:
+            self._read_routes(network, names, wanted, routes, foreign, adopted)
+        if adopted:
+            log.info("adopting %d route(s) exactly as ours but with protocol boot (Go flannel's, after an in-place "
+                     "switch): %s", len(adopted), ", ".join(map(str, adopted[:5])))
+        neighs, fdbs = set(), set()
+        families = [(socket.AF_INET, ipaddress.IPv4Address)] + (
+            [(socket.AF_INET6, ipaddress.IPv6Address)] if desired.network6 is not None else [])
+        for dev in desired.owned_devs:
+            idx = index.get(dev)
+            if idx is None:
+                continue
+            with guard(f"read the neighbour and FDB entries of {dev}"):
+                nrows = [(kind, row) for fam, kind in families for row in netlink.dump_neighbours(idx, fam)]
+                frows = netlink.dump_fdb(idx)
+            for kind, (ip, mac, state) in nrows:
+                if state & NUD_PERMANENT and mac:
+                    neighs.add(Neigh(dev, kind(ip), mac))
+            for mac, dst, _state in frows:
+                if dst is not None and mac:
+                    kind = ipaddress.IPv4Address if dst[0] == 4 else ipaddress.IPv6Address
+                    fdbs.add(Fdb(dev, mac, kind(dst[1])))
+        return ActualState(frozenset(routes), frozenset(neighs), frozenset(fdbs), frozenset(foreign))
+
+    @staticmethod
+    def _read_routes(network: IPNet, names: dict[int, str], wanted: dict[IPNet, Route], routes: set[Route],
+                     foreign: set[IPNet], adopted: list[IPNet]) -> None:
+        v6 = network.version == 6
+        net, plen, mask = int(network.network_address), network.prefixlen, int(network.netmask)
+        kind_net = ipaddress.IPv6Network if v6 else ipaddress.IPv4Network
+        kind_ip = ipaddress.IPv6Address if v6 else ipaddress.IPv4Address
         with guard("read the routing table"):
-            rows = netlink.dump_routes()
+            rows = netlink.dump_routes(family=socket.AF_INET6 if v6 else socket.AF_INET)
         for dst, dst_len, proto, oif, gw, flags in rows:
             if dst_len < plen or dst & mask != net:
                 continue  # outside our network: another network's flanneld, or not overlay at all
-            dnet = ipaddress.IPv4Network((dst, dst_len))
-            route = Route(dnet, names.get(oif, "?"), ipaddress.IPv4Address(gw) if gw is not None else None,
+            dnet = kind_net((dst, dst_len))
+            route = Route(dnet, names.get(oif, "?"), kind_ip(gw) if gw is not None else None,
                           bool(flags & RTNH_F_ONLINK))
             if proto == RTPROT_BOOT and wanted.get(dnet) == route:
                 adopted.append(dnet)
@@ -206,23 +238,6 @@ class Reconciler:
                 foreign.add(dnet)
             else:
                 routes.add(route)
-        if adopted:
-            log.info("adopting %d route(s) exactly as ours but with protocol boot (Go flannel's, after an in-place "
-                     "switch): %s", len(adopted), ", ".join(map(str, sorted(adopted)[:5])))
-        neighs, fdbs = set(), set()
-        for dev in desired.owned_devs:
-            idx = index.get(dev)
-            if idx is None:
-                continue
-            with guard(f"read the neighbour and FDB entries of {dev}"):
-                nrows, frows = netlink.dump_neighbours(idx), netlink.dump_fdb(idx)
-            for ip, mac, state in nrows:
-                if state & NUD_PERMANENT and mac:
-                    neighs.add(Neigh(dev, ipaddress.IPv4Address(ip), mac))
-            for mac, dst, _state in frows:
-                if dst is not None and mac:
-                    fdbs.add(Fdb(dev, mac, ipaddress.IPv4Address(dst)))
-        return ActualState(frozenset(routes), frozenset(neighs), frozenset(fdbs), frozenset(foreign))
 
     def apply(self, desired: DesiredState, prune: bool = True) -> tuple[Plan, list[LinkState]]:
         """Converge by reading the kernel in full; returns what was changed and our devices' state.
@@ -277,20 +292,22 @@ class Reconciler:
                 log.warning("%s", note)
 
     def _execute(self, ipr: IPRoute, plan: Plan, index: dict[str, int],
-                 known: set[ipaddress.IPv4Network] | None = None) -> None:
+                 known: set[IPNet] | None = None) -> None:
         """Send ``plan``. With ``known`` (the delta path), a route to a dst not in it is added
         exclusively: if a route to it appeared since our last full read, the add fails (EEXIST)
         and the full run decides, instead of a `replace` overwriting someone else's route."""
         self._log_notes(plan)
         for n in plan.put_neighs:
             with guard(f"set neighbour {n.ip} lladdr {n.mac} on {n.dev}"):
-                ipr.neigh("replace", dst=str(n.ip), lladdr=n.mac, ifindex=index[n.dev], state=NUD_PERMANENT)
+                ipr.neigh("replace", dst=str(n.ip), lladdr=n.mac, ifindex=index[n.dev], state=NUD_PERMANENT,
+                          family=_family(n.ip))
         for f in plan.put_fdbs:
             with guard(f"set FDB entry {f.mac} dst {f.dst} on {f.dev}"):
                 ipr.fdb("replace", ifindex=index[f.dev], lladdr=f.mac, dst=str(f.dst), flags=NTF_SELF,
                         state=NUD_PERMANENT)
         for r in plan.put_routes:
-            kw: dict[str, object] = {"dst": str(r.dst), "oif": index[r.dev], "proto": RTPROT_FLANNEL}
+            kw: dict[str, object] = {"dst": str(r.dst), "oif": index[r.dev], "proto": RTPROT_FLANNEL,
+                                     "family": _family(r.dst)}
             if r.gateway is not None:
                 kw["gateway"] = str(r.gateway)
             if r.onlink:
@@ -302,11 +319,12 @@ class Reconciler:
                                   + [("neigh", n.dev, n.ip) for n in plan.del_neighs]
                                   + [("fdb", f.dev, f.mac, f.dst) for f in plan.del_fdbs])
         for r in plan.del_routes:
-            _ignore_gone(f"delete route {r.dst}", lambda r=r: ipr.route("del", dst=str(r.dst),
+            _ignore_gone(f"delete route {r.dst}", lambda r=r: ipr.route("del", dst=str(r.dst), family=_family(r.dst),
                                                                          oif=index.get(r.dev, 0), proto=RTPROT_FLANNEL))
         for n in plan.del_neighs:
             _ignore_gone(f"delete neighbour {n.ip} on {n.dev}",
-                         lambda n=n: ipr.neigh("del", dst=str(n.ip), lladdr=n.mac, ifindex=index[n.dev]))
+                         lambda n=n: ipr.neigh("del", dst=str(n.ip), lladdr=n.mac, ifindex=index[n.dev],
+                                               family=_family(n.ip)))
         for f in plan.del_fdbs:
             _ignore_gone(f"delete FDB entry {f.mac} on {f.dev}",
                          lambda f=f: ipr.fdb("del", ifindex=index[f.dev], lladdr=f.mac, dst=str(f.dst), flags=NTF_SELF))
@@ -314,6 +332,10 @@ class Reconciler:
             log.info("reconciled routes +%d -%d neigh +%d -%d fdb +%d -%d", len(plan.put_routes),
                      len(plan.del_routes), len(plan.put_neighs), len(plan.del_neighs), len(plan.put_fdbs),
                      len(plan.del_fdbs))
+
+
+def _family(value: IPNet | IPAddr) -> int:
+    return socket.AF_INET6 if value.version == 6 else socket.AF_INET
 
 
 def _ignore_gone(what: str, fn: Callable[[], object]) -> None:

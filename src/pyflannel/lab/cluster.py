@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 
 from ..core.subnetenv import parse_subnet_env
 from ..instance import lock_path
-from . import goflannel
+from . import goflannel, ipv6
 from .etcd_server import EtcdServer
 from .netns import LabError, in_ns, ns_add, ns_delete, ns_kill_all, ns_list, sh, sysctl, veth
 
@@ -64,6 +64,7 @@ class Host:
     container_ip: str = ""
     docker_opts: str = ""
     go: bool = False  # runs Go flannel's flanneld, not ours
+    container_ip6: str = ""  # dual stack (lab/ipv6.py)
 
 
 @dataclass
@@ -77,6 +78,7 @@ class Lab:
     # index -> the command that runs flanneld on that host instead of ours (the flags follow it)
     host_command: dict[int, tuple[str, ...]] = field(default_factory=dict)
     hosts: list[Host] = field(default_factory=list)
+    ipv6: str = ""  # "dual": an IPv6 underlay and a dual-stack network (lab/ipv6.py)
     etcd_server: EtcdServer | None = field(default=None, repr=False)
 
     # ---- naming and state -------------------------------------------------------------------------
@@ -111,7 +113,8 @@ class Lab:
 
     def save(self) -> None:
         with open(os.path.join(self.state_dir, "lab.json"), "w") as f:
-            json.dump({"name": self.name, "backend": self.backend, "hosts": [asdict(h) for h in self.hosts],
+            json.dump({"name": self.name, "backend": self.backend, "ipv6": self.ipv6,
+                       "hosts": [asdict(h) for h in self.hosts],
                        "host_extra": {str(i): list(v) for i, v in self.host_extra.items()},
                        "host_command": {str(i): list(v) for i, v in self.host_command.items()}}, f, indent=2)
 
@@ -121,7 +124,7 @@ class Lab:
         with open(path) as f:
             data = json.load(f)
         hosts = [Host(**h) for h in data["hosts"]]
-        return cls(name=name, hosts_n=len(hosts), backend=data["backend"], hosts=hosts,
+        return cls(name=name, hosts_n=len(hosts), backend=data["backend"], hosts=hosts, ipv6=data.get("ipv6", ""),
                    go_hosts=tuple(h.index for h in hosts if h.go),
                    host_extra={int(i): tuple(v) for i, v in data.get("host_extra", {}).items()},
                    host_command={int(i): tuple(v) for i, v in data.get("host_command", {}).items()})
@@ -157,14 +160,14 @@ class Lab:
         self.save()
 
     def _default_config(self) -> str:
-        if self.backend == "udp" and not self.subnet_max:
+        if self.backend == "udp" and not self.subnet_max and not self.ipv6:
             return ARTICLE_CONFIG
         config: dict[str, object] = {"Network": "10.0.0.0/16"}
         if self.subnet_max:
             config["SubnetMax"] = self.subnet_max
         if self.backend != "udp":
             config["Backend"] = {"Type": self.backend}
-        return json.dumps(config)
+        return json.dumps(ipv6.config(config) if self.ipv6 else config)
 
     def _underlay(self) -> None:
         ns = self.underlay_ns
@@ -172,6 +175,8 @@ class Lab:
         sh(["ip", "-n", ns, "link", "add", "br0", "type", "bridge"])
         sh(["ip", "-n", ns, "addr", "add", f"{GATEWAY}/{UNDERLAY.prefixlen}", "dev", "br0"])
         sh(["ip", "-n", ns, "link", "set", "br0", "up"])
+        if self.ipv6:
+            ipv6.underlay(ns)
 
     def _attach(self, ns: str, ip: str, port: str) -> None:
         """Plug ``ns`` into the underlay switch as eth0 with ``ip``; default route via the gateway."""
@@ -214,6 +219,8 @@ class Lab:
         ns_add(host.ns)
         self._attach(host.ns, host.ip, f"h{i}")
         sysctl(host.ns, "net.ipv4.ip_forward", "1")
+        if self.ipv6:
+            ipv6.attach(host.ns, i)
         os.makedirs(self.host_dir(host), exist_ok=True)
         return host
 
@@ -329,6 +336,8 @@ class Lab:
         host.container_ip = str(bip.ip + 1)
         sh(["ip", "-n", c, "addr", "add", f"{host.container_ip}/{bip.network.prefixlen}", "dev", "eth0"])
         sh(["ip", "-n", c, "route", "add", "default", "via", str(bip.ip)])
+        if self.ipv6:
+            host.container_ip6 = ipv6.docker(ns, c, self.subnet_file(host))
 
     # ---- tear down --------------------------------------------------------------------------------
     def down(self) -> None:
@@ -351,6 +360,9 @@ class Lab:
                        dst.container_ip), check=False, timeout=count * (timeout + 1) + 5)
         return res.returncode == 0, res.stdout + res.stderr
 
+    def ping6(self, src: Host, dst: Host, count: int = 3, timeout: float = 2.0) -> tuple[bool, str]:
+        return ipv6.ping6(src.container_ns, dst.container_ip6, count, timeout)
+
     def route_table(self, host: Host) -> str:
         res = sh(in_ns(host.ns, "route", "-n"), check=False)
         if res.returncode != 0:
@@ -361,6 +373,7 @@ class Lab:
         return [
             {"host": h.ns, "ip": h.ip, "subnet": h.subnet, "container": h.container_ip,
              "flanneld": self.flanneld_pid(h), "docker_opts": h.docker_opts}
+            | ({"ip6": ipv6.host_ip6(h.index), "container6": h.container_ip6} if self.ipv6 else {})
             for h in self.hosts
         ]
 
