@@ -188,7 +188,8 @@ class Converger:
 
     def _start_monitor(self, plan: DesiredState) -> None:
         links = {spec.name for spec in plan.links} | {a.dev for a in plan.addresses} | set(plan.watch)
-        self.monitor = KernelMonitor(self.kick, links=links, network=plan.network, owned_devs=plan.owned_devs)
+        self.monitor = KernelMonitor(self.kick, links=links, network=plan.network, owned_devs=plan.owned_devs,
+                                     network6=plan.network6)
         self.monitor.start()
 
     async def close(self) -> None:

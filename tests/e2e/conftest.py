@@ -33,7 +33,7 @@ def running_lab(name: str, hosts: int = 3, backend: str = "udp", *, config: str 
                 write_config: bool = True, extra: tuple[str, ...] = (), subnet_max: str = "",
                 env: Mapping[str, str] | None = None, wait: float = 30.0, go_hosts: tuple[int, ...] = (),
                 host_extra: Mapping[int, tuple[str, ...]] | None = None,
-                host_command: Mapping[int, tuple[str, ...]] | None = None) -> Iterator[Lab]:
+                host_command: Mapping[int, tuple[str, ...]] | None = None, ipv6: str = "") -> Iterator[Lab]:
     """A lab named ``name`` with ``hosts`` hosts on ``backend``.
 
     config        the network config written to etcd before flanneld starts (default: the lab's,
@@ -48,6 +48,7 @@ def running_lab(name: str, hosts: int = 3, backend: str = "udp", *, config: str 
     host_extra    more flanneld flags for one host only: {index: flags}, kept across restarts
     host_command  the command that runs flanneld on one host instead of ours: {index: argv}; the
                   flags follow it (test_deb.py: the packaged flanneld in a Debian root)
+    ipv6          "dual": an IPv6 underlay and a dual-stack network (lab/ipv6.py)
     """
     if os.geteuid() != 0:
         pytest.fail("end-to-end tests need root (network namespaces, TUN devices)")
@@ -55,7 +56,7 @@ def running_lab(name: str, hosts: int = 3, backend: str = "udp", *, config: str 
     saved = {key: os.environ.get(key) for key in env or {}}
     os.environ.update(env or {})
     lab = Lab(name=name, hosts_n=hosts, backend=backend, subnet_max=subnet_max, go_hosts=tuple(go_hosts),
-              host_extra=dict(host_extra or {}), host_command=dict(host_command or {}))
+              host_extra=dict(host_extra or {}), host_command=dict(host_command or {}), ipv6=ipv6)
     try:
         lab.up(write_config=write_config, config=config, wait=wait, extra=tuple(extra))
         yield lab
@@ -75,7 +76,7 @@ def running_lab(name: str, hosts: int = 3, backend: str = "udp", *, config: str 
 @pytest.fixture(scope="session")
 def make_lab() -> Callable[..., contextlib.AbstractContextManager[Lab]]:
     """``make_lab(name, hosts=3, backend="udp", *, config=None, write_config=True, extra=(),
-    subnet_max="", env=None, wait=30.0, go_hosts=(), host_extra=None, host_command=None)``: see
+    subnet_max="", env=None, wait=30.0, go_hosts=(), host_extra=None, host_command=None, ipv6="")``: see
     ``running_lab``."""
     return running_lab
 

@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable, Iterable
 
 from pyroute2 import IPRoute
-from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE, RTMGRP_LINK, RTMGRP_NEIGH
+from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_ROUTE, RTMGRP_LINK, RTMGRP_NEIGH
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 from .netlink import RTPROT_FLANNEL
@@ -40,10 +40,12 @@ MAIN_TABLE = 254
 
 class KernelMonitor:
     def __init__(self, on_event: Callable[[str, tuple[object, ...]], None], *, links: Iterable[str] = (),
-                 network: ipaddress.IPv4Network | None = None, owned_devs: Iterable[str] = ()) -> None:
+                 network: ipaddress.IPv4Network | None = None, owned_devs: Iterable[str] = (),
+                 network6: ipaddress.IPv6Network | None = None) -> None:
         self.on_event = on_event
         self.links = frozenset(links)
         self.network = network
+        self.network6 = network6  # dual stack: our IPv6 routes lie inside this one
         self.owned_devs = frozenset(owned_devs)
         self._owned_index: dict[int, str] = {}
         self._stop = threading.Event()
@@ -64,6 +66,7 @@ class KernelMonitor:
         """A plain netlink socket decoded by pyroute2's marshal. Not pyroute2's IPRoute: its
         sync wrapper reads the socket on its own, so a select() on its fd misses events."""
         groups = RTMGRP_LINK | (RTMGRP_IPV4_ROUTE if self.network is not None else 0)
+        groups |= RTMGRP_IPV6_ROUTE if self.network6 is not None else 0
         groups |= RTMGRP_NEIGH if self.owned_devs else 0
         marshal = MarshalRtnl()
         try:
@@ -149,17 +152,24 @@ class KernelMonitor:
                 if get("family") == AF_BRIDGE:
                     dst = get("NDA_DST")
                     return (f"fdb entry deleted on {dev}",
-                            ("fdb", dev, get("lladdr"), ipaddress.IPv4Address(dst) if dst else None))
-                return f"neighbour entry deleted on {dev}", ("neigh", dev, ipaddress.IPv4Address(get("dst")))
+                            ("fdb", dev, get("lladdr"), ipaddress.ip_address(dst) if dst else None))
+                return f"neighbour entry deleted on {dev}", ("neigh", dev, ipaddress.ip_address(get("dst")))
         return "", ()
 
     def _route_reason(self, event: str, msg: object) -> tuple[str, tuple[object, ...]]:
         get = msg.get  # type: ignore[attr-defined]
-        if get("family") != socket.AF_INET or get("table") != MAIN_TABLE:
+        if get("table") != MAIN_TABLE:
             return "", ()
-        dst = ipaddress.IPv4Network(f"{get('dst') or '0.0.0.0'}/{get('dst_len')}")
-        assert self.network is not None
-        if not dst.subnet_of(self.network):
+        dst: ipaddress.IPv4Network | ipaddress.IPv6Network
+        if get("family") == socket.AF_INET6 and self.network6 is not None:
+            dst = ipaddress.IPv6Network(f"{get('dst') or '::'}/{get('dst_len')}")
+            network: ipaddress.IPv4Network | ipaddress.IPv6Network = self.network6
+        elif get("family") == socket.AF_INET and self.network is not None:
+            dst = ipaddress.IPv4Network(f"{get('dst') or '0.0.0.0'}/{get('dst_len')}")
+            network = self.network
+        else:
+            return "", ()
+        if not dst.subnet_of(network):  # type: ignore[arg-type]
             return "", ()
         ours = get("proto") == RTPROT_FLANNEL
         if event == "RTM_DELROUTE" and ours:
