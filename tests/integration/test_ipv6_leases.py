@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import ipaddress
 
+import pytest
+
 from pyflannel.core.config import parse_config
+from pyflannel.core.errors import AllocationError
 from pyflannel.core.lease import LeaseAttrs
 from pyflannel.store.manager import LeaseManager
 
-from .test_etcd_store import SUBNETS, ctl, get_json, registry, run, with_registry
+from .test_etcd_store import SUBNETS, ctl, get_json, run, with_registry
 
 N4, N6 = ipaddress.IPv4Network, ipaddress.IPv6Network
 A4, A6 = ipaddress.IPv4Address, ipaddress.IPv6Address
@@ -67,9 +70,10 @@ def test_dual_stack_allocations_never_share_an_ipv6_subnet(etcd_server):
     async def body(reg):
         seen = set()
         for i in range(16):  # the whole IPv6SubnetMin..Max range of 16 /64s
-            got = await LeaseManager(registry(etcd_server), hostgw(f"198.18.0.{20 + i}", f"2001:db8::{20 + i}")
-                                     ).acquire(DUAL)
+            got = await LeaseManager(reg, hostgw(f"198.18.0.{20 + i}", f"2001:db8::{20 + i}")).acquire(DUAL)
             seen.add(got.lease.ipv6_subnet)
         assert len(seen) == 16
+        with pytest.raises(AllocationError, match="out of subnets"):
+            await LeaseManager(reg, hostgw("198.18.0.99", "2001:db8::99")).acquire(DUAL)
 
     run(with_registry(etcd_server, body))
