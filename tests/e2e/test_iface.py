@@ -19,8 +19,11 @@ from pyflannel.kernel.iface import select_external_interface
 from pyflannel.core.errors import LocalConfigError
 a = json.loads(sys.argv[1])
 try:
-    e = select_external_interface(a["iface"], a["regex"], a["reach"], a["public"])
-    print(json.dumps({"name": e.name, "addr": str(e.iface_addr), "ext": str(e.ext_addr), "mtu": e.mtu}))
+    e = select_external_interface(a["iface"], a["regex"], a["reach"], a["public"], a["public6"], a["ipv6"])
+    out = {"name": e.name, "addr": str(e.iface_addr), "ext": str(e.ext_addr), "mtu": e.mtu}
+    if a["ipv6"]:
+        out |= {"addr6": str(e.iface_v6_addr), "ext6": str(e.ext_v6_addr)}
+    print(json.dumps(out))
 except LocalConfigError as err:
     print(json.dumps({"error": str(err)}))
 """
@@ -33,20 +36,26 @@ def ns() -> Iterator[str]:
     ns_delete(NS)
     ns_add(NS)
     try:
-        for i, (name, addr, mtu) in enumerate([("eth0", "198.18.1.10/24", 1500), ("eth1", "198.18.2.10/24", 9000)]):
+        for i, (name, addr, addr6, mtu) in enumerate([("eth0", "198.18.1.10/24", "2001:db8:1::10/64", 1500),
+                                                      ("eth1", "198.18.2.10/24", "2001:db8:2::10/64", 9000),
+                                                      ("eth2", "198.18.3.10/24", "", 1500)]):
             sh(["ip", "-n", NS, "link", "add", name, "type", "veth", "peer", "name", f"p{i}"])
             sh(["ip", "-n", NS, "link", "set", name, "up", "mtu", str(mtu)])
             sh(["ip", "-n", NS, "link", "set", f"p{i}", "up"])
             sh(["ip", "-n", NS, "addr", "add", addr, "dev", name])
+            if addr6:  # IPv6 from the documentation space, in this namespace only
+                sh(["ip", "-n", NS, "-6", "addr", "add", addr6, "dev", name, "nodad"])
         sh(["ip", "-n", NS, "route", "add", "default", "via", "198.18.1.1"])
         sh(["ip", "-n", NS, "route", "add", "198.18.99.0/24", "via", "198.18.2.1"])
+        sh(["ip", "-n", NS, "-6", "route", "add", "2001:db8:99::/64", "via", "2001:db8:2::1"])
         yield NS
     finally:
         ns_delete(NS)
 
 
-def select(ns: str, iface=(), regex=(), reach="", public="") -> dict[str, object]:
-    arg = json.dumps({"iface": list(iface), "regex": list(regex), "reach": reach, "public": public})
+def select(ns: str, iface=(), regex=(), reach="", public="", public6="", ipv6=False) -> dict[str, object]:
+    arg = json.dumps({"iface": list(iface), "regex": list(regex), "reach": reach, "public": public,
+                      "public6": public6, "ipv6": ipv6})
     out = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", SNIPPET, arg], capture_output=True,
                          text=True, check=True, timeout=30).stdout
     return json.loads(out)
@@ -82,3 +91,24 @@ def test_no_match_names_the_interfaces(ns: str) -> None:
     err = str(select(ns, iface=["eth9"])["error"])
     assert err.startswith("Failed to find interface to use that matches the interfaces and/or regexes provided")
     assert "eth0" in err and "eth1" in err
+
+
+def test_ipv6_address_of_the_chosen_interface(ns: str) -> None:
+    got = select(ns, ipv6=True)
+    assert (got["name"], got["addr6"], got["ext6"]) == ("eth0", "2001:db8:1::10", "2001:db8:1::10")
+    got = select(ns, iface=["eth0"], public6="2001:db8:ff::9", ipv6=True)
+    assert (got["addr6"], got["ext6"]) == ("2001:db8:1::10", "2001:db8:ff::9"), "NAT: --iface with --public-ipv6"
+
+
+def test_iface_regex_and_can_reach_take_ipv6(ns: str) -> None:
+    """Go flannel's are IPv4-only (its issue 2081); here an IPv6 address names the interface too."""
+    got = select(ns, iface=["2001:db8:2::10"], ipv6=True)
+    assert (got["name"], got["addr"], got["addr6"]) == ("eth1", "198.18.2.10", "2001:db8:2::10")
+    assert select(ns, regex=[r"^2001:db8:2:"])["name"] == "eth1"
+    assert select(ns, reach="2001:db8:99::7", ipv6=True)["name"] == "eth1"
+
+
+def test_ipv6_enabled_but_no_ipv6_address_names_the_interface_and_fix(ns: str) -> None:
+    err = str(select(ns, iface=["eth2"], ipv6=True)["error"])
+    assert "eth2 has no global IPv6 address" in err and "ip -6 addr add" in err and "EnableIPv6" in err
+    assert "bad --public-ipv6" in str(select(ns, public6="10.0.0.1", ipv6=True)["error"])
