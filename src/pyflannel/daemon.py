@@ -92,6 +92,7 @@ class Conductor:
         self.stats = Stats()
         self.http: HttpServer | None = None
         self.traffic: TrafficManager | None = None
+        self.traffic6: TrafficManager | None = None  # dual stack: the IPv6 rules (ip6tables)
         self._traffic_log = LogOnce(log)
 
     @property
@@ -108,7 +109,7 @@ class Conductor:
             peers=lambda: self.converger.stats.peers if self.converger is not None else 0,
             datapath=lambda: self.backend.stats() if self.backend is not None else {},
             etcd_errors=lambda: self.registry.errors, bad_leases=lambda: len(self._bad_seen),
-            reconcile=reconcile, masq_repairs=lambda: self.traffic.repairs if self.traffic is not None else 0,
+            reconcile=reconcile, masq_repairs=lambda: sum(m.repairs for m in self._traffic_managers()),
             programmed=self.programmed, known=self._known_peers, compiled_pump=pump_built,
             network=lambda: str(self.config.network) if self.config is not None else "",
             wg_peers=lambda: self.backend.peer_stats() if self.backend is not None else [])
@@ -265,9 +266,18 @@ class Conductor:
                                       forward_rules=opts.forward_rules, random_fully=opts.ip_masq_random_fully)
         try:
             await asyncio.to_thread(self.traffic.setup, config.network, lease.subnet, prev_network, prev_subnet)
+            if config.enable_ipv6 and config.ipv6_network is not None and lease.ipv6_subnet is not None:
+                self.traffic6 = TrafficManager(nftables=config.enable_nftables, ip_masq=opts.ip_masq,
+                                               forward_rules=opts.forward_rules,
+                                               random_fully=opts.ip_masq_random_fully, family=6)
+                await asyncio.to_thread(self.traffic6.setup, config.ipv6_network, lease.ipv6_subnet, None, None)
         except KernelError as err:
             raise LocalConfigError(f"cannot install the iptables/nftables rules: {err}") from err
-        log.info("traffic rules: %s", self.traffic.describe())
+        for manager in self._traffic_managers():
+            log.info("traffic rules: %s", manager.describe())
+
+    def _traffic_managers(self) -> list[TrafficManager]:
+        return [m for m in (self.traffic, self.traffic6) if m is not None]
 
     async def _guard(self, name: str, coro: object) -> None:
         try:
@@ -362,8 +372,10 @@ class Conductor:
             if self.traffic is None:
                 continue
             try:
-                if await asyncio.to_thread(self.traffic.ensure):
-                    log.warning("iptables/nftables rules were changed by someone else: restored them")
+                for manager in self._traffic_managers():
+                    if await asyncio.to_thread(manager.ensure):
+                        log.warning("%s rules were changed by someone else: restored them",
+                                    "ip6tables" if manager.family == 6 else "iptables/nftables")
                 self._traffic_log.ok("iptables/nftables rules can be checked again")
             except (KernelError, LocalConfigError) as err:
                 self._traffic_log.error("cannot check the iptables/nftables rules, retrying: %s", err)

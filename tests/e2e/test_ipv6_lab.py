@@ -23,7 +23,7 @@ from .helpers import all_pairs_ping, ip, log_text, wait_for
 @pytest.fixture(scope="module", params=["vxlan", "host-gw"])
 def lab(request: pytest.FixtureRequest, make_lab) -> Iterator[Lab]:
     name = {"vxlan": "pf6v", "host-gw": "pf6g"}[request.param]
-    with make_lab(name, 3, request.param, ipv6="dual") as lab:
+    with make_lab(name, 3, request.param, ipv6="dual", host_extra={i: ("-ip-masq",) for i in (1, 2, 3)}) as lab:
         yield lab
 
 
@@ -125,6 +125,23 @@ def test_restart_keeps_both_subnets_and_loses_no_ipv6_ping(lab: Lab) -> None:
     assert re.search(r"500 packets transmitted, 500 received", out), out
     assert key(lab, h1) == before
     assert "how=reused" in log_text(lab, h1).split("flannel is ready")[-2]
+
+
+def test_ip6tables_rules_are_flannels_and_restored(lab: Lab) -> None:
+    h = lab.hosts[0]
+    sn6, net6 = str(subnet6(lab, h)), NETWORK6
+
+    def rules() -> str:
+        return sh(in_ns(h.ns, "ip6tables", "-w", "-t", "nat", "-S", "FLANNEL-POSTRTG")).stdout
+
+    want = [f'-A FLANNEL-POSTRTG -s {sn6} -d {net6} -m comment --comment "flanneld masq" -j RETURN',
+            f'-A FLANNEL-POSTRTG -s {net6} ! -d ff00::/8 -m comment --comment "flanneld masq" -j MASQUERADE '
+            "--random-fully"]
+    assert all(w in rules() for w in want), rules()
+    fwd = sh(in_ns(h.ns, "ip6tables", "-w", "-S", "FLANNEL-FWD")).stdout
+    assert f'-A FLANNEL-FWD -s {net6} -m comment --comment "flanneld forward" -j ACCEPT' in fwd
+    sh(in_ns(h.ns, "ip6tables", "-w", "-t", "nat", "-F", "FLANNEL-POSTRTG"))
+    wait_for(lambda: all(w in rules() for w in want), timeout=15, what="ip6tables rules restored")
 
 
 def test_lab_status_names_the_ipv6_addresses(lab: Lab) -> None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 
 MASQ_CHAIN = "FLANNEL-POSTRTG"
 FWD_CHAIN = "FLANNEL-FWD"
@@ -31,12 +31,13 @@ MASQ_COMMENT = "flanneld masq"
 FWD_COMMENT = "flanneld forward"
 KUBE_PROXY_MARK = "0x4000/0x4000"
 MULTICAST_V4 = "224.0.0.0/4"
+MULTICAST_V6 = "ff00::/8"
 NFT_TABLE = "flannel-ipv4"
 NFT_TABLE6 = "flannel-ipv6"
 NFT_POSTRTG = "postrtg"
 NFT_FORWARD = "forward"
 
-_ADDR = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}(?:/\d{1,2})?\b")
+_ADDR = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}(?:/\d{1,2})?\b|(?<![\w:])[0-9a-f]*:[0-9a-f:]*(?:/\d{1,3})?")
 _RANDOM_FULLY = (" --random-fully", " fully-random")
 
 
@@ -113,14 +114,16 @@ def _masq_rules(cluster: str, pod: str, random_fully: bool) -> tuple[Rule, ...]:
         _rule("nat", MASQ_CHAIN, "-s", pod, "-d", cluster, *tail, "-j", "RETURN"),
         _rule("nat", MASQ_CHAIN, "-s", cluster, "-d", pod, *tail, "-j", "RETURN"),
         _rule("nat", MASQ_CHAIN, "!", "-s", cluster, "-d", pod, *tail, "-j", "RETURN"),
-        _rule("nat", MASQ_CHAIN, "-s", cluster, "!", "-d", MULTICAST_V4, *tail, *masq),
+        _rule("nat", MASQ_CHAIN, "-s", cluster, "!", "-d", MULTICAST_V6 if ":" in cluster else MULTICAST_V4, *tail,
+              *masq),
         _rule("nat", MASQ_CHAIN, "!", "-s", cluster, "-d", cluster, *tail, *masq),
     )
 
 
-def masq_chain(network: IPv4Network, subnet: IPv4Network, random_fully: bool) -> OwnedChain:
+def masq_chain(network: IPv4Network | IPv6Network, subnet: IPv4Network | IPv6Network, random_fully: bool
+               ) -> OwnedChain:
     """FLANNEL-POSTRTG for ``network`` (the config Network) and ``subnet`` (our lease); the mark
-    rule is shared by every network."""
+    rule is shared by every network. IPv6 (ip6tables): the same rules, ``ff00::/8`` for multicast."""
     cluster, pod = str(network), str(subnet)
     rules = _masq_rules(cluster, pod, random_fully)
     alt = _masq_rules(cluster, pod, not random_fully)[4:]
@@ -128,7 +131,7 @@ def masq_chain(network: IPv4Network, subnet: IPv4Network, random_fully: bool) ->
     return OwnedChain("nat", MASQ_CHAIN, "POSTROUTING", jump, rules, head=1, alt=alt)
 
 
-def forward_chain(network: IPv4Network) -> OwnedChain:
+def forward_chain(network: IPv4Network | IPv6Network) -> OwnedChain:
     """FLANNEL-FWD: accept forwarding to and from the flannel network."""
     tail = ("-m", "comment", "--comment", FWD_COMMENT)
     rules = (

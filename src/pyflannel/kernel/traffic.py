@@ -66,7 +66,7 @@ _INSTALL = {"iptables": "iptables", "iptables-restore": "iptables", "ip6tables":
 _TIMEOUT = 60.0
 STATE_DIR = "/run/pyflannel"
 
-Net = ipaddress.IPv4Network
+Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def _run(cmd: list[str], stdin: str | None = None, *, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -233,11 +233,14 @@ class Stale:
 
 class TrafficManager:
     """flannel's IPTablesManager / NFTablesManager for IPv4, behind one object, for one network.
+    With ``family=6`` the same rules for the IPv6 network with ip6tables (nftables mode: not yet).
 
     ``state_dir`` is where instances of this host coordinate (see ``HostPeers``)."""
 
     def __init__(self, *, nftables: bool, ip_masq: bool, forward_rules: bool, random_fully: bool = True,
-                 state_dir: str = STATE_DIR) -> None:
+                 state_dir: str = STATE_DIR, family: int = 4) -> None:
+        self.family = family
+        self._bin = "ip6tables" if family == 6 else "iptables"
         self.nftables = nftables
         self.ip_masq = ip_masq
         self.forward_rules = forward_rules
@@ -281,17 +284,26 @@ class TrafficManager:
                 else:
                     stale.forward = prev_network
             with peers.locked():
-                if self.nftables:
+                if self.family == 6:
+                    self._setup_v6(stale)
+                elif self.nftables:
                     self._release_iptables(stale)
                     self._setup_nft(stale)
                 else:
                     self._release_nft(stale)
                     self._setup_iptables(stale)
 
+    def _setup_v6(self, stale: Stale) -> None:
+        if self.nftables:
+            log.warning("IPv6 masquerade and forward rules are not set up in nftables mode yet (EnableNFTables): "
+                        "add them by hand, or leave EnableNFTables off for ip6tables rules")
+            return
+        self._setup_iptables(stale)
+
     def ensure(self) -> bool:
         """Repair our part where it differs; True when something had to be repaired."""
         with self._lock:
-            repaired = self._ensure_nft() if self.nftables else self._ensure_iptables()
+            repaired = self._ensure_nft() if self.nftables and self.family == 4 else self._ensure_iptables()
             self.repairs += repaired
             return repaired
 
@@ -311,7 +323,7 @@ class TrafficManager:
                 parts.append(f"masquerade {self._network} from {self._subnet} in nat/{MASQ_CHAIN} ({rf})")
             if self.forward_rules:
                 parts.append(f"forward {self._network} in filter/{FWD_CHAIN}")
-            where = "iptables"
+            where = self._bin
         what = ", ".join(parts) or "no rules (--ip-masq and --iptables-forward-rules are off)"
         return f"{where}: {what}; repairs {self.repairs}"
 
@@ -324,13 +336,13 @@ class TrafficManager:
             self._version = parse_iptables_version(_run(["iptables", "--version"]).stdout)
         return self._version
 
-    def _dump(self, table: str, binary: str = "iptables") -> str:
+    def _dump(self, table: str, binary: str = "") -> str:
         wait = ["-w"] if (self._iptables_version() or (0, 0, 0)) >= (1, 4, 20) else []
-        return _run([binary, *wait, "-t", table, "-S"]).stdout
+        return _run([binary or self._bin, *wait, "-t", table, "-S"]).stdout
 
-    def _restore(self, payload: str, binary: str = "iptables-restore") -> None:
+    def _restore(self, payload: str, binary: str = "") -> None:
         wait = ["--wait"] if has_random_fully(self._iptables_version()) else []
-        _run([binary, "--noflush", *wait], payload)
+        _run([binary or f"{self._bin}-restore", "--noflush", *wait], payload)
 
     def _apply_iptables(self, work: list[tuple[OwnedChain, OwnedChain | None]], release: list[tuple[OwnedChain,
                         OwnedChain | None]], *, move_jump: bool) -> dict[str, str]:
@@ -371,16 +383,16 @@ class TrafficManager:
                 log.warning("iptables -S shows %s differently from what was applied; resync will re-apply it",
                             chain.chain)
         if self._chains:
-            log.info("iptables rules applied: %s", ", ".join(f"{c.table}/{c.chain}" for c in self._chains))
+            log.info("%s rules applied: %s", self._bin, ", ".join(f"{c.table}/{c.chain}" for c in self._chains))
 
     def _ensure_iptables(self) -> bool:
-        if not self._chains:
+        if not self._chains or (self.family == 6 and self.nftables):
             return False
         dumps = {t: self._dump(t) for t in dict.fromkeys(c.table for c in self._chains)}
         broken = [c for c in self._chains if not in_sync(dumps[c.table], c)]
         if not broken:
             return False
-        log.warning("our rules in iptables chain(s) %s changed or missing; re-applying",
+        log.warning("our rules in %s chain(s) %s changed or missing; re-applying", self._bin,
                     ", ".join(c.chain for c in broken))
         with self._locked():
             self._apply_iptables([(c, None) for c in broken], [], move_jump=False)
