@@ -54,16 +54,26 @@ def test_previous_ipv6_subnet_from_subnet_env_is_asked_for_again(etcd_server):
         SUBNETS + "10.42.77.0-24&2001:cafe:42:1c::-64"]
 
 
-def test_ipv4_only_lease_of_ours_is_replaced_by_a_dual_stack_one(etcd_server):
+def test_ipv6_switched_on_keeps_our_ipv4_subnet_and_adds_an_ipv6_one(etcd_server):
     ctl(etcd_server, "put", SUBNETS + "10.42.5.0-24", '{"PublicIP":"198.18.0.13","PublicIPv6":null}')
 
     async def body(reg):
         got = await LeaseManager(reg, hostgw("198.18.0.13", "2001:db8::13")).acquire(DUAL)
-        assert got.how == "allocated" and got.lease.ipv6_subnet is not None
+        assert got.how == "previous" and got.lease.subnet == N4("10.42.5.0/24")
+        assert got.lease.ipv6_subnet is not None
 
     run(with_registry(etcd_server, body))
     keys = ctl(etcd_server, "get", "--prefix", SUBNETS, "--keys-only").split()
-    assert len(keys) == 1 and "&2001:cafe:42:1" in keys[0]
+    assert len(keys) == 1 and keys[0].startswith(SUBNETS + "10.42.5.0-24&2001:cafe:42:1")
+
+
+def test_subnet_env_of_before_ipv6_keeps_its_ipv4_subnet(etcd_server):
+    async def body(reg):
+        mgr = LeaseManager(reg, hostgw("198.18.0.14", "2001:db8::14"), previous_subnet=N4("10.42.66.0/24"))
+        got = await mgr.acquire(DUAL)
+        assert (got.how, got.lease.subnet) == ("previous", N4("10.42.66.0/24")) and got.lease.ipv6_subnet
+
+    run(with_registry(etcd_server, body))
 
 
 def test_dual_stack_allocations_never_share_an_ipv6_subnet(etcd_server):

@@ -19,7 +19,7 @@ import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from ..core.allocate import NO_IPV4, lease_fits, pick_subnet, pick_subnet_v6
+from ..core.allocate import NO_IPV4, is_compatible, lease_fits, pick_subnet, pick_subnet_v6
 from ..core.backoff import LogOnce
 from ..core.config import NetworkConfig
 from ..core.errors import AllocationError, StoreUnavailable
@@ -107,6 +107,9 @@ class LeaseManager:
                             config.subnet_len, config.subnet_min, config.subnet_max,
                             "on" if config.enable_ipv6 else "off")
                 continue
+            if config.enable_ipv6 and lease.ipv6_subnet is None and self.previous_subnet is None \
+                    and config.enable_ipv4 and is_compatible(config, lease.subnet):
+                self.previous_subnet = lease.subnet  # IPv6 switched on: keep the IPv4 subnet, add an IPv6 one
             log.warning("deleting our old lease %s: it does not fit the network config", lease.key)
             await self.registry.delete_lease(lease.subnet, lease.mod_revision, lease.ipv6_subnet)
             return None
@@ -126,8 +129,10 @@ class LeaseManager:
         race, "previous"), or None to allocate."""
         prev = self.previous_subnet if config.enable_ipv4 else NO_IPV4
         prev6 = self.previous_ipv6_subnet if config.enable_ipv6 else None
-        if prev is None or (config.enable_ipv6 and prev6 is None):
+        if prev is None:
             return None
+        if config.enable_ipv6 and prev6 is None:  # a subnet.env (or lease) of before IPv6: a new IPv6 subnet
+            prev6 = pick_subnet_v6(config, _taken6(snap), self.rng)
         taken, taken6 = _taken(snap) if config.enable_ipv4 else [], _taken6(snap)
         free = not any(prev.overlaps(t) for t in taken) and not (prev6 and any(prev6.overlaps(t) for t in taken6))
         if lease_fits(config, prev, prev6) and free:
