@@ -85,7 +85,8 @@ def test_lease_key_json_and_subnet_env_are_gos(lab: Lab) -> None:
                          f'"BackendData":{{"VNI":1,"VtepMAC":"{mac(h, "flannel.1")}"}},'
                          f'"BackendV6Data":{{"VNI":1,"VtepMAC":"{mac(h, "flannel-v6.1")}"}}}}')
         assert f"{sn6.network_address}/128" in ip(h.ns, "-6", "addr", "show", "dev", "flannel-v6.1")
-        assert "mtu 1450" in ip(h.ns, "link", "show", "flannel-v6.1")
+        assert "mtu 1430" in ip(h.ns, "link", "show", "flannel-v6.1")  # the kernel's IPv6 headroom (70)
+        assert e["FLANNEL_MTU"] == "1450"  # as Go: MTU - 50 whatever the family
     else:
         assert value == f'{{"PublicIP":"{h.ip}","PublicIPv6":"{pub6}","BackendType":"host-gw"}}'
 

@@ -33,6 +33,7 @@ from .base import PlanningBackend, bool_option, check_keys, int_option
 log = logging.getLogger(__name__)
 
 OVERHEAD = 50
+OVERHEAD6 = 70  # the kernel's VXLAN6_HEADROOM: IPv6 40 + UDP 8 + VXLAN 8 + Ethernet 14
 _MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 KNOWN_KEYS = ("VNI", "Port", "MTU", "GBP", "Learning", "DirectRouting")
 
@@ -187,7 +188,10 @@ class VxlanBackend(PlanningBackend):
     def link_spec6(self) -> LinkSpec:
         o = self.opts
         assert self.ext.ext_v6_addr is not None
-        return LinkSpec(o.dev6, "vxlan", o.mtu - OVERHEAD, self.mac6 or None,
+        # Go asks for MTU - 50 here too; the kernel clamps a vxlan device over IPv6 to the underlay's
+        # MTU - 70 (its IPv6 headroom), so flannel-v6.<VNI> ends up with the smaller of the two
+        mtu6 = min(o.mtu - OVERHEAD, self.ext.mtu - OVERHEAD6)
+        return LinkSpec(o.dev6, "vxlan", mtu6, self.mac6 or None,
                         VxlanSpec(o.vni, o.port, self.ext.ext_v6_addr, self.ext.index, o.gbp, o.learning))
 
     def lease_attrs(self) -> LeaseAttrs:
