@@ -59,13 +59,17 @@ async def leases_list(registry: EtcdRegistry, as_json: bool) -> int:
         rows.append({"Subnet": str(lease.subnet), "PublicIP": str(lease.attrs.public_ip),
                      "BackendType": lease.attrs.backend_type or "udp", "VtepMAC": _mac(lease) or None,
                      "ExpiresInSeconds": ttl, "Reservation": lease.is_reservation,
-                     "OutsideNetwork": bool(config and not is_compatible(config, lease.subnet))})
+                     "OutsideNetwork": bool(config and not is_compatible(config, lease.subnet))}
+                    | ({"IPv6Subnet": str(lease.ipv6_subnet), "PublicIPv6": str(lease.attrs.public_ipv6 or "") or None}
+                       if lease.ipv6_subnet is not None else {}))
     bad = [{"Key": b.key, "Reason": b.reason} for b in snap.bad]
     if as_json:
         print(json.dumps({"Prefix": registry.prefix, "Revision": snap.revision, "Leases": rows, "Bad": bad}))
         return 0
     head = ("SUBNET", "PUBLIC IP", "BACKEND", "VTEP MAC", "EXPIRES IN", "RESERVATION")
-    table = [head] + [(r["Subnet"] + (" (outside the network)" if r["OutsideNetwork"] else ""), r["PublicIP"],
+    table = [head] + [(r["Subnet"] + (f" {r['IPv6Subnet']}" if "IPv6Subnet" in r else "")
+                       + (" (outside the network)" if r["OutsideNetwork"] else ""),
+                       r["PublicIP"] + (f" {r['PublicIPv6']}" if r.get("PublicIPv6") else ""),
                        r["BackendType"], r["VtepMAC"] or "-", _expires(r["ExpiresInSeconds"]),
                        "yes" if r["Reservation"] else "no") for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
