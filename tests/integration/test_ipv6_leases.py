@@ -87,3 +87,22 @@ def test_dual_stack_allocations_never_share_an_ipv6_subnet(etcd_server):
             await LeaseManager(reg, hostgw("198.18.0.99", "2001:db8::99")).acquire(DUAL)
 
     run(with_registry(etcd_server, body))
+
+
+def test_leases_list_shows_both_halves(etcd_server, capsys):
+    import json
+
+    from pyflannel.cli.ctl_leases import leases_list
+
+    ctl(etcd_server, "put", SUBNETS + "10.42.9.0-24&2001:cafe:42:19::-64",
+        '{"PublicIP":"198.18.0.19","PublicIPv6":"2001:db8::19","BackendType":"host-gw"}')
+
+    async def body(reg):
+        await leases_list(reg, as_json=True)
+        await leases_list(reg, as_json=False)
+
+    run(with_registry(etcd_server, body))
+    out = capsys.readouterr().out.splitlines()
+    row = json.loads(out[0])["Leases"][0]
+    assert (row["IPv6Subnet"], row["PublicIPv6"]) == ("2001:cafe:42:19::/64", "2001:db8::19")
+    assert "10.42.9.0/24 2001:cafe:42:19::/64" in out[2] and "198.18.0.19 2001:db8::19" in out[2]
