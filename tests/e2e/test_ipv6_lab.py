@@ -66,7 +66,9 @@ def test_all_six_pairs_ping_over_ipv6_and_ipv4(lab: Lab) -> None:
     assert all(h.container_ip6 for h in lab.hosts)
     wait_for(lambda: all(programmed6(lab, a, b) for a in lab.hosts for b in lab.hosts if a is not b),
              what="every host's IPv6 entries for every peer")
-    assert all_pairs_ping6(lab) == []
+    # the first IPv6 packets may wait on neighbour discovery and DAD of the new addresses: each pair
+    # must answer within the deadline
+    wait_for(lambda: all_pairs_ping6(lab) == [], timeout=15, what="all six IPv6 pairs to answer")
     assert all_pairs_ping(lab) == []
 
 

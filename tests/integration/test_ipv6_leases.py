@@ -3,16 +3,51 @@ IPv6SubnetMin..IPv6SubnetMax, reused on restart (by PublicIP and from subnet.env
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import ipaddress
+import json
+import os
+import subprocess
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 import pytest
 
 from pyflannel.core.config import parse_config
 from pyflannel.core.errors import AllocationError
 from pyflannel.core.lease import LeaseAttrs
+from pyflannel.lab.etcd_server import EtcdServer
+from pyflannel.store.etcd import EtcdOptions, EtcdRegistry
 from pyflannel.store.manager import LeaseManager
 
-from .test_etcd_store import SUBNETS, ctl, get_json, run, with_registry
+SUBNETS = "/atomic.io/network/subnets/"
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+def ctl(server: EtcdServer, *args: str) -> str:
+    proc = subprocess.run(["etcdctl", "--endpoints", server.endpoint, "--command-timeout=5s", *args],
+                          capture_output=True, text=True, timeout=20, check=False,
+                          env=dict(os.environ, ETCDCTL_API="3"))
+    assert proc.returncode == 0, f"etcdctl {args}: {proc.stderr}"
+    return proc.stdout
+
+
+def get_json(server: EtcdServer, key: str) -> dict[str, Any]:
+    kv = json.loads(ctl(server, "get", key, "-w", "json"))["kvs"][0]
+    return {"value": base64.b64decode(kv["value"])}
+
+
+async def with_registry(server: EtcdServer, body: Callable[[EtcdRegistry], Awaitable[T]]) -> T:
+    reg = EtcdRegistry(EtcdOptions(endpoints=(server.endpoint,), prefix="/atomic.io/network"))
+    try:
+        return await body(reg)
+    finally:
+        await reg.close()
 
 N4, N6 = ipaddress.IPv4Network, ipaddress.IPv6Network
 A4, A6 = ipaddress.IPv4Address, ipaddress.IPv6Address
@@ -90,8 +125,6 @@ def test_dual_stack_allocations_never_share_an_ipv6_subnet(etcd_server):
 
 
 def test_leases_list_shows_both_halves(etcd_server, capsys):
-    import json
-
     from pyflannel.cli.ctl_leases import leases_list
 
     ctl(etcd_server, "put", SUBNETS + "10.42.9.0-24&2001:cafe:42:19::-64",
