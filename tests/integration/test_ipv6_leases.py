@@ -91,7 +91,8 @@ def test_previous_ipv6_subnet_from_subnet_env_is_asked_for_again(etcd_server):
 
 def test_ipv6_switched_on_keeps_our_ipv4_subnet_and_adds_an_ipv6_one(etcd_server):
     lease_id = ctl(etcd_server, "lease", "grant", "600").split()[1]  # a lease, not a reservation
-    ctl(etcd_server, "put", f"--lease={lease_id}", SUBNETS + "10.42.5.0-24", '{"PublicIP":"198.18.0.13","PublicIPv6":null}')
+    ctl(etcd_server, "put", f"--lease={lease_id}", SUBNETS + "10.42.5.0-24",
+        '{"PublicIP":"198.18.0.13","PublicIPv6":null}')
 
     async def body(reg):
         got = await LeaseManager(reg, hostgw("198.18.0.13", "2001:db8::13")).acquire(DUAL)
