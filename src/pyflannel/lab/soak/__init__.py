@@ -5,6 +5,7 @@ all the time, and a report (bench/results/soak-latest.{json,md,svg}).
 - ``schedule``   the seeded fault schedule (pure: the same seed gives the same faults)
 - ``invariants`` the invariant checks over observed state (pure)
 - ``report``     the numbers, the Markdown table and the SVG chart (pure)
+- ``soaklab``    the lab (lab/cluster.py hosts on lab/etcd_cluster.py) and what is read from it
 - ``traffic``    pings at 10 ms between every pair of containers, one content-checked TCP stream
 - ``faults``     the injectors (each fault and its undo, on the lab)
 - ``run``        the lab, the run loop and the command line (``python -m pyflannel.lab.soak``)
