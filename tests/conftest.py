@@ -7,8 +7,14 @@ import shutil
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
 from pyflannel.lab.etcd_server import EtcdServer
+
+# Property tests check behaviour, never time: Hypothesis's default 200 ms deadline per example
+# failed a correct test on a machine busy with the e2e suite.
+settings.register_profile("pyflannel", deadline=None)
+settings.load_profile("pyflannel")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
