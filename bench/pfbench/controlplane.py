@@ -88,6 +88,11 @@ def convergence(res: Results, sizes: list[int], rounds: int, cap_s: float, notes
             lab.add_hosts(n - len(lab.hosts))
             _settle(lab, n - 1, cap_s=120.0, notes=notes)
             log(f"convergence ({who}): {n} hosts up and settled in {time.monotonic() - t0:.0f} s")
+            if lab.restarted:
+                notes.append(f"convergence ({who}): up to {n} hosts, {lab.restarted} flanneld exited before writing "
+                             "subnet.env and were started again (as systemd's Restart=on-failure would)")
+                log(notes[-1])
+                lab.restarted = 0
             _converge_rounds(lab, writer, res, rounds, cap_s, notes, impl)
     finally:
         writer.close()

@@ -43,6 +43,8 @@ def hand_mac(index: int) -> str:
 class LightLab(Lab):
     """A ``Lab`` whose hosts are added (and removed) one by one; see the module docstring."""
 
+    restarted: int = 0  # flanneld processes started again by ``add_hosts`` (exited before subnet.env)
+
     def up_base(self, config: str) -> None:
         """The underlay and etcd with ``config`` written, no hosts yet."""
         self.down()
@@ -66,15 +68,27 @@ class LightLab(Lab):
             self.start_flanneld(host, extra)
         return host
 
-    def add_hosts(self, count: int, extra: tuple[str, ...] = (), wait: float = 120.0, batch: int = 10) -> list[Host]:
-        """``count`` more hosts, started ``batch`` at a time; returns once each wrote subnet.env."""
+    def add_hosts(self, count: int, extra: tuple[str, ...] = (), wait: float = 120.0, batch: int = 10,
+                  restarts: int = 3) -> list[Host]:
+        """``count`` more hosts, started ``batch`` at a time; returns once each wrote subnet.env.
+        A flanneld that exited before writing it is started again, up to ``restarts`` times, as
+        systemd's ``Restart=on-failure`` would (Go flannel exits when another host took the subnet
+        it picked at the same moment); ``self.restarted`` counts those restarts."""
         first = max((h.index for h in self.hosts), default=0) + 1
         new: list[Host] = []
         for start in range(first, first + count, batch):
             group = [self.add_host(i, extra) for i in range(start, min(start + batch, first + count))]
             deadline = time.monotonic() + wait
             for host in group:
-                self.wait_subnet(host, max(1.0, deadline - time.monotonic()))
+                for attempt in range(restarts + 1):
+                    try:
+                        self.wait_subnet(host, max(1.0, deadline - time.monotonic()))
+                        break
+                    except LabError:
+                        if attempt == restarts or self.flanneld_pid(host) is not None:
+                            raise
+                        self.restarted += 1
+                        self.start_flanneld(host, extra)
             new += group
         return new
 
