@@ -2,10 +2,12 @@
 and the violations, the numbers (``summarize``), a Markdown table (``markdown``) and an SVG chart
 of loss over time with the faults marked (``svg``, written by hand: no plotting dependency).
 
-A fault's loss is the pings lost (all pairs together) from its start until one second after it
-healed; its time to heal is from its end (its undo done; an instant fault ends when injected) to
-the first check round that found every host's kernel matching the leases, every flanneld running
-and every host holding its lease. Faults that overlap share the loss in both windows.
+A fault's loss is the pings lost from its start until one second after it healed, on every pair
+for an etcd fault, else on the pairs with its host (or the peer it names) at either end; its time
+to heal is from its end (its undo done; an instant fault ends when injected) to the first check
+round that found every host's kernel matching the leases, every flanneld running and every host
+holding its lease. Faults whose windows and pairs overlap are both charged with the loss they
+share.
 """
 
 from __future__ import annotations
@@ -39,12 +41,22 @@ def _stats(values: list[float]) -> dict[str, float | None]:
     return {"median": round(statistics.median(values), 3), "max": round(max(values), 3)}
 
 
-def summarize(meta: dict[str, Any], records: list[dict[str, Any]], losses: list[float], sent: int,
-              rounds: list[tuple[float, bool]], violations: list[dict[str, Any]], t0: float, t1: float
+def _fault_loss(fault: dict[str, Any], pairs: dict[tuple[int, int], list[float]], lo: float, hi: float) -> int:
+    """Pings lost from ``lo`` to ``hi`` on the pairs a fault can touch: every pair for an etcd fault,
+    else the pairs with its host (or its peer) at either end."""
+    hosts = {fault["target"], fault["peer"]} - {0}
+    every = KINDS[fault["kind"]].target == "etcd"
+    return sum(_lost_in(ts, lo, hi) for (a, b), ts in pairs.items() if every or a in hosts or b in hosts)
+
+
+def summarize(meta: dict[str, Any], records: list[dict[str, Any]], pairs: dict[tuple[int, int], list[float]],
+              sent: int, rounds: list[tuple[float, bool]], violations: list[dict[str, Any]], t0: float, t1: float
               ) -> dict[str, Any]:
     """``records``: one per fault that started, {"fault": Fault.to_json(), "start", "end", "note",
-    "skipped", "error"} (wall times); ``losses``: wall times of every lost ping, sorted."""
-    losses = sorted(losses)
+    "skipped", "error"} (wall times); ``pairs``: (source host, destination host) -> wall times of
+    its lost pings."""
+    pairs = {k: sorted(v) for k, v in pairs.items()}
+    losses = sorted(t for ts in pairs.values() for t in ts)
     faults, by_kind = [], {}
     for rec in records:
         f = dict(rec)
@@ -54,7 +66,8 @@ def summarize(meta: dict[str, Any], records: list[dict[str, Any]], losses: list[
         else:
             heal = heal_time(rec["end"], rounds)
             f["heal_s"] = heal
-            f["lost"] = _lost_in(losses, rec["start"], rec["end"] + (NO_HEAL_WINDOW if heal is None else heal) + 1)
+            f["lost"] = _fault_loss(rec["fault"], pairs, rec["start"],
+                                    rec["end"] + (NO_HEAL_WINDOW if heal is None else heal) + 1)
         faults.append(f)
         k = by_kind.setdefault(kind, {"injected": 0, "skipped": 0, "errors": 0, "unhealed": 0, "lost": [],
                                       "heal": []})

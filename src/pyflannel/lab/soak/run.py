@@ -247,11 +247,12 @@ class Soak:
     # ---- the end -----------------------------------------------------------------------------------
     def _report(self, faults: list[Fault], pingers: list[Pinger], tcp: TcpStream, t1: float) -> dict[str, Any]:
         o = self.opts
-        sent, losses = 0, []
+        sent, pairs = 0, {}
         for p in pingers:
             n, lost = p.losses(min(t1, p.stopped or t1) - 2.0)
             sent += n
-            losses += lost
+            a, b = (int(x.lstrip("h")) for x in p.label.split("->"))
+            pairs.setdefault((a, b), []).extend(lost)
         meta = {"seed": o.seed, "minutes": o.minutes, "backend": o.backend, "hosts": o.hosts,
                 "kinds_enabled": list(self.kinds), "mean_gap_s": o.mean_gap, "heal_bound_s": o.bound,
                 "stopped_early": bool(self.state.violations),
@@ -260,7 +261,7 @@ class Soak:
                         "errors": tcp.errors[:20]},
                 "resources": self.resources.peak, "garbage_left": self.garbage_left}
         records = [self.state.records[k] for k in sorted(self.state.records)]
-        rep = report.summarize(meta, records, losses, sent, self.state.rounds, self.state.violations, self.t0, t1)
+        rep = report.summarize(meta, records, pairs, sent, self.state.rounds, self.state.violations, self.t0, t1)
         os.makedirs(o.out, exist_ok=True)
         base = os.path.join(o.out, o.prefix)
         with open(base + ".json", "w") as f:
