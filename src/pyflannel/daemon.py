@@ -92,7 +92,7 @@ class Conductor:
         self.stats = Stats()
         self.http: HttpServer | None = None
         self.traffic: TrafficManager | None = None
-        self.traffic6: TrafficManager | None = None  # dual stack: the IPv6 rules (ip6tables)
+        self.traffic6: TrafficManager | None = None  # dual stack: the IPv6 rules (ip6tables or nftables)
         self._traffic_log = LogOnce(log)
 
     @property
@@ -375,7 +375,7 @@ class Conductor:
                 for manager in self._traffic_managers():
                     if await asyncio.to_thread(manager.ensure):
                         log.warning("%s rules were changed by someone else: restored them",
-                                    "ip6tables" if manager.family == 6 else "iptables/nftables")
+                                    "IPv6 ip6tables/nftables" if manager.family == 6 else "iptables/nftables")
                 self._traffic_log.ok("iptables/nftables rules can be checked again")
             except (KernelError, LocalConfigError) as err:
                 self._traffic_log.error("cannot check the iptables/nftables rules, retrying: %s", err)

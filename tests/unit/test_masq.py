@@ -21,21 +21,23 @@ from pyflannel.core.masq import (
     in_sync,
     listing,
     masq_chain,
-    nft_cleanup,
-    nft_in_sync,
-    nft_listing,
-    nft_parts,
-    nft_random_fully_probe,
     owned_lines,
     parse_iptables_version,
-    parse_nft_table,
-    render_nft,
-    render_nft_release,
     render_release,
     render_table,
     stale_forward_chain,
     stale_masq_chain,
     wrap_table,
+)
+from pyflannel.core.nftrules import (
+    nft_cleanup,
+    nft_in_sync,
+    nft_listing,
+    nft_parts,
+    nft_random_fully_probe,
+    parse_nft_table,
+    render_nft,
+    render_nft_release,
 )
 from pyflannel.kernel.netlink import KernelError
 from pyflannel.kernel.traffic import HostPeers, _run, network_key, subnet_key
@@ -529,7 +531,7 @@ def test_nft_stale_rules_and_release():
     model.run(render_nft_release(model.listing(), tables, a))
     assert model.rules("postrtg") == [*b[0].head, *b[0].block] and model.rules("forward") == list(b[1].block)
     # and NET_B's too: nothing of any network is left, so the tables go
-    assert render_nft_release(model.listing(), tables, b) == nft_cleanup(tables)
+    assert render_nft_release(model.listing(), tables, b) == nft_cleanup(tables, (4,))
     model.run(render_nft_release(model.listing(), tables, b))
     assert model.chains is None
 

@@ -36,26 +36,28 @@ from ..core.errors import LocalConfigError
 from ..core.masq import (
     FWD_CHAIN,
     MASQ_CHAIN,
-    NFT_FORWARD,
-    NFT_POSTRTG,
-    NFT_TABLE,
-    NftPart,
     OwnedChain,
     forward_chain,
     has_random_fully,
     in_sync,
     masq_chain,
-    nft_in_sync,
-    nft_parts,
-    nft_random_fully_probe,
     parse_iptables_version,
-    render_nft,
-    render_nft_release,
     render_release,
     render_table,
     stale_forward_chain,
     stale_masq_chain,
     wrap_table,
+)
+from ..core.nftrules import (
+    NFT_FORWARD,
+    NFT_POSTRTG,
+    NftPart,
+    nft_family,
+    nft_in_sync,
+    nft_parts,
+    nft_random_fully_probe,
+    render_nft,
+    render_nft_release,
 )
 from .netlink import KernelError
 
@@ -232,8 +234,9 @@ class Stale:
 
 
 class TrafficManager:
-    """flannel's IPTablesManager / NFTablesManager for IPv4, behind one object, for one network.
-    With ``family=6`` the same rules for the IPv6 network with ip6tables (nftables mode: not yet).
+    """flannel's IPTablesManager / NFTablesManager behind one object, for one network of one
+    family: ``family=6`` gives the same rules for the IPv6 network, with ip6tables or in nftables'
+    ``ip6 flannel-ipv6`` table.
 
     ``state_dir`` is where instances of this host coordinate (see ``HostPeers``)."""
 
@@ -241,6 +244,7 @@ class TrafficManager:
                  state_dir: str = STATE_DIR, family: int = 4) -> None:
         self.family = family
         self._bin = "ip6tables" if family == 6 else "iptables"
+        self._nft = nft_family(family)
         self.nftables = nftables
         self.ip_masq = ip_masq
         self.forward_rules = forward_rules
@@ -284,26 +288,17 @@ class TrafficManager:
                 else:
                     stale.forward = prev_network
             with peers.locked():
-                if self.family == 6:
-                    self._setup_v6(stale)
-                elif self.nftables:
+                if self.nftables:
                     self._release_iptables(stale)
                     self._setup_nft(stale)
                 else:
                     self._release_nft(stale)
                     self._setup_iptables(stale)
 
-    def _setup_v6(self, stale: Stale) -> None:
-        if self.nftables:
-            log.warning("IPv6 masquerade and forward rules are not set up in nftables mode yet (EnableNFTables): "
-                        "add them by hand, or leave EnableNFTables off for ip6tables rules")
-            return
-        self._setup_iptables(stale)
-
     def ensure(self) -> bool:
         """Repair our part where it differs; True when something had to be repaired."""
         with self._lock:
-            repaired = self._ensure_nft() if self.nftables and self.family == 4 else self._ensure_iptables()
+            repaired = self._ensure_nft() if self.nftables else self._ensure_iptables()
             self.repairs += repaired
             return repaired
 
@@ -317,7 +312,7 @@ class TrafficManager:
                 parts.append(f"masquerade {self._network} from {self._subnet} ({rf})")
             if self.forward_rules:
                 parts.append(f"forward {self._network}")
-            where = f"nftables table ip {NFT_TABLE}"
+            where = f"nftables table {self._nft.ref}"
         else:
             if self.ip_masq:
                 parts.append(f"masquerade {self._network} from {self._subnet} in nat/{MASQ_CHAIN} ({rf})")
@@ -386,7 +381,7 @@ class TrafficManager:
             log.info("%s rules applied: %s", self._bin, ", ".join(f"{c.table}/{c.chain}" for c in self._chains))
 
     def _ensure_iptables(self) -> bool:
-        if not self._chains or (self.family == 6 and self.nftables):
+        if not self._chains:
             return False
         dumps = {t: self._dump(t) for t in dict.fromkeys(c.table for c in self._chains)}
         broken = [c for c in self._chains if not in_sync(dumps[c.table], c)]
@@ -401,11 +396,12 @@ class TrafficManager:
     def _release_iptables(self, stale: Stale) -> None:
         """nftables mode: remove our rules (and our stale ones) from FLANNEL-POSTRTG (nat) and
         FLANNEL-FWD (filter), and each chain with its jumps once no other network's rules are
-        left, for IPv4 and IPv6. Failures are only logged, as in flannel."""
+        left (IPv4: with iptables and ip6tables, as flannel; IPv6: ip6tables). Failures are only
+        logged, as in flannel."""
         assert self._network is not None and self._subnet is not None
         masq = masq_chain(self._network, self._subnet, True)
         fwd = forward_chain(self._network)
-        for binary in ("iptables", "ip6tables"):
+        for binary in ("ip6tables",) if self.family == 6 else ("iptables", "ip6tables"):
             if shutil.which(binary) is None:
                 continue
             try:
@@ -437,7 +433,7 @@ class TrafficManager:
                                 random_fully=self.random_fully)
         self._apply_nft(self._stale_parts(stale))
         chains = [name for name, on in ((NFT_POSTRTG, self.ip_masq), (NFT_FORWARD, self.forward_rules)) if on]
-        log.info("nftables rules applied: table ip %s chains %s", NFT_TABLE, ", ".join(chains) or "(none)")
+        log.info("nftables rules applied: table %s chains %s", self._nft.ref, ", ".join(chains) or "(none)")
 
     def _apply_nft(self, stale: list[NftPart]) -> None:
         assert self._network is not None and self._subnet is not None
@@ -453,20 +449,25 @@ class TrafficManager:
                 log.debug("nft refused (%s); retrying from a fresh listing", err)
 
     def _nft_list(self) -> str:
-        res = _run(["nft", "-a", "list", "table", "ip", NFT_TABLE], check=False)
+        return self._nft_list_of(self._nft.family, self._nft.table)
+
+    @staticmethod
+    def _nft_list_of(family: str, table: str) -> str:
+        res = _run(["nft", "-a", "list", "table", family, table], check=False)
         return res.stdout if res.returncode == 0 else ""
 
     def _ensure_nft(self) -> bool:
         if self._network is None or not self._parts or nft_in_sync(self._nft_list(), self._parts):
             return False
-        log.warning("our rules in nftables table ip %s changed or missing; re-applying", NFT_TABLE)
+        log.warning("our rules in nftables table %s changed or missing; re-applying", self._nft.ref)
         with self._locked():
             self._apply_nft([])
         return True
 
     def _release_nft(self, stale: Stale) -> None:
-        """iptables mode: remove our rules from flannel's nftables tables, and the tables once no
-        other network's rules are left, if nft and nf_tables are there."""
+        """iptables mode: remove our rules from flannel's nftables table of our family, and the table
+        once no other network's rules are left, if nft and nf_tables are there. IPv4 also deletes
+        the ``ip6 flannel-ipv6`` table when it holds no network's rules (flannel's Init makes both)."""
         assert self._network is not None and self._subnet is not None
         if shutil.which("nft") is None:
             return
@@ -475,7 +476,10 @@ class TrafficManager:
             return
         mine = [*nft_parts(self._network, self._subnet, masq=True, forward=True, random_fully=True),
                 *stale.nft_parts()]
-        script = render_nft_release(self._nft_list(), res.stdout, mine)
+        script = render_nft_release(self._nft_list(), res.stdout, mine, self.family)
+        if self.family == 4:
+            v6 = nft_family(6)
+            script += render_nft_release(self._nft_list_of(v6.family, v6.table), res.stdout, [], 6)
         if script:
             res = _run(["nft", "-f", "-"], script, check=False)
             if res.returncode:
