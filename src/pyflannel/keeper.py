@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from .core.backoff import Backoff, LogOnce
 from .core.errors import LeaseLost, StoreUnavailable
-from .core.events import Changes, Snapshot
+from .core.events import BadLease, Changes, Snapshot
 from .core.lease import Lease
 from .store.etcd import EtcdRegistry
 from .store.manager import LeaseManager
@@ -27,7 +27,8 @@ log = logging.getLogger("flanneld")
 
 @dataclass(frozen=True)
 class _Seen:
-    lease: Lease | None  # None: our key was deleted
+    lease: Lease | None  # None: our key was deleted (or holds garbage)
+    garbage: BadLease | None = None  # our key's value no longer decodes
 
 
 class LeaseKeeper:
@@ -51,7 +52,11 @@ class LeaseKeeper:
     def observe(self, ev: Snapshot | Changes) -> None:
         """What the watcher saw of our key in ``ev`` (O(size of ev)); acted on by ``run``."""
         own = self.lease.subnet
-        if isinstance(ev, Snapshot):
+        key = self.registry.subnets_prefix + self.lease.key
+        garbage = next((b for b in ev.bad if b.subnet == own and b.key == key), None)
+        if garbage is not None:
+            seen = _Seen(None, garbage)
+        elif isinstance(ev, Snapshot):
             mine = next((le for le in ev.leases if le.subnet == own), None)
             seen = _Seen(mine)
         else:
@@ -72,6 +77,9 @@ class LeaseKeeper:
             self._wake.clear()
             seen, self._seen = self._seen, None
             if seen is not None:
+                if seen.garbage is not None:
+                    await self._restore(seen.garbage)
+                    continue
                 if seen.lease is None:
                     log.warning("our lease %s was deleted from etcd; taking it again", self.lease.subnet)
                     await self._retake()
@@ -140,6 +148,25 @@ class LeaseKeeper:
     def _time_left(self) -> str:
         left = (self.lease.expiration or 0.0) - time.time()
         return f"{left:.0f}s" if left > 0 else "no time: it has expired"
+
+    async def _restore(self, garbage: BadLease) -> None:
+        """Someone overwrote our key with a value that is no lease (no TTL: it would stay for good,
+        and a restart would lease another subnet): write our lease back over exactly that value."""
+        log.warning("our lease %s was overwritten with something that is not a lease (%s); writing it back",
+                    self.lease.subnet, garbage.reason)
+        backoff, failing = Backoff(0.2, 2.0), LogOnce(log)
+        while True:
+            try:
+                new = await self.manager.restore(self.lease, garbage.mod_revision)
+            except StoreUnavailable as err:
+                failing.error("cannot write our lease %s back yet, retrying: %s", self.lease.subnet, err)
+                await asyncio.sleep(backoff.next())
+                continue
+            if new is None:  # changed again meanwhile: the watcher says what it is now
+                return
+            self._set(new)
+            log.info("lease %s written back", new.subnet)
+            return
 
     async def _retake(self) -> None:
         """Re-create our deleted lease, riding out an unavailable etcd; LeaseLost if another host

@@ -120,6 +120,24 @@ def test_a_deleted_lease_is_taken_again_and_renewed(lab: Lab) -> None:
     wait_for(lambda: watch.sample() >= 1, timeout=3 * TTL, interval=0.2, what="a refresh of the re-taken lease")
 
 
+def test_a_lease_overwritten_with_garbage_is_written_back(lab: Lab) -> None:
+    """Garbage has no TTL: left alone it would stay for good, and a restart would lease another
+    subnet (found by the chaos soak). The owner writes its lease back over it at once."""
+    h = lab.hosts[0]
+    before, env = key_of(lab, h), subnet_env(lab, h)
+    assert before is not None
+    lab.etcdctl("put", lease_key(h), "{not a lease")
+    back = wait_for(lambda: (k := key_of(lab, h)) is not None and k.value == before.value and k,
+                    timeout=10, what="h1's lease written back over the garbage")
+    assert back.lease_id != 0, "with a TTL again"
+    assert back.create_revision == before.create_revision, "written over the garbage, not deleted and created"
+    assert lab.flanneld_pid(h) is not None, "flanneld kept running"
+    assert subnet_env(lab, h) == env
+    assert "overwritten with something that is not a lease" in log_text(lab, h)
+    watch = TtlWatch(lab, h)
+    wait_for(lambda: watch.sample() >= 1, timeout=3 * TTL, interval=0.2, what="a refresh of the written-back lease")
+
+
 def test_a_key_taken_by_another_host_ends_flanneld_with_one_error(lab: Lab) -> None:
     h = lab.hosts[2]
     lab.stop_flanneld(h)

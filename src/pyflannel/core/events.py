@@ -22,6 +22,7 @@ class BadLease:
     key: str
     reason: str
     subnet: ipaddress.IPv4Network | None = None  # known when only the value is bad
+    mod_revision: int = 0  # the revision that wrote it (0: not known)
 
 
 @dataclass(frozen=True)

@@ -241,7 +241,7 @@ class EtcdRegistry:
                 raise StoreDataError(f"lease value is {len(value)} bytes, far too large")
             attrs = parse_lease_attrs(value)
         except StoreDataError as err:
-            return BadLease(skey, str(err), subnet)
+            return BadLease(skey, str(err), subnet, mod_revision)
         return Lease(subnet, attrs, v6, lease_id=lease_id, mod_revision=mod_revision)
 
     async def list_leases(self) -> Snapshot:

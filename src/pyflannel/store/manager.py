@@ -17,7 +17,7 @@ import ipaddress
 import logging
 import random
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..core.allocate import NO_IPV4, is_compatible, lease_fits, pick_subnet, pick_subnet_v6
 from ..core.backoff import LogOnce
@@ -154,6 +154,12 @@ class LeaseManager:
         if lease.is_reservation:
             return lease
         return await self.registry.update_lease(lease, self.attrs, self.ttl)
+
+    async def restore(self, lease: Lease, over_revision: int) -> Lease | None:
+        """Our key's value was overwritten with garbage at ``over_revision``: write our lease back
+        over exactly that value (None when the key changed again meanwhile)."""
+        return await self.registry.update_lease(replace(lease, mod_revision=over_revision), self.attrs,
+                                                None if lease.is_reservation else self.ttl)
 
     async def recreate(self, subnet: ipaddress.IPv4Network,
                        ipv6_subnet: ipaddress.IPv6Network | None = None) -> Lease | None:
