@@ -109,7 +109,7 @@ _DRIVER = r"""
 import ipaddress, json, sys
 from pyflannel.kernel.traffic import TrafficManager
 tm = TrafficManager(**json.loads(sys.argv[1]))
-net = lambda s: ipaddress.IPv4Network(s) if s else None
+net = lambda s: ipaddress.ip_network(s) if s else None
 for line in sys.stdin:
     cmd, *args = json.loads(line)
     try:
@@ -123,7 +123,7 @@ for line in sys.stdin:
 class TrafficDriver:
     """A TrafficManager living in a process of its own inside ``ns``."""
 
-    def __init__(self, ns: str, **opts: bool) -> None:
+    def __init__(self, ns: str, **opts: bool | int) -> None:
         self.proc = subprocess.Popen(in_ns(ns, sys.executable, "-c", _DRIVER, json.dumps(opts)), text=True,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 

@@ -1,7 +1,8 @@
 """IPv6 rules in nftables mode (``EnableNFTables``) in a dual-stack lab (docs/compatibility.md#nftables):
 flanneld fills ``ip6 flannel-ipv6`` with flannel's postrtg and forward rules, a container's IPv6
-traffic leaving the network is masqueraded to its host's address, and a ``nft flush ruleset`` or a
-deleted table is repaired by the resync."""
+traffic leaving the network is masqueraded to its host's address, a ``nft flush ruleset`` or a
+deleted table is repaired by the resync; and, in a bare namespace, switching the IPv6 rules between
+ip6tables and nftables moves them, releasing only the ip6 table."""
 
 from __future__ import annotations
 
@@ -17,10 +18,12 @@ from pyflannel.lab.cluster import Lab
 from pyflannel.lab.ipv6 import NETWORK6, config, host_ip6
 from pyflannel.lab.netns import in_ns, ns_add, ns_delete, sh
 
-from .helpers import log_text, wait_for
+from .helpers import TrafficDriver, log_text, wait_for
 from .test_ipv6_lab import subnet6
 
 NAME = "pf6n"
+NS = "pftm6"  # the bare namespace of the release test (conftest's ``ns``)
+NET6, POD6 = "2001:db8:77::/56", "2001:db8:77:3::/64"
 OUTSIDE_NS, OUTSIDE_IP, OUTSIDE_IP6 = f"{NAME}-out", "198.18.0.201", "2001:db8::c8"
 
 
@@ -112,3 +115,29 @@ def test_flush_ruleset_and_deleted_table_are_repaired(lab: Lab) -> None:
     sh(in_ns(ns, "nft", "delete", "table", "ip6", "flannel-ipv6"))
     wait_for(lambda: in_order(lab), timeout=20, what="ip6 flannel-ipv6 table restored after a delete")
     assert "ip saddr 10.0.0.0/16 accept" in sh(in_ns(ns, "nft", "list", "table", "ip", "flannel-ipv4")).stdout
+
+
+def test_switching_modes_moves_the_ipv6_rules_and_releases_only_the_ip6_table(
+        ns: str, driver: Callable[..., TrafficDriver]) -> None:
+    if subprocess.run(in_ns(ns, "nft", "list", "ruleset"), capture_output=True, check=False).returncode:
+        pytest.skip("no nf_tables in network namespaces")
+    masq = f'-A FLANNEL-POSTRTG -s {NET6} ! -d ff00::/8 -m comment --comment "flanneld masq" -j MASQUERADE'
+
+    def ip6tables_nat() -> str:
+        return sh(in_ns(ns, "ip6tables", "-w", "-t", "nat", "-S")).stdout
+
+    def tables() -> str:
+        return sh(in_ns(ns, "nft", "list", "tables")).stdout
+
+    driver(nftables=False, ip_masq=True, forward_rules=True, family=6).call("setup", NET6, POD6, None, None)
+    assert masq in ip6tables_nat()
+    driver(nftables=True, ip_masq=True, forward_rules=True).call("setup", "10.244.0.0/16", "10.244.1.0/24", None,
+                                                                  None)
+    driver(nftables=True, ip_masq=True, forward_rules=True, family=6).call("setup", NET6, POD6, None, None)
+    assert "FLANNEL-POSTRTG" not in ip6tables_nat()  # nftables mode: our ip6tables rules and chain are gone
+    table = sh(in_ns(ns, "nft", "list", "table", "ip6", "flannel-ipv6")).stdout
+    assert f"ip6 saddr {NET6} ip6 daddr != ff00::/8 masquerade" in table and f"ip6 daddr {NET6} accept" in table
+    # back to ip6tables: the ip6 table goes, the IPv4 network's ip table stays
+    driver(nftables=False, ip_masq=True, forward_rules=True, family=6).call("setup", NET6, POD6, None, None)
+    assert masq in ip6tables_nat()
+    assert "table ip6 flannel-ipv6" not in tables() and "table ip flannel-ipv4" in tables()
