@@ -46,6 +46,7 @@ from .kernel.traffic import TrafficManager
 from .observe import HttpServer, Stats, View, state_lines
 from .process import ignore_early, install_signals, raise_file_limit
 from .store.etcd import EtcdOptions, EtcdRegistry
+from .store.etcd_v2 import only_in_v2, v2_config
 from .store.manager import DEFAULT_TTL, LeaseManager, log_bad, watch_leases
 from .subnetfile import read_previous_subnet, try_write_subnet_file, unwritable_fix
 from .systemd import sd_notify
@@ -148,6 +149,7 @@ class Conductor:
         key = self.registry.config_key
         # log each kind of problem once, not once per retry; an outage is one problem however worded
         once = LogOnce(log, same=lambda m: m.split(":")[0] if m.startswith("cannot read the network config") else m)
+        in_v2: bool | None = None  # the v2 store is asked once, the first time v3 has no config
         while True:
             try:
                 data = await self.registry.get_config()
@@ -158,9 +160,15 @@ class Conductor:
                     for warning in get_backend(config.backend_type).check_config(config):
                         log.warning(warning)
                     return config
-                msg = (f"network config not found at {key} in etcd {self.registry.endpoints}: write it with "
-                       f"`flannelctl -etcd-prefix={self.registry.prefix} config set FILE` or "
-                       f"`etcdctl put {key} '{{\"Network\": \"10.0.0.0/16\"}}'` (etcd v3 API); retrying every second")
+                if in_v2 is None:
+                    in_v2 = await v2_config(self.registry.options, key) is not None
+                if in_v2:
+                    msg = only_in_v2(key, self.registry.endpoints, self.registry.prefix) + "; retrying every second"
+                else:
+                    msg = (f"network config not found at {key} in etcd {self.registry.endpoints}: write it with "
+                           f"`flannelctl -etcd-prefix={self.registry.prefix} config set FILE` or "
+                           f"`etcdctl put {key} '{{\"Network\": \"10.0.0.0/16\"}}'` (etcd v3 API); retrying "
+                           "every second")
             except StoreUnavailable as err:
                 msg = f"cannot read the network config: {err}; retrying (check --etcd-endpoints)"
             except ConfigError as err:

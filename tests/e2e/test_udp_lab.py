@@ -171,6 +171,22 @@ def test_missing_config_is_named_in_the_log(bare_lab: Lab) -> None:
     assert h.subnet.startswith("10.0.")
 
 
+def test_v2_only_config_is_named_and_migrated(bare_lab: Lab) -> None:
+    """The article's `etcdctl mk` writes the v2 store: flanneld names that and the fix, which works."""
+    lab, h = bare_lab, bare_lab.hosts[0]
+    lab.etcd_server.etcdctl_v2("mk", "/atomic.io/network/config", '{"Network": "10.0.0.0/16"}')
+    wait_for(lambda: "is not in etcd's v3 store but is in its v2 store" in log_text(lab, h),
+             what="the v2-only config named in flanneld's log")
+    assert "config migrate-v2" in log_text(lab, h)
+    out = subprocess.run(["ip", "netns", "exec", h.ns, sys.executable, "-m", "pyflannel.cli.flannelctl",
+                          f"-etcd-endpoints={lab.etcd_endpoint}",
+                          f"-etcd-prefix={PREFIX}", "config", "migrate-v2"], capture_output=True, text=True,
+                         timeout=30, check=True).stdout
+    assert "network 10.0.0.0/16" in out
+    lab.finish(20)
+    assert h.subnet.startswith("10.0.")
+
+
 BAD_CONFIGS = [
     ('{"Network": "10.0.0.0/16"', "invalid JSON"),
     ('{"SubnetLen": 24}', "please define a correct Network parameter"),

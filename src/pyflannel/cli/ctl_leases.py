@@ -14,20 +14,28 @@ from ..core.errors import ConfigError, FlannelError, StoreUnavailable
 from ..core.lease import Lease, LeaseAttrs, public_ip_problem
 from ..core.subnetenv import parse_subnet_env
 from ..store.etcd import EtcdRegistry
+from ..store.etcd_v2 import only_in_v2, v2_config
 
 
 async def network_config(registry: EtcdRegistry, *, required: bool = True) -> NetworkConfig | None:
     data = await registry.get_config()
     if data is None:
         if required:
-            raise FlannelError(f"no network config at {registry.config_key} in etcd {registry.endpoints}: is "
-                               f"-etcd-prefix right (flanneld's default is /coreos.com/network)? Write one with "
-                               f"`flannelctl -etcd-prefix={registry.prefix} config set FILE`")
+            raise await no_config(registry)
         return None
     try:
         return parse_config(data)
     except ConfigError as err:
         raise FlannelError(f"the network config at {registry.config_key} is invalid: {err}") from err
+
+
+async def no_config(registry: EtcdRegistry) -> FlannelError:
+    """The error for a missing ``<prefix>/config``: written to the v2 store, or not at all."""
+    if await v2_config(registry.options, registry.config_key) is not None:
+        return FlannelError(only_in_v2(registry.config_key, registry.endpoints, registry.prefix))
+    return FlannelError(f"no network config at {registry.config_key} in etcd {registry.endpoints}: is "
+                        f"-etcd-prefix right (flanneld's default is /coreos.com/network)? Write one with "
+                        f"`flannelctl -etcd-prefix={registry.prefix} config set FILE`")
 
 
 def _expires(seconds: int | None) -> str:

@@ -13,6 +13,8 @@ import asyncio
 import http.client
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from ..core.config import NetworkConfig
 from ..core.errors import FlannelError, KernelError
@@ -20,6 +22,9 @@ from ..core.subnetenv import previous_subnets
 from ..instance import holder
 from ..store.etcd import EtcdRegistry
 from .ctl_leases import _expires, network_config, read_subnet_env
+
+if TYPE_CHECKING:
+    from ..kernel.netlink import Link
 
 
 async def status(registry: EtcdRegistry, subnet_file: str, healthz_port: int, healthz_ip: str = "") -> int:
@@ -78,14 +83,24 @@ def _devices(config: NetworkConfig) -> tuple[str, bool]:
     from ..kernel import netlink
 
     try:
-        names = {link.name: link for link in netlink.links()}
+        links = {link.name: link for link in netlink.links()}
     except KernelError as err:
         return f"cannot list them: {err}", False
-    want = {"udp": "flannel0", "vxlan": f"flannel.{config.backend_option('VNI', 1)}",
+    return devices(config, links)
+
+
+def device_name(config: NetworkConfig) -> str | None:
+    """The device flanneld owns for this backend; None for one that needs none (host-gw)."""
+    return {"udp": "flannel0", "vxlan": f"flannel.{config.backend_option('VNI', 1)}",
             "wireguard": "flannel-wg"}.get(config.backend_type)
+
+
+def devices(config: NetworkConfig, links: Mapping[str, Link]) -> tuple[str, bool]:
+    """flanneld's device as the kernel has it: (what to show, whether it is fine)."""
+    want = device_name(config)
     if want is None:
         return "none needed", True
-    link = names.get(want)
+    link = links.get(want)
     if link is None:
         return f"{want} MISSING", False
     return f"{want} {'up' if link.up else 'DOWN'} mtu {link.mtu}", link.up

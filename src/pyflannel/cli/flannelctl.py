@@ -2,8 +2,9 @@
 from the same FLANNELD_* environment, before or after the subcommand.
 
     flannelctl [-etcd-endpoints=…] [-etcd-prefix=…] config get | set FILE|- [--force] | validate [FILE|-] [--json]
+    flannelctl config migrate-v2 [--force]
     flannelctl leases list [--json] | reserve SUBNET PUBLIC_IP | revoke SUBNET
-    flannelctl [-subnet-file=…] [-healthz-port=N] status
+    flannelctl [-subnet-file=…] [-healthz-port=N] status | doctor [--json]
     flannelctl lab up|down|status|demo [--name NAME] [--hosts N] [--backend udp|vxlan|host-gw|wireguard]
                                        [--ipv6 dual]
                [--keep] [--force]
@@ -29,9 +30,11 @@ from ..core.config import RESTART_NEEDED, NetworkConfig, config_changes, parse_c
 from ..core.errors import ConfigError, FlannelError, StoreUnavailable
 from ..lab.netns import LabError
 from ..store.etcd import EtcdRegistry
+from .ctl_doctor import doctor
 from .ctl_lab import lab_command
-from .ctl_leases import leases_list, leases_reserve, leases_revoke, orphaned_by
+from .ctl_leases import leases_list, leases_reserve, leases_revoke, no_config, orphaned_by
 from .ctl_status import status
+from .ctl_v2 import migrate_v2
 from .flags import Flag, FlagSet, HelpRequested, UsageError
 from .flanneld import ETCD_FLAGS, etcd_options
 from .sysconfig import with_sysconfig
@@ -78,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
     s = cfg.add_parser("set", help="validate a config, then write it to etcd")
     s.add_argument("file", help="a JSON file, or - for stdin")
     s.add_argument("--force", action="store_true", help="write even if existing leases fall outside the new network")
+    m = cfg.add_parser("migrate-v2", help="copy a config (and leases) written to etcd's v2 store into v3, "
+                       "which flanneld reads")
+    m.add_argument("--force", action="store_true", help="replace a different config already in v3")
     v = cfg.add_parser("validate", help="check a config file (or, with no file, what is in etcd)")
     v.add_argument("file", nargs="?", help="a JSON file, or - for stdin")
     v.add_argument("--json", action="store_true", help="print the effective config with every default")
@@ -93,6 +99,8 @@ def _parser() -> argparse.ArgumentParser:
                            "<prefix>/subnets/ (a bad one too) given as listed: 10.0.5.128-25 or the full key")
     rv.add_argument("subnet", metavar="SUBNET|KEY")
     sub.add_parser("status", help="this host: lease, backend, peers, devices, health")
+    dr = sub.add_parser("doctor", help="this host: every known way flannel breaks, checked, with the fix")
+    dr.add_argument("--json", action="store_true", help="one JSON document instead of the lines")
     lab = sub.add_parser("lab", help="a multi-host cluster in network namespaces on this machine")
     lab.add_argument("action", choices=["up", "down", "status", "demo"])
     lab.add_argument("--name", default="pfl", help="lab name, prefix of its namespaces (default pfl)")
@@ -132,8 +140,7 @@ async def _config(args: argparse.Namespace, registry: EtcdRegistry) -> int:
         got = await registry.get_config()
         where = registry.config_key
         if got is None:
-            raise FlannelError(f"no network config at {registry.config_key}: write one with "
-                               f"`flannelctl -etcd-prefix={registry.prefix} config set FILE`")
+            raise await no_config(registry)
         data = got
     try:
         cfg = parse_config(data)
@@ -165,8 +172,13 @@ async def _config(args: argparse.Namespace, registry: EtcdRegistry) -> int:
 
 async def _run(args: argparse.Namespace, values: Mapping[str, Any], registry: EtcdRegistry) -> int:
     try:
+        if args.cmd == "config" and args.action == "migrate-v2":
+            return await migrate_v2(registry, args.force)
         if args.cmd == "config":
             return await _config(args, registry)
+        if args.cmd == "doctor":
+            return await doctor(registry, values["subnet-file"], values["healthz-port"], values["healthz-ip"],
+                                args.json)
         if args.cmd == "status":
             return await status(registry, values["subnet-file"], values["healthz-port"], values["healthz-ip"])
         if args.action == "list":

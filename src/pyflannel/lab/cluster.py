@@ -194,7 +194,7 @@ class Lab:
         """(Re)start the lab's etcd on its data dir. ``host="127.0.0.1"`` serves it only inside its own
         namespace: to the hosts' flanneld, etcd is still down (changes "during an outage")."""
         self.etcd_server = EtcdServer(os.path.join(self.state_dir, "etcd", "data"), host=host, netns=self.etcd_ns,
-                                      log_path=os.path.join(self.state_dir, "etcd.log"))
+                                      log_path=os.path.join(self.state_dir, "etcd.log"), enable_v2=True)
         self.etcd_server.start()
         return self.etcd_server
 

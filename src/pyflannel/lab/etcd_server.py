@@ -41,6 +41,7 @@ class EtcdServer:
     cluster: str = ""  # --initial-cluster of a multi-member cluster; empty: this member alone
     tls: tuple[str, str, str] | None = None  # (cert, key, ca): https with client certificates required
     user: str = ""  # "name:password" for etcdctl once auth is enabled
+    enable_v2: bool = False  # also serve the v2 API (/v2/keys), as `ETCDCTL_API=2 etcdctl mk` needs
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
@@ -60,6 +61,7 @@ class EtcdServer:
             "--listen-peer-urls", f"http://{self.host}:{self.peer_port}",
             "--initial-advertise-peer-urls", f"http://{self.host}:{self.peer_port}",
             "--initial-cluster", self.cluster or f"{self.name}=http://{self.host}:{self.peer_port}",
+            *(["--enable-v2=true"] if self.enable_v2 else []),
             *self.extra_args,
         ]
         if self.tls:
@@ -75,6 +77,13 @@ class EtcdServer:
         if self.user:
             args += ["--user", self.user]
         return args
+
+    def etcdctl_v2(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """The v2 etcdctl (``ETCDCTL_API=2``: ``mk``, ``get``, ``ls``, ``--ttl``), as old guides use it."""
+        cmd = ["etcdctl", "--endpoints", self.endpoint, *args]
+        if self.netns:
+            cmd = ["ip", "netns", "exec", self.netns, *cmd]
+        return subprocess.run(cmd, capture_output=True, text=True, check=True, env=dict(os.environ, ETCDCTL_API="2"))
 
     def start(self, timeout: float = 15.0, wait: bool = True) -> None:
         os.makedirs(self.data_dir, exist_ok=True)
