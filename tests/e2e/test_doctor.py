@@ -62,9 +62,23 @@ def test_healthy_host_is_all_ok(lab: Lab) -> None:
     levels = {(c["name"], c["level"]) for cs in checks.values() for c in cs}
     assert rc == 0 and {lvl for _, lvl in levels} == {"ok"}, checks
     for name in ("etcd", "clock", "config", "subnet.env", "flanneld", "lease", "device", "ip_forward",
-                 "br_netfilter", "mtu", "forward", "routes"):
+                 "br_netfilter", "mtu", "forward", "routes", "peers"):
         assert name in checks, f"no {name} check"
     assert "1 peer subnet(s) routed via flannel0" in checks["routes"][0]["text"]
+    assert checks["peers"][0]["text"] == "all 1 peer(s) answer through the overlay (udp/8285)"
+
+
+def test_encapsulation_port_blocked_on_the_peer(lab: Lab) -> None:
+    peer = lab.hosts[1]
+    rule = ["INPUT", "-p", "udp", "--dport", "8285", "-j", "DROP"]
+    sh(["ip", "netns", "exec", peer.ns, "iptables", "-w", "5", "-I", *rule])
+    try:
+        rc, checks = doctor(lab)
+    finally:
+        sh(["ip", "netns", "exec", peer.ns, "iptables", "-w", "5", "-D", *rule])
+    found = problem(checks, "peers")
+    assert rc == 1 and "1 of 1 peer(s) answer on the underlay but not through udp/8285" in found["text"], found
+    assert f"({peer.ip})" in found["text"] and "--dport 8285 -j ACCEPT" in found["fix"]
 
 
 def test_ip_forward_off(lab: Lab) -> None:

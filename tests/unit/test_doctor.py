@@ -44,3 +44,42 @@ def test_clock_skew_and_routes() -> None:
     assert route_drift([], 2, "via flannel0").level == OK
     drift = route_drift([f"10.0.{i}.0/24 goes out eth0" for i in range(5)], 5, "via flannel0")
     assert drift.level == PROBLEM and "5 of 5" in drift.text and "and 2 more" in drift.text
+
+
+def test_peer_checks_tell_a_blocked_port_from_a_dead_host() -> None:
+    from pyflannel.core.doctor import PeerProbe, peer_checks
+
+    ok = PeerProbe("10.0.5.0/24", "198.18.0.5", True, True)
+    blocked = PeerProbe("10.0.6.0/24", "198.18.0.6", False, True)
+    dead = PeerProbe("10.0.7.0/24", "198.18.0.7", False, False)
+    assert peer_checks("udp/8472", []).level == OK
+    assert peer_checks("udp/8472", [ok]).text == "all 1 peer(s) answer through the overlay (udp/8472)"
+    check = peer_checks("udp/8472", [ok, blocked, dead])
+    assert check.level == PROBLEM and "1 of 3 peer(s) answer on the underlay but not through udp/8472: " \
+        "10.0.6.0/24 (198.18.0.6)" in check.text and "--dport 8472 -j ACCEPT" in check.fix
+    check = peer_checks("udp/8285", [ok, dead])
+    assert check.level == PROBLEM and "neither through the overlay nor on the underlay: 10.0.7.0/24" in check.text
+
+
+def test_checksum_check_needs_echo_to_pass_and_udp_to_fail() -> None:
+    from pyflannel.core.doctor import PeerProbe, checksum_check
+
+    good = PeerProbe("10.0.5.0/24", "198.18.0.5", True, True, True)
+    bad = PeerProbe("10.0.6.0/24", "198.18.0.6", True, True, False)
+    down = PeerProbe("10.0.7.0/24", "198.18.0.7", False, True, None)
+    assert checksum_check("flannel.1", True, [good]).level == OK
+    assert "not probed" in checksum_check("flannel.1", True, [down]).text
+    check = checksum_check("flannel.1", True, [good, bad, down])
+    assert check.level == PROBLEM and "UDP does not arrive intact at 1 of 2 peer(s): 10.0.6.0/24" in check.text
+    assert "offload on" in check.text and check.fix.startswith("ethtool -K flannel.1 tx-checksum-ip-generic off")
+
+
+def test_entry_drift_counts_and_lists_the_first_three() -> None:
+    from pyflannel.core.doctor import entry_drift
+
+    assert entry_drift("flannel.1", [], [], 4).level == OK
+    rows = [f"10.0.{i}.0 lladdr 02:00:00:00:00:0{i} missing" for i in range(5)]
+    check = entry_drift("flannel.1", rows, ["02:00:00:00:00:01 dst 198.18.0.9 is dst 198.18.0.8"], 5)
+    assert check.level == PROBLEM
+    assert "5 neighbour entries missing or wrong (10.0.0.0 lladdr" in check.text and "; and 2 more)" in check.text
+    assert "1 FDB entry missing or wrong (02:00:00:00:00:01 dst 198.18.0.9 is dst 198.18.0.8)" in check.text

@@ -17,12 +17,14 @@ from ..core.config import NetworkConfig, parse_config
 from ..core.doctor import OK, PROBLEM, WARNING, Check, clock_skew, forward_chain, mtu_chain, route_drift
 from ..core.errors import ConfigError, FlannelError, KernelError, StoreUnavailable
 from ..core.events import Snapshot
+from ..core.lease import Lease
 from ..core.subnetenv import previous_subnets
 from ..instance import holder
 from ..store.etcd import EtcdRegistry
 from ..store.etcd_v2 import V2Keys, only_in_v2, v2_config
 from .ctl_leases import _expires, read_subnet_env
 from .ctl_status import _health, device_name, devices
+from .doctor_peers import entries, peers_of, probes
 
 BRIDGES = ("docker0", "cni0")
 
@@ -185,7 +187,11 @@ def _kernel_checks(config: NetworkConfig, values: dict[str, str], own: ipaddress
                          if dev in links else None, int(mtu), bridges)
     out.append(_forward(config))
     if snap is not None and own is not None and config.network is not None:
-        out.append(_routes(config, snap, own, links))
+        peers = peers_of(config, snap, own)
+        out.append(_routes(config, peers, links))
+        drift = entries(config, dev or "", peers, links)
+        out += [drift] if drift else []
+        out += probes(config, dev if config.backend_type != "host-gw" else None, peers, links)
     return out
 
 
@@ -214,11 +220,9 @@ def _forward(config: NetworkConfig) -> Check:
     return forward_chain(run.stdout, config.network)
 
 
-def _routes(config: NetworkConfig, snap: Snapshot, own: ipaddress.IPv4Network, links: dict) -> Check:
+def _routes(config: NetworkConfig, peers: list[Lease], links: dict) -> Check:
     from ..kernel import netlink
 
-    peers = [le for le in snap.leases if le.subnet != own and config.network is not None
-             and le.subnet.subnet_of(config.network)]
     dev = device_name(config)
     index = links[dev].index if dev in links else None
     how = f"via {dev}" if dev else "via each peer's public IP"

@@ -141,3 +141,75 @@ def route_drift(wrong: Sequence[str], total: int, how: str) -> Check:
     return Check("routes", PROBLEM, f"{len(wrong)} of {total} peer subnet(s) not routed {how}: {first}",
                  "flanneld restores its routes within seconds (-v=2 logs each repair): is it running? "
                  "Else restart it")
+
+
+def entry_drift(dev: str, missing_neighs: Sequence[str], missing_fdbs: Sequence[str], peers: int) -> Check:
+    """vxlan: the permanent neighbour (peer gateway -> VtepMAC) and FDB (VtepMAC -> PublicIP) entries
+    the backend wants on ``dev`` that the kernel lacks or has different."""
+    if not missing_neighs and not missing_fdbs:
+        return Check("neigh/fdb", OK, f"all {peers} peer(s) have their neighbour and FDB entry on {dev}")
+    parts = []
+    for what, rows in (("neighbour", missing_neighs), ("FDB", missing_fdbs)):
+        if rows:
+            parts.append(f"{len(rows)} {what} entr{'y' if len(rows) == 1 else 'ies'} missing or wrong ("
+                         + "; ".join(rows[:3]) + (f"; and {len(rows) - 3} more" if len(rows) > 3 else "") + ")")
+    return Check("neigh/fdb", PROBLEM, f"on {dev}, of {peers} peer(s): " + ", ".join(parts)
+                 + ": packets to those peers are dropped or sent to the wrong host",
+                 "flanneld restores its entries within seconds (-v=2 logs each repair): is it running? Else restart it")
+
+
+@dataclass(frozen=True)
+class PeerProbe:
+    """What one peer answered: echo to its overlay address, echo to its public IP, and whether a
+    UDP datagram through the overlay arrived intact (None: not probed)."""
+    subnet: str
+    public_ip: str
+    overlay: bool
+    underlay: bool
+    udp: bool | None = None
+
+    def who(self) -> str:
+        return f"{self.subnet} ({self.public_ip})"
+
+
+def _listed(probes: Sequence[PeerProbe]) -> str:
+    return ", ".join(p.who() for p in probes[:3]) + (f" and {len(probes) - 3} more" if len(probes) > 3 else "")
+
+
+def peer_checks(encap: str, probes: Sequence[PeerProbe]) -> Check:
+    """Per peer, whether its encapsulation port (``encap``, e.g. ``udp/8472``) answers through the
+    overlay; told apart from a peer that is down or unreachable on the underlay."""
+    if not probes:
+        return Check("peers", OK, "no peer to probe")
+    blocked = [p for p in probes if not p.overlay and p.underlay]
+    gone = [p for p in probes if not p.overlay and not p.underlay]
+    if blocked:
+        return Check("peers", PROBLEM, f"{len(blocked)} of {len(probes)} peer(s) answer on the underlay but not "
+                     f"through {encap}: {_listed(blocked)}: a firewall on the way or on the peer drops it",
+                     f"allow {encap} from this host on those peers (e.g. iptables -I INPUT -p {encap.split('/')[0]} "
+                     f"--dport {encap.split('/')[1]} -j ACCEPT; cloud security groups too)")
+    if gone:
+        return Check("peers", PROBLEM, f"{len(gone)} of {len(probes)} peer(s) answer neither through the overlay nor "
+                     f"on the underlay: {_listed(gone)}: the host is down or its public IP unreachable from here",
+                     "check those hosts; a host gone for good: flannelctl leases revoke SUBNET")
+    return Check("peers", OK, f"all {len(probes)} peer(s) answer through the overlay ({encap})")
+
+
+def checksum_check(dev: str, offload: bool | None, probes: Sequence[PeerProbe]) -> Check:
+    """vxlan: echo passes through the overlay but a UDP datagram does not arrive intact (its peer
+    never answers port-unreachable): the checksum offload produces bad packets."""
+    state = {True: "on", False: "off", None: "unknown"}[offload]
+    tried = [p for p in probes if p.overlay and p.udp is not None]
+    if not tried:
+        return Check("checksum", OK, f"not probed: no peer answers through the overlay ({dev} tx checksum "
+                     f"offload {state})")
+    bad = [p for p in tried if not p.udp]
+    if not bad:
+        return Check("checksum", OK, f"UDP through {dev} arrives intact at {len(tried)} peer(s) (tx checksum "
+                     f"offload {state})")
+    return Check("checksum", PROBLEM, f"ping passes through {dev} but UDP does not arrive intact at {len(bad)} of "
+                 f"{len(tried)} peer(s): {_listed(bad)} (tx checksum offload {state}): the packets leave with bad "
+                 "checksums (the known vxlan checksum-offload fault of some kernels and NICs; TCP and DNS "
+                 "through the overlay hang)",
+                 f"ethtool -K {dev} tx-checksum-ip-generic off (flanneld does this itself when its start-up probe "
+                 "fails); if it persists, check the underlay NIC: ethtool -K <nic> tx-udp_tnl-csum-segmentation off")
