@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from pyflannel.lab.cluster import Lab
+from pyflannel.lab.cluster import PREFIX, Lab
 from pyflannel.lab.netns import sh
 
 from .helpers import subnet_of, wait_for
@@ -71,3 +71,59 @@ def test_bad_udp_checksums_are_named(lab: Lab) -> None:
     assert rc == 1 and "ping passes through flannel.1 but UDP does not arrive intact at 1 of 1 peer(s)" in found["text"]
     assert found["fix"].startswith("ethtool -K flannel.1 tx-checksum-ip-generic off")
     assert checks["peers"][0]["level"] == "ok", "ping still passes: only the checksum is named"
+
+
+def trace(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
+    h = lab.hosts[0]
+    out = subprocess.run(["ip", "netns", "exec", h.ns, sys.executable, "-m", "pyflannel.cli.flannelctl",
+                          f"-etcd-endpoints={lab.etcd_endpoint}", f"-etcd-prefix={PREFIX}", "trace", *args],
+                         capture_output=True, text=True, timeout=60)
+    return out
+
+
+def test_trace_healthy_path(lab: Lab) -> None:
+    a, b = lab.hosts
+    out = trace(lab, a.container_ip, b.container_ip)
+    assert out.returncode == 0 and out.stderr == "", out
+    gw, mac = subnet_of(b).split("/")[0], lab_mac(lab, b)
+    for line in (f"ok    source        {a.container_ip} in {subnet_of(a)}, vxlan lease of {a.ip} (this host)",
+                 f"ok    destination   {b.container_ip} in {subnet_of(b)}, vxlan lease of {b.ip}",
+                 f"ok    route         {subnet_of(b)} via {gw} dev flannel.1 onlink",
+                 f"ok    neighbour     {gw} lladdr {mac} on flannel.1",
+                 f"ok    fdb           {mac} dst {b.ip} on flannel.1",
+                 f"ok    encapsulation vxlan VNI 1: outer {a.ip} -> {b.ip} udp/8472",
+                 f"ok    underlay      {b.ip} via eth0",
+                 f"trace: {a.container_ip} -> {b.container_ip}: every hop is right"):
+        assert line in out.stdout.splitlines(), out.stdout
+
+
+def test_trace_names_a_deleted_route_and_a_wrong_fdb_entry(lab: Lab) -> None:
+    a, b = lab.hosts
+    with flanneld_paused(lab):
+        sh(["ip", "-n", a.ns, "route", "del", subnet_of(b)])
+        route = trace(lab, a.container_ip, b.container_ip)
+    wait_for(lambda: subnet_of(b) in sh(["ip", "-n", a.ns, "route"]).stdout, what="flanneld's repair")
+    mac = lab_mac(lab, b)
+    with flanneld_paused(lab):
+        sh(["bridge", "-n", a.ns, "fdb", "replace", mac, "dev", "flannel.1", "dst", "198.18.0.250"])
+        sh(["bridge", "-n", a.ns, "fdb", "del", mac, "dev", "flannel.1", "dst", b.ip])
+        fdb = trace(lab, a.container_ip, b.container_ip)
+    wait_for(lambda: f"dst {b.ip}" in sh(["bridge", "-n", a.ns, "fdb", "show", "dev", "flannel.1"]).stdout,
+             what="flanneld's repair")
+    assert route.returncode == 1 and "trace: first wrong hop: route" in route.stdout, route
+    assert f"WRONG route         {subnet_of(b)} should go via {subnet_of(b).split('/')[0]} dev flannel.1 onlink, " \
+        "the kernel sends it dev " in route.stdout
+    assert "-> fix: flanneld puts it right within seconds" in route.stdout
+    assert fdb.returncode == 1 and "trace: first wrong hop: fdb" in fdb.stdout, fdb
+    assert f"{mac} should go to dst {b.ip} on flannel.1, the kernel has 198.18.0.250" in fdb.stdout
+
+
+def test_trace_outside_the_network_is_one_message(lab: Lab) -> None:
+    out = trace(lab, lab.hosts[0].container_ip, "192.168.1.1")
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr == ("flannelctl: DST 192.168.1.1 is outside the flannel network 10.0.0.0/16: trace follows "
+                          "container addresses inside it (e.g. a container's IP from `docker inspect`)\n")
+
+
+def lab_mac(lab: Lab, host) -> str:
+    return sh(["ip", "-n", host.ns, "link", "show", "flannel.1"]).stdout.split("link/ether ")[1].split()[0]

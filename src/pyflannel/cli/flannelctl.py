@@ -5,6 +5,7 @@ from the same FLANNELD_* environment, before or after the subcommand.
     flannelctl config migrate-v2 [--force]
     flannelctl leases list [--json] | reserve SUBNET PUBLIC_IP | revoke SUBNET
     flannelctl [-subnet-file=…] [-healthz-port=N] status | doctor [--json]
+    flannelctl trace SRC DST [--json]
     flannelctl lab up|down|status|demo [--name NAME] [--hosts N] [--backend udp|vxlan|host-gw|wireguard]
                                        [--ipv6 dual]
                [--keep] [--force]
@@ -34,6 +35,7 @@ from .ctl_doctor import doctor
 from .ctl_lab import lab_command
 from .ctl_leases import leases_list, leases_reserve, leases_revoke, no_config, orphaned_by
 from .ctl_status import status
+from .ctl_trace import trace_command
 from .ctl_v2 import migrate_v2
 from .flags import Flag, FlagSet, HelpRequested, UsageError
 from .flanneld import ETCD_FLAGS, etcd_options
@@ -101,6 +103,11 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("status", help="this host: lease, backend, peers, devices, health")
     dr = sub.add_parser("doctor", help="this host: every known way flannel breaks, checked, with the fix")
     dr.add_argument("--json", action="store_true", help="one JSON document instead of the lines")
+    tr = sub.add_parser("trace", help="the path from container address SRC to DST as this host sees it, and the "
+                        "first wrong hop with the fix")
+    tr.add_argument("src", metavar="SRC")
+    tr.add_argument("dst", metavar="DST")
+    tr.add_argument("--json", action="store_true", help="one JSON document instead of the lines")
     lab = sub.add_parser("lab", help="a multi-host cluster in network namespaces on this machine")
     lab.add_argument("action", choices=["up", "down", "status", "demo"])
     lab.add_argument("--name", default="pfl", help="lab name, prefix of its namespaces (default pfl)")
@@ -179,6 +186,8 @@ async def _run(args: argparse.Namespace, values: Mapping[str, Any], registry: Et
         if args.cmd == "doctor":
             return await doctor(registry, values["subnet-file"], values["healthz-port"], values["healthz-ip"],
                                 args.json)
+        if args.cmd == "trace":
+            return await trace_command(registry, args.src, args.dst, args.json)
         if args.cmd == "status":
             return await status(registry, values["subnet-file"], values["healthz-port"], values["healthz-ip"])
         if args.action == "list":
