@@ -28,6 +28,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from . import preflight
 from .backend import Backend, get_backend
 from .backend.udp_pump import available as pump_built
 from .converger import Converger
@@ -38,6 +39,7 @@ from .core.events import PeerTable, Snapshot
 from .core.lease import Lease
 from .core.leasecheck import screen
 from .core.subnetenv import SubnetEnv, render_subnet_env, subnet_env_for
+from .core.trace import device
 from .instance import InstanceLock
 from .keeper import LeaseKeeper
 from .kernel.host import KernelHost
@@ -232,6 +234,7 @@ class Conductor:
             tg.create_task(self._guard("keeper", self.keeper.run()))
             tg.create_task(self._guard("traffic-check", self.traffic_loop()))
             tg.create_task(self._guard("store-probe", self.probe_loop()))
+            tg.create_task(preflight.run(config, device(config), lease.subnet, lambda: self.peers.leases))
 
     async def publish_subnet_file(self, env: SubnetEnv, prev_subnet: ipaddress.IPv4Network | None) -> None:
         """Write subnet.env, then report ready (READY=1). While it cannot be written (read-only, full,

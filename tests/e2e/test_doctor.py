@@ -16,7 +16,7 @@ import pytest
 from pyflannel.lab.cluster import PREFIX, Lab
 from pyflannel.lab.netns import sh
 
-from .helpers import wait_for
+from .helpers import log_text, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -146,3 +146,30 @@ def test_etcd_down_is_said_and_the_rest_checked(lab: Lab) -> None:
     assert rc == 1 and "does not answer" in problem(checks, "etcd")["text"]
     assert checks["config"][0]["text"] == "not checked: etcd is down"
     assert checks["ip_forward"][0]["level"] == "ok" and checks["flanneld"][0]["level"] == "ok"
+
+
+def restart_flanneld(lab: Lab) -> int:
+    """Restart host 1's flanneld; the offset of its log where the new run starts."""
+    h = lab.hosts[0]
+    lab.stop_flanneld(h)
+    start = len(log_text(lab, h))
+    lab.start_flanneld(h)
+    return start
+
+
+def test_preflight_warns_with_the_fix_and_flanneld_runs_on(lab: Lab) -> None:
+    h = lab.hosts[0]
+    ns = h.ns
+    sh(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=0"])
+    sh(["ip", "netns", "exec", ns, "iptables", "-w", "5", "-I", "FORWARD", "1", "-j", "DROP"])
+    try:
+        start = restart_flanneld(lab)
+        wait_for(lambda: "preflight: forward:" in log_text(lab, h)[start:], timeout=30, what="the preflight's warnings")
+        wait_for(lambda: "flannel is ready" in log_text(lab, h)[start:], timeout=30, what="flanneld ready")
+    finally:
+        sh(["ip", "netns", "exec", ns, "iptables", "-w", "5", "-D", "FORWARD", "-j", "DROP"])
+        sh(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+    log = log_text(lab, h)[start:]
+    assert "preflight: ip_forward: net.ipv4.ip_forward is 0" in log and "fix: sysctl -w net.ipv4.ip_forward=1" in log
+    assert "preflight: forward: FORWARD rule 1 (-A FORWARD -j DROP) drops 10.0.0.0/16" in log, log
+    assert lab.flanneld_pid(h) is not None, "a preflight problem never stops flanneld"

@@ -14,7 +14,7 @@ import pytest
 from pyflannel.lab.cluster import PREFIX, Lab
 from pyflannel.lab.netns import sh
 
-from .helpers import subnet_of, wait_for
+from .helpers import log_text, subnet_of, wait_for
 from .test_doctor import doctor, flanneld_paused, problem
 
 
@@ -127,3 +127,34 @@ def test_trace_outside_the_network_is_one_message(lab: Lab) -> None:
 
 def lab_mac(lab: Lab, host) -> str:
     return sh(["ip", "-n", host.ns, "link", "show", "flannel.1"]).stdout.split("link/ether ")[1].split()[0]
+
+
+def test_flanneld_turns_the_offload_off_when_its_probe_fails(lab: Lab) -> None:
+    """The fault made as in test_bad_udp_checksums_are_named, then flanneld restarted: its start-up
+    probe sees it, turns tx-checksum-ip-generic off on flannel.1 and says so. (The lab's fault is
+    made after the device, so it stays: flanneld then says the underlay corrupts it.)"""
+    h = lab.hosts[0]
+    nft = ["ip", "netns", "exec", h.ns, "nft"]
+    sh([*nft, "add", "table", "ip", "pfdv"])
+    try:
+        in_ns(h.ns, "from pyflannel.kernel.probe import set_tx_checksum; set_tx_checksum('eth0', False)")
+        sh([*nft, "add", "chain", "ip", "pfdv", "post", "{ type filter hook postrouting priority 0; }"])
+        sh([*nft, "add", "rule", "ip", "pfdv", "post", "udp dport 8472 @nh,472,8 17 @nh,576,16 33434 "
+            "@nh,608,16 set 0xdead"])
+        lab.stop_flanneld(h)
+        start = len(log_text(lab, h))
+        lab.start_flanneld(h)
+        wait_for(lambda: "checksum probe: still no UDP intact" in log_text(lab, h)[start:], timeout=60,
+                 what="flanneld's checksum probe")
+        off = subprocess.run(["ip", "netns", "exec", h.ns, sys.executable, "-c", "from pyflannel.kernel.probe import "
+                              "tx_checksum; print(tx_checksum('flannel.1'))"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+    finally:
+        sh([*nft, "delete", "table", "ip", "pfdv"])
+        in_ns(h.ns, "from pyflannel.kernel.probe import set_tx_checksum; set_tx_checksum('eth0', True)")
+        in_ns(h.ns, "from pyflannel.kernel.probe import set_tx_checksum; set_tx_checksum('flannel.1', True)")
+    log = log_text(lab, h)[start:]
+    assert off == "False"
+    assert "checksum probe: ping passes through flannel.1 but UDP does not arrive intact at 1 peer(s): the known " \
+        "vxlan checksum-offload fault; turned tx-checksum-ip-generic off on flannel.1 (this device only" in log, log
+    assert lab.flanneld_pid(h) is not None

@@ -24,8 +24,9 @@ ALLOWED = {
     "instance": {"core"},
     "converger": {"core", "kernel", "backend"},
     "keeper": {"core", "store"},
+    "preflight": {"core", "kernel"},
     "daemon": {"core", "store", "kernel", "backend", "systemd", "observe", "subnetfile", "converger", "keeper",
-               "instance", "process"},
+               "instance", "process", "preflight"},
     "cli": {"core", "store", "kernel", "backend", "systemd", "daemon", "lab", "__init__", "instance", "subnetfile"},
     "lab": {"core", "store", "cli", "instance"},
 }

@@ -9,24 +9,21 @@ import asyncio
 import ipaddress
 import json
 import os
-import shutil
-import subprocess
 import time
 
 from ..core.config import NetworkConfig, parse_config
-from ..core.doctor import OK, PROBLEM, WARNING, Check, clock_skew, forward_chain, mtu_chain, route_drift
+from ..core.doctor import OK, PROBLEM, WARNING, Check, clock_skew, mtu_chain, route_drift
 from ..core.errors import ConfigError, FlannelError, KernelError, StoreUnavailable
 from ..core.events import Snapshot
 from ..core.lease import Lease
 from ..core.subnetenv import previous_subnets
 from ..instance import holder
+from ..kernel import hostcheck
 from ..store.etcd import EtcdRegistry
 from ..store.etcd_v2 import V2Keys, only_in_v2, v2_config
 from .ctl_leases import _expires, read_subnet_env
 from .ctl_status import _health, device_name, devices
 from .doctor_peers import entries, peers_of, probes
-
-BRIDGES = ("docker0", "cni0")
 
 
 async def doctor(registry: EtcdRegistry, subnet_file: str, healthz_port: int, healthz_ip: str,
@@ -151,14 +148,6 @@ async def _lease_check(registry: EtcdRegistry, snap: Snapshot, own: ipaddress.IP
     return Check("lease", OK, f"{own} public IP {mine.attrs.public_ip}, expires in {_expires(ttl)}")
 
 
-def _read(path: str) -> str | None:
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return None
-
-
 def _kernel_checks(config: NetworkConfig, values: dict[str, str], own: ipaddress.IPv4Network | None,
                    snap: Snapshot | None) -> list[Check]:
     from ..kernel import netlink
@@ -169,23 +158,17 @@ def _kernel_checks(config: NetworkConfig, values: dict[str, str], own: ipaddress
         return [Check("kernel", PROBLEM, f"cannot read the kernel's devices: {err}", "run as root")]
     text, ok = devices(config, links)
     out = [Check("device", OK if ok else PROBLEM, text, "" if ok else "restart flanneld (it creates the device)")]
-    out.append(Check("ip_forward", OK, "on") if _read("/proc/sys/net/ipv4/ip_forward") == "1" else Check(
-        "ip_forward", PROBLEM, "net.ipv4.ip_forward is 0: this host does not forward the containers' packets",
-        "sysctl -w net.ipv4.ip_forward=1 (and net.ipv4.ip_forward=1 in /etc/sysctl.d/)"))
-    bridges = [(n, links[n].mtu) for n in BRIDGES if n in links]
-    if bridges:
-        if os.path.exists("/proc/sys/net/bridge/bridge-nf-call-iptables"):
-            out.append(Check("br_netfilter", OK, "loaded"))
-        else:
-            out.append(Check("br_netfilter", WARNING, f"not loaded: traffic bridged on {bridges[0][0]} bypasses "
-                             "iptables (kube-proxy services, network policies)",
-                             "modprobe br_netfilter; echo br_netfilter > /etc/modules-load.d/br_netfilter.conf"))
+    out.append(hostcheck.ip_forward())
+    bridges = [(n, links[n].mtu) for n in hostcheck.BRIDGES if n in links]
+    brnf = hostcheck.br_netfilter([n for n, _ in bridges])
+    out += [brnf] if brnf else []
     dev = device_name(config)
     mtu = values.get("FLANNEL_MTU", "")
     if mtu.isdigit():
         out += mtu_chain(config.backend_type, _underlay(snap, own, links), (dev, links[dev].mtu)
                          if dev in links else None, int(mtu), bridges)
-    out.append(_forward(config))
+    assert config.network is not None
+    out.append(hostcheck.forward(config.network, config.enable_nftables))
     if snap is not None and own is not None and config.network is not None:
         peers = peers_of(config, snap, own)
         out.append(_routes(config, peers, links))
@@ -206,18 +189,6 @@ def _underlay(snap: Snapshot | None, own: ipaddress.IPv4Network | None, links: d
         if addr.address.ip == mine.attrs.public_ip and addr.index in by_index:
             return by_index[addr.index].name, by_index[addr.index].mtu
     return None
-
-
-def _forward(config: NetworkConfig) -> Check:
-    assert config.network is not None
-    if config.enable_nftables:
-        return Check("forward", OK, "nftables: the FORWARD check reads iptables only (not checked)")
-    if shutil.which("iptables") is None:
-        return Check("forward", WARNING, "iptables is not installed: FORWARD not checked")
-    run = subprocess.run(["iptables", "-w", "5", "-S", "FORWARD"], capture_output=True, text=True, check=False)
-    if run.returncode != 0:
-        return Check("forward", WARNING, f"cannot read FORWARD: {run.stderr.strip()}", "run as root")
-    return forward_chain(run.stdout, config.network)
 
 
 def _routes(config: NetworkConfig, peers: list[Lease], links: dict) -> Check:
