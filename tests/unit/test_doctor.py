@@ -83,3 +83,12 @@ def test_entry_drift_counts_and_lists_the_first_three() -> None:
     assert check.level == PROBLEM
     assert "5 neighbour entries missing or wrong (10.0.0.0 lladdr" in check.text and "; and 2 more)" in check.text
     assert "1 FDB entry missing or wrong (02:00:00:00:00:01 dst 198.18.0.9 is dst 198.18.0.8)" in check.text
+
+
+def test_peer_checks_defer_to_a_wrong_entry_of_this_host() -> None:
+    from pyflannel.core.doctor import PeerProbe, peer_checks
+
+    blocked = PeerProbe("10.0.6.0/24", "198.18.0.6", False, True)
+    check = peer_checks("udp/8472", [blocked], "routes")
+    assert check.level == PROBLEM and "the routes problem above explains it" in check.text
+    assert "firewall" not in check.text

@@ -174,7 +174,8 @@ def _kernel_checks(config: NetworkConfig, values: dict[str, str], own: ipaddress
         out.append(_routes(config, peers, links))
         drift = entries(config, dev or "", peers, links)
         out += [drift] if drift else []
-        out += probes(config, dev if config.backend_type != "host-gw" else None, peers, links)
+        explained = next((c.name for c in out[-2:] if c.level == PROBLEM and c.name in ("routes", "neigh/fdb")), "")
+        out += probes(config, dev if config.backend_type != "host-gw" else None, peers, links, explained)
     return out
 
 

@@ -80,9 +80,10 @@ def _probe(lease: Lease, udp: bool) -> PeerProbe:
                      probe.udp_arrives(lease.subnet.network_address) if udp and overlay else None)
 
 
-def probes(config: NetworkConfig, dev: str | None, peers: list[Lease], links: Mapping[str, Link]) -> list[Check]:
+def probes(config: NetworkConfig, dev: str | None, peers: list[Lease], links: Mapping[str, Link],
+           explained: str = "") -> list[Check]:
     """Every peer (the first ``MAX_PROBED``) probed in parallel: the ``peers`` check, and on vxlan
-    the ``checksum`` check."""
+    the ``checksum`` check. ``explained``: a check above that found this host's entries wrong."""
     if dev is None:
         return [Check("peers", OK, f"{config.backend_type}: no encapsulation to probe")]
     if dev not in links:
@@ -92,7 +93,8 @@ def probes(config: NetworkConfig, dev: str | None, peers: list[Lease], links: Ma
     with ThreadPoolExecutor(max_workers=16) as pool:
         results = list(pool.map(lambda le: _probe(le, vxlan), chosen))
     ports = sorted({encap_port(config, le) for le in chosen}) or [encap_port(config)]
-    out = [peer_checks("/".join([ports[0].split("/")[0], ",".join(p.split("/")[1] for p in ports)]), results)]
+    encap = "/".join([ports[0].split("/")[0], ",".join(p.split("/")[1] for p in ports)])
+    out = [peer_checks(encap, results, explained)]
     if len(peers) > MAX_PROBED:
         out[0] = Check(out[0].name, out[0].level, f"{out[0].text} (the first {MAX_PROBED} of {len(peers)})",
                        out[0].fix)

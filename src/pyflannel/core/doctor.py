@@ -176,13 +176,19 @@ def _listed(probes: Sequence[PeerProbe]) -> str:
     return ", ".join(p.who() for p in probes[:3]) + (f" and {len(probes) - 3} more" if len(probes) > 3 else "")
 
 
-def peer_checks(encap: str, probes: Sequence[PeerProbe]) -> Check:
+def peer_checks(encap: str, probes: Sequence[PeerProbe], explained: str = "") -> Check:
     """Per peer, whether its encapsulation port (``encap``, e.g. ``udp/8472``) answers through the
-    overlay; told apart from a peer that is down or unreachable on the underlay."""
+    overlay; told apart from a peer that is down or unreachable on the underlay. ``explained``:
+    the name of a check above that already found this host's own entries wrong (then that is
+    the likelier cause, not a firewall)."""
     if not probes:
         return Check("peers", OK, "no peer to probe")
     blocked = [p for p in probes if not p.overlay and p.underlay]
     gone = [p for p in probes if not p.overlay and not p.underlay]
+    if blocked and explained:
+        return Check("peers", PROBLEM, f"{len(blocked)} of {len(probes)} peer(s) answer on the underlay but not "
+                     f"through the overlay: {_listed(blocked)}: the {explained} problem above explains it",
+                     f"fix the {explained} problem first, then run doctor again")
     if blocked:
         return Check("peers", PROBLEM, f"{len(blocked)} of {len(probes)} peer(s) answer on the underlay but not "
                      f"through {encap}: {_listed(blocked)}: a firewall on the way or on the peer drops it",
