@@ -49,7 +49,7 @@ def checksum(dev: str, peers: list[Lease]) -> None:
     if echoed == 0 or intact > 0:
         log.debug("checksum probe on %s: %d peer(s) answer echo, %d got UDP intact", dev, echoed, intact)
         return
-    if not probe.tx_checksum(dev):
+    if probe.tx_checksum(dev) is False:
         log.error("checksum probe: ping passes through %s but UDP does not arrive intact at %d peer(s), with %s "
                   "already off: the underlay corrupts it (try `ethtool -K <nic> tx-udp_tnl-csum-segmentation off` "
                   "on the underlay NIC); see `flannelctl doctor`", dev, echoed, probe.TX_CSUM)

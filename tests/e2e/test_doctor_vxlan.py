@@ -143,8 +143,11 @@ def test_flanneld_turns_the_offload_off_when_its_probe_fails(lab: Lab) -> None:
         lab.stop_flanneld(h)
         start = len(log_text(lab, h))
         lab.start_flanneld(h)
-        wait_for(lambda: "checksum probe: still no UDP intact" in log_text(lab, h)[start:], timeout=60,
-                 what="flanneld's checksum probe")
+        try:
+            wait_for(lambda: "checksum probe: still no UDP intact" in log_text(lab, h)[start:], timeout=60,
+                     what="flanneld's checksum probe")
+        except AssertionError as err:
+            raise AssertionError(f"{err}; flanneld's log: {log_text(lab, h)[start:][-4000:]}") from None
         off = subprocess.run(["ip", "netns", "exec", h.ns, sys.executable, "-c", "from pyflannel.kernel.probe import "
                               "tx_checksum; print(tx_checksum('flannel.1'))"], capture_output=True, text=True,
                              check=True).stdout.strip()

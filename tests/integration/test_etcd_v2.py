@@ -22,7 +22,8 @@ LEASE = json.dumps({"PublicIP": "198.18.0.11", "BackendType": "udp"})
 def etcd_v2(tmp_path) -> Iterator[EtcdServer]:
     if shutil.which("etcd") is None:
         pytest.fail("etcd is not installed: run `make setup`")
-    server = EtcdServer(str(tmp_path / "etcd" / "data"), log_path=str(tmp_path / "etcd.log"), enable_v2=True)
+    # its own directory: a test may also ask for the v3-only `etcd_server`, which uses tmp_path/etcd
+    server = EtcdServer(str(tmp_path / "etcd-v2" / "data"), log_path=str(tmp_path / "etcd-v2.log"), enable_v2=True)
     server.start()
     try:
         yield server

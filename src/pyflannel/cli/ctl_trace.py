@@ -31,8 +31,9 @@ def _kernel(config: NetworkConfig, dst: ipaddress.IPv4Address, peer_ip: ipaddres
     dev, mac, fdb = names.get(oif), None, ()
     vxlan = device(config) if config.backend_type == "vxlan" else None
     index = next((i for i, n in names.items() if n == vxlan), None)
-    if index is not None and gw is not None:
-        mac = next((m for ip, m, _ in netlink.dump_neighbours(index) if ipaddress.IPv4Address(ip) == gw), None)
+    if index is not None:  # the neighbour of the gateway the backend wants (the peer subnet's address)
+        want_gw = ipaddress.IPv4Network(f"{dst}/{config.subnet_len}", strict=False).network_address
+        mac = next((m for ip, m, _ in netlink.dump_neighbours(index) if ipaddress.IPv4Address(ip) == want_gw), None)
         want = peer_mac or mac
         fdb = tuple(ipaddress.IPv4Address(d) for m, d, _ in netlink.dump_fdb(index) if m == want and d is not None)
     try:
