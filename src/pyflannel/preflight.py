@@ -1,9 +1,10 @@
 """flanneld's start-up preflight: the cheap checks of ``flannelctl doctor`` (ip_forward,
 br_netfilter where a bridge exists, the FORWARD chain) run once and each problem is a warning with
 its fix; none stops flanneld (Go's hard exit on br_netfilter broke rootless and Windows users).
-On vxlan, once peers are programmed, the checksum probe runs once against up to three of them: when
-ping passes through the device but UDP does not arrive intact at any, flanneld turns the device's
-``tx-checksum-ip-generic`` off (its own device only) and says so, then probes again."""
+On vxlan, once peers are programmed and answer echo, the checksum probe runs once against up to
+three of them: when ping passes through the device but UDP does not arrive intact at any,
+flanneld turns the device's ``tx-checksum-ip-generic`` off (its own device only) and says so, then
+probes again."""
 
 from __future__ import annotations
 
@@ -43,22 +44,25 @@ def _probe_all(peers: list[Lease]) -> tuple[int, int]:
     return len(echoed), sum(probe.udp_arrives(le.subnet.network_address) for le in echoed)
 
 
-def checksum(dev: str, peers: list[Lease]) -> None:
-    """The vxlan checksum probe, and the fix when it fails."""
+def checksum(dev: str, peers: list[Lease]) -> bool:
+    """The vxlan checksum probe, and the fix when it fails. False: no peer answered echo yet
+    (just started, or the peers are not up): nothing judged, to be tried again."""
     echoed, intact = _probe_all(peers)
-    if echoed == 0 or intact > 0:
-        log.debug("checksum probe on %s: %d peer(s) answer echo, %d got UDP intact", dev, echoed, intact)
-        return
+    if echoed == 0:
+        return False
+    if intact > 0:
+        log.info("checksum probe: UDP through %s arrives intact at %d of %d peer(s)", dev, intact, echoed)
+        return True
     if probe.tx_checksum(dev) is False:
         log.error("checksum probe: ping passes through %s but UDP does not arrive intact at %d peer(s), with %s "
                   "already off: the underlay corrupts it (try `ethtool -K <nic> tx-udp_tnl-csum-segmentation off` "
                   "on the underlay NIC); see `flannelctl doctor`", dev, echoed, probe.TX_CSUM)
-        return
+        return True
     try:
         probe.set_tx_checksum(dev, False)
     except KernelError as err:
         log.error("checksum probe: ping passes through %s but UDP does not arrive intact; %s", dev, err)
-        return
+        return True
     log.warning("checksum probe: ping passes through %s but UDP does not arrive intact at %d peer(s): the known vxlan "
                 "checksum-offload fault; turned %s off on %s (this device only; `ethtool -K %s %s on` undoes it)",
                 dev, echoed, probe.TX_CSUM, dev, dev, probe.TX_CSUM)
@@ -68,6 +72,7 @@ def checksum(dev: str, peers: list[Lease]) -> None:
                   "`ethtool -K <nic> tx-udp_tnl-csum-segmentation off` on the underlay NIC)", dev, probe.TX_CSUM)
     else:
         log.info("checksum probe: UDP through %s arrives intact now", dev)
+    return True
 
 
 async def run(config: NetworkConfig, dev: str | None, own: ipaddress.IPv4Network, peers: Peers,
@@ -86,17 +91,19 @@ async def _run(config: NetworkConfig, dev: str | None, own: ipaddress.IPv4Networ
         return
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_s
-    while loop.time() < deadline:  # the first peers, and their routes programmed
+    while loop.time() < deadline:  # the first peers, routed and answering echo
         chosen = [le for sn, le in sorted(peers().items()) if sn != own][:PROBED]
-        if chosen and await asyncio.to_thread(_routed, dev, chosen):
-            await asyncio.to_thread(checksum, dev, chosen)
+        routed = bool(chosen) and await asyncio.to_thread(_routed, dev, chosen)
+        if routed and await asyncio.to_thread(checksum, dev, chosen):
             return
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(2.0)
+    log.info("checksum probe on %s: no peer answered echo within %gs; not probed (`flannelctl doctor` probes on "
+             "demand)", dev, wait_s)
 
 
 def _routed(dev: str, peers: list[Lease]) -> bool:
-    link = netlink.link_by_name(dev)
     try:
+        link = netlink.link_by_name(dev)
         return link is not None and all(netlink.route_get(le.subnet.network_address)[0] == link.index
                                         for le in peers)
     except KernelError:
