@@ -35,7 +35,8 @@ def _kernel(config: NetworkConfig, dst: ipaddress.IPv4Address, peer_ip: ipaddres
         want_gw = ipaddress.IPv4Network(f"{dst}/{config.subnet_len}", strict=False).network_address
         mac = next((m for ip, m, _ in netlink.dump_neighbours(index) if ipaddress.IPv4Address(ip) == want_gw), None)
         want = peer_mac or mac
-        fdb = tuple(ipaddress.IPv4Address(d) for m, d, _ in netlink.dump_fdb(index) if m == want and d is not None)
+        fdb = tuple(ipaddress.IPv4Address(d[1]) for m, d, _ in netlink.dump_fdb(index)
+                    if m == want and d is not None and d[0] == 4)  # d: (IP version, address)
     try:
         under, _ = netlink.route_get(peer_ip)
     except KernelError:

@@ -54,8 +54,8 @@ def entries(config: NetworkConfig, dev: str, peers: list[Lease], links: Mapping[
                   if state & NUD_PERMANENT}
         fdbs: dict[str, set[ipaddress.IPv4Address]] = {}
         for mac, dst, _ in netlink.dump_fdb(index):
-            if dst is not None:
-                fdbs.setdefault(mac, set()).add(ipaddress.IPv4Address(dst))
+            if dst is not None and dst[0] == 4:  # dst: (IP version, address)
+                fdbs.setdefault(mac, set()).add(ipaddress.IPv4Address(dst[1]))
     except OSError as err:
         return Check("neigh/fdb", OK, f"not checked: cannot read {dev}'s entries: {err}")
     bad_neigh, bad_fdb, n = [], [], 0
