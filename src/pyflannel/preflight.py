@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import time
 from collections.abc import Callable, Mapping
 
 from .core.config import NetworkConfig
@@ -50,6 +51,11 @@ def checksum(dev: str, peers: list[Lease]) -> bool:
     echoed, intact = _probe_all(peers)
     if echoed == 0:
         return False
+    if intact == 0:  # once more before acting: a peer that has just come up may not answer yet
+        time.sleep(2.0)
+        echoed, intact = _probe_all(peers)
+        if echoed == 0:
+            return False
     if intact > 0:
         log.info("checksum probe: UDP through %s arrives intact at %d of %d peer(s)", dev, intact, echoed)
         return True
