@@ -6,8 +6,9 @@ cd "$(dirname "$0")/.."
 
 # gcc + python3-dev build the udp backend's compiled packet pump (without them: the pure-Python one);
 # debootstrap makes the Debian 12 root the package test installs `make deb`'s package into;
-# wireguard-go + wireguard-tools: the wireguard backend where the kernel has no WireGuard
-APT_PACKAGES=(gcc python3-dev etcd-server etcd-client iproute2 iptables nftables iputils-ping tcpdump net-tools iperf3 procps systemd containernetworking-plugins debootstrap wireguard-go wireguard-tools)
+# wireguard-go + wireguard-tools: the wireguard backend where the kernel has no WireGuard;
+# curl + openssl: the kube-apiserver build and the lab API server's certificates
+APT_PACKAGES=(gcc python3-dev etcd-server etcd-client iproute2 iptables nftables iputils-ping tcpdump net-tools iperf3 procps systemd containernetworking-plugins debootstrap wireguard-go wireguard-tools curl openssl)
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 

@@ -28,7 +28,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from . import preflight
+from . import kubemode, preflight
 from .backend import Backend, get_backend
 from .backend.udp_pump import available as pump_built
 from .converger import Converger
@@ -49,6 +49,8 @@ from .observe import HttpServer, Stats, View, state_lines
 from .process import ignore_early, install_signals, raise_file_limit
 from .store.etcd import EtcdOptions, EtcdRegistry
 from .store.etcd_v2 import only_in_v2, v2_config
+from .store.kube import KubeOptions, KubeRegistry
+from .store.kube_manager import KubeLeaseManager
 from .store.manager import DEFAULT_TTL, LeaseManager, log_bad, watch_leases
 from .subnetfile import read_previous_subnet, try_write_subnet_file, unwritable_fix
 from .systemd import sd_notify
@@ -62,6 +64,7 @@ SUBNET_FILE_EXTEND_S = 30.0  # each try extends systemd's start timeout by this 
 @dataclass(frozen=True)
 class Options:
     etcd: EtcdOptions = field(default_factory=EtcdOptions)
+    kube: KubeOptions | None = None  # -kube-subnet-mgr: Node objects instead of etcd (kubemode.py)
     ifaces: tuple[str, ...] = ()
     iface_regex: tuple[str, ...] = ()
     iface_can_reach: str = ""
@@ -83,7 +86,8 @@ class Options:
 class Conductor:
     def __init__(self, opts: Options) -> None:
         self.opts = opts
-        self.registry = EtcdRegistry(opts.etcd)
+        self.registry: EtcdRegistry | KubeRegistry = KubeRegistry(opts.kube) if opts.kube else EtcdRegistry(opts.etcd)
+        self.store_name = "the Kubernetes API server" if opts.kube else "etcd"
         self.config: NetworkConfig | None = None
         self.backend: Backend | None = None
         self.converger: Converger | None = None
@@ -178,7 +182,7 @@ class Conductor:
             once.error(msg)
             await asyncio.sleep(1.0)
 
-    async def acquire(self, config: NetworkConfig, manager: LeaseManager) -> Lease:
+    async def acquire(self, config: NetworkConfig, manager: LeaseManager | KubeLeaseManager) -> Lease:
         backoff, once = Backoff(0.2, 1.0), LogOnce(log)
         while True:
             try:
@@ -194,7 +198,11 @@ class Conductor:
     async def run(self) -> None:
         opts = self.opts
         await self.start_http()
-        self.config = config = await self.wait_for_config()
+        if isinstance(self.registry, KubeRegistry):
+            await self.registry.connect()
+            self.config = config = await kubemode.read_config(self.registry)
+        else:
+            self.config = config = await self.wait_for_config()
         log.info("network config network=%s subnet_len=%d backend=%s", config.network, config.subnet_len,
                  config.backend_type)
         self._warn_unsupported()
@@ -210,12 +218,18 @@ class Conductor:
                  ext.mtu, f" addr_v6={ext.iface_v6_addr} public_ipv6={ext.ext_v6_addr}" if config.enable_ipv6 else "")
         self.backend = backend = get_backend(config.backend_type)(ext, config)
         self.converger = converger = Converger(backend, full_check_s=opts.kernel_check_s)
+        if isinstance(self.registry, KubeRegistry):
+            backend.stored_mac = await kubemode.stored_mac(self.registry)
         attrs = await backend.prepare(KernelHost(converger.reconciler))
         prev = read_previous_subnet(opts.subnet_file, config.subnet_len)
-        manager = LeaseManager(self.registry, attrs, ttl=opts.lease_ttl_s, previous_subnet=prev.subnet,
-                               previous_problem=prev.problem and f"subnet.env {opts.subnet_file} names no usable "
-                                                                 f"subnet: {prev.problem}",
-                               previous_ipv6_subnet=prev.ipv6_subnet)
+        manager: LeaseManager | KubeLeaseManager
+        if isinstance(self.registry, KubeRegistry):
+            manager = KubeLeaseManager(self.registry, attrs)
+        else:
+            manager = LeaseManager(self.registry, attrs, ttl=opts.lease_ttl_s, previous_subnet=prev.subnet,
+                                   previous_problem=prev.problem and f"subnet.env {opts.subnet_file} names no "
+                                                                     f"usable subnet: {prev.problem}",
+                                   previous_ipv6_subnet=prev.ipv6_subnet)
         lease = await self.acquire(config, manager)
         self.keeper = LeaseKeeper(lease, manager, self.registry, opts.renew_margin_min * 60)
         await converger.start(lease, await backend.start(lease))
@@ -235,6 +249,8 @@ class Conductor:
             tg.create_task(self._guard("traffic-check", self.traffic_loop()))
             tg.create_task(self._guard("store-probe", self.probe_loop()))
             tg.create_task(preflight.run(config, device(config), lease.subnet, lambda: self.peers.leases))
+            if isinstance(manager, KubeLeaseManager) and opts.kube is not None and opts.kube.set_network_unavailable:
+                tg.create_task(self._guard("node-condition", manager.complete()))
 
     async def publish_subnet_file(self, env: SubnetEnv, prev_subnet: ipaddress.IPv4Network | None) -> None:
         """Write subnet.env, then report ready (READY=1). While it cannot be written (read-only, full,
@@ -338,17 +354,21 @@ class Conductor:
         while True:
             await asyncio.sleep(period)
             try:
-                data = await asyncio.wait_for(self.registry.get_config(), 2 * period)
+                if isinstance(self.registry, KubeRegistry):
+                    await asyncio.wait_for(self.registry.probe(), 2 * period + 10)
+                    data = self._config_seen
+                else:
+                    data = await asyncio.wait_for(self.registry.get_config(), 2 * period)
             except (StoreUnavailable, TimeoutError) as err:
                 if down_since is None:
                     down_since = time.monotonic()
                     self.stats.store_ok = False
-                    log.error("etcd is unreachable (%s): keeping every route and the lease as they are, "
-                              "retrying every %gs", err or "no answer", period)
+                    log.error("%s is unreachable (%s): keeping every route and the lease as they are, "
+                              "retrying every %gs", self.store_name, err or "no answer", period)
                 continue
             if down_since is not None:
-                log.info("etcd answers again after %.1fs; the lease watch resumes where it stopped",
-                         time.monotonic() - down_since)
+                log.info("%s answers again after %.1fs; the lease watch resumes where it stopped",
+                         self.store_name, time.monotonic() - down_since)
                 down_since = None
                 self.stats.store_ok = True
             self._check_config(data)

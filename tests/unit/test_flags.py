@@ -292,12 +292,21 @@ def test_build_options_defaults_match_flannel():
     assert opts.subnet_file == "/run/flannel/subnet.env"
 
 
+def test_build_options_kube_mode():
+    opts = build_options(flanneld_values("-kube-subnet-mgr", "-kubeconfig-file=/k",
+                                         "-kube-annotation-prefix=ex.com/fl"))
+    assert opts.kube is not None and opts.kube.prefix == "ex.com/fl-" and opts.kube.kubeconfig == "/k"
+    assert opts.kube.net_config_path == "/etc/kube-flannel/net-conf.json" and opts.kube.set_network_unavailable
+    assert not [w for w in opts.unsupported if "kube" in w]
+    assert build_options(flanneld_values()).kube is None
+
+
 @pytest.mark.parametrize(
     ("argv", "match"),
     [
         (["-subnet-lease-ttl=4"], "subnet-lease-ttl"),
         (["-iptables-resync=0"], "iptables-resync"),
-        (["-kube-subnet-mgr"], "kube-subnet-mgr"),
+        (["-kube-subnet-mgr", "-kube-annotation-prefix=a/b/c"], "kube-annotation-prefix"),
     ],
 )
 def test_build_options_rejects(argv, match):

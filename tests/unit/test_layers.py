@@ -25,8 +25,9 @@ ALLOWED = {
     "converger": {"core", "kernel", "backend"},
     "keeper": {"core", "store"},
     "preflight": {"core", "kernel"},
+    "kubemode": {"core", "store"},
     "daemon": {"core", "store", "kernel", "backend", "systemd", "observe", "subnetfile", "converger", "keeper",
-               "instance", "process", "preflight"},
+               "kubemode", "instance", "process", "preflight"},
     "cli": {"core", "store", "kernel", "backend", "systemd", "daemon", "lab", "__init__", "instance", "subnetfile"},
     "lab": {"core", "store", "cli", "instance"},
 }

@@ -52,6 +52,7 @@ class PlanningBackend:
 
     name = ""
     lease_types: tuple[str, ...] = ()  # BackendType values of peers we can reach
+    stored_mac = ""  # kube mode: the VTEP MAC our node's annotation names (a restart keeps it)
     needs_onlink = False
 
     def __init__(self, ext: ExternalInterface, config: NetworkConfig) -> None:

@@ -214,7 +214,8 @@ class VxlanBackend(PlanningBackend):
                           f"two networks on one host need different VXLAN VNIs: give this one another "
                           f'("Backend": {{"Type": "vxlan", "VNI": {self.opts.vni + 1}}})')
         try:
-            self.mac = await asyncio.to_thread(host.existing_mac, self.link_spec()) or random_mac()
+            self.mac = (await asyncio.to_thread(host.existing_mac, self.link_spec()) or self.stored_mac
+                        or random_mac())
             self.mac = await asyncio.to_thread(host.ensure_link, self.link_spec())
             await asyncio.to_thread(host.set_sysctl, f"net/ipv6/conf/{self.opts.dev}/accept_ra", "0")
             if self.ipv6:

@@ -10,8 +10,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .. import __version__
+from ..core.errors import ConfigError
+from ..core.kubenode import annotation_prefix
 from ..daemon import Options, run
 from ..store.etcd import EtcdOptions
+from ..store.kube import KubeOptions
 from .flags import Flag, FlagSet, HelpRequested, UsageError
 from .proctitle import set_process_name
 
@@ -56,7 +59,7 @@ FLANNELD_FLAGS = [
     Flag("log_backtrace_at", "str", "", "(accepted for compatibility; ignored)"),
 ]
 
-_NOT_YET = {"kube-subnet-mgr": "the Kubernetes subnet manager"}
+_NOT_YET: dict[str, str] = {}  # flags accepted but not implemented yet: none now
 _KUBE_ONLY = ("kube-api-url", "kube-annotation-prefix", "kubeconfig-file", "net-config-path",
               "set-node-network-unavailable")
 
@@ -68,8 +71,9 @@ def unsupported_warnings(v: Mapping[str, Any]) -> tuple[str, ...]:
     if v["ip-blackhole-route"]:
         out.append("-ip-blackhole-route is not supported by pyflannel yet: no blackhole route is added for our "
                    "subnet (remove the flag to silence this)")
-    out += [f"-{name} has no effect without -kube-subnet-mgr (etcd mode)" for name in _KUBE_ONLY
-            if v[name] != defaults[name]]
+    if not v["kube-subnet-mgr"]:
+        out += [f"-{name} has no effect without -kube-subnet-mgr (etcd mode)" for name in _KUBE_ONLY
+                if v[name] != defaults[name]]
     out += [f"-{name} is accepted for compatibility with Go flannel's logging and has no effect"
             for name in ("vmodule", "log_backtrace_at") if v[name]]
     return tuple(out)
@@ -91,13 +95,25 @@ def etcd_options(v: Mapping[str, Any]) -> EtcdOptions:
     )
 
 
+def kube_options(v: Mapping[str, Any]) -> KubeOptions | None:
+    if not v["kube-subnet-mgr"]:
+        return None
+    try:
+        prefix = annotation_prefix(v["kube-annotation-prefix"])
+    except ConfigError as err:
+        raise UsageError(str(err)) from err
+    return KubeOptions(kubeconfig=v["kubeconfig-file"], api_url=v["kube-api-url"], prefix=prefix,
+                       net_config_path=v["net-config-path"],
+                       set_network_unavailable=v["set-node-network-unavailable"])
+
+
 def build_options(v: Mapping[str, Any]) -> Options:
     margin = v["subnet-lease-renew-margin"]
     if margin >= 1440 or margin <= 0:
         raise UsageError("Invalid subnet-lease-renew-margin option, out of acceptable range (1..1439 minutes)")
     if v["subnet-lease-ttl"] < 5:
         raise UsageError("-subnet-lease-ttl must be at least 5 seconds")
-    if not [e for e in v["etcd-endpoints"].split(",") if e.strip()]:
+    if not v["kube-subnet-mgr"] and not [e for e in v["etcd-endpoints"].split(",") if e.strip()]:
         raise UsageError("-etcd-endpoints is empty: set FLANNEL_ETCD_ENDPOINTS in /etc/sysconfig/flanneld "
                          '(e.g. FLANNEL_ETCD_ENDPOINTS="http://etcd:2379") or pass -etcd-endpoints=http://HOST:2379')
     if not 0 <= v["healthz-port"] <= 65535:
@@ -109,6 +125,7 @@ def build_options(v: Mapping[str, Any]) -> Options:
             raise UsageError(f"-{name}: {what} is not supported by this version of pyflannel yet")
     return Options(
         etcd=etcd_options(v),
+        kube=kube_options(v),
         ifaces=tuple(v["iface"]),
         iface_regex=tuple(v["iface-regex"]),
         iface_can_reach=v["iface-can-reach"],

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Builds the real kube-apiserver (pinned) into .cache/kubeapiserver for the kube-mode tests
+# (tests/e2e/test_kube_*.py) and the lab's --kube. Called by setup.sh; safe to re-run: only the
+# first run builds (several minutes, ~3 GB of memory), later runs find the binary and return at once.
+#
+# How: a tiny module of our own (.cache/kubeapiserver/src) requires k8s.io/kubernetes at $VERSION,
+# with a `replace` line pointing each k8s.io staging module (v0.0.0 in kubernetes' go.mod) at the
+# matching published v0.x release, and `go build`s kubernetes' own cmd/kube-apiserver main package
+# from the Go module proxy.
+#
+#   .cache/kubeapiserver/bin/kube-apiserver   the API server
+#   .cache/kubeapiserver/mod, build           GOMODCACHE, GOCACHE
+#   .cache/kubeapiserver/status               why there is no binary (read by the tests' skip line)
+#
+# Without Go >= 1.26 or when the download or build fails: one message naming what is missing;
+# setup carries on and the kube tests skip. With PYFLANNEL_REQUIRE_KUBE_APISERVER=1 (CI) it fails.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+VERSION=v1.36.3
+STAGING_VERSION=v0.${VERSION#v1.}
+CACHE=$PWD/.cache/kubeapiserver
+BIN=$CACHE/bin/kube-apiserver
+STAMP=$CACHE/bin/kube-apiserver.version
+mkdir -p "$CACHE/bin"
+
+if [ -x "$BIN" ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$VERSION" ]; then
+  rm -f "$CACHE/status"
+  exit 0
+fi
+
+give_up() {  # one message, remembered for the tests' skip line
+  echo "setup: kube-apiserver $VERSION not built: $1; the kube-mode tests will skip" >&2
+  echo "$1" > "$CACHE/status"
+  if [ "${PYFLANNEL_REQUIRE_KUBE_APISERVER:-}" = 1 ]; then
+    echo "setup: PYFLANNEL_REQUIRE_KUBE_APISERVER=1: failing instead" >&2
+    exit 1
+  fi
+  exit 0
+}
+
+install_go="install Go >= 1.26 from https://go.dev/dl/ (Debian 12's golang-go is 1.19) and put it on PATH, then re-run make setup"
+command -v go >/dev/null || give_up "no Go toolchain found (go is not on PATH): $install_go"
+goversion=$(go env GOVERSION 2>/dev/null)
+if ! [[ $goversion =~ ^go1\.([0-9]+) ]] || [ "${BASH_REMATCH[1]}" -lt 26 ]; then
+  give_up "${goversion:-go} is too old (kubernetes $VERSION needs Go >= 1.26): $install_go"
+fi
+
+export GOMODCACHE=$CACHE/mod GOCACHE=$CACHE/build GOFLAGS=-modcacherw GOTOOLCHAIN=local CGO_ENABLED=0
+log=$CACHE/build.log
+echo "setup: building kube-apiserver $VERSION into .cache/kubeapiserver (first time only, several minutes)"
+start=$SECONDS
+rm -f "$BIN"
+: > "$log"
+gomod=$(go mod download -json "k8s.io/kubernetes@$VERSION" 2>>"$log" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+[ -f "$gomod" ] || give_up "go mod download k8s.io/kubernetes@$VERSION failed (network or module proxy; see .cache/kubeapiserver/build.log): $(grep -m1 -E 'error|dial|Forbidden' "$log")"
+
+src=$CACHE/src
+rm -rf "$src" && mkdir -p "$src"
+{
+  echo "module pyflannel.invalid/kubeapiserver"
+  echo
+  echo "go $(sed -n 's/^go //p' "$gomod")"
+  echo
+  echo "require k8s.io/kubernetes $VERSION"
+  echo
+  echo "replace ("
+  sed -n 's#^\s*\(k8s.io/[a-z0-9-]*\) => ./staging/src/.*#\t\1 => \1 '"$STAGING_VERSION"'#p' "$gomod"
+  echo ")"
+} > "$src/go.mod"
+# a file of ours so that `go mod tidy` keeps the requirement
+printf 'package main\n\nimport _ "k8s.io/kubernetes/cmd/kube-apiserver/app"\n\nfunc main() {}\n' > "$src/keep.go"
+if ! (cd "$src" && go mod tidy && go build -trimpath -ldflags "-s -w" -o "$BIN" k8s.io/kubernetes/cmd/kube-apiserver) >>"$log" 2>&1; then
+  give_up "go build of kube-apiserver $VERSION failed (see .cache/kubeapiserver/build.log): $(grep -m1 -E 'error|cannot|Forbidden|dial|not found' "$log")"
+fi
+echo "$VERSION" > "$STAMP"
+rm -f "$CACHE/status"
+echo "setup: kube-apiserver $VERSION built in $((SECONDS - start)) s"

@@ -1,0 +1,43 @@
+"""The start-up steps that differ in kube mode (``-kube-subnet-mgr``), for the Conductor: the
+network config is a file (the ConfigMap's net-conf.json) and the VTEP MAC comes back from our
+node's ``backend-data`` annotation, so that a restart with a new device keeps the MAC the peers know.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .core import kubenode
+from .core.config import NetworkConfig, parse_config
+from .core.errors import ConfigError, LocalConfigError, StoreUnavailable
+from .store.kube import KubeRegistry
+
+log = logging.getLogger("flanneld")
+
+
+async def read_config(registry: KubeRegistry) -> NetworkConfig:
+    """The network config from ``-net-config-path``; a missing or invalid file ends flanneld
+    with one line (Go flannel exits too: the DaemonSet restarts it once the ConfigMap is right)."""
+    path = registry.config_key
+    data = await registry.get_config()
+    if data is None:
+        raise LocalConfigError(f"network config {path} not found: mount the kube-flannel-cfg ConfigMap's "
+                               "net-conf.json there, or pass -net-config-path=FILE")
+    try:
+        return parse_config(data)
+    except ConfigError as err:
+        raise LocalConfigError(f"invalid network config {path}: {err}; fix net-conf.json in the ConfigMap") from err
+
+
+async def stored_mac(registry: KubeRegistry) -> str:
+    """The VTEP MAC our node's annotation names ("" if none or the API server cannot say)."""
+    try:
+        node = await registry.get_node()
+    except StoreUnavailable as err:
+        log.warning("cannot read our node's annotations for the previous VTEP MAC (%s); a new device gets a new "
+                    "MAC", err)
+        return ""
+    mac = kubenode.stored_mac(node, registry.prefix) if node is not None else ""
+    if mac:
+        log.info("VTEP MAC from node %s's annotation: %s", registry.node, mac)
+    return mac
