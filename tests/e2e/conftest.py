@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator, Mapping
 import pytest
 
 from pyflannel.lab import goflannel
+from pyflannel.lab import kube_apiserver as kube_apiserver_lab
 from pyflannel.lab.cluster import Lab, stop_everything
 from pyflannel.lab.netns import ns_add, ns_delete, ns_list
 
@@ -33,7 +34,8 @@ def running_lab(name: str, hosts: int = 3, backend: str = "udp", *, config: str 
                 write_config: bool = True, extra: tuple[str, ...] = (), subnet_max: str = "",
                 env: Mapping[str, str] | None = None, wait: float = 30.0, go_hosts: tuple[int, ...] = (),
                 host_extra: Mapping[int, tuple[str, ...]] | None = None,
-                host_command: Mapping[int, tuple[str, ...]] | None = None, ipv6: str = "") -> Iterator[Lab]:
+                host_command: Mapping[int, tuple[str, ...]] | None = None, ipv6: str = "",
+                kube: bool = False) -> Iterator[Lab]:
     """A lab named ``name`` with ``hosts`` hosts on ``backend``.
 
     config        the network config written to etcd before flanneld starts (default: the lab's,
@@ -49,6 +51,8 @@ def running_lab(name: str, hosts: int = 3, backend: str = "udp", *, config: str 
     host_command  the command that runs flanneld on one host instead of ours: {index: argv}; the
                   flags follow it (test_deb.py: the packaged flanneld in a Debian root)
     ipv6          "dual": an IPv6 underlay and a dual-stack network (lab/ipv6.py)
+    kube          kube mode: a real kube-apiserver instead of etcd, one Node per host (ask for the
+                  ``kube_apiserver`` fixture first, so that the test skips without it)
     """
     if os.geteuid() != 0:
         pytest.fail("end-to-end tests need root (network namespaces, TUN devices)")
@@ -56,7 +60,7 @@ def running_lab(name: str, hosts: int = 3, backend: str = "udp", *, config: str 
     saved = {key: os.environ.get(key) for key in env or {}}
     os.environ.update(env or {})
     lab = Lab(name=name, hosts_n=hosts, backend=backend, subnet_max=subnet_max, go_hosts=tuple(go_hosts),
-              host_extra=dict(host_extra or {}), host_command=dict(host_command or {}), ipv6=ipv6)
+              host_extra=dict(host_extra or {}), host_command=dict(host_command or {}), ipv6=ipv6, kube=kube)
     try:
         lab.up(write_config=write_config, config=config, wait=wait, extra=tuple(extra))
         yield lab
@@ -79,6 +83,18 @@ def make_lab() -> Callable[..., contextlib.AbstractContextManager[Lab]]:
     subnet_max="", env=None, wait=30.0, go_hosts=(), host_extra=None, host_command=None, ipv6="")``: see
     ``running_lab``."""
     return running_lab
+
+
+@pytest.fixture(scope="session")
+def kube_apiserver() -> str:
+    """The kube-apiserver built by setup (lab/kube_apiserver.py). Without it the test skips with
+    setup's one-line reason, or fails when PYFLANNEL_REQUIRE_KUBE_APISERVER=1 (CI)."""
+    path = kube_apiserver_lab.binary()
+    if path is None:
+        if kube_apiserver_lab.required():
+            pytest.fail(f"{kube_apiserver_lab.missing()} ({kube_apiserver_lab.REQUIRE_ENV}=1: not skipping)")
+        pytest.skip(kube_apiserver_lab.missing())
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -28,8 +28,9 @@ from dataclasses import asdict, dataclass, field
 
 from ..core.subnetenv import parse_subnet_env
 from ..instance import lock_path
-from . import goflannel, ipv6
+from . import goflannel, ipv6, kube_lab
 from .etcd_server import EtcdServer
+from .kube_lab import KubeApi
 from .netns import LabError, in_ns, ns_add, ns_delete, ns_kill_all, ns_list, sh, sysctl, veth
 
 STATE_ROOT = "/run/pyflannel-lab"
@@ -77,9 +78,11 @@ class Lab:
     host_extra: dict[int, tuple[str, ...]] = field(default_factory=dict)  # index -> flags for that host only
     # index -> the command that runs flanneld on that host instead of ours (the flags follow it)
     host_command: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    kube: bool = False  # -kube-subnet-mgr against a real kube-apiserver (kube_lab.py) instead of etcd
     hosts: list[Host] = field(default_factory=list)
     ipv6: str = ""  # "dual": an IPv6 underlay and a dual-stack network (lab/ipv6.py)
     etcd_server: EtcdServer | None = field(default=None, repr=False)
+    kube_api: KubeApi | None = field(default=None, repr=False)
 
     # ---- naming and state -------------------------------------------------------------------------
     @property
@@ -113,7 +116,7 @@ class Lab:
 
     def save(self) -> None:
         with open(os.path.join(self.state_dir, "lab.json"), "w") as f:
-            json.dump({"name": self.name, "backend": self.backend, "ipv6": self.ipv6,
+            json.dump({"name": self.name, "backend": self.backend, "ipv6": self.ipv6, "kube": self.kube,
                        "hosts": [asdict(h) for h in self.hosts],
                        "host_extra": {str(i): list(v) for i, v in self.host_extra.items()},
                        "host_command": {str(i): list(v) for i, v in self.host_command.items()}}, f, indent=2)
@@ -125,6 +128,7 @@ class Lab:
             data = json.load(f)
         hosts = [Host(**h) for h in data["hosts"]]
         return cls(name=name, hosts_n=len(hosts), backend=data["backend"], hosts=hosts, ipv6=data.get("ipv6", ""),
+                   kube=data.get("kube", False),
                    go_hosts=tuple(h.index for h in hosts if h.go),
                    host_extra={int(i): tuple(v) for i, v in data.get("host_extra", {}).items()},
                    host_command={int(i): tuple(v) for i, v in data.get("host_command", {}).items()})
@@ -139,7 +143,7 @@ class Lab:
         os.makedirs(self.state_dir, exist_ok=True)
         try:
             self._underlay()
-            self._etcd()
+            self._kube() if self.kube else self._etcd()
             if write_config:
                 self.put_config(config or self._default_config())
             self.hosts = [self._host(i) for i in range(1, self.hosts_n + 1)]
@@ -160,6 +164,8 @@ class Lab:
         self.save()
 
     def _default_config(self) -> str:
+        if self.kube:
+            return kube_lab.net_conf(self.backend)
         if self.backend == "udp" and not self.subnet_max and not self.ipv6:
             return ARTICLE_CONFIG
         config: dict[str, object] = {"Network": "10.0.0.0/16"}
@@ -211,7 +217,23 @@ class Lab:
         return sh(cmd, check=check, env={"ETCDCTL_API": "3"}).stdout
 
     def put_config(self, config: str, prefix: str = PREFIX) -> None:
+        if self.kube:  # the ConfigMap's net-conf.json, as a file every host reads
+            with open(self.net_conf_path, "w") as f:
+                f.write(config)
+            return
         self.etcdctl("put", f"{prefix}/config", config)
+
+    @property
+    def net_conf_path(self) -> str:
+        return os.path.join(self.state_dir, "net-conf.json")
+
+    def _kube(self) -> None:
+        ns_add(self.etcd_ns)
+        self._attach(self.etcd_ns, ETCD_IP, "etcd")
+        self.kube_api = KubeApi(self.state_dir, ETCD_IP, self.etcd_ns)
+        self.kube_api.start()
+        for i in range(1, self.hosts_n + 1):
+            self.kube_api.create_node(kube_lab.node_name(i), kube_lab.pod_cidr(i))
 
     def _host(self, i: int) -> Host:
         host = Host(i, f"{self.name}-h{i}", f"{self.name}-c{i}", str(UNDERLAY.network_address + 10 + i),
@@ -230,7 +252,14 @@ class Lab:
         /etc/sysconfig/flanneld, then the host's own ``host_extra`` and ``extra``. ``prefix`` and
         ``subnet_file``: another network's flanneld on the same host (default: the lab's network
         and the host's subnet.env). A ``go`` host runs Go flannel's flanneld with the same flags, a
-        host in ``host_command`` that command."""
+        host in ``host_command`` that command. In kube mode the store flags are the API server's
+        and ``NODE_NAME`` names the host's Node."""
+        if self.kube:
+            api = self.kube_api or KubeApi(self.state_dir, ETCD_IP, self.etcd_ns)
+            return in_ns(host.ns, *self.host_wrapper(host), "env", f"NODE_NAME={kube_lab.node_name(host.index)}",
+                         *self.flanneld_binary(host), *kube_lab.flanneld_args(api, self.net_conf_path),
+                         f"--subnet-file={subnet_file or self.subnet_file(host)}",
+                         *self.host_extra.get(host.index, ()), *extra)
         return in_ns(host.ns, *self.host_wrapper(host), *self.flanneld_binary(host),
                      f"-etcd-endpoints={self.etcd_endpoint}", f"-etcd-prefix={prefix}",
                      f"--subnet-file={subnet_file or self.subnet_file(host)}", *self.host_extra.get(host.index, ()),
