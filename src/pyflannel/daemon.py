@@ -87,7 +87,7 @@ class Conductor:
     def __init__(self, opts: Options) -> None:
         self.opts = opts
         self.registry: EtcdRegistry | KubeRegistry = KubeRegistry(opts.kube) if opts.kube else EtcdRegistry(opts.etcd)
-        self.store_name = "the Kubernetes API server" if opts.kube else "etcd"
+        self.store_name = self.registry.store_name
         self.config: NetworkConfig | None = None
         self.backend: Backend | None = None
         self.converger: Converger | None = None
@@ -323,7 +323,8 @@ class Conductor:
         async for raw in watch_leases(self.registry):
             # a misshapen lease is a bad key: warned about, never programmed
             warnings: list[str] = []
-            ev = screen(raw, config, self.registry.subnets_prefix, warnings)
+            ev = screen(raw, config, self.registry.subnets_prefix, warnings,
+                        any_len=isinstance(self.registry, KubeRegistry))
             for warning in warnings:
                 if warning not in self._v6_seen:  # once per key and cause
                     self._v6_seen.add(warning)
@@ -444,7 +445,8 @@ async def _main(opts: Options) -> int:
         await conductor.run()
         return 0
     except asyncio.CancelledError:
-        log.info("exiting cleanly; the lease stays in etcd for the next start")
+        log.info("exiting cleanly; %s", "the node keeps its annotations for the next start" if opts.kube
+                 else "the lease stays in etcd for the next start")
         return 0
     except Exception as err:
         for e in _flatten(err):

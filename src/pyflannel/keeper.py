@@ -81,7 +81,8 @@ class LeaseKeeper:
                     await self._restore(seen.garbage)
                     continue
                 if seen.lease is None:
-                    log.warning("our lease %s was deleted from etcd; taking it again", self.lease.subnet)
+                    log.warning("our lease %s was deleted from %s; taking it again", self.lease.subnet,
+                                self.registry.store_name)
                     await self._retake()
                     continue
                 self._follow(seen.lease)

@@ -65,3 +65,11 @@ def test_screen_refuses_an_ipv6_only_peer_on_the_ipv4_data_path():
 def test_screen_returns_a_clean_event_unchanged():
     snap = Snapshot((lease("10.0.5.0/24"),), 4)
     assert screen(snap, CONFIG) is snap
+
+
+def test_kube_mode_takes_a_podcidr_of_any_length_inside_the_network():
+    # the controller manager's --node-cidr-mask-size, not SubnetLen, sets a podCIDR's length
+    snap = Snapshot((lease("10.0.5.0/25"), lease("10.0.6.0/23", "198.18.0.66"), lease("10.1.0.0/24", "198.18.0.67")), 5)
+    got = screen(snap, CONFIG, "node ", any_len=True)
+    assert [le.subnet for le in got.leases] == [N("10.0.5.0/25"), N("10.0.6.0/23")]
+    assert [b.key for b in got.bad] == ["node 10.1.0.0-24"] and "outside the network" in got.bad[0].reason

@@ -9,6 +9,10 @@ The rules: a lease is exactly ``SubnetLen`` long, aligned (the key parser alread
 bits) and inside ``Network``. Two aligned subnets of one length are either the same key or
 disjoint, so with these rules no lease can overlap another one: the overlap check of the issue
 falls out of the length rule and needs no table walk per event.
+
+In kube mode (``any_len``) the length rule is off: a subnet is a node's podCIDR, whose length is
+the controller manager's ``--node-cidr-mask-size``, not SubnetLen (Go flannel ignores SubnetLen
+there too), and the node IPAM controller hands out disjoint podCIDRs. Inside ``Network`` still holds.
 """
 
 from __future__ import annotations
@@ -21,12 +25,12 @@ from .events import BadLease, Changes, Snapshot
 from .lease import Lease
 
 
-def subnet_problem(subnet: ipaddress.IPv4Network, config: NetworkConfig) -> str | None:
+def subnet_problem(subnet: ipaddress.IPv4Network, config: NetworkConfig, *, any_len: bool = False) -> str | None:
     """Why a lease for ``subnet`` cannot belong to a host of this network, or None."""
     network = config.network
     if network is None:
         return None
-    if subnet.prefixlen != config.subnet_len:
+    if subnet.prefixlen != config.subnet_len and not any_len:
         return (f"{subnet} is a /{subnet.prefixlen}, but every lease of {network} is a /{config.subnet_len} "
                 "(SubnetLen): it would overlap other hosts' subnets")
     if not subnet.subnet_of(network):
@@ -59,7 +63,7 @@ def _drop_ipv6(lease: Lease, config: NetworkConfig, prefix: str, warnings: list[
 
 
 def screen(event: Snapshot | Changes, config: NetworkConfig, prefix: str = "",
-           warnings: list[str] | None = None) -> Snapshot | Changes:
+           warnings: list[str] | None = None, *, any_len: bool = False) -> Snapshot | Changes:
     """``event`` with every lease that breaks a shape rule moved to ``bad`` (O(size of event)),
     named by its full key (``prefix`` + subnet key, as the store names bad keys). Deletes pass:
     deleting a key that was never accepted changes nothing. A dual-stack lease whose IPv6 half is
@@ -72,7 +76,7 @@ def screen(event: Snapshot | Changes, config: NetworkConfig, prefix: str = "",
         if config.enable_ipv6 and lease.ipv6_subnet is not None:
             fixed = _drop_ipv6(lease, config, prefix, warnings)
             changed, lease = changed or fixed is not lease, fixed
-        problem = subnet_problem(lease.subnet, config)
+        problem = subnet_problem(lease.subnet, config, any_len=any_len)
         if problem is None and lease.attrs.public_ip.is_unspecified:
             problem = "its host has no IPv4 PublicIP (an IPv6-only host): pyflannel routes IPv4 only"
         if problem is None:

@@ -124,6 +124,7 @@ class EtcdRegistry:
         self._refresher: Any = None
         self.endpoints = ",".join(options.endpoints)
         self.errors = 0  # failed calls, for the metrics
+        self.store_name = "etcd"
 
     @property
     def config_key(self) -> str:

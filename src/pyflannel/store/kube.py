@@ -71,6 +71,7 @@ class KubeRegistry:
         self.subnets_prefix = "node "
         self.endpoints = opts.api_url or "(kubeconfig)"
         self.errors = 0
+        self.store_name = "the Kubernetes API server"
         self.node = ""  # our node's name, set by ``connect``
         self._api: Any = None
         self._core: Any = None

@@ -174,10 +174,11 @@ async def watch_leases(registry: Registry, *, retry_delay: float = 1.0) -> Async
         try:
             snap = await registry.list_leases()
         except StoreUnavailable as err:
-            outage.error("cannot list leases, keeping the current peers until etcd answers: %s", err)
+            outage.error("cannot list leases, keeping the current peers until %s answers: %s",
+                         registry.store_name, err)
             await asyncio.sleep(retry_delay)
             continue
-        outage.ok("etcd answers again, leases re-listed revision=%d", snap.revision)
+        outage.ok("%s answers again, leases re-listed revision=%d", registry.store_name, snap.revision)
         yield snap
         async for item in registry.watch_leases(snap.revision + 1):
             if isinstance(item, WatchLost):

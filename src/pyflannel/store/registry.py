@@ -15,6 +15,7 @@ class Registry(Protocol):
     store cannot be reached, never a client library's own exception."""
 
     prefix: str
+    store_name: str  # for log lines: "etcd", "the Kubernetes API server"
 
     @property
     def config_key(self) -> str: ...
