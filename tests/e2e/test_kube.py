@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -18,12 +20,25 @@ from pyflannel.lab.netns import in_ns
 from .helpers import all_pairs_ping, ip, log_text, wait_for
 
 A = "flannel.alpha.coreos.com/"
+HEALTHZ = ("-healthz-port=8081", "-healthz-ip=127.0.0.1")
+READYZ = """
+import urllib.request, urllib.error
+try:
+    print(urllib.request.urlopen("http://127.0.0.1:8081/readyz", timeout=3).status)
+except urllib.error.HTTPError as e:
+    print(e.code)
+"""
+
+
+def readyz(host) -> int:
+    out = subprocess.run(in_ns(host.ns, sys.executable, "-c", READYZ), capture_output=True, text=True, timeout=20)
+    return int(out.stdout.strip() or 0)
 
 
 @pytest.fixture(scope="module", params=["vxlan", "host-gw", "udp"])
 def lab(request: pytest.FixtureRequest, kube_apiserver: str, make_lab) -> Iterator[Lab]:
     name = {"vxlan": "pfkv", "host-gw": "pfkg", "udp": "pfku"}[request.param]
-    with make_lab(name, 3, request.param, kube=True, wait=60.0) as lab:
+    with make_lab(name, 3, request.param, kube=True, wait=60.0, extra=HEALTHZ) as lab:
         yield lab
 
 
@@ -137,3 +152,110 @@ def test_bad_inputs_one_clear_line(lab: Lab) -> None:
     assert "Traceback" not in res.stderr
     for name in ("outside", "nocidr"):
         api(lab).delete_node(name)
+
+
+# ---- dist/kubernetes/kube-flannel.yml on the real API server ----------------------------------------
+NS = "kube-flannel"
+
+
+@pytest.mark.parametrize("lab", ["vxlan"], indirect=True)
+def test_the_manifest_passes_a_server_side_dry_run(lab: Lab) -> None:
+    objs = kube_lab.manifest()
+    assert [o["kind"] for o in objs] == ["Namespace", "ClusterRole", "ClusterRoleBinding", "ServiceAccount",
+                                         "ConfigMap", "DaemonSet"]
+    status, data = api(lab).server.request("POST", kube_lab.collection(objs[0]) + "?dryRun=All", objs[0])
+    assert status == 201, data
+    # the namespaced objects need their namespace: create it for real, then dry-run everything else
+    api(lab).apply(objs[0], kube_lab.collection(objs[0]))
+    for obj in objs[1:]:
+        status, data = api(lab).server.request("POST", kube_lab.collection(obj) + "?dryRun=All", obj)
+        assert status == 201, (obj["kind"], data)
+    # a dry run stores nothing (and a wrong object is refused: the check can fail)
+    status, _ = api(lab).server.request("GET", f"/apis/apps/v1/namespaces/{NS}/daemonsets/kube-flannel-ds")
+    assert status == 404
+    broken = dict(objs[-1], spec={"selector": {}})
+    status, data = api(lab).server.request("POST", kube_lab.collection(broken) + "?dryRun=All", broken)
+    assert status == 422, data
+
+
+# In a private mount namespace: a fresh /run holding the service-account files where every
+# Kubernetes client looks for them (/var/run/secrets/kubernetes.io/serviceaccount), then flanneld.
+_IN_POD = ('mount -t tmpfs tmpfs /run && mkdir -p /run/secrets/kubernetes.io && '
+           'ln -s "$0" /run/secrets/kubernetes.io/serviceaccount && exec "$@"')
+
+
+@pytest.mark.parametrize("lab", ["vxlan"], indirect=True)
+def test_flanneld_runs_with_the_service_account_token_under_the_smallest_role(lab: Lab, tmp_path) -> None:
+    """In-cluster config (KUBERNETES_SERVICE_HOST/PORT, the token and CA files), the node found
+    through POD_NAME/POD_NAMESPACE, every call made with the ServiceAccount's own token under the
+    manifest's ClusterRole; a call outside that role is refused."""
+    for obj in kube_lab.manifest():
+        api(lab).apply(obj, kube_lab.collection(obj))
+    token = api(lab).service_account_token(NS, "flannel")
+    api(lab).create_pod(NS, "kube-flannel-ds-h2", "h2", "flannel")
+    sa = tmp_path / "sa"
+    sa.mkdir()
+    (sa / "token").write_text(token)
+    (sa / "namespace").write_text(NS)
+    (sa / "ca.crt").write_bytes(Path(api(lab).server.pki.file("ca.crt")).read_bytes())
+    conf = tmp_path / "net-conf.json"
+    conf.write_text(Path(lab.net_conf_path).read_text())
+    h1, h2 = lab.hosts[0], lab.hosts[1]
+    api(lab).annotate("h2", {A + "backend-data": None})  # so the annotation we see is the new flanneld's
+    lab.stop_flanneld(h2)
+    env = ["KUBERNETES_SERVICE_HOST=198.18.0.2", "KUBERNETES_SERVICE_PORT=6443", f"POD_NAMESPACE={NS}",
+           "POD_NAME=kube-flannel-ds-h2"]
+    cmd = in_ns(h2.ns, "env", "-u", "NODE_NAME", *env, "unshare", "-m", "--propagation", "private", "sh", "-c",
+                _IN_POD, str(sa), *lab.flanneld_binary(h2), "-kube-subnet-mgr", f"-net-config-path={conf}",
+                f"--subnet-file={tmp_path / 'subnet.env'}")
+    log_path = tmp_path / "flanneld.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: "marked NetworkUnavailable=False" in log_path.read_text() or proc.poll() is not None, 40,
+                 what="flanneld with the service-account token to finish its start")
+        text = log_path.read_text()
+        assert proc.poll() is None and "Traceback" not in text, text
+        assert (tmp_path / "subnet.env").read_text().count("FLANNEL_SUBNET=10.0.2.1/24") == 1
+        assert api(lab).node("h2")["metadata"]["annotations"].get(A + "backend-data", "").startswith('{"VNI":1')
+        wait_for(lambda: lab.ping(h1, h2)[0] and lab.ping(h2, h1)[0], 30, what="h1 <-> h2 with the token's flanneld")
+        # outside the role: the same token may not list secrets nor change a node's spec
+        status, data = api(lab).server.request("GET", f"/api/v1/namespaces/{NS}/secrets", token=token)
+        assert status == 403, data
+        status, data = api(lab).server.request("PATCH", "/api/v1/nodes/h1", {"metadata": {"labels": {"x": "y"}}},
+                                               token=token, content_type="application/merge-patch+json")
+        assert status == 403 and "system:serviceaccount:kube-flannel:flannel" in str(data), data
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=15)
+        lab.start_flanneld(h2)
+    wait_for(lambda: lab.ping(h1, h2)[0], 30, what="h1 -> h2 once the lab's flanneld is back")
+
+
+@pytest.mark.parametrize("lab", ["vxlan"], indirect=True)
+def test_api_server_outage_keeps_every_route_reports_not_ready_and_resumes(lab: Lab) -> None:
+    h1 = lab.hosts[0]
+    routes = ip(h1.ns, "route")
+    api(lab).server.stop_apiserver()
+    try:
+        wait_for(lambda: readyz(h1) == 503, 30, what="/readyz to report the API server outage")
+        assert all_pairs_ping(lab) == [], "every pair still pings with the API server down"
+        assert ip(h1.ns, "route") == routes
+    finally:
+        api(lab).server.start_apiserver()
+    wait_for(lambda: readyz(h1) == 200, 40, what="ready again once the API server is back")
+    for h in lab.hosts:
+        text = log_text(lab, h)
+        assert text.count("the Kubernetes API server is unreachable") == 1, text
+        assert "the Kubernetes API server answers again" in text, text
+        assert "etcd is unreachable" not in text and "etcd answers" not in text, text
+    # the watch follows again: a node that appears now is programmed
+    api(lab).create_node("late", "10.0.77.0/24")
+    api(lab).annotate("late", {A + "kube-subnet-manager": "true", A + "public-ip": "198.18.0.97",
+                               A + "backend-type": "vxlan",
+                               A + "backend-data": '{"VNI":1,"VtepMAC":"02:42:00:00:00:77"}'})
+    try:
+        wait_for(lambda: has_route(lab, h1, "10.0.77.0/24"), 30, what="h1 to program the node added after the outage")
+    finally:
+        api(lab).delete_node("late")
+    wait_for(lambda: not has_route(lab, h1, "10.0.77.0/24"), 30, what="h1 to drop it again")

@@ -136,11 +136,30 @@ class KubeApiServer:
         self.etcd = EtcdServer(os.path.join(self.state_dir, "etcd"), host=etcd_host, netns=self.netns,
                                log_path=os.path.join(self.state_dir, "etcd.log"))
         self.etcd.start()
+        self.write_kubeconfig("admin", "/O=system:masters/CN=lab-admin")
+        self.start_apiserver(timeout)
+
+    def start_apiserver(self, timeout: float = 90.0) -> None:
+        """(Re)start the API server process alone (its etcd keeps running) and wait until ready."""
+        bin_path = binary()
+        assert bin_path is not None and self.etcd is not None
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.command(bin_path), stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
-        self.write_kubeconfig("admin", "/O=system:masters/CN=lab-admin")
         self.wait_ready(timeout)
+
+    def stop_apiserver(self) -> None:
+        """Stop the API server process alone (clients see connection refused); etcd keeps running."""
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+            self.proc = None
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -163,12 +182,13 @@ class KubeApiServer:
             return "".join(f.readlines()[-lines:])
         return "(no log)"
 
-    def request(self, method: str, path: str, body: object = None, *, user: str = "admin",
+    def request(self, method: str, path: str, body: object = None, *, user: str = "admin", token: str = "",
                 content_type: str = "application/json") -> tuple[int, dict[str, object]]:
-        """One call as ``user`` (a client certificate issued here): (HTTP status, JSON body). Made
-        with curl inside the server's namespace, so it works from anywhere."""
-        cmd = ["curl", "-sS", "--max-time", "10", "--cacert", self.pki.file("ca.crt"),
-               "--cert", self.pki.file(f"{user}.crt"), "--key", self.pki.file(f"{user}.key"), "-X", method,
+        """One call as ``user`` (a client certificate issued here), or with a bearer ``token``:
+        (HTTP status, JSON body). Made with curl inside the server's namespace, so it works from anywhere."""
+        auth = (["-H", f"Authorization: Bearer {token}"] if token else
+                ["--cert", self.pki.file(f"{user}.crt"), "--key", self.pki.file(f"{user}.key")])
+        cmd = ["curl", "-sS", "--max-time", "10", "--cacert", self.pki.file("ca.crt"), *auth, "-X", method,
                "-H", f"Content-Type: {content_type}", "-H", "Accept: application/json", "-w", "\n%{http_code}",
                self.url + path]
         if body is not None:
@@ -200,16 +220,7 @@ class KubeApiServer:
         return path
 
     def stop(self) -> None:
-        if self.proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-            self.proc = None
+        self.stop_apiserver()
         if self.etcd is not None:
             self.etcd.stop()
             self.etcd = None

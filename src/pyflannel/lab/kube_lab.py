@@ -1,8 +1,8 @@
 """The lab in kube mode (``Lab(kube=True)``): a real kube-apiserver (with its etcd) in NAME-etcd at
 198.18.0.2:6443, one Node object per host with ``spec.podCIDR`` set as the node IPAM controller
 would (10.0.I.0/24 for host I), and flanneld run with ``-kube-subnet-mgr`` as user ``flannel``,
-a client certificate bound to flannel's ClusterRole (the smallest that works, as in
-deploy/kube-flannel.yml), with NODE_NAME=hI and the network config in a file.
+a client certificate bound to flannel's ClusterRole (the smallest that works, read from
+dist/kubernetes/kube-flannel.yml), with NODE_NAME=hI and the network config in a file.
 """
 
 from __future__ import annotations
@@ -10,20 +10,40 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 from .kube_apiserver import KubeApiServer
 
 API_PORT = 6443
 FLANNEL_USER = "flannel"
-CLUSTER_ROLE = {
-    "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "flannel"},
-    "rules": [
-        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]},
-        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
-        {"apiGroups": [""], "resources": ["nodes/status"], "verbs": ["patch"]},
-    ],
+MANIFEST = Path(__file__).resolve().parents[3] / "dist" / "kubernetes" / "kube-flannel.yml"
+_COLLECTIONS = {  # kind -> (API path prefix, plural)
+    "Namespace": ("/api/v1", "namespaces"), "ServiceAccount": ("/api/v1", "serviceaccounts"),
+    "ConfigMap": ("/api/v1", "configmaps"), "Pod": ("/api/v1", "pods"),
+    "ClusterRole": ("/apis/rbac.authorization.k8s.io/v1", "clusterroles"),
+    "ClusterRoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "clusterrolebindings"),
+    "DaemonSet": ("/apis/apps/v1", "daemonsets"),
 }
+
+
+def manifest() -> list[dict[str, Any]]:
+    """The objects of dist/kubernetes/kube-flannel.yml, in order."""
+    import yaml  # PyYAML, a dependency of kubernetes_asyncio
+
+    with open(MANIFEST) as f:
+        return [doc for doc in yaml.safe_load_all(f) if doc]
+
+
+def collection(obj: dict[str, Any]) -> str:
+    """The API path that creates ``obj``."""
+    prefix, plural = _COLLECTIONS[obj["kind"]]
+    ns = obj.get("metadata", {}).get("namespace")
+    return f"{prefix}/namespaces/{ns}/{plural}" if ns else f"{prefix}/{plural}"
+
+
+def cluster_role() -> dict[str, Any]:
+    return next(o for o in manifest() if o["kind"] == "ClusterRole")
 
 
 def node_name(index: int) -> str:
@@ -42,9 +62,9 @@ class KubeApi:
 
     def start(self) -> None:
         self.server.start()
-        self.apply(CLUSTER_ROLE, "/apis/rbac.authorization.k8s.io/v1/clusterroles")
+        self.apply(cluster_role(), "/apis/rbac.authorization.k8s.io/v1/clusterroles")
         self.apply({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-                    "metadata": {"name": "flannel"},
+                    "metadata": {"name": "flannel-lab-user"},
                     "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "flannel"},
                     "subjects": [{"kind": "User", "name": FLANNEL_USER, "apiGroup": "rbac.authorization.k8s.io"}]},
                    "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings")
@@ -54,14 +74,28 @@ class KubeApi:
         return os.path.join(self.server.state_dir, f"{user}.kubeconfig")
 
     def call(self, method: str, path: str, body: object = None, *, ok: tuple[int, ...] = (200, 201),
-             content_type: str = "application/json") -> dict[str, Any]:
-        status, data = self.server.request(method, path, body, content_type=content_type)
+             content_type: str = "application/json", token: str = "") -> dict[str, Any]:
+        status, data = self.server.request(method, path, body, content_type=content_type, token=token)
         if status not in ok:
             raise RuntimeError(f"{method} {path}: HTTP {status}: {data.get('message', data)}")
         return data
 
     def apply(self, obj: dict[str, Any], collection: str) -> None:
         self.call("POST", collection, obj, ok=(201, 409))
+
+    def service_account_token(self, namespace: str, name: str, seconds: int = 3600) -> str:
+        """A token of ServiceAccount ``namespace/name`` (the TokenRequest API, as the kubelet asks)."""
+        data = self.call("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token",
+                         {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                          "spec": {"expirationSeconds": seconds}})
+        return str(data["status"]["token"])
+
+    def create_pod(self, namespace: str, name: str, node: str, service_account: str) -> None:
+        """A Pod object bound to ``node`` (no kubelet runs it: flanneld only reads its spec.nodeName)."""
+        self.call("POST", f"/api/v1/namespaces/{namespace}/pods", {
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace},
+            "spec": {"nodeName": node, "serviceAccountName": service_account,
+                     "containers": [{"name": "kube-flannel", "image": "localhost/pyflannel:0.1.0"}]}})
 
     def create_node(self, name: str, cidr: str | None) -> None:
         spec = {"podCIDR": cidr, "podCIDRs": [cidr]} if cidr else {}

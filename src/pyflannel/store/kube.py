@@ -55,7 +55,7 @@ def _fix_for(status: int, verb: str, resource: str, body: str) -> str:
         message = ""
     if status == 403:
         return (f"the API server forbids {verb} on {resource}: {message or 'forbidden'}; grant it in flannel's "
-                "ClusterRole (deploy/kube-flannel.yml: nodes get/list/watch, nodes/status patch, pods get)")
+                "ClusterRole (dist/kubernetes/kube-flannel.yml: nodes get/list/watch, nodes/status patch, pods get)")
     if status == 401:
         return (f"the API server does not accept our credentials ({verb} {resource}: 401 Unauthorized): the token "
                 "or client certificate is expired or wrong; flanneld keeps every route and retries")
