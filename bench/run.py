@@ -22,8 +22,9 @@ DATA_PATHS = ("underlay", "hand-vxlan", "vxlan", "host-gw", "udp", "wireguard", 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--only", choices=("datapath", "controlplane"),
-                    help="run one half of the suite (written to bench/results/<half>/)")
+    ap.add_argument("--only", choices=("datapath", "controlplane", "kube"),
+                    help="run one half of the suite, or only the kube-mode figures (written to "
+                         "bench/results/<half>/)")
     ap.add_argument("--paths", default="",
                     help="data paths to measure, comma-separated (default: all of " + ", ".join(DATA_PATHS) + ")")
     ap.add_argument("--no-go", action="store_true",
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         print("bench: cannot run:\n" + "\n".join(f"  - {p}" for p in problems), file=sys.stderr)
         return 1
-    from pfbench import common, controlplane, datapath, report
+    from pfbench import common, controlplane, datapath, kube, report
 
     from pyflannel.core.errors import LocalConfigError
     from pyflannel.lab.netns import LabError, ns_list
@@ -133,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
                     common.teardown()
                 if args.bursts:
                     controlplane.burst(res, args.bursts, args.burst_runs, args.burst_cap, notes)
+                    common.teardown()
+            if args.only in (None, "controlplane", "kube") and args.peers > 0:
+                kube.kube_bench(res, args.peers, args.cold_runs, args.cold_cap, args.conv_rounds, notes)
     except (KeyboardInterrupt, common.Interrupted) as err:
         common.log(f"interrupted ({str(err) or 'Ctrl-C'}): every pfb- namespace and process was removed; no results "
                    "written")

@@ -261,6 +261,13 @@ def _retire(lab: LightLab, writer: LeaseWriter, host: Host) -> None:
     writer.call(op="del", subnet=str(ipaddress.IPv4Interface(subnet).network))
 
 
+def _retire_kube(lab: LightLab, host: Host) -> None:
+    """As ``_retire``, for kube mode: the host's namespace and its Node go."""
+    lab.remove_host(host)
+    assert lab.kube_api is not None
+    lab.kube_api.delete_node(f"h{host.index}")
+
+
 def _cold_run(lab: LightLab, host: Host, expected: Expected, res: Results, peers_n: int, cap_s: float,
               notes: list[str], r: int, runs: int, impl: str) -> None:
     tag = f"cold start ({IMPL_NAME[impl]}) run {r + 1}"

@@ -30,15 +30,21 @@ def lab_command(args: argparse.Namespace) -> int:
                                "use --backend vxlan or --backend host-gw")
         if not 1 <= args.hosts <= 200:
             raise FlannelError(f"--hosts {args.hosts}: the lab runs 1..200 hosts")
+        if args.kube:
+            from ..lab import kube_apiserver
+
+            if kube_apiserver.binary() is None:
+                raise FlannelError(f"--kube: {kube_apiserver.missing()}")
         running = Lab(name=args.name).namespaces()
         if running and not args.force:
             raise FlannelError(f"a lab named {args.name} is running ({len(running)} namespaces): "
                                f"`flannelctl lab status --name {args.name}` shows it; `flannelctl lab down --name "
                                f"{args.name}` removes it, or add --force to replace it")
     if args.action == "demo":
-        return run_demo(args.name, args.hosts, args.backend, args.keep)
+        return run_demo(args.name, args.hosts, args.backend, args.keep, kube=args.kube)
     if args.action == "up":
-        lab = Lab(name=args.name, hosts_n=args.hosts, backend=args.backend, ipv6=getattr(args, "ipv6", "") or "")
+        lab = Lab(name=args.name, hosts_n=args.hosts, backend=args.backend, ipv6=getattr(args, "ipv6", "") or "",
+                  kube=args.kube)
         lab.up()
         _print_status(lab)
     elif args.action == "down":
@@ -58,11 +64,21 @@ def _print_status(lab: object) -> None:
 
     assert isinstance(lab, Lab)
     stack = ", dual stack" if lab.ipv6 else ""
-    print(f"lab {lab.name}: backend {lab.backend}{stack}, etcd {lab.etcd_endpoint} (prefix {PREFIX}), "
-          f"state in {lab.state_dir}")
+    if lab.kube:
+        kubeconfig = os.path.join(lab.state_dir, "kube", "admin.kubeconfig")
+        print(f"lab {lab.name}: backend {lab.backend}{stack}, Kubernetes mode: kube-apiserver "
+              f"https://198.18.0.2:6443 (admin: {kubeconfig}), state in {lab.state_dir}")
+    else:
+        print(f"lab {lab.name}: backend {lab.backend}{stack}, etcd {lab.etcd_endpoint} (prefix {PREFIX}), "
+              f"state in {lab.state_dir}")
     for row, host in zip(lab.status(), lab.hosts, strict=True):
         print("  ".join(f"{k}={v}" for k, v in row.items()))
         print(f"    log: {lab.log_file(host)}    enter the host: ip netns exec {host.ns} bash    "
               f"its container: ip netns exec {host.container_ns} bash")
+    if lab.kube:
+        print(f"nodes: ip netns exec {lab.etcd_ns} curl -s --cacert {lab.state_dir}/kube/pki/ca.crt --cert "
+              f"{lab.state_dir}/kube/pki/admin.crt --key {lab.state_dir}/kube/pki/admin.key "
+              f"https://198.18.0.2:6443/api/v1/nodes    remove the lab: flannelctl lab down --name {lab.name}")
+        return
     print(f"leases: ip netns exec {lab.etcd_ns} etcdctl --endpoints {lab.etcd_endpoint} get --prefix "
           f"{PREFIX}/subnets    remove the lab: flannelctl lab down --name {lab.name}")

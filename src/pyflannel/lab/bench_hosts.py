@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from ..core.subnetenv import render_subnet_env, subnet_env_for
 from .cluster import Host, Lab
+from .kube_lab import node_name as kube_node_name
 from .netns import LabError, in_ns, ns_delete, sh
 
 HAND_NETWORK = ipaddress.IPv4Network("10.0.0.0/16")
@@ -51,7 +52,7 @@ class LightLab(Lab):
         os.makedirs(self.state_dir, exist_ok=True)
         try:
             self._underlay()
-            self._etcd()
+            self._kube(nodes=0) if self.kube else self._etcd()
             self.put_config(config)
             self.hosts = []
             self.save()
@@ -62,6 +63,8 @@ class LightLab(Lab):
     def add_host(self, index: int, extra: tuple[str, ...] = (), start: bool = True) -> Host:
         """A fresh host namespace ``NAME-h<index>`` (flanneld started unless ``start`` is false)."""
         host = self._host(index)
+        if self.kube and self.kube_api is not None:  # its Node, as the node IPAM controller would make it
+            self.kube_api.create_node(kube_node_name(index), f"10.15.{index}.0/24")
         self.hosts.append(host)
         self.save()
         if start:

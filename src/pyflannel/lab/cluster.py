@@ -227,12 +227,14 @@ class Lab:
     def net_conf_path(self) -> str:
         return os.path.join(self.state_dir, "net-conf.json")
 
-    def _kube(self) -> None:
+    def _kube(self, nodes: int | None = None) -> None:
+        """The API server (and its etcd) in the etcd namespace, and a Node for each of the first
+        ``nodes`` hosts (default: every host)."""
         ns_add(self.etcd_ns)
         self._attach(self.etcd_ns, ETCD_IP, "etcd")
         self.kube_api = KubeApi(self.state_dir, ETCD_IP, self.etcd_ns)
         self.kube_api.start()
-        for i in range(1, self.hosts_n + 1):
+        for i in range(1, (self.hosts_n if nodes is None else nodes) + 1):
             self.kube_api.create_node(kube_lab.node_name(i), kube_lab.pod_cidr(i))
 
     def _host(self, i: int) -> Host:

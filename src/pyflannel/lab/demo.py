@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
+from . import kube_lab
 from .cluster import ARTICLE_CONFIG, PREFIX, Host, Lab
 from .netns import in_ns
 from .pcap import DecodeError, describe_flannel_udp, first_packet
@@ -42,15 +43,35 @@ def capture_one(lab: Lab, src: Host, dst: Host, port: int = 8285) -> list[str]:
     return describe_flannel_udp(frame, linktype)
 
 
+def kube_nodes(lab: Lab, out: Out) -> None:
+    """Each Node's podCIDR and the flannel annotations its flanneld wrote."""
+    assert lab.kube_api is not None
+    for h in lab.hosts:
+        node = lab.kube_api.node(kube_lab.node_name(h.index))
+        out(f"   node {node['metadata']['name']}  spec.podCIDR={node.get('spec', {}).get('podCIDR')}")
+        for key, value in sorted((node["metadata"].get("annotations") or {}).items()):
+            if key.startswith("flannel.alpha.coreos.com/"):
+                out(f"      {key}: {value}")
+
+
 def run_demo(name: str = "pfl", hosts: int = 3, backend: str = "udp", keep: bool = False,
-             out: Out = print) -> int:
-    lab = Lab(name=name, hosts_n=hosts, backend=backend)
+             out: Out = print, *, kube: bool = False) -> int:
+    lab = Lab(name=name, hosts_n=hosts, backend=backend, kube=kube)
     old = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         out(f"== pyflannel lab '{name}': {hosts} hosts, backend {backend}, underlay 198.18.0.0/24")
-        out(f"   etcdctl put {PREFIX}/config '{ARTICLE_CONFIG if backend == 'udp' else '...'}'")
+        if kube:
+            out(f"   kube-apiserver at https://198.18.0.2:6443 (etcd behind it); one Node per host with "
+                f"spec.podCIDR 10.0.I.0/24; flanneld -kube-subnet-mgr -net-config-path={lab.net_conf_path}")
+        else:
+            out(f"   etcdctl put {PREFIX}/config '{ARTICLE_CONFIG if backend == 'udp' else '...'}'")
         lab.up()
-        out("\n== flanneld leased one /24 per host; docker0 got its bridge from mk-docker-opts:")
+        if kube:
+            out("\n== flanneld took each node's podCIDR and annotated its Node:")
+            kube_nodes(lab, out)
+            out("\n== subnet.env per host; docker0 got its bridge from mk-docker-opts:")
+        else:
+            out("\n== flanneld leased one /24 per host; docker0 got its bridge from mk-docker-opts:")
         for h in lab.hosts:
             out(f"   {h.ns}  {h.ip:<12} FLANNEL_SUBNET={h.subnet:<15} dockerd {h.docker_opts}")
         out("\n== container to container, across hosts:")
