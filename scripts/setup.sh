@@ -48,7 +48,7 @@ fi
 # Go flannel, for the tests that run it beside pyflannel (first time only; skips with one message
 # when no Go >= 1.25)
 ./scripts/goflannel.sh
-# kube-apiserver, for the kube-mode tests (first time only, ~15 min and ~2 GB of memory on 2 cores;
+# kube-apiserver, for the kube-mode tests (first time only, ~4 min and ~1.6 GB of memory on 2 cores;
 # skips with one message when no Go >= 1.26)
 ./scripts/kubeapiserver.sh
 echo "setup: ok ($("$VENV/bin/python" --version), etcd $(etcd --version | awk 'NR==1{print $3}'))"

@@ -1,8 +1,9 @@
 """The lab in kube mode (``Lab(kube=True)``): a real kube-apiserver (with its etcd) in NAME-etcd at
 198.18.0.2:6443, one Node object per host with ``spec.podCIDR`` set as the node IPAM controller
 would (10.0.I.0/24 for host I), and flanneld run with ``-kube-subnet-mgr`` as user ``flannel``,
-a client certificate bound to flannel's ClusterRole (the smallest that works, read from
-dist/kubernetes/kube-flannel.yml), with NODE_NAME=hI and the network config in a file.
+a client certificate bound to a copy of flannel's ClusterRole (the smallest that works, read from
+dist/kubernetes/kube-flannel.yml; named flannel-lab so that the manifest itself can be applied),
+with NODE_NAME=hI and the network config in a file.
 """
 
 from __future__ import annotations
@@ -65,10 +66,12 @@ class KubeApi:
 
     def start(self) -> None:
         self.server.start()
-        self.apply(cluster_role(), "/apis/rbac.authorization.k8s.io/v1/clusterroles")
+        # the manifest's role under another name, so that the manifest itself can still be applied
+        role = dict(cluster_role(), metadata={"name": "flannel-lab"})
+        self.apply(role, "/apis/rbac.authorization.k8s.io/v1/clusterroles")
         self.apply({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
                     "metadata": {"name": "flannel-lab-user"},
-                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "flannel"},
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "flannel-lab"},
                     "subjects": [{"kind": "User", "name": FLANNEL_USER, "apiGroup": "rbac.authorization.k8s.io"}]},
                    "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings")
         self.server.write_kubeconfig(FLANNEL_USER)

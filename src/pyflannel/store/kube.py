@@ -127,21 +127,27 @@ class KubeRegistry:
         try:
             resp = await asyncio.wait_for(fn(*args, _preload_content=False, **kwargs), _CALL_TIMEOUT)
             async with resp:
-                return json.loads(await resp.read())
+                status, body = resp.status, await resp.read()
         except ApiException as err:
-            self.errors += 1
-            cls = KubeForbidden if err.status == 403 else StoreUnavailable
-            if err.status == 404:
-                raise _NotFound(resource) from err
-            raise cls(_fix_for(err.status, verb, resource, err.body or "")) from err
-        except (OSError, TimeoutError, ValueError) as err:
+            status, body = err.status or 0, (err.body or "").encode() if isinstance(err.body, str) else b""
+        except Exception as err:  # OSError, TimeoutError, aiohttp.ClientError and kin: the server cannot be reached
             self.errors += 1
             raise StoreUnavailable(f"the API server {self.endpoints} cannot be reached ({verb} {resource}): "
                                    f"{err or type(err).__name__}") from err
-        except Exception as err:  # aiohttp.ClientError and kin: the server cannot be reached
-            self.errors += 1
-            raise StoreUnavailable(f"the API server {self.endpoints} cannot be reached ({verb} {resource}): "
-                                   f"{err or type(err).__name__}") from err
+        # the raw response (_preload_content=False) is not checked by the client: an error status
+        # must not be read as the object (a Status as a Node)
+        if 200 <= status <= 299:
+            try:
+                return json.loads(body)
+            except ValueError as err:
+                self.errors += 1
+                raise StoreUnavailable(f"the API server {self.endpoints} answered {verb} {resource} with "
+                                       f"something that is not JSON: {err}") from err
+        self.errors += 1
+        if status == 404:
+            raise _NotFound(resource)
+        cls = KubeForbidden if status == 403 else StoreUnavailable
+        raise cls(_fix_for(status, verb, resource, body.decode(errors="replace")))
 
     # ---- config: a file in kube mode ---------------------------------------------------------------
     async def get_config(self) -> bytes | None:
@@ -221,6 +227,13 @@ class KubeRegistry:
                     why = (_fix_for(status, "watch", "nodes", getattr(err, "body", "") or "") if status
                            else str(err) or type(err).__name__)
                     yield WatchLost(f"cannot watch nodes: {why}")
+                return
+            if resp.status != 200:  # not raised by the client for a raw response
+                async with resp:
+                    text = (await resp.read()).decode(errors="replace")
+                self.errors += 1
+                yield WatchLost("the node watch's resourceVersion is too old (410 Gone)" if resp.status == 410
+                                else f"cannot watch nodes: {_fix_for(resp.status, 'watch', 'nodes', text)}")
                 return
             try:
                 async with resp:

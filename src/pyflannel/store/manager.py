@@ -195,5 +195,9 @@ def log_bad(bad: tuple[BadLease, ...], seen: set[str]) -> None:
     for b in bad:
         if b.key not in seen:
             seen.add(b.key)
-            log.warning("skipping bad lease key=%s: %s (someone else wrote it: fix it, or delete it with "
-                        "`flannelctl leases revoke %s`)", b.key, b.reason, b.key.rsplit("/", 1)[-1])
+            if b.key.startswith("node "):  # kube mode: a Node object, not a key of ours
+                log.warning("skipping %s: %s (fix its flannel annotations or podCIDR; the other nodes are kept)",
+                            b.key, b.reason)
+            else:
+                log.warning("skipping bad lease key=%s: %s (someone else wrote it: fix it, or delete it with "
+                            "`flannelctl leases revoke %s`)", b.key, b.reason, b.key.rsplit("/", 1)[-1])
