@@ -44,3 +44,43 @@ def test_a_node_that_stops_being_a_flannel_node_is_removed():
     reg._change("ADDED", node("a", "10.0.1.0/24"), 5)
     plain = {"metadata": {"name": "a"}, "spec": {"podCIDR": "10.0.1.0/24"}}
     assert reg._change("MODIFIED", plain, 6).deletes == (N("10.0.1.0/24"),)
+
+
+class _Raw:
+    """A raw (``_preload_content=False``) response: the client does not check its status."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        self.status, self.body = status, body
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        return False
+
+    async def read(self) -> bytes:
+        return self.body
+
+
+def _answer(status: int, body: bytes):
+    async def fn(*args, **kwargs):
+        return _Raw(status, body)
+    return fn
+
+
+def test_an_error_status_of_a_raw_response_is_an_error_not_the_object():
+    import asyncio
+
+    import pytest
+
+    from pyflannel.core.errors import StoreUnavailable
+    from pyflannel.store.kube import KubeForbidden
+
+    reg = KubeRegistry(KubeOptions())
+    forbidden = b'{"kind":"Status","status":"Failure","message":"nodes \\"h1\\" is forbidden","code":403}'
+    with pytest.raises(KubeForbidden, match="forbids get on nodes/h1: nodes \"h1\" is forbidden"):
+        asyncio.run(reg._call("get", "nodes/h1", _answer(403, forbidden)))
+    with pytest.raises(StoreUnavailable, match="HTTP 503"):
+        asyncio.run(reg._call("get", "nodes/h1", _answer(503, b'{"kind":"Status","message":"not ready"}')))
+    assert asyncio.run(reg._call("get", "nodes/h1", _answer(200, b'{"kind":"Node"}'))) == {"kind": "Node"}
+    assert reg.errors == 2
