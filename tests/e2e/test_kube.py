@@ -38,7 +38,7 @@ def readyz(host) -> int:
 @pytest.fixture(scope="module", params=["vxlan", "host-gw", "udp"])
 def lab(request: pytest.FixtureRequest, kube_apiserver: str, make_lab) -> Iterator[Lab]:
     name = {"vxlan": "pfkv", "host-gw": "pfkg", "udp": "pfku"}[request.param]
-    with make_lab(name, 3, request.param, kube=True, wait=60.0, extra=HEALTHZ) as lab:
+    with make_lab(name, 3, request.param, kube=True, wait=60.0, host_extra={i: HEALTHZ for i in (1, 2, 3)}) as lab:
         yield lab
 
 
@@ -245,6 +245,7 @@ def test_flanneld_runs_with_the_service_account_token_under_the_smallest_role(la
 @pytest.mark.parametrize("lab", ["vxlan"], indirect=True)
 def test_api_server_outage_keeps_every_route_reports_not_ready_and_resumes(lab: Lab) -> None:
     h1 = lab.hosts[0]
+    wait_for(lambda: all(readyz(h) == 200 for h in lab.hosts), 30, what="every host ready before the outage")
     routes = ip(h1.ns, "route")
     api(lab).server.stop_apiserver()
     try:

@@ -105,8 +105,10 @@ class KubeApi:
 
     def create_node(self, name: str, cidr: str | None) -> None:
         spec = {"podCIDR": cidr, "podCIDRs": [cidr]} if cidr else {}
-        self.call("POST", "/api/v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
-                                             "spec": spec})
+        # with the annotation a kubelet puts on every Node it registers: Go flanneld panics on a node
+        # without any annotation (it assigns into the nil map, pkg/subnet/kube/kube.go AcquireLease)
+        meta = {"name": name, "annotations": {"volumes.kubernetes.io/controller-managed-attach-detach": "true"}}
+        self.call("POST", "/api/v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": meta, "spec": spec})
 
     def create_nodes(self, nodes: list[dict[str, Any]], timeout: float = 600.0) -> None:
         """Many Node objects at once, over one connection (a Python inside the server's namespace)."""
