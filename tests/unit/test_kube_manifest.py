@@ -38,3 +38,16 @@ def test_the_configmap_holds_a_valid_net_conf_and_cni_conf():
     data = by_kind()["ConfigMap"]["data"]
     assert str(parse_config(data["net-conf.json"].encode()).network) == "10.244.0.0/16"
     assert json.loads(data["cni-conf.json"])["plugins"][0]["type"] == "flannel"
+
+
+def test_the_lab_command_in_kube_mode_names_the_node_and_the_api_server():
+    from pyflannel.lab.cluster import Host, Lab
+
+    host = Host(2, "x-h2", "x-c2", "198.18.0.12")
+    cmd = Lab(name="x", backend="vxlan", kube=True).flanneld_command(host)
+    assert cmd[:4] == ["ip", "netns", "exec", "x-h2"] and "NODE_NAME=h2" in cmd
+    assert "-kube-subnet-mgr" in cmd and "-kubeconfig-file=/run/pyflannel-lab/x/kube/flannel.kubeconfig" in cmd
+    assert "-net-config-path=/run/pyflannel-lab/x/net-conf.json" in cmd
+    assert not [a for a in cmd if a.startswith("-etcd-")]
+    wg = Lab(name="x", backend="wireguard", kube=True).flanneld_command(host)
+    assert "unshare" in wg and wg.index("unshare") < wg.index("NODE_NAME=h2")

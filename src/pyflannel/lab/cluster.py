@@ -257,9 +257,8 @@ class Lab:
         host in ``host_command`` that command. In kube mode the store flags are the API server's
         and ``NODE_NAME`` names the host's Node."""
         if self.kube:
-            api = self.kube_api or KubeApi(self.state_dir, ETCD_IP, self.etcd_ns)
             return in_ns(host.ns, *self.host_wrapper(host), "env", f"NODE_NAME={kube_lab.node_name(host.index)}",
-                         *self.flanneld_binary(host), *kube_lab.flanneld_args(api, self.net_conf_path),
+                         *self.flanneld_binary(host), *kube_lab.flanneld_args(self.state_dir, self.net_conf_path),
                          f"--subnet-file={subnet_file or self.subnet_file(host)}",
                          *self.host_extra.get(host.index, ()), *extra)
         return in_ns(host.ns, *self.host_wrapper(host), *self.flanneld_binary(host),

@@ -150,8 +150,13 @@ def net_conf(backend: str, network: str = "10.0.0.0/16") -> str:
     return json.dumps(config)
 
 
-def flanneld_args(api: KubeApi, net_conf_path: str) -> tuple[str, ...]:
-    return ("-kube-subnet-mgr", f"-kubeconfig-file={api.kubeconfig()}", f"-net-config-path={net_conf_path}")
+def kubeconfig_path(state_dir: str, user: str = FLANNEL_USER) -> str:
+    """Where ``KubeApi(state_dir, ...)`` writes the kubeconfig of ``user``."""
+    return os.path.join(state_dir, "kube", f"{user}.kubeconfig")
+
+
+def flanneld_args(state_dir: str, net_conf_path: str) -> tuple[str, ...]:
+    return ("-kube-subnet-mgr", f"-kubeconfig-file={kubeconfig_path(state_dir)}", f"-net-config-path={net_conf_path}")
 
 
 def in_network(cidr: str, network: str = "10.0.0.0/16") -> bool:
