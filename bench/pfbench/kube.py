@@ -30,8 +30,8 @@ class _Prefixed:
     def __init__(self, res: Results) -> None:
         self.res = res
 
-    def add(self, metric: str, hosts: int, value: float, unit: str, capped: bool = False) -> None:
-        self.res.add(f"kube_{metric}", hosts, value, unit, capped)
+    def add(self, metric: str, hosts: int, value: float, unit: str, capped: bool = False, impl: str = "") -> None:
+        self.res.add(f"kube_{metric}", hosts, value, unit, capped, impl)
 
 
 def node_object(name: str, peer: dict) -> dict:
@@ -58,7 +58,7 @@ def kube_bench(res: Results, peers_n: int, runs: int, cap_s: float, conv_rounds:
         if host is not None:
             _retire_kube(lab, host)
         host = lab.add_host(r + 1, start=False)
-        _cold_run(lab, host, expected, _Prefixed(res), peers_n, cap_s, notes, r, runs)  # type: ignore[arg-type]
+        _cold_run(lab, host, expected, _Prefixed(res), peers_n, cap_s, notes, r, runs, "")  # type: ignore[arg-type]
     assert host is not None
     convergence(lab, host, res, peers_n, conv_rounds, cap_s, notes)
 
