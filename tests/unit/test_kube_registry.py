@@ -84,3 +84,20 @@ def test_an_error_status_of_a_raw_response_is_an_error_not_the_object():
         asyncio.run(reg._call("get", "nodes/h1", _answer(503, b'{"kind":"Status","message":"not ready"}')))
     assert asyncio.run(reg._call("get", "nodes/h1", _answer(200, b'{"kind":"Node"}'))) == {"kind": "Node"}
     assert reg.errors == 2
+
+
+def test_the_kube_lease_manager_takes_every_call_the_keeper_and_conductor_make():
+    """The keeper and the Conductor call either manager the same way (a rebase once changed the
+    etcd manager's ``recreate`` and left the kube one behind: the keeper died on a deleted Node)."""
+    import inspect
+
+    from pyflannel.store.kube_manager import KubeLeaseManager
+    from pyflannel.store.manager import LeaseManager
+
+    for name in ("acquire", "renew", "recreate"):
+        etcd = inspect.signature(getattr(LeaseManager, name))
+        kube = inspect.signature(getattr(KubeLeaseManager, name))
+        args = [p.name for p in etcd.parameters.values() if p.default is inspect.Parameter.empty]
+        kube.bind(*args)  # every required argument of the etcd manager's call is accepted
+        etcd_optional = [p for p in etcd.parameters.values() if p.default is not inspect.Parameter.empty]
+        kube.bind(*args, *[p.name for p in etcd_optional])

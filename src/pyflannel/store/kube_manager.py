@@ -72,8 +72,9 @@ class KubeLeaseManager:
     async def renew(self, lease: Lease) -> Lease | None:
         return lease  # a podCIDR does not expire
 
-    async def recreate(self, subnet: object) -> Lease | None:
-        """Our Node was deleted: wait, then publish again on the node of that name."""
+    async def recreate(self, subnet: object, ipv6_subnet: object = None) -> Lease | None:
+        """Our Node was deleted: wait, then publish again on the node of that name (IPv4 only:
+        ``ipv6_subnet`` is part of the manager protocol and always None in kube mode)."""
         await asyncio.sleep(self.poll_s)
         node = await self.registry.get_node()
         if node is None or kubenode.pod_cidr(node) != subnet:
