@@ -49,7 +49,7 @@ from .observe import HttpServer, Stats, View, state_lines
 from .process import ignore_early, install_signals, raise_file_limit
 from .store.etcd import EtcdOptions, EtcdRegistry
 from .store.etcd_v2 import only_in_v2, v2_config
-from .store.kube import KubeOptions, KubeRegistry
+from .store.kube import KubeOptions, KubeRegistry, KubeUnauthorized
 from .store.kube_manager import KubeLeaseManager
 from .store.manager import DEFAULT_TTL, LeaseManager, log_bad, watch_leases
 from .subnetfile import read_previous_subnet, try_write_subnet_file, unwritable_fix
@@ -364,8 +364,9 @@ class Conductor:
                 if down_since is None:
                     down_since = time.monotonic()
                     self.stats.store_ok = False
-                    log.error("%s is unreachable (%s): keeping every route and the lease as they are, "
-                              "retrying every %gs", self.store_name, err or "no answer", period)
+                    state = "refuses flanneld's credentials" if isinstance(err, KubeUnauthorized) else "is unreachable"
+                    log.error("%s %s (%s): keeping every route and the lease as they are, retrying every %gs",
+                              self.store_name, state, err or "no answer", period)
                 continue
             if down_since is not None:
                 log.info("%s answers again after %.1fs; the lease watch resumes where it stopped",

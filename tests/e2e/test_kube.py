@@ -270,3 +270,113 @@ def test_api_server_outage_keeps_every_route_reports_not_ready_and_resumes(lab: 
     finally:
         api(lab).delete_node("late")
     wait_for(lambda: not has_route(lab, h1, "10.0.77.0/24"), 30, what="h1 to drop it again")
+
+
+# ---- credentials revoked while flanneld runs; a watch too old (410 Gone) -------------------------
+# (after the outage test: these restart flanneld and the API server, which its log counts must not see)
+def _write_atomically(path: Path, text: str) -> None:
+    """As the kubelet renews a projected token: the new file appears whole, by a rename."""
+    tmp = path.with_name(path.name + ".new")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _node_with_lease(lab: Lab, name: str, cidr: str, public_ip: str, mac: str) -> None:
+    api(lab).create_node(name, cidr)
+    api(lab).annotate(name, {A + "kube-subnet-manager": "true", A + "public-ip": public_ip, A + "backend-type": "vxlan",
+                             A + "backend-data": f'{{"VNI":1,"VtepMAC":"{mac}"}}'})
+
+
+@pytest.mark.parametrize("lab", ["vxlan"], indirect=True)
+def test_revoked_token_keeps_every_route_reports_not_ready_and_resumes_with_a_new_one(lab: Lab, tmp_path) -> None:
+    """flanneld in-cluster on h2 with its ServiceAccount's token; the ServiceAccount is deleted
+    (which revokes its tokens: 401); then created again and a fresh token written to the file, as
+    the kubelet renews it: flanneld re-reads it on the 401 and is ready at once."""
+    for obj in kube_lab.manifest():
+        api(lab).apply(obj, kube_lab.collection(obj))
+    sa = tmp_path / "sa"
+    sa.mkdir()
+    _write_atomically(sa / "token", api(lab).service_account_token(NS, "flannel"))
+    (sa / "namespace").write_text(NS)
+    (sa / "ca.crt").write_bytes(Path(api(lab).server.pki.file("ca.crt")).read_bytes())
+    conf = tmp_path / "net-conf.json"
+    conf.write_text(Path(lab.net_conf_path).read_text())
+    h2 = lab.hosts[1]
+    lab.stop_flanneld(h2)
+    env = ["KUBERNETES_SERVICE_HOST=198.18.0.2", "KUBERNETES_SERVICE_PORT=6443", "NODE_NAME=h2"]
+    cmd = in_ns(h2.ns, "env", *env, "unshare", "-m", "--propagation", "private", "sh", "-c", _IN_POD, str(sa),
+                *lab.flanneld_binary(h2), "-kube-subnet-mgr", f"-net-config-path={conf}", *HEALTHZ,
+                f"--subnet-file={tmp_path / 'subnet.env'}")
+    log_path = tmp_path / "flanneld.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: proc.poll() is not None or readyz(h2) == 200, 40, what="flanneld with the token ready")
+        assert proc.poll() is None, log_path.read_text()
+        routes = ip(h2.ns, "route")
+        api(lab).call("DELETE", f"/api/v1/namespaces/{NS}/serviceaccounts/flannel")
+        wait_for(lambda: readyz(h2) == 503, 20, what="/readyz to report the refused credentials")
+        assert all_pairs_ping(lab) == [], "every pair still pings while the token is refused"
+        assert ip(h2.ns, "route") == routes
+        lines = [ln for ln in log_path.read_text().splitlines() if "refuses flanneld's credentials" in ln]
+        assert len(lines) == 1, log_path.read_text()
+        assert "401 Unauthorized" in lines[0] and "re-reads the service-account token file" in lines[0], lines[0]
+        # valid credentials again: the ServiceAccount back (its binding is by name) and a fresh token
+        api(lab).apply(next(o for o in kube_lab.manifest() if o["kind"] == "ServiceAccount"),
+                       f"/api/v1/namespaces/{NS}/serviceaccounts")
+        _write_atomically(sa / "token", api(lab).service_account_token(NS, "flannel"))
+        wait_for(lambda: readyz(h2) == 200, 15, what="ready again soon after the token file is renewed")
+        text = log_path.read_text()
+        assert "the Kubernetes API server answers again" in text and "Traceback" not in text, text
+        _node_with_lease(lab, "late2", "10.0.79.0/24", "198.18.0.98", "02:42:00:00:00:79")
+        try:
+            wait_for(lambda: has_route(lab, h2, "10.0.79.0/24"), 20, what="h2 to program a node added afterwards")
+        finally:
+            api(lab).delete_node("late2")
+        wait_for(lambda: not has_route(lab, h2, "10.0.79.0/24"), 20, what="h2 to drop it again")
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=15)
+        lab.start_flanneld(h2)
+    wait_for(lambda: lab.ping(lab.hosts[0], h2)[0], 30, what="h1 -> h2 once the lab's flanneld is back")
+
+
+@pytest.mark.parametrize("lab", ["vxlan"], indirect=True)
+def test_watch_resumed_from_a_compacted_version_gets_410_and_relists(lab: Lab) -> None:
+    """Node watches served straight from etcd (the API server's watch cache off for nodes: no
+    bookmarks move the version on), flanneld's watch calls 3 s long; a node event, then etcd
+    compacted past it: the next resume gets a real 410 Gone, flanneld re-lists and follows nodes."""
+    from pyflannel.store.kube import WATCH_TIMEOUT_ENV
+
+    h1, server = lab.hosts[0], api(lab).server
+    lab.stop_flanneld(h1)
+    server.stop_apiserver()
+    try:
+        server.start_apiserver(extra=("--watch-cache-sizes=nodes#0",))
+        lab.start_flanneld(h1, env={WATCH_TIMEOUT_ENV: "3"})
+        wait_for(lambda: readyz(h1) == 200, 40, what="h1 ready on the API server without a node watch cache")
+        mark = len(log_text(lab, h1))
+        _node_with_lease(lab, "old", "10.0.78.0/24", "198.18.0.99", "02:42:00:00:00:78")
+        wait_for(lambda: has_route(lab, h1, "10.0.78.0/24"), 20, what="h1 to program node old")
+        for method, path in (("POST", "/api/v1/namespaces/default/configmaps"),
+                             ("DELETE", "/api/v1/namespaces/default/configmaps/churn")):
+            api(lab).call(method, path, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "churn"}}
+                          if method == "POST" else None)
+        server.compact_etcd()
+        wait_for(lambda: [ln for ln in log_text(lab, h1)[mark:].splitlines()
+                          if "lease watch lost, re-listing" in ln and "410" in ln], 20,
+                 what="h1 to re-list on 410 Gone")
+        api(lab).delete_node("old")
+        _node_with_lease(lab, "new", "10.0.80.0/24", "198.18.0.100", "02:42:00:00:00:80")
+        try:
+            wait_for(lambda: not has_route(lab, h1, "10.0.78.0/24") and has_route(lab, h1, "10.0.80.0/24"), 20,
+                     what="h1 to follow a node delete and add after the re-list")
+        finally:
+            api(lab).delete_node("new")
+        assert "Traceback" not in log_text(lab, h1)[mark:]
+    finally:
+        lab.stop_flanneld(h1)
+        server.stop_apiserver()
+        server.start_apiserver()
+        lab.start_flanneld(h1)
+    wait_for(lambda: readyz(h1) == 200 and lab.ping(h1, lab.hosts[1])[0], 40, what="h1 back to normal")

@@ -101,3 +101,40 @@ def test_the_kube_lease_manager_takes_every_call_the_keeper_and_conductor_make()
         kube.bind(*args)  # every required argument of the etcd manager's call is accepted
         etcd_optional = [p for p in etcd.parameters.values() if p.default is not inspect.Parameter.empty]
         kube.bind(*args, *[p.name for p in etcd_optional])
+
+
+def test_a_401_makes_the_next_call_re_read_the_service_account_token(tmp_path):
+    """In-cluster config reads the token file once a minute; on a 401 (a revoked or expired token)
+    the very next call reads it again, as client-go does, so a renewed token works at once."""
+    import asyncio
+
+    import pytest
+    from kubernetes_asyncio.client import Configuration
+    from kubernetes_asyncio.config.incluster_config import InClusterConfigLoader
+
+    from pyflannel.store.kube import KubeUnauthorized
+
+    token, ca = tmp_path / "token", tmp_path / "ca.crt"
+    token.write_text("old")
+    ca.write_text("x")
+    loader = InClusterConfigLoader(str(token), str(ca), environ={"KUBERNETES_SERVICE_HOST": "198.18.0.2",
+                                                                 "KUBERNETES_SERVICE_PORT": "6443"})
+    cfg = Configuration()
+    loader.load_and_set(cfg)
+    reg = KubeRegistry(KubeOptions())
+    reg._incluster = loader
+    token.write_text("new")
+    key = lambda: asyncio.run(cfg.get_api_key_with_prefix("BearerToken"))  # noqa: E731
+    assert key() == "Bearer old"  # within the minute: the cached one
+    with pytest.raises(KubeUnauthorized, match=r"401 Unauthorized.*re-reads the service-account token file"):
+        asyncio.run(reg._call("get", "nodes/h1", _answer(401, b'{"kind":"Status","code":401}')))
+    assert key() == "Bearer new"
+
+
+def test_the_watch_timeout_env(monkeypatch):
+    from pyflannel.store.kube import WATCH_TIMEOUT_ENV, WATCH_TIMEOUT_S
+
+    monkeypatch.setenv(WATCH_TIMEOUT_ENV, "3")
+    assert KubeRegistry(KubeOptions()).watch_timeout == 3
+    monkeypatch.setenv(WATCH_TIMEOUT_ENV, "soon")
+    assert KubeRegistry(KubeOptions()).watch_timeout == WATCH_TIMEOUT_S

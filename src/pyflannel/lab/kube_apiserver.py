@@ -112,7 +112,7 @@ class KubeApiServer:
     def log_path(self) -> str:
         return os.path.join(self.state_dir, "kube-apiserver.log")
 
-    def command(self, bin_path: str) -> list[str]:
+    def command(self, bin_path: str, extra: tuple[str, ...] = ()) -> list[str]:
         crt, key = self.pki.issue("apiserver", "/CN=kube-apiserver", client=False,
                                   sans=(f"IP:{self.host}", "IP:127.0.0.1", "IP:10.96.0.1", "DNS:kubernetes",
                                         "DNS:kubernetes.default", "DNS:kubernetes.default.svc", "DNS:localhost"))
@@ -125,7 +125,7 @@ class KubeApiServer:
                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                "--authorization-mode=RBAC", f"--service-cluster-ip-range={SERVICE_RANGE}",
                f"--cert-dir={os.path.join(self.state_dir, 'certs')}", "--allow-privileged=true",
-               "--profiling=false", "--anonymous-auth=false", "--v=1"]
+               "--profiling=false", "--anonymous-auth=false", "--v=1", *extra]
         return in_ns(self.netns, *cmd) if self.netns else cmd
 
     def start(self, timeout: float = 90.0) -> None:
@@ -139,12 +139,13 @@ class KubeApiServer:
         self.write_kubeconfig("admin", "/O=system:masters/CN=lab-admin")
         self.start_apiserver(timeout)
 
-    def start_apiserver(self, timeout: float = 90.0) -> None:
-        """(Re)start the API server process alone (its etcd keeps running) and wait until ready."""
+    def start_apiserver(self, timeout: float = 90.0, extra: tuple[str, ...] = ()) -> None:
+        """(Re)start the API server process alone (its etcd keeps running) with ``extra`` flags
+        (e.g. ``--watch-cache-sizes=nodes#0``) and wait until ready."""
         bin_path = binary()
         assert bin_path is not None and self.etcd is not None
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.command(bin_path), stdout=log, stderr=subprocess.STDOUT,
+            self.proc = subprocess.Popen(self.command(bin_path, extra), stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
         self.wait_ready(timeout)
 
@@ -160,6 +161,20 @@ class KubeApiServer:
                     os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
             self.proc = None
+
+    def compact_etcd(self) -> int:
+        """Compact the API server's etcd at its current revision (as the API server itself does
+        every 5 minutes): a watch from an older resourceVersion then gets 410 Gone. The revision."""
+        assert self.etcd is not None
+        env = dict(os.environ, ETCDCTL_API="3")
+        cmd = [*self.etcd.etcdctl_args(), "endpoint", "status", "-w", "json"]
+        out = subprocess.run(in_ns(self.netns, *cmd) if self.netns else cmd, capture_output=True, text=True,
+                             env=env, check=True, timeout=20).stdout
+        revision = int(json.loads(out)[0]["Status"]["header"]["revision"])
+        cmd = [*self.etcd.etcdctl_args(), "compact", str(revision)]
+        subprocess.run(in_ns(self.netns, *cmd) if self.netns else cmd, capture_output=True, text=True, env=env,
+                       check=True, timeout=20)
+        return revision
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -32,6 +32,8 @@ from ..core.lease import Lease, LeaseAttrs
 
 log = logging.getLogger(__name__)
 WATCH_TIMEOUT_S = 300  # the server ends each watch call after this; we resume from the last version
+# shortens that (seconds), so that a test sees the resume (and a 410 Gone on it) without waiting 5 min
+WATCH_TIMEOUT_ENV = "PYFLANNEL_KUBE_WATCH_TIMEOUT"
 _CALL_TIMEOUT = 10.0
 
 
@@ -48,6 +50,20 @@ class KubeForbidden(StoreUnavailable):
     """The API server refused a call: the role lacks a verb on a resource."""
 
 
+class KubeUnauthorized(StoreUnavailable):
+    """The API server does not accept our credentials (401): an expired or revoked token."""
+
+
+def _watch_timeout() -> int:
+    text = os.environ.get(WATCH_TIMEOUT_ENV, "")
+    try:
+        return max(1, int(text)) if text else WATCH_TIMEOUT_S
+    except ValueError:
+        log.warning("ignoring %s=%r (not a number of seconds); watching %ds at a time",
+                    WATCH_TIMEOUT_ENV, text, WATCH_TIMEOUT_S)
+        return WATCH_TIMEOUT_S
+
+
 def _fix_for(status: int, verb: str, resource: str, body: str) -> str:
     try:
         message = json.loads(body).get("message", "")
@@ -58,7 +74,9 @@ def _fix_for(status: int, verb: str, resource: str, body: str) -> str:
                 "ClusterRole (dist/kubernetes/kube-flannel.yml: nodes get/list/watch, nodes/status patch, pods get)")
     if status == 401:
         return (f"the API server does not accept our credentials ({verb} {resource}: 401 Unauthorized): the token "
-                "or client certificate is expired or wrong; flanneld keeps every route and retries")
+                "or client certificate is expired or revoked (a deleted ServiceAccount invalidates its tokens); "
+                "flanneld keeps every route and retries: in a pod it re-reads the service-account token file, "
+                "which the kubelet renews, else give valid credentials in -kubeconfig-file and restart flanneld")
     return f"{verb} {resource}: HTTP {status} {message}".strip()
 
 
@@ -76,6 +94,8 @@ class KubeRegistry:
         self._api: Any = None
         self._core: Any = None
         self._names: dict[str, ipaddress.IPv4Network] = {}  # node name -> the subnet last reported
+        self._incluster: Any = None  # in-cluster config: its loader, to re-read the token file on a 401
+        self.watch_timeout = _watch_timeout()
 
     @property
     def config_key(self) -> str:
@@ -90,7 +110,9 @@ class KubeRegistry:
             if self.opts.kubeconfig:
                 await config.load_kube_config(config_file=self.opts.kubeconfig, client_configuration=cfg)
             elif os.environ.get("KUBERNETES_SERVICE_HOST"):
-                config.load_incluster_config(client_configuration=cfg)
+                self._incluster = config.incluster_config.InClusterConfigLoader(
+                    config.incluster_config.SERVICE_TOKEN_FILENAME, config.incluster_config.SERVICE_CERT_FILENAME)
+                self._incluster.load_and_set(cfg)
             elif not self.opts.api_url:
                 raise LocalConfigError("no Kubernetes API server: give -kubeconfig-file or -kube-api-url, or run "
                                        "in a pod (KUBERNETES_SERVICE_HOST and its service-account token)")
@@ -146,8 +168,16 @@ class KubeRegistry:
         self.errors += 1
         if status == 404:
             raise _NotFound(resource)
-        cls = KubeForbidden if status == 403 else StoreUnavailable
+        if status == 401:
+            self._reread_token()
+        cls = {401: KubeUnauthorized, 403: KubeForbidden}.get(status, StoreUnavailable)
         raise cls(_fix_for(status, verb, resource, body.decode(errors="replace")))
+
+    def _reread_token(self) -> None:
+        """A 401: read the service-account token file again on the next call, not only once a
+        minute (as client-go resets its cached token on a 401), so a renewed token works at once."""
+        if self._incluster is not None:
+            self._incluster.token_expires_at = datetime.datetime.min
 
     # ---- config: a file in kube mode ---------------------------------------------------------------
     async def get_config(self) -> bytes | None:
@@ -216,11 +246,13 @@ class KubeRegistry:
             try:
                 resp = await asyncio.wait_for(self._core.list_node(
                     watch=True, resource_version=str(version), allow_watch_bookmarks=True,
-                    timeout_seconds=WATCH_TIMEOUT_S, _preload_content=False,
-                    _request_timeout=WATCH_TIMEOUT_S + 30), _CALL_TIMEOUT)
+                    timeout_seconds=self.watch_timeout, _preload_content=False,
+                    _request_timeout=self.watch_timeout + 30), _CALL_TIMEOUT)
             except Exception as err:  # ApiException, aiohttp errors, timeouts
                 self.errors += 1
                 status = getattr(err, "status", None)
+                if status == 401:
+                    self._reread_token()
                 if status == 410:
                     yield WatchLost("the node watch's resourceVersion is too old (410 Gone)")
                 else:
@@ -229,6 +261,8 @@ class KubeRegistry:
                     yield WatchLost(f"cannot watch nodes: {why}")
                 return
             if resp.status != 200:  # not raised by the client for a raw response
+                if resp.status == 401:
+                    self._reread_token()
                 async with resp:
                     text = (await resp.read()).decode(errors="replace")
                 self.errors += 1
