@@ -363,8 +363,9 @@ class Conductor:
             except (StoreUnavailable, TimeoutError) as err:
                 if down_since is None:
                     down_since = time.monotonic()
-                    self.stats.store_ok = False
                     state = "refuses flanneld's credentials" if isinstance(err, KubeUnauthorized) else "is unreachable"
+                    self.stats.store_ok = False
+                    self.stats.store_problem = f"{self.store_name} {state}"
                     log.error("%s %s (%s): keeping every route and the lease as they are, retrying every %gs",
                               self.store_name, state, err or "no answer", period)
                 continue

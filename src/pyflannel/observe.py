@@ -31,6 +31,7 @@ class Stats:
     subnet_file_written: bool = False  # Go flannel's whole notion of ready
     not_ready: str = ""  # why subnet.env is not written while forwarding (e.g. it cannot be written)
     store_ok: bool = True  # the store probe's last read of etcd succeeded
+    store_problem: str = ""  # why not, for /readyz ("the Kubernetes API server is unreachable")
     watch_relists: int = 0
     started: float = field(default_factory=time.time)
 
@@ -64,7 +65,7 @@ def readiness(stats: Stats) -> tuple[bool, str]:
     if stats.subnet_file_written and stats.store_ok:
         return True, "flanneld is ready"
     if stats.subnet_file_written:
-        return False, "flanneld is not ready: etcd is unreachable (forwarding continues)"
+        return False, f"flanneld is not ready: {stats.store_problem or 'etcd is unreachable'} (forwarding continues)"
     if stats.not_ready:
         return False, f"flanneld is not ready: {stats.not_ready} (forwarding continues)"
     return False, "flanneld is not ready yet"

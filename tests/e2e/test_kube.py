@@ -35,6 +35,12 @@ def readyz(host) -> int:
     return int(out.stdout.strip() or 0)
 
 
+def readyz_text(host) -> str:
+    script = READYZ.replace("print(e.code)", "print(e.read().decode())")
+    return subprocess.run(in_ns(host.ns, sys.executable, "-c", script), capture_output=True, text=True,
+                          timeout=20).stdout
+
+
 @pytest.fixture(scope="module", params=["vxlan", "host-gw", "udp"])
 def lab(request: pytest.FixtureRequest, kube_apiserver: str, make_lab) -> Iterator[Lab]:
     name = {"vxlan": "pfkv", "host-gw": "pfkg", "udp": "pfku"}[request.param]
@@ -321,6 +327,7 @@ def test_revoked_token_keeps_every_route_reports_not_ready_and_resumes_with_a_ne
         lines = [ln for ln in log_path.read_text().splitlines() if "refuses flanneld's credentials" in ln]
         assert len(lines) == 1, log_path.read_text()
         assert "401 Unauthorized" in lines[0] and "re-reads the service-account token file" in lines[0], lines[0]
+        assert "the Kubernetes API server refuses flanneld's credentials" in readyz_text(h2)
         # valid credentials again: the ServiceAccount back (its binding is by name) and a fresh token
         api(lab).apply(next(o for o in kube_lab.manifest() if o["kind"] == "ServiceAccount"),
                        f"/api/v1/namespaces/{NS}/serviceaccounts")
