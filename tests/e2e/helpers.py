@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 from pyflannel.lab.cluster import PREFIX, Host, Lab
 from pyflannel.lab.netns import in_ns, sh
@@ -152,3 +153,42 @@ def ping_counts(out: str) -> tuple[int, int]:
     m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
     assert m, out
     return int(m.group(1)), int(m.group(2))
+
+
+def capture_one(ns: str, iface: str, bpf: str, action: Callable[[], object], timeout: float = 5.0) -> str:
+    """Run ``action`` while tcpdump on ``iface`` in ``ns`` waits for one packet matching ``bpf``;
+    that packet's line ("" if none came within ``timeout``)."""
+    proc = subprocess.Popen(in_ns(ns, "tcpdump", "-n", "-l", "-i", iface, "-c", "1", bpf),
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 10
+        while "listening on" not in proc.stderr.readline() and time.monotonic() < deadline:
+            pass
+        action()
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return ""
+        return out.strip()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def ping_across_restart(lab: Lab, h1: Host, dst_ip: str, *, ipv6: bool = False, count: int = 500) -> str:
+    """``ping -i 0.01`` from ``h1``'s container to ``dst_ip`` while ``h1``'s flanneld stops and starts
+    again; ping's summary output once flanneld is ready again and the pings are done."""
+    ping = subprocess.Popen(in_ns(h1.container_ns, "ping", *(["-6"] if ipv6 else []), "-n", "-q", "-i", "0.01",
+                                  "-c", str(count), "-W", "1", dst_ip),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(1)
+        lab.stop_flanneld(h1)
+        lab.start_flanneld(h1)
+        wait_for(lambda: log_text(lab, h1).count("flannel is ready") >= 2, what="flanneld back")
+        return ping.communicate(timeout=60)[0]
+    finally:
+        if ping.poll() is None:
+            ping.kill()

@@ -7,8 +7,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-import subprocess
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -17,7 +15,7 @@ from pyflannel.lab.cluster import PREFIX, Lab
 from pyflannel.lab.ipv6 import NETWORK6, host_ip6
 from pyflannel.lab.netns import in_ns, sh
 
-from .helpers import all_pairs_ping, ip, log_text, wait_for
+from .helpers import all_pairs_ping, ip, log_text, ping_across_restart, wait_for
 
 
 @pytest.fixture(scope="module", params=["vxlan", "host-gw"])
@@ -114,17 +112,7 @@ def test_deleted_lease_removes_both_families(lab: Lab) -> None:
 def test_restart_keeps_both_subnets_and_loses_no_ipv6_ping(lab: Lab) -> None:
     h1, h2 = lab.hosts[0], lab.hosts[1]
     before = key(lab, h1)
-    ping = subprocess.Popen(in_ns(h1.container_ns, "ping", "-6", "-n", "-q", "-i", "0.01", "-c", "500", "-W", "1",
-                                  h2.container_ip6), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        time.sleep(1)
-        lab.stop_flanneld(h1)
-        lab.start_flanneld(h1)
-        wait_for(lambda: log_text(lab, h1).count("flannel is ready") >= 2, what="flanneld back")
-        out = ping.communicate(timeout=60)[0]
-    finally:
-        if ping.poll() is None:
-            ping.kill()
+    out = ping_across_restart(lab, h1, h2.container_ip6, ipv6=True)
     assert re.search(r"500 packets transmitted, 500 received", out), out
     assert key(lab, h1) == before
     assert "how=reused" in log_text(lab, h1).split("flannel is ready")[-2]

@@ -8,7 +8,6 @@ from __future__ import annotations
 import ipaddress
 import re
 import subprocess
-import time
 from collections.abc import Callable
 
 import pytest
@@ -16,7 +15,7 @@ import pytest
 from pyflannel.lab.cluster import Lab
 from pyflannel.lab.netns import in_ns, ns_add, ns_delete, ns_list, sh
 
-from .helpers import TrafficDriver
+from .helpers import TrafficDriver, capture_one
 
 NS = "pftm"
 NET, POD = "10.244.0.0/16", "10.244.1.0/24"
@@ -198,23 +197,7 @@ def test_nftables_mode_golden_and_cleanup(ns: str, driver: Callable[..., Driver]
 
 def capture_echo(ns: str, iface: str, action: Callable[[], object], timeout: float = 5.0) -> str:
     """Run ``action`` while tcpdump in ``ns`` waits for one ICMP echo request; its line ("" if none)."""
-    proc = subprocess.Popen(in_ns(ns, "tcpdump", "-n", "-l", "-i", iface, "-c", "1", "icmp[icmptype] == icmp-echo"),
-                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        assert proc.stderr is not None and proc.stdout is not None
-        deadline = time.monotonic() + 10
-        while "listening on" not in proc.stderr.readline() and time.monotonic() < deadline:
-            pass
-        action()
-        try:
-            out, _ = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return ""
-        return out.strip()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    return capture_one(ns, iface, "icmp[icmptype] == icmp-echo", action, timeout)
 
 
 def echo_source(line: str) -> str:

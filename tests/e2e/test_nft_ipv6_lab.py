@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -18,7 +17,7 @@ from pyflannel.lab.cluster import Lab
 from pyflannel.lab.ipv6 import NETWORK6, config, host_ip6
 from pyflannel.lab.netns import in_ns, ns_add, ns_delete, sh
 
-from .helpers import TrafficDriver, log_text, wait_for
+from .helpers import TrafficDriver, capture_one, log_text, wait_for
 from .test_ipv6_lab import subnet6
 
 NAME = "pf6n"
@@ -68,23 +67,7 @@ def test_ip6_table_holds_flannels_rules_and_no_warning(lab: Lab) -> None:
 
 def capture_echo6(ns: str, action: Callable[[], object], timeout: float = 5.0) -> str:
     """Run ``action`` while tcpdump in ``ns`` waits for one ICMPv6 echo request; its line ("" if none)."""
-    proc = subprocess.Popen(in_ns(ns, "tcpdump", "-n", "-l", "-i", "eth0", "-c", "1", "icmp6 and ip6[40] == 128"),
-                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        assert proc.stderr is not None
-        deadline = time.monotonic() + 10
-        while "listening on" not in proc.stderr.readline() and time.monotonic() < deadline:
-            pass
-        action()
-        try:
-            out, _ = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return ""
-        return out.strip()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    return capture_one(ns, "eth0", "icmp6 and ip6[40] == 128", action, timeout)
 
 
 def test_container_ipv6_to_outside_is_masqueraded(lab: Lab) -> None:

@@ -12,9 +12,9 @@ import pytest
 
 from pyflannel.lab.cluster import PREFIX, Lab
 from pyflannel.lab.demo import capture_one
-from pyflannel.lab.netns import in_ns, sh
+from pyflannel.lab.netns import sh
 
-from .helpers import all_pairs_ping, ip, lease_key, log_text, subnet_of, wait_for
+from .helpers import all_pairs_ping, ip, lease_key, log_text, ping_across_restart, subnet_of, wait_for
 
 
 @pytest.fixture(scope="module", params=["vxlan", "host-gw"])
@@ -70,17 +70,7 @@ def test_vxlan_traffic_is_udp_8472(lab: Lab) -> None:
 def test_restart_loses_no_packet(lab: Lab) -> None:
     h1, h2 = lab.hosts[0], lab.hosts[1]
     mac = vtep_mac(lab, h1) if lab.backend == "vxlan" else ""
-    ping = subprocess.Popen(in_ns(h1.container_ns, "ping", "-n", "-q", "-i", "0.01", "-c", "500", "-W", "1",
-                                  h2.container_ip), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        time.sleep(1)
-        lab.stop_flanneld(h1)
-        lab.start_flanneld(h1)
-        wait_for(lambda: log_text(lab, h1).count("flannel is ready") >= 2, what="flanneld back")
-        out = ping.communicate(timeout=60)[0]
-    finally:
-        if ping.poll() is None:
-            ping.kill()
+    out = ping_across_restart(lab, h1, h2.container_ip)
     assert re.search(r"500 packets transmitted, 500 received", out), out
     if mac:
         assert vtep_mac(lab, h1) == mac, "the VTEP MAC survives a restart"
