@@ -11,20 +11,16 @@ devices and routes) -> iptables -> tasks under one TaskGroup:
 - traffic-check: the iptables/nftables rules, every ``-iptables-resync`` seconds;
 - store-probe: notices an etcd outage.
 
-On SIGTERM: cancel, close the backend, exit 0 with the lease left in etcd, so a restart reuses
-it. A task that dies unexpectedly is logged by name and ends the process with 1, for systemd.
+On SIGTERM (``lifecycle.py``): cancel, close the backend, exit 0 with the lease left in etcd, so a
+restart reuses it. A task that dies unexpectedly is logged by name and ends the process with 1.
 """
 
 from __future__ import annotations
 
 import asyncio
-import faulthandler
 import gc
 import ipaddress
 import logging
-import os
-import signal
-import threading
 import time
 from dataclasses import dataclass, field
 
@@ -34,19 +30,17 @@ from .backend.udp_pump import available as pump_built
 from .converger import Converger
 from .core.backoff import Backoff, LogOnce
 from .core.config import RESTART_NEEDED, NetworkConfig, config_changes, parse_config
-from .core.errors import AllocationError, ConfigError, KernelError, LeaseLost, LocalConfigError, StoreUnavailable
+from .core.errors import ConfigError, KernelError, LeaseLost, LocalConfigError, StoreUnavailable
 from .core.events import PeerTable, Snapshot
 from .core.lease import Lease
 from .core.leasecheck import screen
 from .core.subnetenv import SubnetEnv, render_subnet_env, subnet_env_for
 from .core.trace import device
-from .instance import InstanceLock
 from .keeper import LeaseKeeper
 from .kernel.host import KernelHost
 from .kernel.iface import select_external_interface
 from .kernel.traffic import TrafficManager
-from .observe import HttpServer, Stats, View, state_lines
-from .process import ignore_early, install_signals, raise_file_limit
+from .observe import HttpServer, Stats, View
 from .store.etcd import EtcdOptions, EtcdRegistry
 from .store.etcd_v2 import only_in_v2, v2_config
 from .store.kube import KubeOptions, KubeRegistry, KubeUnauthorized
@@ -425,81 +419,3 @@ class Conductor:
         if self.http is not None:
             await self.http.close()
         await self.registry.close()
-
-
-async def _main(opts: Options) -> int:
-    conductor = Conductor(opts)
-    task = asyncio.current_task()
-    assert task is not None
-    loop = asyncio.get_running_loop()
-
-    def on_signal(signum: int) -> None:
-        log.info("received %s, shutting down", signal.Signals(signum).name)
-        for s in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(s)  # a second signal kills us the default way
-        threading.Thread(target=_shutdown_watchdog, name="shutdown-watchdog", daemon=True).start()
-        task.cancel()
-
-    for s in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(s, on_signal, s)
-    install_signals(loop, lambda: state_lines(conductor.view()))
-    try:
-        await conductor.run()
-        return 0
-    except asyncio.CancelledError:
-        log.info("exiting cleanly; %s", "the node keeps its annotations for the next start" if opts.kube
-                 else "the lease stays in etcd for the next start")
-        return 0
-    except Exception as err:
-        for e in _flatten(err):
-            if isinstance(e, _EXPECTED):
-                log.error("%s", e)
-            else:
-                log.error("flanneld failed: %s", e, exc_info=e)
-        return 1
-    finally:
-        await conductor.close()
-
-
-_EXPECTED = (LocalConfigError, ConfigError, AllocationError, LeaseLost)
-SHUTDOWN_GRACE_S = 8.0
-
-
-def _shutdown_watchdog() -> None:
-    """A stop must never hang (systemd would SIGKILL us at TimeoutStopSec anyway): if the clean
-    shutdown has not finished after ``SHUTDOWN_GRACE_S``, print every thread's stack for the
-    operator and exit 0 all the same; the lease stays in etcd and the kernel state in place."""
-    time.sleep(SHUTDOWN_GRACE_S)
-    log.error("shutdown is still not done after %gs; the stacks of all threads follow; exiting anyway",
-              SHUTDOWN_GRACE_S)
-    faulthandler.dump_traceback(all_threads=True)
-    logging.shutdown()
-    os._exit(0)
-
-
-def _flatten(err: BaseException) -> list[BaseException]:
-    if isinstance(err, BaseExceptionGroup):
-        return [leaf for sub in err.exceptions for leaf in _flatten(sub)]
-    return [err]
-
-
-def run(opts: Options, banner: str = "") -> int:
-    """The composition root: run flanneld until SIGTERM; the process exit code. ``banner`` (the
-    version and flags) is logged once the instance lock is ours: a refused second flanneld says
-    one line, the refusal."""
-    ignore_early()
-    instance = InstanceLock(opts.subnet_file)
-    try:
-        instance.acquire()  # before anything is touched: a second flanneld must change nothing
-    except LocalConfigError as err:
-        log.error("%s", err)
-        return 1
-    if banner:
-        log.info("%s", banner)
-    raise_file_limit()
-    try:
-        return asyncio.run(_main(opts))
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        instance.release()

@@ -1,4 +1,4 @@
-"""The layering of docs/architecture.md, checked: cli > daemon > (converger, keeper) >
+"""The layering of docs/architecture.md, checked: cli > lifecycle > daemon > (converger, keeper) >
 (backend | store | kernel) > core; lab on top. Backends only plan: they import core, never kernel."""
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ ALLOWED = {
     "kubemode": {"core", "store"},
     "daemon": {"core", "store", "kernel", "backend", "systemd", "observe", "subnetfile", "converger", "keeper",
                "kubemode", "instance", "process", "preflight"},
-    "cli": {"core", "store", "kernel", "backend", "systemd", "daemon", "lab", "__init__", "instance", "subnetfile"},
+    "lifecycle": {"core", "daemon", "instance", "observe", "process"},
+    "cli": {"core", "store", "kernel", "backend", "systemd", "daemon", "lifecycle", "lab", "__init__", "instance",
+            "subnetfile"},
     "lab": {"core", "store", "cli", "instance"},
 }
 

@@ -12,7 +12,8 @@ from typing import Any
 from .. import __version__
 from ..core.errors import ConfigError
 from ..core.kubenode import annotation_prefix
-from ..daemon import Options, run
+from ..daemon import Options
+from ..lifecycle import run
 from ..store.etcd import EtcdOptions
 from ..store.kube import KubeOptions
 from .flags import Flag, FlagSet, HelpRequested, UsageError
