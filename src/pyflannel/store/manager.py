@@ -99,7 +99,8 @@ class LeaseManager:
                 new = await self.registry.update_lease(lease, self.attrs, ttl)
                 if new is None:
                     return None
-                self._say_problem(f"our lease in etcd still names {new.key}: keeping it")
+                names = f"{new.subnet} and {new.ipv6_subnet}" if new.ipv6_subnet else f"{new.subnet}"
+                self._say_problem(f"our lease in etcd still names {names}: keeping it")
                 return new, "reservation" if lease.is_reservation else "reused"
             if lease.is_reservation:
                 log.warning("ignoring reservation %s for our public IP %s: it does not fit the network config "
