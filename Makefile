@@ -22,7 +22,7 @@ demo: setup
 	$(VENV)/bin/flannelctl lab demo $(DEMO_ARGS)
 
 test: setup lint
-	$(VENV)/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider --durations=30 $(PYTEST_ARGS) tests
 
 unit: setup
 	$(VENV)/bin/python -m pytest -q tests/unit
