@@ -13,7 +13,9 @@ import contextlib
 import ipaddress
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from .core.backoff import Backoff, LogOnce
 from .core.errors import LeaseLost, StoreUnavailable
@@ -23,6 +25,7 @@ from .store.etcd import EtcdRegistry
 from .store.manager import LeaseManager
 
 log = logging.getLogger("flanneld")
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -155,38 +158,43 @@ class LeaseKeeper:
         and a restart would lease another subnet): write our lease back over exactly that value."""
         log.warning("our lease %s was overwritten with something that is not a lease (%s); writing it back",
                     self.lease.subnet, garbage.reason)
-        backoff, failing = Backoff(0.2, 2.0), LogOnce(log)
-        while True:
-            try:
-                new = await self.manager.restore(self.lease, garbage.mod_revision)
-            except StoreUnavailable as err:
-                failing.error("cannot write our lease %s back yet, retrying: %s", self.lease.subnet, err)
-                await asyncio.sleep(backoff.next())
-                continue
-            if new is None:  # changed again meanwhile: the watcher says what it is now
-                return
-            self._set(new)
-            log.info("lease %s written back", new.subnet)
+        new = await self._until_stored(lambda: self.manager.restore(self.lease, garbage.mod_revision),
+                                       f"write our lease {self.lease.subnet} back")
+        if new is None:  # changed again meanwhile: the watcher says what it is now
             return
+        self._set(new)
+        log.info("lease %s written back", new.subnet)
 
     async def _retake(self) -> None:
         """Re-create our deleted lease, riding out an unavailable etcd; LeaseLost if another host
         took the subnet meanwhile."""
-        own, backoff, failing = self.lease.subnet, Backoff(0.2, 2.0), LogOnce(log)
+        own = self.lease.subnet
+
+        async def attempt() -> Lease:
+            while True:
+                new = await self.manager.recreate(own, self.lease.ipv6_subnet)
+                if new is not None:
+                    return new
+                # the key exists: our own earlier attempt, or another host
+                snap = await self.registry.list_leases()
+                new = next((le for le in snap.leases if le.key == self.lease.key), None)
+                if new is None:
+                    continue
+                if new.attrs.public_ip != self.lease.attrs.public_ip:
+                    raise LeaseLost(f"our lease {own} was deleted and {new.attrs.public_ip} took the subnet; "
+                                    "exiting so that a restart leases a new one (then restart docker)")
+                return new
+
+        self._set(await self._until_stored(attempt, f"re-create our lease {own}"))
+        log.info("lease %s taken again", own)
+
+    async def _until_stored(self, op: Callable[[], Awaitable[_T]], what: str) -> _T:
+        """``op()``, again and again while etcd is unavailable (0.2 s doubling up to 2 s, one line
+        per outage: "cannot <what> yet"); anything else it raises passes through."""
+        backoff, failing = Backoff(0.2, 2.0), LogOnce(log)
         while True:
             try:
-                new = await self.manager.recreate(own, self.lease.ipv6_subnet)
-                if new is None:  # the key exists: our own earlier attempt, or another host
-                    snap = await self.registry.list_leases()
-                    new = next((le for le in snap.leases if le.key == self.lease.key), None)
-                    if new is None:
-                        continue
-                    if new.attrs.public_ip != self.lease.attrs.public_ip:
-                        raise LeaseLost(f"our lease {own} was deleted and {new.attrs.public_ip} took the subnet; "
-                                        "exiting so that a restart leases a new one (then restart docker)")
-                self._set(new)
-                log.info("lease %s taken again", own)
-                return
+                return await op()
             except StoreUnavailable as err:
-                failing.error("cannot re-create our lease %s yet, retrying: %s", own, err)
+                failing.error("cannot %s yet, retrying: %s", what, err)
                 await asyncio.sleep(backoff.next())
