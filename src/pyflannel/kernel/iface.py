@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal, overload
 
 from ..core.errors import LocalConfigError
 from ..core.host import ExternalInterface
@@ -134,12 +134,7 @@ def select_external_interface(
 
 
 def _v6_addrs(link: Link, addrs: list[Addr], public_ipv6: str) -> dict[str, Any]:
-    pub6: ipaddress.IPv6Address | None = None
-    if public_ipv6:
-        try:
-            pub6 = ipaddress.IPv6Address(public_ipv6)
-        except ValueError as err:
-            raise LocalConfigError(f"bad --public-ipv6 {public_ipv6!r}: not an IPv6 address") from err
+    pub6 = _parse_public(public_ipv6, 6, "--public-ipv6")
     ip6 = _first_addr(link, [a for a in addrs if not a.address.ip.is_link_local], 6)
     if ip6 is None and pub6 is None:
         raise LocalConfigError(
@@ -153,14 +148,27 @@ def _v6_addrs(link: Link, addrs: list[Addr], public_ipv6: str) -> dict[str, Any]
     return {"iface_v6_addr": ip6 or pub6, "ext_v6_addr": pub6 or ip6}
 
 
+@overload
+def _parse_public(value: str, version: Literal[4], flag: str) -> ipaddress.IPv4Address | None: ...
+
+
+@overload
+def _parse_public(value: str, version: Literal[6], flag: str) -> ipaddress.IPv6Address | None: ...
+
+
+def _parse_public(value: str, version: int, flag: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``value`` of ``flag`` (--public-ip, --public-ipv6) as an IPv``version`` address; None when not given."""
+    if not value:
+        return None
+    try:
+        return ipaddress.IPv4Address(value) if version == 4 else ipaddress.IPv6Address(value)
+    except ValueError as err:
+        raise LocalConfigError(f"bad {flag} {value!r}: not an IPv{version} address") from err
+
+
 def _select_v4(ifaces: list[str], regexes: list[str], can_reach: str, public_ip: str, links: list[Link],
                addrs: list[Addr]) -> ExternalInterface:
-    pub: ipaddress.IPv4Address | None = None
-    if public_ip:
-        try:
-            pub = ipaddress.IPv4Address(public_ip)
-        except ValueError as err:
-            raise LocalConfigError(f"bad --public-ip {public_ip!r}: not an IPv4 address") from err
+    pub = _parse_public(public_ip, 4, "--public-ip")
     if ifaces or regexes or can_reach:
         link, ip = _explicit(ifaces, regexes, can_reach, links, addrs)
     elif pub is not None:
