@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterator, Mapping
+from types import ModuleType
 
 import pytest
 
@@ -85,29 +86,28 @@ def make_lab() -> Callable[..., contextlib.AbstractContextManager[Lab]]:
     return running_lab
 
 
+def built_peer(peer: ModuleType) -> str:
+    """The binary setup built for ``peer`` (lab/goflannel.py, lab/kube_apiserver.py: ``binary``,
+    ``missing``, ``required``, ``REQUIRE_ENV``). Without it the test skips with setup's one-line
+    reason, or fails when the peer's PYFLANNEL_REQUIRE_...=1 (CI: these tests must run)."""
+    path = peer.binary()
+    if path is None:
+        if peer.required():
+            pytest.fail(f"{peer.missing()} ({peer.REQUIRE_ENV}=1: not skipping)")
+        pytest.skip(peer.missing())
+    return path
+
+
 @pytest.fixture(scope="session")
 def kube_apiserver() -> str:
-    """The kube-apiserver built by setup (lab/kube_apiserver.py). Without it the test skips with
-    setup's one-line reason, or fails when PYFLANNEL_REQUIRE_KUBE_APISERVER=1 (CI)."""
-    path = kube_apiserver_lab.binary()
-    if path is None:
-        if kube_apiserver_lab.required():
-            pytest.fail(f"{kube_apiserver_lab.missing()} ({kube_apiserver_lab.REQUIRE_ENV}=1: not skipping)")
-        pytest.skip(kube_apiserver_lab.missing())
-    return path
+    """The kube-apiserver built by setup (lab/kube_apiserver.py); skips or fails as ``built_peer``."""
+    return built_peer(kube_apiserver_lab)
 
 
 @pytest.fixture(scope="session")
 def go_flanneld() -> str:
-    """The Go flanneld built by setup (lab/goflannel.py). Without it the test skips with setup's
-    one-line reason, or fails when PYFLANNEL_REQUIRE_GO_FLANNEL=1 (CI: these tests must run)."""
-    path = goflannel.binary()
-    if path is None:
-        if goflannel.required():
-            pytest.fail(f"{goflannel.missing()} ({goflannel.REQUIRE_ENV}=1: not skipping)")
-        pytest.skip(goflannel.missing())
-    return path
-
+    """The Go flanneld built by setup (lab/goflannel.py); skips or fails as ``built_peer``."""
+    return built_peer(goflannel)
 
 
 @pytest.fixture
