@@ -39,8 +39,9 @@ from pyflannel.core.nftrules import (
     render_nft,
     render_nft_release,
 )
+from pyflannel.kernel.hostpeers import HostPeers, network_key, subnet_key
 from pyflannel.kernel.netlink import KernelError
-from pyflannel.kernel.traffic import HostPeers, _run, network_key, subnet_key
+from pyflannel.kernel.rulesio import _run
 
 NET = IPv4Network("10.244.0.0/16")
 POD = IPv4Network("10.244.1.0/24")

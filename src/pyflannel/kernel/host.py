@@ -10,8 +10,8 @@ from collections.abc import Iterable
 from ..core.desired import LinkSpec
 from ..core.errors import KernelError, LocalConfigError
 from . import netlink, tun, wireguard
+from .hostpeers import HostPeers
 from .reconciler import Reconciler, incompatibilities, link_kind_attrs
-from .traffic import HostPeers
 
 
 class KernelHost:

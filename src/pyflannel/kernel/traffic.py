@@ -1,10 +1,12 @@
 """Masquerade and forward rules in the kernel: flannel's trafficmngr.
 
 Why so shaped: the rule text and what to add or delete come from ``core.masq`` (pure,
-golden-tested); this module only runs the binaries and coordinates with the other flanneld of this
-host. flannel's chains (iptables) and tables (nftables) are shared by every flanneld on the host,
-each for its own network: an instance adds, checks, restores and removes only its own rules (those
-naming its network and subnet) and the rules every network shares, never another network's.
+golden-tested); running iptables/nft and reading their tables back is ``kernel/rulesio.py``, the lock and
+claim files shared with the other flanneld of this host ``kernel/hostpeers.py``; this module
+decides, per network and family, what to apply, recycle and repair. flannel's chains (iptables) and
+tables (nftables) are shared by every flanneld on the host, each for its own network: an instance
+adds, checks, restores and removes only its own rules (those naming its network and subnet) and the
+rules every network shares, never another network's.
 
 Setup applies our part with one ``iptables-restore --noflush`` (or one ``nft -f -`` transaction);
 ``ensure`` (every ``--iptables-resync`` seconds) dumps the tables and repairs our part when it is
@@ -21,15 +23,9 @@ from interleaving with a setup.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import ipaddress
 import logging
-import os
 import shutil
-import subprocess
 import threading
-import time
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from ..core.errors import LocalConfigError
@@ -41,7 +37,6 @@ from ..core.masq import (
     has_random_fully,
     in_sync,
     masq_chain,
-    parse_iptables_version,
     render_release,
     render_table,
     stale_forward_chain,
@@ -59,150 +54,11 @@ from ..core.nftrules import (
     render_nft,
     render_nft_release,
 )
+from .hostpeers import STATE_DIR, HostPeers, Net, network_key, subnet_key
 from .netlink import KernelError
+from .rulesio import Iptables, nft_accepts, nft_apply, nft_list, nft_tables, nft_try
 
 log = logging.getLogger(__name__)
-
-_INSTALL = {"iptables": "iptables", "iptables-restore": "iptables", "ip6tables": "iptables",
-            "ip6tables-restore": "iptables", "nft": "nftables"}
-_TIMEOUT = 60.0
-STATE_DIR = "/run/pyflannel"
-
-Net = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def _run(cmd: list[str], stdin: str | None = None, *, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run one binary; a missing binary is the host's fault, a failure the kernel's."""
-    try:
-        res = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=_TIMEOUT, check=False)
-    except FileNotFoundError as err:
-        raise LocalConfigError(f"{cmd[0]} not found: apt-get install {_INSTALL.get(cmd[0], cmd[0])}") from err
-    except subprocess.TimeoutExpired as err:
-        raise KernelError(f"`{' '.join(cmd)}` timed out after {_TIMEOUT:g}s; is another program holding "
-                          "the xtables lock (/run/xtables.lock)?") from err
-    if check and res.returncode != 0:
-        err_text = (res.stderr or res.stdout).strip()
-        msg = f"`{' '.join(cmd)}` failed (exit {res.returncode}): {err_text}"
-        if "ermission denied" in err_text or "not permitted" in err_text:
-            msg += "; run flanneld as root (it needs CAP_NET_ADMIN)"
-        elif stdin is not None:
-            msg += "\ninput was:\n" + stdin
-        raise KernelError(msg)
-    return res
-
-
-def network_key(network: Net) -> str:
-    return "net-" + str(network).replace("/", "_")
-
-
-def subnet_key(network: Net, subnet: Net) -> str:
-    return f"{network_key(network)}-sub-{str(subnet).replace('/', '_')}"
-
-
-class HostPeers:
-    """The other pyflannel instances of this network namespace, as far as rules go: a lock file
-    serialising rule edits, and claim files (a shared ``flock`` held for the life of the process)
-    telling whether some live instance serves a network. Files live in
-    ``<state_dir>/netns-<inode of the network namespace>``; when that cannot be created, edits are
-    not serialised and no network counts as claimed (a warning says so)."""
-
-    def __init__(self, state_dir: str = STATE_DIR) -> None:
-        self.dir: str | None = None
-        self._held: dict[str, int] = {}
-        self._exclusive: dict[str, int] = {}
-        try:
-            ino = os.stat("/proc/thread-self/ns/net").st_ino  # this thread's namespace (tests use setns)
-            path = os.path.join(state_dir, f"netns-{ino}")
-            os.makedirs(path, mode=0o755, exist_ok=True)
-            self.dir = path
-        except OSError as err:
-            log.warning("cannot use %s (%s): rule changes are not coordinated with other flanneld on this host",
-                        state_dir, err)
-
-    def _open(self, name: str, create: bool = True) -> int | None:
-        assert self.dir is not None
-        flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0)
-        try:
-            return os.open(os.path.join(self.dir, name), flags, 0o644)
-        except FileNotFoundError:
-            return None
-
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        """Hold the rules lock of this network namespace."""
-        if self.dir is None:
-            yield
-            return
-        fd = self._open("rules.lock")
-        assert fd is not None
-        try:
-            deadline = time.monotonic() + _TIMEOUT
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError as err:
-                    if time.monotonic() > deadline:
-                        raise KernelError(f"another flanneld has held {self.dir}/rules.lock for "
-                                          f"{_TIMEOUT:g}s") from err
-                    time.sleep(0.005)
-            yield
-        finally:
-            os.close(fd)
-
-    def claim(self, keys: Iterable[str]) -> None:
-        """Hold exactly ``keys`` from now on (a claim not in ``keys`` is released)."""
-        if self.dir is None:
-            return
-        keys = set(keys)
-        for key in set(self._held) - keys:
-            os.close(self._held.pop(key))
-        for key in keys - set(self._held):
-            fd = self._open(key)
-            assert fd is not None
-            fcntl.flock(fd, fcntl.LOCK_SH)
-            self._held[key] = fd
-
-    def hold(self, key: str, note: str) -> str | None:
-        """Take ``key`` exclusively for the life of this process (e.g. a device only one network may
-        use), writing ``note`` (e.g. our network) into it. None when we hold it now; else the note
-        of the live process that does, to name it in an error."""
-        if self.dir is None or key in self._exclusive:
-            return None
-        fd = self._open(key)
-        assert fd is not None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            try:
-                return os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
-            finally:
-                os.close(fd)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, note.encode(), 0)
-        self._exclusive[key] = fd
-        return None
-
-    def release(self, key: str) -> None:
-        """Give up a key taken with ``hold`` (the process exiting does the same)."""
-        fd = self._exclusive.pop(key, None)
-        if fd is not None:
-            os.close(fd)
-
-    def claimed(self, key: str) -> bool:
-        """True when a live process holds ``key`` (never asked for one we hold ourselves)."""
-        if self.dir is None:
-            return False
-        fd = self._open(key, create=False)
-        if fd is None:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return False
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
 
 
 @dataclass
@@ -243,7 +99,7 @@ class TrafficManager:
     def __init__(self, *, nftables: bool, ip_masq: bool, forward_rules: bool, random_fully: bool = True,
                  state_dir: str = STATE_DIR, family: int = 4) -> None:
         self.family = family
-        self._bin = "ip6tables" if family == 6 else "iptables"
+        self._ipt = Iptables("ip6tables" if family == 6 else "iptables")
         self._nft = nft_family(family)
         self.nftables = nftables
         self.ip_masq = ip_masq
@@ -257,7 +113,6 @@ class TrafficManager:
         self._subnet: Net | None = None
         self._chains: list[OwnedChain] = []
         self._parts: list[NftPart] = []
-        self._version: tuple[int, int, int] | None = None
         self._lock = threading.Lock()
 
     # ---- the interface the daemon uses ----------------------------------------------------------
@@ -318,7 +173,7 @@ class TrafficManager:
                 parts.append(f"masquerade {self._network} from {self._subnet} in nat/{MASQ_CHAIN} ({rf})")
             if self.forward_rules:
                 parts.append(f"forward {self._network} in filter/{FWD_CHAIN}")
-            where = self._bin
+            where = self._ipt.binary
         what = ", ".join(parts) or "no rules (--ip-masq and --iptables-forward-rules are off)"
         return f"{where}: {what}; repairs {self.repairs}"
 
@@ -326,45 +181,33 @@ class TrafficManager:
         return self._peers.locked() if self._peers is not None else contextlib.nullcontext()
 
     # ---- iptables mode --------------------------------------------------------------------------
-    def _iptables_version(self) -> tuple[int, int, int] | None:
-        if self._version is None:
-            self._version = parse_iptables_version(_run(["iptables", "--version"]).stdout)
-        return self._version
-
-    def _dump(self, table: str, binary: str = "") -> str:
-        wait = ["-w"] if (self._iptables_version() or (0, 0, 0)) >= (1, 4, 20) else []
-        return _run([binary or self._bin, *wait, "-t", table, "-S"]).stdout
-
-    def _restore(self, payload: str, binary: str = "") -> None:
-        wait = ["--wait"] if has_random_fully(self._iptables_version()) else []
-        _run([binary or f"{self._bin}-restore", "--noflush", *wait], payload)
-
     def _apply_iptables(self, work: list[tuple[OwnedChain, OwnedChain | None]], release: list[tuple[OwnedChain,
                         OwnedChain | None]], *, move_jump: bool) -> dict[str, str]:
         """Dump, render, restore; once more from fresh dumps if the restore was refused (someone
         changed a rule between our dump and our restore). The dumps after it."""
         tables = list(dict.fromkeys(c.table for c, _ in (*work, *release)))
         for attempt in (1, 2):
-            dumps = {t: self._dump(t) for t in tables}
+            dumps = {t: self._ipt.dump(t) for t in tables}
             payload = "".join(render_table(c, dumps[c.table], s, move_jump=move_jump) for c, s in work)
             payload += "".join(wrap_table(c.table, render_release(c, dumps[c.table], s)) for c, s in release)
             if not payload:
                 return dumps
             try:
-                self._restore(payload)
+                self._ipt.restore(payload)
                 break
             except KernelError as err:
                 if attempt == 2:
                     raise
                 log.debug("iptables-restore refused (%s); retrying from fresh dumps", err)
-        return {t: self._dump(t) for t in tables}
+        return {t: self._ipt.dump(t) for t in tables}
 
     def _setup_iptables(self, stale: Stale) -> None:
         assert self._network is not None and self._subnet is not None
-        self.random_fully = self.random_fully_wanted and has_random_fully(self._iptables_version())
+        version = self._ipt.version()
+        self.random_fully = self.random_fully_wanted and has_random_fully(version)
         if self.random_fully_wanted and not self.random_fully:
             log.warning("iptables %s has no MASQUERADE --random-fully (needs 1.6.2); masquerading without it",
-                        ".".join(map(str, self._version or ())) or "(unknown version)")
+                        ".".join(map(str, version or ())) or "(unknown version)")
         work: list[tuple[OwnedChain, OwnedChain | None]] = []
         release: list[tuple[OwnedChain, OwnedChain | None]] = []  # a rule kind that is off: ours go
         masq = (masq_chain(self._network, self._subnet, self.random_fully), stale.masq_chain())
@@ -378,16 +221,16 @@ class TrafficManager:
                 log.warning("iptables -S shows %s differently from what was applied; resync will re-apply it",
                             chain.chain)
         if self._chains:
-            log.info("%s rules applied: %s", self._bin, ", ".join(f"{c.table}/{c.chain}" for c in self._chains))
+            log.info("%s rules applied: %s", self._ipt.binary, ", ".join(f"{c.table}/{c.chain}" for c in self._chains))
 
     def _ensure_iptables(self) -> bool:
         if not self._chains:
             return False
-        dumps = {t: self._dump(t) for t in dict.fromkeys(c.table for c in self._chains)}
+        dumps = {t: self._ipt.dump(t) for t in dict.fromkeys(c.table for c in self._chains)}
         broken = [c for c in self._chains if not in_sync(dumps[c.table], c)]
         if not broken:
             return False
-        log.warning("our rules in %s chain(s) %s changed or missing; re-applying", self._bin,
+        log.warning("our rules in %s chain(s) %s changed or missing; re-applying", self._ipt.binary,
                     ", ".join(c.chain for c in broken))
         with self._locked():
             self._apply_iptables([(c, None) for c in broken], [], move_jump=False)
@@ -405,11 +248,11 @@ class TrafficManager:
             if shutil.which(binary) is None:
                 continue
             try:
-                nat, filt = self._dump("nat", binary), self._dump("filter", binary)
+                nat, filt = self._ipt.dump("nat", binary), self._ipt.dump("filter", binary)
                 payload = wrap_table("nat", render_release(masq, nat, stale.masq_chain()))
                 payload += wrap_table("filter", render_release(fwd, filt, stale.forward_chain()))
                 if payload:
-                    self._restore(payload, f"{binary}-restore")
+                    self._ipt.restore(payload, f"{binary}-restore")
                     log.info("removed this network's %s rules (nftables mode)", binary)
             except (KernelError, LocalConfigError) as err:
                 log.debug("could not clean up %s chains: %s", binary, err)
@@ -425,8 +268,7 @@ class TrafficManager:
         assert self._network is not None and self._subnet is not None
         self.random_fully = False
         if self.ip_masq and self.random_fully_wanted:
-            probe = _run(["nft", "--check", "-f", "-"], nft_random_fully_probe(), check=False)
-            self.random_fully = probe.returncode == 0
+            self.random_fully = nft_accepts(nft_random_fully_probe())
             if not self.random_fully:
                 log.warning("nftables: masquerade fully-random unsupported; masquerading without it")
         self._parts = nft_parts(self._network, self._subnet, masq=self.ip_masq, forward=self.forward_rules,
@@ -441,7 +283,7 @@ class TrafficManager:
             script = render_nft(self._network, self._subnet, masq=self.ip_masq, forward=self.forward_rules,
                                 random_fully=self.random_fully, current=self._nft_list(), stale=stale)
             try:
-                _run(["nft", "-f", "-"], script)
+                nft_apply(script)
                 return
             except KernelError as err:
                 if attempt == 2:
@@ -449,12 +291,7 @@ class TrafficManager:
                 log.debug("nft refused (%s); retrying from a fresh listing", err)
 
     def _nft_list(self) -> str:
-        return self._nft_list_of(self._nft.family, self._nft.table)
-
-    @staticmethod
-    def _nft_list_of(family: str, table: str) -> str:
-        res = _run(["nft", "-a", "list", "table", family, table], check=False)
-        return res.stdout if res.returncode == 0 else ""
+        return nft_list(self._nft.family, self._nft.table)
 
     def _ensure_nft(self) -> bool:
         if self._network is None or not self._parts or nft_in_sync(self._nft_list(), self._parts):
@@ -471,19 +308,19 @@ class TrafficManager:
         assert self._network is not None and self._subnet is not None
         if shutil.which("nft") is None:
             return
-        res = _run(["nft", "list", "tables"], check=False)
-        if res.returncode:
+        tables = nft_tables()
+        if tables is None:
             return
         mine = [*nft_parts(self._network, self._subnet, masq=True, forward=True, random_fully=True),
                 *stale.nft_parts()]
-        script = render_nft_release(self._nft_list(), res.stdout, mine, self.family)
+        script = render_nft_release(self._nft_list(), tables, mine, self.family)
         if self.family == 4:
             v6 = nft_family(6)
-            script += render_nft_release(self._nft_list_of(v6.family, v6.table), res.stdout, [], 6)
+            script += render_nft_release(nft_list(v6.family, v6.table), tables, [], 6)
         if script:
-            res = _run(["nft", "-f", "-"], script, check=False)
-            if res.returncode:
-                log.debug("could not remove our nftables rules: %s", res.stderr.strip())
+            refused = nft_try(script)
+            if refused is not None:
+                log.debug("could not remove our nftables rules: %s", refused)
             else:
                 log.info("removed this network's nftables rules (iptables mode)")
 
