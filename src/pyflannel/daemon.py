@@ -9,7 +9,7 @@ devices and routes) -> iptables -> tasks under one TaskGroup:
 - converger: plans once per batch and applies (``converger.py``);
 - keeper: our own lease: renew, retake, lost (``keeper.py``);
 - traffic-check: the iptables/nftables rules, every ``-iptables-resync`` seconds;
-- store-probe: notices an etcd outage.
+- store-probe: notices an etcd outage and a changed network config (``storeprobe.py``).
 
 On SIGTERM (``lifecycle.py``): cancel, close the backend, exit 0 with the lease left in etcd, so a
 restart reuses it. A task that dies unexpectedly is logged by name and ends the process with 1.
@@ -21,7 +21,6 @@ import asyncio
 import gc
 import ipaddress
 import logging
-import time
 from dataclasses import dataclass, field
 
 from . import kubemode, preflight
@@ -29,7 +28,7 @@ from .backend import Backend, get_backend
 from .backend.udp_pump import available as pump_built
 from .converger import Converger
 from .core.backoff import Backoff, LogOnce
-from .core.config import RESTART_NEEDED, NetworkConfig, config_changes, parse_config
+from .core.config import NetworkConfig, parse_config
 from .core.errors import ConfigError, KernelError, LeaseLost, LocalConfigError, StoreUnavailable
 from .core.events import PeerTable, Snapshot
 from .core.lease import Lease
@@ -43,9 +42,10 @@ from .kernel.traffic import TrafficManager
 from .observe import HttpServer, Stats, View
 from .store.etcd import EtcdOptions, EtcdRegistry
 from .store.etcd_v2 import only_in_v2, v2_config
-from .store.kube import KubeOptions, KubeRegistry, KubeUnauthorized
+from .store.kube import KubeOptions, KubeRegistry
 from .store.kube_manager import KubeLeaseManager
 from .store.manager import DEFAULT_TTL, LeaseManager, log_bad, watch_leases
+from .storeprobe import StoreProbe
 from .subnetfile import read_previous_subnet, try_write_subnet_file, unwritable_fix
 from .systemd import sd_notify
 
@@ -89,8 +89,8 @@ class Conductor:
         self.peers = PeerTable()
         self._bad_seen: set[str] = set()
         self._v6_seen: set[str] = set()
-        self._config_seen: bytes | None = None  # the config in etcd as last read (raw)
         self.stats = Stats()
+        self.probe = StoreProbe(self.registry, self.stats)
         self.http: HttpServer | None = None
         self.traffic: TrafficManager | None = None
         self.traffic6: TrafficManager | None = None  # dual stack: the IPv6 rules (ip6tables or nftables)
@@ -155,7 +155,7 @@ class Conductor:
                 data = await self.registry.get_config()
                 if data is not None:
                     config = parse_config(data)
-                    self._config_seen = data
+                    self.probe.config_seen = data
                     # an unknown Backend.Type or a bad Backend option is a config error too
                     for warning in get_backend(config.backend_type).check_config(config):
                         log.warning(warning)
@@ -241,7 +241,7 @@ class Conductor:
             tg.create_task(self._guard("converger", converger.run()))
             tg.create_task(self._guard("keeper", self.keeper.run()))
             tg.create_task(self._guard("traffic-check", self.traffic_loop()))
-            tg.create_task(self._guard("store-probe", self.probe_loop()))
+            tg.create_task(self._guard("store-probe", self.probe.run(config)))
             tg.create_task(preflight.run(config, device(config), lease.subnet, lambda: self.peers.leases))
             if isinstance(manager, KubeLeaseManager) and opts.kube is not None and opts.kube.set_network_unavailable:
                 tg.create_task(self._guard("node-condition", manager.complete()))
@@ -341,56 +341,6 @@ class Conductor:
             if delta or first:
                 self.converger.mark_dirty(self.peers.leases)
             first = False
-
-    async def probe_loop(self, period: float = 1.0) -> None:
-        """Notice an etcd outage (the watch reconnects silently): log it once, report not-ready,
-        keep the kernel as it is; log once more when etcd answers again."""
-        down_since: float | None = None
-        while True:
-            await asyncio.sleep(period)
-            try:
-                if isinstance(self.registry, KubeRegistry):
-                    await asyncio.wait_for(self.registry.probe(), 2 * period + 10)
-                    data = self._config_seen
-                else:
-                    data = await asyncio.wait_for(self.registry.get_config(), 2 * period)
-            except (StoreUnavailable, TimeoutError) as err:
-                if down_since is None:
-                    down_since = time.monotonic()
-                    state = "refuses flanneld's credentials" if isinstance(err, KubeUnauthorized) else "is unreachable"
-                    self.stats.store_ok = False
-                    self.stats.store_problem = f"{self.store_name} {state}"
-                    log.error("%s %s (%s): keeping every route and the lease as they are, retrying every %gs",
-                              self.store_name, state, err or "no answer", period)
-                continue
-            if down_since is not None:
-                log.info("%s answers again after %.1fs; the lease watch resumes where it stopped",
-                         self.store_name, time.monotonic() - down_since)
-                down_since = None
-                self.stats.store_ok = True
-            self._check_config(data)
-
-    def _check_config(self, data: bytes | None) -> None:
-        """The config in etcd changed while we run: say once what changed and that only a restart
-        applies it (flanneld keeps running on the config it started with)."""
-        if data == self._config_seen or self.config is None:
-            return
-        self._config_seen = data
-        if data is None:
-            log.warning("the network config was deleted from %s; flanneld keeps running on the one it started "
-                        "with (write it back with `flannelctl config set`)", self.registry.config_key)
-            return
-        try:
-            changes = config_changes(self.config, parse_config(data))
-        except ConfigError as err:
-            log.warning("the network config at %s is now invalid (%s); flanneld keeps running on the one it started "
-                        "with; fix it with `flannelctl config set`", self.registry.config_key, err)
-            return
-        if changes:
-            log.warning("the network config at %s changed: %s; %s", self.registry.config_key, "; ".join(changes),
-                        RESTART_NEEDED)
-        else:
-            log.info("the network config at %s is the one flanneld runs with again", self.registry.config_key)
 
     async def traffic_loop(self) -> None:
         """Re-check our iptables/nftables rules every ``-iptables-resync`` seconds; restore them if

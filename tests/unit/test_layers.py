@@ -1,4 +1,4 @@
-"""The layering of docs/architecture.md, checked: cli > lifecycle > daemon > (converger, keeper) >
+"""The layering of docs/architecture.md, checked: cli > lifecycle > daemon > (converger, keeper, storeprobe) >
 (backend | store | kernel) > core; lab on top. Backends only plan: they import core, never kernel."""
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ ALLOWED = {
     "instance": {"core"},
     "converger": {"core", "kernel", "backend"},
     "keeper": {"core", "store"},
+    "storeprobe": {"core", "store", "observe"},
     "preflight": {"core", "kernel"},
     "kubemode": {"core", "store"},
     "daemon": {"core", "store", "kernel", "backend", "systemd", "observe", "subnetfile", "converger", "keeper",
-               "kubemode", "instance", "process", "preflight"},
+               "kubemode", "instance", "process", "preflight", "storeprobe"},
     "lifecycle": {"core", "daemon", "instance", "observe", "process"},
     "cli": {"core", "store", "kernel", "backend", "systemd", "daemon", "lifecycle", "lab", "__init__", "instance",
             "subnetfile"},
