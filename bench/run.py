@@ -35,6 +35,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--hosts", default="10,50,100", help="convergence cluster sizes")
     ap.add_argument("--conv-rounds", type=int, default=5, help="lease PUTs timed per cluster size")
     ap.add_argument("--conv-cap", type=float, default=30.0, help="seconds before a PUT counts as capped")
+    ap.add_argument("--conv-idle", type=float, default=2.0,
+                    help="seconds of the quiet window before each PUT that gives the hosts' idle CPU rate")
     ap.add_argument("--peers", type=int, default=1000, help="synthetic peers for the cold start (0: no cold start "
                     "and no idle figures)")
     ap.add_argument("--cold-runs", type=int, default=3)
@@ -126,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
                 common.teardown()
             if args.only in (None, "controlplane"):
                 for impl in impls if args.sizes else []:  # pyflannel, then Go flannel, in the same run
-                    controlplane.convergence(res, args.sizes, args.conv_rounds, args.conv_cap, notes, impl)
+                    controlplane.convergence(res, args.sizes, args.conv_rounds, args.conv_cap, notes, impl,
+                                             args.conv_idle)
                     common.teardown()
                 for impl in impls if args.peers > 0 else []:
                     controlplane.coldstart(res, args.peers, args.cold_runs, args.cold_cap, args.idle_windows,
@@ -154,8 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         notes.append(f"other network namespaces appeared during the run ({', '.join(late[:8])}"
                      f"{', …' if len(late) > 8 else ''}): another lab shared the CPUs; figures may be disturbed")
     params = {"paths": list(wanted), "go_flannel": _go_version() if go else None}
-    params.update({k: getattr(args, k) for k in ("rounds", "seconds", "sizes", "conv_rounds", "conv_cap", "peers",
-                                            "cold_runs", "cold_cap", "idle_windows", "idle_seconds", "bursts",
+    params.update({k: getattr(args, k) for k in ("rounds", "seconds", "sizes", "conv_rounds", "conv_cap", "conv_idle",
+                                            "peers", "cold_runs", "cold_cap", "idle_windows", "idle_seconds", "bursts",
                                             "burst_runs", "burst_cap", "quick")})
     params.update(info)
     doc = report.document(dp_rows, res.rows(), notes, mach, params, started)
