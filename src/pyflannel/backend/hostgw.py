@@ -20,10 +20,23 @@ log = logging.getLogger(__name__)
 
 
 def plan_hostgw(network: ipaddress.IPv4Network, ext_name: str, peers: Mapping[ipaddress.IPv4Network, Lease],
-                network6: ipaddress.IPv6Network | None = None) -> DesiredState:
+                network6: ipaddress.IPv6Network | None = None,
+                memo: dict[int, tuple[Lease, Route]] | None = None) -> DesiredState:
     """Pure: peers' leases in, one route per peer out; in dual stack (``network6``) also one IPv6
-    route per peer, ``<peer IPv6 subnet> via <peer PublicIPv6>``."""
-    routes = [Route(sn, ext_name, le.attrs.public_ip) for sn, le in peers.items()]
+    route per peer, ``<peer IPv6 subnet> via <peer PublicIPv6>``. ``memo`` (optional, replaced in
+    place) keeps each peer's route while its lease object is the same (keyed by the lease's id), so
+    a run after one lease event builds one route, and the diff finds the others unchanged by
+    identity instead of comparing and hashing addresses."""
+    if memo is None:
+        routes = [Route(sn, ext_name, le.attrs.public_ip) for sn, le in peers.items()]
+    else:
+        fresh: dict[int, tuple[Lease, Route]] = {}
+        for sn, le in peers.items():
+            hit = memo.get(id(le))
+            fresh[id(le)] = hit if hit is not None and hit[0] is le else (le, Route(sn, ext_name, le.attrs.public_ip))
+        memo.clear()
+        memo.update(fresh)
+        routes = [route for _le, route in fresh.values()]
     if network6 is not None:
         routes += [Route(le.ipv6_subnet, ext_name, le.attrs.public_ipv6) for le in peers.values()
                    if le.ipv6_subnet is not None and le.attrs.public_ipv6 is not None]
@@ -42,6 +55,7 @@ class HostGwBackend(PlanningBackend):
                 f"{ext.iface_addr} {ext.iface_v6_addr or ''}; "
                 "use the vxlan backend behind NAT)")
         super().__init__(ext, config)
+        self._memo: dict[int, tuple[Lease, Route]] = {}
         for warning in check_keys(config, (), "host-gw"):
             log.warning(warning)
 
@@ -58,4 +72,4 @@ class HostGwBackend(PlanningBackend):
     def plan(self, own: Lease, peers: Mapping[ipaddress.IPv4Network, Lease] | None, facts: HostFacts
              ) -> tuple[Plan, ...]:
         v6 = self.config.ipv6_network if self.config.enable_ipv6 and self.ext.ext_v6_addr is not None else None
-        return (plan_hostgw(self.network, self.ext.name, peers or {}, v6),)
+        return (plan_hostgw(self.network, self.ext.name, peers or {}, v6, self._memo),)

@@ -119,23 +119,24 @@ def peer_entries(opts: VxlanOptions, ext_name: str, sn: ipaddress.IPv4Network, l
 def plan_vxlan(
     opts: VxlanOptions, network: ipaddress.IPv4Network, own: Lease, link: LinkSpec, ext_name: str,
     peers: Mapping[ipaddress.IPv4Network, Lease], direct: frozenset[ipaddress.IPv4Address] = frozenset(),
-    memo: dict[ipaddress.IPv4Network, tuple[Lease, bool, PeerEntries | None]] | None = None,
+    memo: dict[int, tuple[Lease, bool, PeerEntries | None]] | None = None,
     v6: DesiredState | None = None,
 ) -> DesiredState:
     """Pure: our lease and the peers' leases in, the kernel state flannel would build out.
     ``memo`` (optional, updated in place) keeps each peer's entries while its lease object is the
-    same, so a run after one lease event builds one peer's entries, not all of them. ``v6`` (dual
+    same (keyed by its id: no subnet hashed), so a run after one lease event builds one peer's
+    entries, not all of them. ``v6`` (dual
     stack: ``own_ipv6``) adds flannel-v6.<VNI> and every peer's IPv6 entries."""
     routes, neighs, fdbs = [], [], []
-    fresh: dict[ipaddress.IPv4Network, tuple[Lease, bool, PeerEntries | None]] = {}
+    fresh: dict[int, tuple[Lease, bool, PeerEntries | None]] = {}
     for sn, lease in peers.items():
         is_direct = opts.direct_routing and lease.attrs.public_ip in direct
-        hit = memo.get(sn) if memo is not None else None
+        hit = memo.get(id(lease)) if memo is not None else None
         if hit is not None and hit[0] is lease and hit[1] == is_direct:
             entries = hit[2]
         else:
             entries = peer_entries(opts, ext_name, sn, lease, is_direct)
-        fresh[sn] = (lease, is_direct, entries)
+        fresh[id(lease)] = (lease, is_direct, entries)
         if entries is None:
             continue
         routes.append(entries[0])
@@ -171,7 +172,7 @@ class VxlanBackend(PlanningBackend):
         self.needs_onlink = self.opts.direct_routing
         self.mac = self.mac6 = ""
         self.ipv6 = config.enable_ipv6 and config.ipv6_network is not None and ext.ext_v6_addr is not None
-        self._memo: dict[ipaddress.IPv4Network, tuple[Lease, bool, PeerEntries | None]] = {}
+        self._memo: dict[int, tuple[Lease, bool, PeerEntries | None]] = {}
         log.info("VXLAN config: VNI=%d Port=%d GBP=%s Learning=%s DirectRouting=%s", self.opts.vni,
                  self.opts.port, self.opts.gbp, self.opts.learning, self.opts.direct_routing)
 

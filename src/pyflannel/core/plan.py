@@ -101,7 +101,10 @@ class Selection:
     skipped: tuple[tuple[Lease, str], ...] = ()
 
 
-Verdicts = dict[Net, tuple[Lease, str | None]]
+# id(lease) -> (that lease, why it is skipped or None): keyed by the object's id, an int, whose hash
+# is C's (an IPv4Network's is computed in Python on every look-up); the entry holds the lease, so
+# its id cannot be reused while it is there
+Verdicts = dict[int, tuple[Lease, str | None]]
 
 
 def select_peers(peers: Mapping[Net, Lease], network: Net | None, lease_types: Iterable[str],
@@ -110,11 +113,11 @@ def select_peers(peers: Mapping[Net, Lease], network: Net | None, lease_types: I
     ``memo`` (optional, replaced in place) keeps each verdict while the lease object is the same,
     so a run after one lease event judges one lease, not all of them."""
     types = frozenset(lease_types)
-    ok: dict[Net, Lease] = {}
     skipped: list[tuple[Lease, str]] = []
+    drop: list[Net] = []
     fresh: Verdicts = {}
     for sn, lease in peers.items():
-        hit = memo.get(sn) if memo is not None else None
+        hit = memo.get(id(lease)) if memo is not None else None
         if hit is not None and hit[0] is lease:
             why = hit[1]
         elif network is not None and not sn.subnet_of(network):
@@ -123,21 +126,26 @@ def select_peers(peers: Mapping[Net, Lease], network: Net | None, lease_types: I
             why = f"its backend is {lease.attrs.backend_type or 'udp'!r}, this network runs {backend}"
         else:
             why = problem(lease)
-        fresh[sn] = (lease, why)
-        if why is None:
-            ok[sn] = lease
-        else:
+        fresh[id(lease)] = (lease, why)
+        if why is not None:
             skipped.append((lease, why))
+            drop.append(sn)
     if memo is not None:
         memo.clear()
         memo.update(fresh)
+    ok = dict(peers)  # a copy keeps the keys' hashes: no subnet is hashed again
+    for sn in drop:
+        del ok[sn]
     return Selection(ok, tuple(skipped))
 
 
 def shared_public_ips(own: Lease, peers: Mapping[Net, Lease]) -> list[tuple[ipaddress.IPv4Address, list[Net]]]:
     """Public IPs claimed by more than one lease (ours included): one of them is stale or forged.
     The subnets of each come in table order (sorting is left to whoever prints them)."""
-    by_ip: dict[ipaddress.IPv4Address, list[Net]] = {own.attrs.public_ip: [own.subnet]}
+    # by the address as an int: hashing an IPv4Address runs Python code, an int's does not
+    by_ip: dict[int, tuple[ipaddress.IPv4Address, list[Net]]] = {int(own.attrs.public_ip): (own.attrs.public_ip,
+                                                                                             [own.subnet])}
     for sn, le in peers.items():
-        by_ip.setdefault(le.attrs.public_ip, []).append(sn)
-    return [(ip, nets) for ip, nets in by_ip.items() if len(nets) > 1]
+        ip = le.attrs.public_ip
+        by_ip.setdefault(int(ip), (ip, []))[1].append(sn)
+    return [(ip, nets) for ip, nets in by_ip.values() if len(nets) > 1]

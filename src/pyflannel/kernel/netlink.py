@@ -1,6 +1,7 @@
 """Every netlink call of pyflannel goes through here: idempotent steps (``ensure_*``), look-ups,
-the fast dumps of the full kernel check (``nldump``), and ``guard``, the one place where a
-pyroute2 error becomes a ``KernelError`` whose one line names the object, the errno and the fix.
+the fast dumps of the full kernel check (``nldump``), the lean route/neighbour/FDB requests of the
+reconciler (``nlsend``), and ``guard``, the one place where a pyroute2 or socket error becomes a
+``KernelError`` whose one line names the object, the errno and the fix.
 
 Each helper opens its own short-lived netlink socket, so callers may run them from any thread of
 the process (never after a setns).
@@ -20,8 +21,10 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from ..core.errors import KernelError
 from .nldump import dump_fdb, dump_neighbours, dump_routes
+from .nlsend import Requests, fdb_msg, neigh_msg, route_msg
 
-__all__ = ["KernelError", "dump_fdb", "dump_neighbours", "dump_routes", "guard", "session"]
+__all__ = ["KernelError", "Requests", "dump_fdb", "dump_neighbours", "dump_routes", "fdb_msg", "guard", "neigh_msg",
+           "route_msg", "session"]
 
 RTPROT_FLANNEL = 151  # our routes carry this protocol number; only such routes are ever removed
 RTPROT_BOOT = 3  # the default: `ip route add`, and Go flannel's routes
