@@ -99,7 +99,7 @@ def main() -> int:
     ap.add_argument("--profile", help="a directory: run flanneld under yappi and write the profile there")
     args = ap.parse_args()
 
-    from pfbench.common import LeaseWriter, guarded, log, teardown
+    from pfbench.common import LeaseWriter, guarded, log, rss_mb, teardown
     from pfbench.controlplane import COLD_CONFIG, CONV_CONFIG
     from pfbench.nlwatch import RTMGRP_IPV4_ROUTE, Watcher
 
@@ -151,13 +151,15 @@ def main() -> int:
                 t3, c3 = time.monotonic(), thread_cpu(pid)
                 if args.profile:
                     open(os.path.join(args.profile, "off"), "w").close()
+                time.sleep(2.0)
+                rss = rss_mb(pid)
             busy = per_thread(c2, c3)
             n = 2 * args.events
             gross = sum(busy.values())
             base = rate * (t3 - t2)
             log(f"{args.backend}, {args.peers} peers: idle {rate * 100:.2f} % of a core; {n} events in "
                 f"{t3 - t2:.1f} s: gross {gross * 1000 / n:.2f} ms/event, idle share {base * 1000 / n:.2f}, "
-                f"net {(gross - base) * 1000 / n:.2f} ms/event")
+                f"net {(gross - base) * 1000 / n:.2f} ms/event; RSS {rss:.1f} MB after the events")
             for name in sorted(busy, key=lambda k: -busy[k]):
                 net = busy[name] - idle.get(name, 0.0) / (t1 - t0) * (t3 - t2)
                 log(f"  thread {name:20s} gross {busy[name] * 1000 / n:6.3f} ms/event, net {net * 1000 / n:6.3f}")
