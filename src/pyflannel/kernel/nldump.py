@@ -1,5 +1,6 @@
 """Lean netlink dumps for the full kernel check: routes of the main table, neighbours and FDB
-entries, decoded with ``struct`` into plain tuples.
+entries, decoded with ``struct`` into plain tuples; and ``decode_event``, the same for the kernel
+monitor's events (a few fields of a link, route or neighbour message).
 
 The full check runs every 10 s and reads every route, neighbour and FDB entry of the host;
 pyroute2 decodes each message into a rich object (~0.1 ms each), so with 1000 peers (3000 entries)
@@ -81,6 +82,51 @@ def _ip(raw: memoryview | None) -> int | None:
 
 def _mac(raw: memoryview | None) -> str:
     return ":".join(f"{b:02x}" for b in raw) if raw is not None else ""
+
+
+_IFINFO = struct.Struct("=BxHiII")
+IFLA_IFNAME = 3
+RTM_NEWLINK, RTM_DELLINK, RTM_DELROUTE, RTM_DELNEIGH = 16, 17, 25, 29
+_EVENTS = {RTM_NEWLINK: "RTM_NEWLINK", RTM_DELLINK: "RTM_DELLINK", RTM_NEWROUTE: "RTM_NEWROUTE",
+           RTM_DELROUTE: "RTM_DELROUTE", RTM_NEWNEIGH: "RTM_NEWNEIGH", RTM_DELNEIGH: "RTM_DELNEIGH"}
+
+
+def _addr_text(raw: memoryview | None) -> str | None:
+    if raw is None or len(raw) not in (4, 16):
+        return None
+    return socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, bytes(raw))
+
+
+def decode_event(msg: bytes) -> dict[str, object]:
+    """One link, route or neighbour message (header included) as the few fields the kernel
+    monitor reads, named as pyroute2 names them (``event``, ``ifname``; ``family``, ``dst``,
+    ``dst_len``, ``table``, ``proto``; ``ifindex``, ``state``, ``lladdr``, ``NDA_DST``); {} for
+    anything else."""
+    if len(msg) < _HDR.size:
+        return {}
+    mtype = _HDR.unpack_from(msg, 0)[1]
+    p = memoryview(msg)[_HDR.size:]
+    event = _EVENTS.get(mtype)
+    if event is None:
+        return {}
+    if mtype in (RTM_NEWLINK, RTM_DELLINK) and len(p) >= _IFINFO.size:
+        name = _attrs(p, _IFINFO.size).get(IFLA_IFNAME)
+        return {"event": event,
+                "ifname": bytes(name).split(b"\0", 1)[0].decode(errors="replace") if name is not None else None}
+    if mtype in (RTM_NEWROUTE, RTM_DELROUTE) and len(p) >= _RTMSG.size:
+        fam, dst_len, _src_len, _tos, table, proto, _scope, _rtype, _flags = _RTMSG.unpack_from(p, 0)
+        a = _attrs(p, _RTMSG.size)
+        if RTA_TABLE in a and len(a[RTA_TABLE]) == 4:
+            table = struct.unpack_from("=I", a[RTA_TABLE])[0]
+        return {"event": event, "family": fam, "dst_len": dst_len, "table": table, "proto": proto,
+                "dst": _addr_text(a.get(RTA_DST))}
+    if mtype in (RTM_NEWNEIGH, RTM_DELNEIGH) and len(p) >= _NDMSG.size:
+        fam, _p1, _p2, idx, state, _flags, _type = _NDMSG.unpack_from(p, 0)
+        a = _attrs(p, _NDMSG.size)
+        dst = _addr_text(a.get(NDA_DST))
+        return {"event": event, "family": fam, "ifindex": idx, "state": state, "dst": dst, "NDA_DST": dst,
+                "lladdr": _mac(a.get(NDA_LLADDR)) or None}
+    return {"event": event}
 
 
 def dump_routes(table: int = 254, family: int = socket.AF_INET) -> list[RouteRow]:
