@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
 import ipaddress
 import logging
 import time
@@ -222,8 +221,13 @@ class Converger:
     async def _wait(self) -> None:
         deadlines = list(self._next_full.values()) + ([self._retry_at] if self._retry_at is not None else [])
         timeout = max(0.0, min(deadlines) - self.clock()) if deadlines else None
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._dirty.wait(), timeout)
+        # a timer that sets the event, not wait_for: that wraps the wait in a new task every time
+        timer = asyncio.get_running_loop().call_later(timeout, self._dirty.set) if timeout is not None else None
+        try:
+            await self._dirty.wait()
+        finally:
+            if timer is not None:
+                timer.cancel()
         now = self.clock()
         for name, at in self._next_full.items():
             if now >= at:
