@@ -29,7 +29,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-GHOSTS = ("10.0.250.0/24", "10.0.251.0/24")
+GHOSTS = ("10.0.250.0/24", "10.0.251.0/24", "10.15.250.0/24")  # the last: vxlan with many peers
 WRAPPER = """
 import os, sys, threading, time, yappi
 trigger = os.environ["PFB_PROFILE_DIR"]

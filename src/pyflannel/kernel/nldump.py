@@ -6,9 +6,8 @@ The full check runs every 10 s and reads every route, neighbour and FDB entry of
 pyroute2 decodes each message into a rich object (~0.1 ms each), so with 1000 peers (3000 entries)
 the check alone cost several percent of a core. Here only the fixed headers and the three or four
 attributes we compare are read (a few µs each), and entries of other devices or tables are
-skipped without decoding their attributes. Every change still goes through pyroute2
-(``netlink.py``); a dump that fails raises ``OSError``, which ``netlink.guard`` turns into a
-``KernelError``.
+skipped without decoding their attributes. Changes go out as ``nlsend``'s lean requests; a dump
+that fails raises ``OSError``, which ``netlink.guard`` turns into a ``KernelError``.
 """
 
 from __future__ import annotations
