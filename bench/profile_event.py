@@ -1,7 +1,6 @@
 """What one lease event costs one running flanneld, apart from what it spends anyway (issue 12).
 
     .venv/bin/python bench/profile_event.py [--peers 99] [--events 100] [--backend host-gw|vxlan]
-                                            [--profile DIR]
 
 Lab ``pfb-prof``: etcd, one host running flanneld and ``--peers`` synthetic peer leases; once every
 route is in its kernel it is left alone for ``--idle`` seconds (its idle CPU rate), then a lease
@@ -10,10 +9,6 @@ events in the host's namespace) until the route has appeared and gone again. fla
 (utime+stime of every thread, /proc) during the events minus its idle rate over the same time,
 divided by the events (a PUT and a DELETE are two), is the per-event cost; the idle rate is what
 the periodic work costs (the store probe, the full kernel check, the rule checks). Per thread too.
-
-``--profile DIR``: flanneld runs under yappi (CPU clock, every Python thread; the dev dependencies
-have it), profiling only the event phase; DIR gets ``events.pstat`` and ``threads.txt`` and the
-top of the profile is printed. A profiled run's CPU figures include the profiler's overhead.
 
 Never part of ``make test``; hold the shared lock (``flock /tmp/pfl-e2e.lock ...``).
 """
@@ -30,30 +25,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 GHOSTS = ("10.0.250.0/24", "10.0.251.0/24", "10.15.250.0/24")  # the last: vxlan with many peers
-WRAPPER = """
-import os, sys, threading, time, yappi
-trigger = os.environ["PFB_PROFILE_DIR"]
-yappi.set_clock_type("cpu")
-def poll():
-    on = False
-    while True:
-        time.sleep(0.05)
-        if not on and os.path.exists(os.path.join(trigger, "on")):
-            yappi.clear_stats(); yappi.start(builtins=True, profile_threads=True); on = True
-        elif on and os.path.exists(os.path.join(trigger, "off")):
-            yappi.stop()
-            yappi.get_func_stats().save(os.path.join(trigger, "events.pstat"), type="pstat")
-            with open(os.path.join(trigger, "threads.txt"), "w") as f:
-                yappi.get_thread_stats().print_all(out=f)
-            open(os.path.join(trigger, "done"), "w").close()
-            return
-threading.Thread(target=poll, daemon=True, name="profiler").start()
-from pyflannel.cli.flanneld import main
-sys.argv[0] = "flanneld"
-sys.exit(main())
-"""
-
-
 def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
     """tid -> (name, utime+stime seconds) of every live thread."""
     from pfbench.common import CLK_TCK
@@ -96,7 +67,6 @@ def main() -> int:
     ap.add_argument("--events", type=int, default=100, help="PUT+DELETE cycles (two events each)")
     ap.add_argument("--idle", type=float, default=20.0, help="seconds of the idle window")
     ap.add_argument("--gap", type=float, default=0.05, help="seconds between an event's end and the next")
-    ap.add_argument("--profile", help="a directory: run flanneld under yappi and write the profile there")
     args = ap.parse_args()
 
     from pfbench.common import LeaseWriter, guarded, log, rss_mb, teardown
@@ -109,12 +79,6 @@ def main() -> int:
         ap.error("host-gw: at most 140 peers (their public IPs share the lab's /24)")
     config = COLD_CONFIG if args.backend == "vxlan" else CONV_CONFIG
     lab = LightLab(name="pfb-prof", backend=args.backend)
-    if args.profile:
-        os.makedirs(args.profile, exist_ok=True)
-        for name in ("on", "off", "done"):
-            if os.path.exists(os.path.join(args.profile, name)):
-                os.unlink(os.path.join(args.profile, name))
-        lab.host_command[1] = ("env", f"PFB_PROFILE_DIR={os.path.abspath(args.profile)}", sys.executable, "-c", WRAPPER)
     with guarded():
         lab.up_base(config)
         writer = LeaseWriter(lab)
@@ -134,9 +98,6 @@ def main() -> int:
                 t1, c1 = time.monotonic(), thread_cpu(pid)
                 idle = per_thread(c0, c1)
                 rate = sum(idle.values()) / (t1 - t0)
-                if args.profile:
-                    open(os.path.join(args.profile, "on"), "w").close()
-                    time.sleep(0.3)
                 t2, c2 = time.monotonic(), thread_cpu(pid)
                 for _ in range(args.events):
                     for op in ("put", "del"):
@@ -149,8 +110,6 @@ def main() -> int:
                         wait_route(watch, host.ns, ghost, op == "put")
                         time.sleep(args.gap)
                 t3, c3 = time.monotonic(), thread_cpu(pid)
-                if args.profile:
-                    open(os.path.join(args.profile, "off"), "w").close()
                 time.sleep(2.0)
                 rss = rss_mb(pid)
             busy = per_thread(c2, c3)
@@ -163,11 +122,6 @@ def main() -> int:
             for name in sorted(busy, key=lambda k: -busy[k]):
                 net = busy[name] - idle.get(name, 0.0) / (t1 - t0) * (t3 - t2)
                 log(f"  thread {name:20s} gross {busy[name] * 1000 / n:6.3f} ms/event, net {net * 1000 / n:6.3f}")
-            if args.profile:
-                deadline = time.monotonic() + 30
-                while not os.path.exists(os.path.join(args.profile, "done")) and time.monotonic() < deadline:
-                    time.sleep(0.1)
-                show_profile(os.path.join(args.profile, "events.pstat"))
         finally:
             writer.close()
             teardown()
@@ -192,16 +146,6 @@ def wait_route(watch: object, ns: str, subnet: str, added: bool, cap: float = 10
             return
     raise SystemExit(f"route {subnet} was not {'added' if added else 'removed'} within {cap:g}s")
 
-
-def show_profile(path: str) -> None:
-    import pstats
-
-    if not os.path.exists(path):
-        print(f"no profile at {path}")
-        return
-    st = pstats.Stats(path)
-    st.sort_stats("cumulative").print_stats(45)
-    st.sort_stats("tottime").print_stats(30)
 
 
 if __name__ == "__main__":
