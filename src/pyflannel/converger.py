@@ -12,7 +12,8 @@ target:
   timer reads the kernel in full;
 - ``pump``: the udp pump's table, swapped whole;
 - ``cloud``: the cloud route table, over its API;
-- ``wg``: the WireGuard device's peers, through ``wg`` (``kernel.wireguard``).
+- ``wg`` (and ``wg-v6``): each WireGuard device's peers, through ``wg`` (``kernel.wireguard``):
+  one target per device, so a device that fails is retried alone.
 
 It owns the lock, the counters (read by the metrics collector), logging a failure once per
 distinct message, and the retry backoff. Nothing is pruned before the first lease snapshot, so a
@@ -136,7 +137,7 @@ class Converger:
         self._lock = asyncio.Lock()
         self._warned: set[tuple[Net, str]] = set()
         self._shared: dict[ipaddress.IPv4Address, frozenset[Net]] = {}
-        self._log = {name: LogOnce(log) for name in ("kernel", "pump", "cloud", "wg")}
+        self._log: dict[str, LogOnce] = {}  # per target
         self._backoff = Backoff(0.2, 10.0)
         self._retry_at: float | None = None
         self.programmed: Mapping[Net, Lease] = {}
@@ -284,6 +285,10 @@ class Converger:
             if (lease.subnet, why) not in self._warned:
                 self._warned.add((lease.subnet, why))
                 log.warning("skipping peer %s (%s): %s", lease.subnet, lease.attrs.public_ip, why)
+        for lease, why in selection.notes:
+            if (lease.subnet, why) not in self._warned:
+                self._warned.add((lease.subnet, why))
+                log.warning("peer %s (%s): %s", lease.subnet, lease.attrs.public_ip, why)
         self._warn_shared(own, selection.peers)
         facts = HostFacts()
         if self.backend.needs_onlink:
@@ -313,12 +318,18 @@ class Converger:
         self.applied[name] = plan
         self.stats.changes += changes
         self.stats.per_target[name] = self.stats.per_target.get(name, 0) + changes
-        self._log[name].ok(f"{name} reconcile works again")
+        self._logger(name).ok(f"{name} reconcile works again")
+
+    def _logger(self, name: str) -> LogOnce:
+        once = self._log.get(name)
+        if once is None:
+            once = self._log[name] = LogOnce(log)
+        return once
 
     def _failed(self, name: str, err: FlannelError) -> None:
         self.stats.errors += 1
         self.stats.errors_per_target[name] = self.stats.errors_per_target.get(name, 0) + 1
-        self._log[name].error(f"{name} reconcile failed, retrying with backoff: {err}")
+        self._logger(name).error(f"{name} reconcile failed, retrying with backoff: {err}")
 
     # ---- for the health endpoint -----------------------------------------------------------------
     def pump_table(self) -> PumpPlan | None:

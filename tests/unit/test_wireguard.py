@@ -89,14 +89,14 @@ def test_peer_set_skips_bad_keys_with_a_reason() -> None:
     assert set(sel.peers) == {Net("10.0.5.0/24"), Net("10.0.7.0/24")}
     assert [why for _, why in sel.skipped] == ["its BackendData has no valid PublicKey: "
                                                "{'PublicKey': 'not-a-key', 'Port': 51820}"]
-    wg_peers = plan_peers(backend.opts, sel.peers)
+    wg_peers = plan_peers(backend.opts, backend.devs[0], sel.peers)
     assert [(p.public_key, p.endpoint, p.allowed_ips) for p in wg_peers] == [
         (K1, "198.18.0.12:51820", ("10.0.5.0/24",)), (K2, "198.18.0.14:51820", ("10.0.7.0/24",))]  # Port 0: ours
 
 
 def test_plans_for_two_targets_and_no_prune_before_the_snapshot() -> None:
     backend = WireguardBackend(EXT, config())
-    backend.kind = "tun"
+    backend.kinds = {"flannel-wg": "tun"}
     own = lease("10.0.3.0/24", "198.18.0.11", {"PublicKey": OWN, "Port": 51820})
     wg, kernel = backend.plan(own, None, HostFacts())
     assert target_of(wg) == "wg" and target_of(kernel) == "kernel"

@@ -66,9 +66,9 @@ async def status(registry: EtcdRegistry, subnet_file: str, healthz_port: int, he
     text, ok = await asyncio.to_thread(_devices, config)  # pyroute2's sync API wants no loop
     line("devices", text, "" if ok else f"device: {text}")
     if config.backend_type == "wireguard" and ok:
-        for label, text in await asyncio.to_thread(_wg_peers, {le.attrs.backend_data.get("PublicKey"): le
-                                                               for le in snap.leases if le.subnet != own
-                                                               and isinstance(le.attrs.backend_data, dict)}):
+        keys = {le.attrs.backend_data.get("PublicKey"): le for le in snap.leases
+                if le.subnet != own and isinstance(le.attrs.backend_data, dict)}
+        for label, text in await asyncio.to_thread(_wg_peers, keys, device_names(config)):
             line(label, text)
     if healthz_port:
         text, ok = _health(healthz_ip, healthz_port)
@@ -95,36 +95,59 @@ def device_name(config: NetworkConfig) -> str | None:
             "wireguard": "flannel-wg"}.get(config.backend_type)
 
 
+def device_names(config: NetworkConfig) -> list[str]:
+    """Every device flanneld owns for this backend (wireguard's Mode "separate" on a dual-stack
+    network: flannel-wg and flannel-wg-v6)."""
+    first = device_name(config)
+    if first is None:
+        return []
+    if config.backend_type == "wireguard" and config.enable_ipv6 and config.backend_option("Mode",
+                                                                                           "separate") == "separate":
+        return [first, "flannel-wg-v6"]
+    return [first]
+
+
 def devices(config: NetworkConfig, links: Mapping[str, Link]) -> tuple[str, bool]:
-    """flanneld's device as the kernel has it: (what to show, whether it is fine)."""
-    want = device_name(config)
-    if want is None:
+    """flanneld's devices as the kernel has them: (what to show, whether they are fine)."""
+    names = device_names(config)
+    if not names:
         return "none needed", True
-    link = links.get(want)
-    if link is None:
-        return f"{want} MISSING", False
-    return f"{want} {'up' if link.up else 'DOWN'} mtu {link.mtu}", link.up
+    texts, ok = [], True
+    for want in names:
+        link = links.get(want)
+        if link is None:
+            texts.append(f"{want} MISSING")
+            ok = False
+        else:
+            texts.append(f"{want} {'up' if link.up else 'DOWN'} mtu {link.mtu}")
+            ok = ok and link.up
+    return ", ".join(texts), ok
 
 
-def _wg_peers(leases: dict[object, object]) -> list[tuple[str, str]]:
-    """One line per WireGuard peer of flannel-wg: its subnet (from the lease with its public key),
-    endpoint, last handshake and bytes, as ``wg show flannel-wg dump`` has them."""
+def _wg_peers(leases: dict[object, object], names: list[str]) -> list[tuple[str, str]]:
+    """One line per WireGuard peer of each device: its subnet (from the lease with its public key;
+    the IPv6 one on flannel-wg-v6), endpoint, last handshake and bytes, as ``wg show <dev> dump``
+    has them."""
     import time
 
     from ..core.wgconf import parse_dump
     from ..kernel.wireguard import wg_show_dump
 
-    try:
-        state = parse_dump(wg_show_dump("flannel-wg"))
-    except (FlannelError, ValueError) as err:
-        return [("wg peers", f"cannot read flannel-wg: {err}")]
-    out = [("wg peers", f"{len(state.peers)} on flannel-wg, listening on {state.listen_port}")]
-    now = time.time()
-    for p in sorted(state.peers.values(), key=lambda p: p.endpoint):
-        lease = leases.get(p.public_key)
-        subnet = str(lease.subnet) if lease is not None else "(no lease)"  # type: ignore[attr-defined]
-        seen = f"handshake {int(now - p.latest_handshake)}s ago" if p.latest_handshake else "no handshake yet"
-        out.append(("  peer", f"{subnet} {p.endpoint or '(no endpoint)'} {seen}, rx {p.rx} B, tx {p.tx} B"))
+    out = []
+    for dev in names:
+        try:
+            state = parse_dump(wg_show_dump(dev))
+        except (FlannelError, ValueError) as err:
+            out.append(("wg peers", f"cannot read {dev}: {err}"))
+            continue
+        out.append(("wg peers", f"{len(state.peers)} on {dev}, listening on {state.listen_port}"))
+        now = time.time()
+        for p in sorted(state.peers.values(), key=lambda p: p.endpoint):
+            lease = leases.get(p.public_key)
+            subnet = "(no lease)" if lease is None else str(
+                lease.ipv6_subnet if dev.endswith("-v6") else lease.subnet)  # type: ignore[attr-defined]
+            seen = f"handshake {int(now - p.latest_handshake)}s ago" if p.latest_handshake else "no handshake yet"
+            out.append(("  peer", f"{subnet} {p.endpoint or '(no endpoint)'} {seen}, rx {p.rx} B, tx {p.tx} B"))
     return out
 
 

@@ -76,6 +76,7 @@ class WgPlan:
     psk: str = field(default="", repr=False)
     prune: bool = True
     mtu: int = 1420  # for a device made again (wireguard-go gone)
+    target: str = "wg"  # the converger target of this device (flannel-wg-v6's: "wg-v6")
 
     def __len__(self) -> int:
         return len(self.peers)
@@ -85,20 +86,23 @@ Plan = DesiredState | PumpPlan | CloudPlan | WgPlan
 
 
 def target_of(plan: Plan) -> str:
-    """The name of the target a plan is for: ``kernel``, ``pump``, ``wg`` or ``cloud``."""
+    """The name of the target a plan is for: ``kernel``, ``pump``, ``cloud``, or the WireGuard
+    device's own (``wg``, ``wg-v6``: one target per device)."""
     if isinstance(plan, DesiredState):
         return "kernel"
     if isinstance(plan, WgPlan):
-        return "wg"
+        return plan.target
     return "pump" if isinstance(plan, PumpPlan) else "cloud"
 
 
 @dataclass(frozen=True)
 class Selection:
-    """The peers a backend can program, and those it skips with the reason (warned once each)."""
+    """The peers a backend can program, and those it skips with the reason (warned once each);
+    ``notes``: programmed peers of which a part is left out, with the reason (warned once each)."""
 
     peers: Mapping[Net, Lease]
     skipped: tuple[tuple[Lease, str], ...] = ()
+    notes: tuple[tuple[Lease, str], ...] = ()
 
 
 # id(lease) -> (that lease, why it is skipped or None): keyed by the object's id, an int, whose hash
