@@ -25,9 +25,9 @@ def lab_command(args: argparse.Namespace) -> int:
         if ipv6 and ipv6 != "dual":
             raise FlannelError(f"--ipv6 {ipv6}: the lab runs dual-stack networks (--ipv6 dual); IPv6-only "
                                "networks are not run by pyflannel yet")
-        if ipv6 and args.backend not in ("vxlan", "host-gw"):
-            raise FlannelError(f"--ipv6 dual: backend {args.backend} carries IPv4 only in this pyflannel; "
-                               "use --backend vxlan or --backend host-gw")
+        if ipv6 and args.backend not in ("vxlan", "host-gw", "wireguard"):
+            raise FlannelError(f"--ipv6 dual: backend {args.backend} carries IPv4 only (as Go flannel's); "
+                               "use --backend vxlan, host-gw or wireguard")
         if not 1 <= args.hosts <= 200:
             raise FlannelError(f"--hosts {args.hosts}: the lab runs 1..200 hosts")
         if args.kube:
