@@ -17,7 +17,8 @@ import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # pfbench.datapath.PATHS (not imported here: that needs pyflannel, which preflight checks first)
-DATA_PATHS = ("underlay", "hand-vxlan", "vxlan", "host-gw", "udp", "wireguard", "go-vxlan", "go-host-gw", "go-udp")
+DATA_PATHS = ("underlay", "hand-vxlan", "vxlan", "host-gw", "udp", "wireguard", "wireguard6", "go-vxlan", "go-host-gw",
+              "go-udp")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     go = not args.no_go and common.ensure_go_flannel(notes)
     impls = ["", "go"] if go else [""]
     wanted = args.path_list if go else tuple(p for p in args.path_list if not p.startswith("go-"))
-    if go and args.only in (None, "datapath") and "wireguard" in wanted:
+    if go and args.only in (None, "datapath") and ("wireguard" in wanted or "wireguard6" in wanted):
         notes.append("wireguard: no Go flannel column: Go flannel's wireguard backend creates the kernel's "
                      "WireGuard device (netlink) and has no userspace fallback; this machine's kernel has no "
                      "WireGuard, so only pyflannel's wireguard (over wireguard-go) is measured")

@@ -8,6 +8,8 @@ Paths, each in its own lab (all up at once, so the rounds interleave and drift h
     host-gw      flanneld, host-gw backend (pfb-hostgw)
     udp          flanneld, udp backend: TUN + the pump (pfb-udp)   reference: vxlan
     wireguard    flanneld, wireguard backend over wireguard-go (pfb-wg)   reference: vxlan
+    wireguard6   the same on a dual-stack lab (pfb-wg6), container to container over IPv6:
+                 flannel-wg-v6 over the IPv6 underlay               reference: wireguard
     go-vxlan, go-host-gw, go-udp
                  Go flannel's flanneld (the original, lab/goflannel.py) with the same flags
                  (pfb-govxlan, pfb-gohostgw, pfb-goudp): each pyflannel path's anchor (issue 14)
@@ -34,9 +36,10 @@ from pyflannel.lab.netns import LabError, in_ns, ns_pids, sh
 
 from .common import BenchError, Figure, cpu_seconds, log, percentile
 
-PATHS = ("underlay", "hand-vxlan", "vxlan", "host-gw", "udp", "wireguard", "go-vxlan", "go-host-gw", "go-udp")
+PATHS = ("underlay", "hand-vxlan", "vxlan", "host-gw", "udp", "wireguard", "wireguard6", "go-vxlan", "go-host-gw",
+         "go-udp")
 RATIO_TO = {"vxlan": "hand-vxlan", "host-gw": "hand-vxlan", "udp": "vxlan", "wireguard": "vxlan",
-            "go-vxlan": "hand-vxlan", "go-host-gw": "hand-vxlan", "go-udp": "vxlan"}
+            "wireguard6": "wireguard", "go-vxlan": "hand-vxlan", "go-host-gw": "hand-vxlan", "go-udp": "vxlan"}
 GO_OF = {"vxlan": "go-vxlan", "host-gw": "go-host-gw", "udp": "go-udp"}  # pyflannel path -> Go flannel's
 METRICS = {  # name -> unit; higher is better for the first three (the chart's six panels)
     "tcp_1": "Gbit/s", "tcp_4": "Gbit/s", "udp64_pps": "packets/s",
@@ -47,9 +50,11 @@ NO_RATIO = ("cpu_s_per_gb", "wg_go_cpu_s_per_gb")
 LABS = {  # path -> (lab name, backend, runs Go flannel)
     "vxlan": ("pfb-vxlan", "vxlan", False), "host-gw": ("pfb-hostgw", "host-gw", False),
     "udp": ("pfb-udp", "udp", False), "wireguard": ("pfb-wg", "wireguard", False),
+    "wireguard6": ("pfb-wg6", "wireguard", False),
     "go-vxlan": ("pfb-govxlan", "vxlan", True), "go-host-gw": ("pfb-gohostgw", "host-gw", True),
     "go-udp": ("pfb-goudp", "udp", True),
 }
+IPV6_PATHS = ("wireguard6",)  # dual-stack labs, measured between the containers' IPv6 addresses
 PING_COUNT = 2000
 
 
@@ -86,7 +91,8 @@ def build(notes: list[str], info: dict[str, str], wanted: tuple[str, ...] = PATH
             continue
         who = "Go flannel's flanneld" if go else "flanneld"
         log(f"data path: bringing up {name} ({backend}, 2 hosts, {who})")
-        lab = Lab(name=name, hosts_n=2, backend=backend, go_hosts=(1, 2) if go else ())
+        v6 = path_name in IPV6_PATHS
+        lab = Lab(name=name, hosts_n=2, backend=backend, go_hosts=(1, 2) if go else (), ipv6="dual" if v6 else "")
         try:
             lab.up()
         except LabError as err:
@@ -96,13 +102,14 @@ def build(notes: list[str], info: dict[str, str], wanted: tuple[str, ...] = PATH
         a, b = lab.hosts
         if path_name == "udp":
             info["udp_pump"] = _pump_line(lab.log_tail(a, 400))
-        ok, out = lab.ping(a, b, count=3)
+        dst = b.container_ip6 if v6 else b.container_ip
+        ok, out = lab.ping6(a, b, count=3) if v6 else lab.ping(a, b, count=3)
         if not ok:
-            notes.append(f"{path_name}: containers {a.container_ip} -> {b.container_ip} cannot ping each other; "
+            notes.append(f"{path_name}: containers {a.container_ns} -> {dst} cannot ping each other; "
                          f"no figures for it. ping said: {out.strip()[-300:]}")
             log(notes[-1])
             continue
-        paths.append(Path(path_name, a.container_ns, b.container_ns, "eth0", b.container_ip,
+        paths.append(Path(path_name, a.container_ns, b.container_ns, "eth0", dst,
                           [lab.flanneld_pid(a), lab.flanneld_pid(b)],
                           [p for h in (a, b) for p in ns_pids(h.ns) if _comm(p) == "wireguard-go"]))
     return paths

@@ -204,8 +204,8 @@ def chart(doc: dict[str, Any], path: str) -> None:
     paths = [p for p in PATHS if any(b == p for b, _ in rows)]
     fig, axes = plt.subplots(2, 3, figsize=(18, 9))
     colors = {"underlay": "#9e9e9e", "hand-vxlan": "#5c6bc0", "vxlan": "#26a69a", "host-gw": "#66bb6a",
-              "udp": "#ef6c00", "wireguard": "#8e24aa", "go-vxlan": "#80cbc4", "go-host-gw": "#a5d6a7",
-              "go-udp": "#ffcc80"}
+              "udp": "#ef6c00", "wireguard": "#8e24aa", "wireguard6": "#ba68c8", "go-vxlan": "#80cbc4",
+              "go-host-gw": "#a5d6a7", "go-udp": "#ffcc80"}
     for ax, metric in zip(axes.flat, METRICS, strict=True):
         scale = 1e-3 if metric == "udp64_pps" else 1.0
         names = [p for p in paths if (p, metric) in rows]
