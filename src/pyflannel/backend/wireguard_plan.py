@@ -171,11 +171,11 @@ def plan_peers(opts: WgOptions, dev: WgDevice, peers: Mapping[ipaddress.IPv4Netw
     subnets, over the endpoint family of the Mode (``own4``/``own6``: our public addresses, which
     auto mode weighs as Go does)."""
     out = []
-    for sn, lease in peers.items():
+    for lease in peers.values():
         has6 = dev.v6 and _has_v6(lease)
         allowed: list[str] = []
         if dev.v4:
-            allowed.append(str(sn))
+            allowed.append(str(lease.subnet))
         if has6:
             allowed.append(str(lease.ipv6_subnet))
         if not allowed:
