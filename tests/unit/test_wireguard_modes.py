@@ -202,7 +202,6 @@ def test_converger_applies_each_device_plan_to_its_own_target(caplog) -> None:
     be = backend()
     wg4, wg6, kernel = DeviceTarget(), DeviceTarget(fail=True), DeviceTarget()
     conv = Converger(be)  # type: ignore[arg-type]
-    conv.kernel = kernel  # type: ignore[assignment]
     conv.targets = {"kernel": kernel, "wg": wg4, "wg-v6": wg6}
     conv.own = OWN_LEASE
     conv.mark_dirty({le.subnet: le for le in (OWN_LEASE, peer(1), peer(2))})
