@@ -286,3 +286,27 @@ def test_a_second_network_asking_for_the_same_vxlan_device_is_refused(ns: str) -
                               "two networks on one host need different VXLAN VNIs"), refused
     assert '"VNI": 2' in refused
     assert "flannel.1" in links and "flannel.2" in links
+
+
+def test_a_full_run_recreates_a_deleted_device_before_setting_its_sysctls(ns: str) -> None:
+    """flannel.1 deleted by hand, and the full run comes after the kernel has removed it (the
+    chaos soak, seed 1 on vxlan: a busy host): its accept_ra sysctl is gone with it. The run must
+    create the device first and then set it, not fail on the sysctl before the device and retry
+    the same failure for good."""
+    from pyflannel.core.desired import LinkSpec, VxlanSpec
+
+    idx = int(sh(["ip", "-n", ns, "-j", "link", "show", "v0"]).stdout.split('"ifindex":')[1].split(",")[0])
+    spec = LinkSpec("flannel.1", "vxlan", 1450, "aa:bb:cc:00:00:01",
+                    VxlanSpec(1, 0, ipaddress.IPv4Address("198.18.0.1"), idx))
+    desired = DesiredState(NET, links=(spec,), routes=frozenset({Route(ipaddress.IPv4Network("10.0.5.0/24"),
+                                                                       "flannel.1", ipaddress.IPv4Address("10.0.5.0"),
+                                                                       True)}),
+                           sysctls=(("net/ipv6/conf/flannel.1/accept_ra", "0"),))
+    rec = Reconciler()
+    in_netns(ns, lambda: rec.apply(desired))
+    sh(["ip", "-n", ns, "link", "del", "flannel.1"])
+    in_netns(ns, lambda: rec.apply(desired))
+    assert "aa:bb:cc:00:00:01" in sh(["ip", "-n", ns, "link", "show", "flannel.1"]).stdout
+    assert "10.0.5.0/24" in routes(ns)
+    accept_ra = sh(["ip", "netns", "exec", ns, "cat", "/proc/sys/net/ipv6/conf/flannel.1/accept_ra"]).stdout
+    assert accept_ra.strip() == "0"

@@ -259,10 +259,12 @@ class Reconciler:
         self._believed = None
         self.full_runs += 1
         self.expected_gone.clear()  # a leftover (an entry that was already gone) must not hide a later deletion
-        for path, value in desired.sysctls:
-            netlink.set_sysctl(path, value)
         with netlink.session("reconcile") as ipr:
             links = [self.ensure_link(ipr, spec) for spec in desired.links]
+            # after the devices: a device's own setting (accept_ra) is gone while the device is
+            # (deleted by hand), and failing on it first would keep the device from being made again
+            for path, value in desired.sysctls:
+                netlink.set_sysctl(path, value)
             with guard("list devices"):
                 self._index = {m.get("ifname"): m["index"] for m in ipr.get_links()}
             for a in desired.addresses:
