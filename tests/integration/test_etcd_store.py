@@ -243,6 +243,23 @@ def test_previous_subnet_ignored_when_taken_or_incompatible(etcd_server):
     assert get_json(etcd_server, SUBNETS + "10.0.77.0-24")["value"] == b'{"PublicIP":"198.18.0.99","PublicIPv6":null}'
 
 
+def test_previous_subnet_whose_key_holds_garbage_is_written_back(etcd_server):
+    """Our key overwritten with garbage while flanneld was down (the chaos soak, seed 1 on vxlan):
+    the restart takes its subnet.env's subnet back over the garbage, not a new subnet beside a
+    garbage key that would hold the old one for good (garbage elsewhere stays taken:
+    test_garbage_valued_keys_count_as_taken)."""
+    prev = N4("10.0.77.0/24")
+    ctl(etcd_server, "put", SUBNETS + "10.0.77.0-24", "soak garbage {not json")
+
+    async def body(reg: EtcdRegistry):
+        return await LeaseManager(reg, attrs("198.18.0.11"), previous_subnet=prev).acquire(CONFIG16)
+
+    mine = run(with_registry(etcd_server, body))
+    assert (mine.how, mine.lease.subnet) == ("previous", prev)
+    kv = get_json(etcd_server, SUBNETS + "10.0.77.0-24")
+    assert kv["value"] == b'{"PublicIP":"198.18.0.11","PublicIPv6":null}' and kv["lease"] == mine.lease.lease_id != 0
+
+
 def test_renew_gives_new_lease_same_key_and_value(etcd_server):
     mine = attrs("198.18.0.11", backend_type="host-gw")
 

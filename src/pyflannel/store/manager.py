@@ -24,7 +24,7 @@ from ..core.backoff import LogOnce
 from ..core.config import NetworkConfig
 from ..core.errors import AllocationError, StoreUnavailable
 from ..core.events import BadLease, Changes, Snapshot, WatchLost
-from ..core.lease import Lease, LeaseAttrs
+from ..core.lease import Lease, LeaseAttrs, render_subnet_key
 from .registry import Registry
 
 log = logging.getLogger(__name__)
@@ -134,11 +134,21 @@ class LeaseManager:
             return None
         if config.enable_ipv6 and prev6 is None:  # a subnet.env (or lease) of before IPv6: a new IPv6 subnet
             prev6 = pick_subnet_v6(config, _taken6(snap), self.rng)
+        # our own key overwritten with something that is no lease while we were down (a lease has a
+        # TTL, garbage none: it would keep the subnet for good): ours to write back, as keeper.py
+        # does while we run
+        key = "/" + render_subnet_key(prev, prev6)
+        garbage = next((b for b in snap.bad if b.subnet == prev and b.key.endswith(key) and b.mod_revision), None)
+        snap = replace(snap, bad=tuple(b for b in snap.bad if b is not garbage))
         taken, taken6 = _taken(snap) if config.enable_ipv4 else [], _taken6(snap)
         free = not any(prev.overlaps(t) for t in taken) and not (prev6 and any(prev6.overlaps(t) for t in taken6))
         if lease_fits(config, prev, prev6) and free:
-            new = await self.registry.create_lease(prev, self.attrs, self.ttl, prev6)
-            return new, "previous"
+            if garbage is None:
+                return await self.registry.create_lease(prev, self.attrs, self.ttl, prev6), "previous"
+            log.warning("our previous subnet %s from subnet.env: its key holds something that is not a lease (%s); "
+                        "writing our lease over it", prev, garbage.reason)
+            over = Lease(prev, self.attrs, prev6, 0, garbage.mod_revision)
+            return await self.registry.update_lease(over, self.attrs, self.ttl), "previous"
         log.info("not reusing previous subnet %s%s from subnet.env: taken or outside the network config", prev,
                  f" {prev6}" if prev6 else "")
         self.previous_subnet = self.previous_ipv6_subnet = None
