@@ -21,6 +21,7 @@ import asyncio
 import gc
 import ipaddress
 import logging
+import time
 from dataclasses import dataclass, field
 
 from . import kubemode, preflight
@@ -51,6 +52,9 @@ from .systemd import sd_notify
 
 log = logging.getLogger("flanneld")
 
+# a peer's deleted lease leaves the data path this much later, unless its owner puts it back first
+# (keeper.py retakes it within milliseconds): a lease deleted by hand then costs no packet
+LEASE_DELETE_GRACE_S = 2.0
 SUBNET_FILE_RETRY_S = 5.0  # longest wait between two tries at an unwritable subnet.env
 SUBNET_FILE_EXTEND_S = 30.0  # each try extends systemd's start timeout by this much
 
@@ -86,7 +90,8 @@ class Conductor:
         self.backend: Backend | None = None
         self.converger: Converger | None = None
         self.keeper: LeaseKeeper | None = None
-        self.peers = PeerTable()
+        self.peers = PeerTable(grace=LEASE_DELETE_GRACE_S)
+        self._expiry: asyncio.TimerHandle | None = None  # when the next deleted lease leaves the table
         self._bad_seen: set[str] = set()
         self._v6_seen: set[str] = set()
         self.stats = Stats()
@@ -327,7 +332,8 @@ class Conductor:
                 self.stats.watch_relists += 0 if first else 1
             log_bad(ev.bad, self._bad_seen)
             self.keeper.observe(ev)
-            delta = self.peers.apply(ev)
+            delta = self.peers.apply(ev, time.monotonic())
+            self._schedule_expiry()
             log.debug("store %s at revision %d: %d added, %d removed, %d changed, %d bad; %d leases known",
                       type(ev).__name__.lower(), ev.revision, len(delta.added), len(delta.removed),
                       len(delta.changed), len(ev.bad), len(self.peers.leases))
@@ -335,12 +341,32 @@ class Conductor:
                 if le.subnet != own:
                     self._bad_seen.discard(le.key)
                     log.info("peer added subnet=%s public_ip=%s", le.subnet, le.attrs.public_ip)
-            for le in delta.removed:
-                if le.subnet != own:
-                    log.info("peer removed subnet=%s public_ip=%s", le.subnet, le.attrs.public_ip)
+            self._log_removed(delta.removed, own)
             if delta or first:
                 self.converger.mark_dirty(self.peers.leases)
             first = False
+
+    def _log_removed(self, removed: tuple[Lease, ...], own: ipaddress.IPv4Network) -> None:
+        for le in removed:
+            if le.subnet != own:
+                log.info("peer removed subnet=%s public_ip=%s", le.subnet, le.attrs.public_ip)
+
+    def _schedule_expiry(self) -> None:
+        """A timer for the first deleted lease still in its grace (PeerTable.expire), if any."""
+        at = self.peers.next_expiry()
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if at is not None:
+            self._expiry = asyncio.get_running_loop().call_later(max(0.0, at - time.monotonic()), self._expire)
+
+    def _expire(self) -> None:
+        self._expiry = None
+        delta = self.peers.expire(time.monotonic())
+        if self.keeper is not None and self.converger is not None and delta:
+            self._log_removed(delta.removed, self.keeper.subnet)
+            self.converger.mark_dirty(self.peers.leases)
+        self._schedule_expiry()
 
     async def traffic_loop(self) -> None:
         """Re-check our iptables/nftables rules every ``-iptables-resync`` seconds; restore them if

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from pyflannel.daemon import LEASE_DELETE_GRACE_S
 from pyflannel.lab.cluster import PREFIX, Lab
 from pyflannel.lab.netns import in_ns, sh
 
@@ -106,7 +107,7 @@ def test_etcd_outage_keeps_traffic_and_catches_up(lab: Lab) -> None:
         assert all_pairs_ping(lab) == [], "every pair still pings with etcd down"
         lab.start_etcd()
         wait_for(lambda: all(has_route(h, "10.0.252.0/24") and not has_route(h, gone) for h in lab.hosts),
-                 timeout=2, what="the changes made during the outage, on every host")
+                 timeout=LEASE_DELETE_GRACE_S + 2, what="the changes made during the outage, on every host")
         out = ping.communicate(timeout=60)[0]
     finally:
         if ping.poll() is None:

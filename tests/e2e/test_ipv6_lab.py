@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from pyflannel.daemon import LEASE_DELETE_GRACE_S
 from pyflannel.lab.cluster import PREFIX, Lab
 from pyflannel.lab.ipv6 import NETWORK6, host_ip6
 from pyflannel.lab.netns import in_ns, sh
@@ -102,7 +103,7 @@ def test_deleted_lease_removes_both_families(lab: Lab) -> None:
         return all(not ip(h.ns, "-6", "route", "show", str(subnet6(lab, h3))).strip()
                    and not ip(h.ns, "route", "show", sn).strip() for h in (h1, h2))
 
-    wait_for(gone, timeout=2.0, what="h3's IPv4 and IPv6 routes to go on h1 and h2")
+    wait_for(gone, timeout=LEASE_DELETE_GRACE_S + 2, what="h3's IPv4 and IPv6 routes to go on h1 and h2")
     lab.start_flanneld(h3)  # back on the same subnets from its subnet.env
     wait_for(lambda: programmed6(lab, h1, h3) and programmed6(lab, h2, h3), what="h3 back")
     assert key(lab, h3) == k3

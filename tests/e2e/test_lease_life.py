@@ -9,14 +9,16 @@ import json
 import os
 import re
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 
+from pyflannel.daemon import LEASE_DELETE_GRACE_S
 from pyflannel.lab.cluster import Host, Lab
 
-from .helpers import lease_key, log_text, subnet_of, wait_for
+from .helpers import ip, lease_key, log_text, subnet_of, wait_for
 
 TTL = 5  # the smallest -subnet-lease-ttl flanneld accepts: it renews every few seconds
 SHORT_LEASES = (f"-subnet-lease-ttl={TTL}", "-subnet-lease-renew-margin=1")
@@ -105,12 +107,25 @@ def test_renewals_refresh_the_ttl_and_the_key_never_goes(lab: Lab) -> None:
 
 
 def test_a_deleted_lease_is_taken_again_and_renewed(lab: Lab) -> None:
-    h = lab.hosts[1]
+    """...and its peers keep their route to it meanwhile (the chaos soak counted 9 pings lost on
+    every deleted lease while they removed it and added it back): a deletion takes effect only
+    LEASE_DELETE_GRACE_S later, and the owner's retake cancels it."""
+    h, peer = lab.hosts[1], lab.hosts[0]
     before, env = key_of(lab, h), subnet_env(lab, h)
     assert before is not None
-    lab.etcdctl("del", lease_key(h))
-    again = wait_for(lambda: (k := key_of(lab, h)) is not None and k.create_revision > before.create_revision and k,
-                     timeout=10, what="h2's lease key created again")
+    monitor = subprocess.Popen(["ip", "-n", peer.ns, "monitor", "route"], stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.3)  # the monitor listens before the delete
+        lab.etcdctl("del", lease_key(h))
+        again = wait_for(lambda: (k := key_of(lab, h)) is not None and k.create_revision > before.create_revision
+                         and k, timeout=10, what="h2's lease key created again")
+        time.sleep(LEASE_DELETE_GRACE_S + 0.5)  # past the grace: a removal that was not cancelled has happened
+    finally:
+        monitor.terminate()
+    route_events = monitor.communicate(timeout=5)[0]
+    net = subnet_of(h)
+    assert f"Deleted {net}" not in route_events, f"h1 removed its route to h2 meanwhile:\n{route_events}"
+    assert net in ip(peer.ns, "route", "show", net)
     assert again.value == before.value, "the same subnet, for the same host"
     assert again.lease_id != 0, "with a TTL again"
     assert lab.flanneld_pid(h) is not None, "flanneld kept running"

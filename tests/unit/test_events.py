@@ -159,3 +159,40 @@ def test_peers_excludes_own_subnet():
     peers = dict(t.peers(A.subnet))
     peers.clear()
     assert len(t.leases) == 3
+
+
+def test_a_deleted_lease_leaves_after_its_grace():
+    t = PeerTable(grace=2.0)
+    t.apply(Snapshot((A, B), revision=10))
+    assert not t.apply(Changes(deletes=(B.subnet,), revision=11), now=100.0)
+    assert t.leases == {A.subnet: A, B.subnet: B} and t.next_expiry() == 102.0
+    assert not t.expire(101.9) and B.subnet in t.leases
+    assert t.expire(102.0).removed == (B,)
+    assert t.leases == {A.subnet: A} and t.next_expiry() is None
+    assert not t.apply(Changes(deletes=(C.subnet,), revision=12), now=103.0) and t.next_expiry() is None
+
+
+def test_a_deleted_lease_put_back_within_its_grace_changes_nothing():
+    t = PeerTable(grace=2.0)
+    t.apply(Snapshot((A, B), revision=10))
+    t.apply(Changes(deletes=(B.subnet,), revision=11), now=100.0)
+    back = lease("10.0.2.0/24", "192.168.0.2", mac="aa:aa:aa:aa:aa:02", lease_id=7, rev=12)
+    assert not t.apply(Changes(puts=(back,), revision=12), now=100.05)  # its owner took it again
+    assert t.leases[B.subnet] is back and t.next_expiry() is None and not t.expire(110.0)
+
+
+def test_a_deleted_subnet_taken_by_another_host_within_the_grace_changes_at_once():
+    t = PeerTable(grace=2.0)
+    t.apply(Snapshot((A, B), revision=10))
+    t.apply(Changes(deletes=(B.subnet,), revision=11), now=100.0)
+    other = lease("10.0.2.0/24", "192.168.0.9", mac="aa:aa:aa:aa:aa:09", rev=12)
+    assert t.apply(Changes(puts=(other,), revision=12), now=100.5).changed == (other,)
+    assert t.leases[B.subnet] is other and not t.expire(110.0)
+
+
+def test_a_snapshot_without_a_departing_lease_removes_it_at_once():
+    t = PeerTable(grace=2.0)
+    t.apply(Snapshot((A, B), revision=10))
+    t.apply(Changes(deletes=(B.subnet,), revision=11), now=100.0)
+    assert t.apply(Snapshot((A,), revision=12), now=100.5).removed == (B,)
+    assert t.next_expiry() is None and t.leases == {A.subnet: A}

@@ -70,21 +70,35 @@ class PeerDelta:
 class PeerTable:
     """Known leases by subnet (ours included). ``apply`` costs O(size of the event) for changes,
     O(N) for a snapshot, and says what changed for the data path: who is where. A renewal (a new
-    lease id or revision) updates the entry but is no change."""
+    lease id or revision) updates the entry but is no change.
+
+    A DELETE takes effect ``grace`` seconds later (``expire``), not at once: a lease deleted by
+    hand is put back by its owner within milliseconds (keeper.py), and removing its routes
+    meanwhile only drops that host's packets. A put of the subnet within the grace cancels the
+    removal (and changes the data path only if the lease says something else: another host took
+    the subnet); a snapshot without the key removes it at once."""
 
     leases: dict[ipaddress.IPv4Network, Lease] = field(default_factory=dict)
     revision: int = 0
+    grace: float = 0.0
+    departing: dict[ipaddress.IPv4Network, float] = field(default_factory=dict)  # subnet -> when it goes
 
-    def apply(self, event: Snapshot | Changes) -> PeerDelta:
+    def apply(self, event: Snapshot | Changes, now: float = 0.0) -> PeerDelta:
         self.revision = max(self.revision, event.revision)
         if isinstance(event, Snapshot):
+            self.departing.clear()
             return self._replace(event)
         added, removed, changed = [], [], []
         for subnet in event.deletes:
+            if self.grace > 0:
+                if subnet in self.leases:
+                    self.departing.setdefault(subnet, now + self.grace)
+                continue
             old = self.leases.pop(subnet, None)
             if old is not None:
                 removed.append(old)
         for lease in event.puts:
+            self.departing.pop(lease.subnet, None)
             old = self.leases.get(lease.subnet)
             self.leases[lease.subnet] = lease
             if old is None:
@@ -92,6 +106,21 @@ class PeerTable:
             elif _identity(old) != _identity(lease):
                 changed.append(lease)
         return PeerDelta(tuple(added), tuple(removed), tuple(changed))
+
+    def next_expiry(self) -> float | None:
+        """When the first deleted lease goes (the clock of ``apply``'s ``now``), or None."""
+        return min(self.departing.values(), default=None)
+
+    def expire(self, now: float) -> PeerDelta:
+        """Remove the deleted leases whose grace is over and that were not put back."""
+        gone = [sn for sn, at in self.departing.items() if at <= now]
+        removed = []
+        for subnet in gone:
+            del self.departing[subnet]
+            old = self.leases.pop(subnet, None)
+            if old is not None:
+                removed.append(old)
+        return PeerDelta(removed=tuple(removed))
 
     def _replace(self, event: Snapshot) -> PeerDelta:
         fresh = {lease.subnet: lease for lease in event.leases}
