@@ -1,7 +1,7 @@
 # pyflannel: `make demo` runs the lab demo, `make test` the whole test suite (both as root;
 # both install what is missing first). `make bench` runs the benchmark suite (bench/README.md; not
 # part of `make test`). `make soak` runs the chaos soak (README: Chaos soak; SOAK_ARGS=--minutes N --seed S
-# --backend vxlan|host-gw). `make deb` builds the Debian package (build/pyflannel_*.deb; README: Install).
+# --backend udp|vxlan|host-gw|wireguard). `make deb` builds the Debian package (build/pyflannel_*.deb; README: Install).
 VENV ?= .venv
 PYTEST_ARGS ?=
 DEMO_ARGS ?=

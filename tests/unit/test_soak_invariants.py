@@ -69,6 +69,58 @@ def test_kernel_matches_leases_host_gw_and_a_stale_route_shows() -> None:
     assert actual_kernel("host-gw", NET, None, routes, "", "") - want == {"route 10.0.9.0/24 via 198.18.0.19 dev eth0"}
 
 
+def udp_lease(ip: str) -> bytes:
+    return json.dumps({"PublicIP": ip}).encode()  # Go flannel's udp lease: no BackendType, no BackendData
+
+
+def test_kernel_matches_leases_udp_the_pump_table_and_the_network_route() -> None:
+    leases, _ = read_leases([("/p/subnets/10.0.5.0-24", udp_lease("198.18.0.12"), 1),
+                             ("/p/subnets/10.0.6.0-24", udp_lease("198.18.0.11"), 1),
+                             ("/p/subnets/10.0.7.0-24", udp_lease("198.18.0.13"), 1)], set())
+    want = expected_kernel("udp", leases, "198.18.0.11", NET)
+    assert want == {"route 10.0.0.0/16 dev flannelN", "pump 10.0.5.0/24 198.18.0.12:8285",
+                    "pump 10.0.7.0/24 198.18.0.13:8285"}
+    routes = json.dumps([{"dst": "10.0.0.0/16", "dev": "flannel0", "prefsrc": "10.0.6.0"},
+                         {"dst": "10.0.6.0/24", "dev": "docker0"}])
+    peers = {"backend": "udp", "subnet": "10.0.6.0/24", "peers": [
+        {"subnet": "10.0.5.0/24", "public_ip": "198.18.0.12", "port": 8285},
+        {"subnet": "10.0.7.0/24", "public_ip": "198.18.0.13", "port": 8285}]}
+    own = ipaddress.IPv4Network("10.0.6.0/24")
+    assert actual_kernel("udp", NET, own, routes, peers=json.dumps(peers)) == want
+    # a row the leases do not have, a lease the pump lacks, the route gone, flanneld not answering
+    peers["peers"][1] = {"subnet": "10.0.9.0/24", "public_ip": "198.18.0.19", "port": 8285}
+    have = actual_kernel("udp", NET, own, "[]", peers=json.dumps(peers))
+    assert want - have == {"route 10.0.0.0/16 dev flannelN", "pump 10.0.7.0/24 198.18.0.13:8285"}
+    assert have - want == {"pump 10.0.9.0/24 198.18.0.19:8285"}
+    assert actual_kernel("udp", NET, own, routes, peers=None) == {
+        "route 10.0.0.0/16 dev flannelN", "pump: flanneld's /peers did not answer"}
+
+
+def wg_lease(ip: str, key: str, port: int | None = 51820) -> bytes:
+    data = {"PublicKey": key} | ({"Port": port} if port is not None else {})
+    return json.dumps({"PublicIP": ip, "BackendType": "wireguard", "BackendData": data}).encode()
+
+
+def test_kernel_matches_leases_wireguard_the_device_peers_and_the_network_route() -> None:
+    k2, k3 = "B" * 43 + "=", "C" * 43 + "="
+    leases, _ = read_leases([("/p/subnets/10.0.5.0-24", wg_lease("198.18.0.12", k2), 1),
+                             ("/p/subnets/10.0.6.0-24", wg_lease("198.18.0.11", "A" * 43 + "="), 1),
+                             ("/p/subnets/10.0.7.0-24", wg_lease("198.18.0.13", k3, None), 1)], set())
+    want = expected_kernel("wireguard", leases, "198.18.0.11", NET)
+    assert want == {"route 10.0.0.0/16 dev flannel-wg", f"wg {k2} 198.18.0.12:51820 10.0.5.0/24",
+                    f"wg {k3} 198.18.0.13:51820 10.0.7.0/24"}  # no Port: ours, as Go flannel
+    dump = "\n".join(["PRIVATE\tPUBLIC\t51820\toff",
+                      f"{k2}\t(none)\t198.18.0.12:51820\t10.0.5.0/24\t1700000000\t10\t20\t25",
+                      f"{k3}\t(none)\t198.18.0.13:51820\t10.0.7.0/24\t0\t0\t0\t25"]) + "\n"
+    routes = json.dumps([{"dst": "10.0.0.0/16", "dev": "flannel-wg"}])
+    own = ipaddress.IPv4Network("10.0.6.0/24")
+    assert actual_kernel("wireguard", NET, own, routes, wg=dump) == want
+    stale = dump.replace(f"{k3}\t(none)\t198.18.0.13:51820\t10.0.7.0/24", f"{k3}\t(none)\t198.18.0.13:51820\t(none)")
+    assert want - actual_kernel("wireguard", NET, own, routes, wg=stale) == {f"wg {k3} 198.18.0.13:51820 10.0.7.0/24"}
+    assert actual_kernel("wireguard", NET, own, "[]", wg=None) == {"wg: `wg show flannel-wg dump` failed"}
+    assert "PRIVATE" not in str(actual_kernel("wireguard", NET, own, routes, wg=dump))
+
+
 def test_subnet_env_may_change_only_after_its_lease_ended() -> None:
     w = EnvWatch()
     assert w.update(1, "A") is None and w.update(1, "A") is None and w.update(1, None) is None

@@ -7,7 +7,7 @@ import pytest
 
 from pyflannel.lab.soak.__main__ import parse
 from pyflannel.lab.soak.report import heal_time, markdown, summarize, svg
-from pyflannel.lab.soak.schedule import Fault
+from pyflannel.lab.soak.schedule import Fault, not_applicable
 
 T0 = 1000.0
 
@@ -55,8 +55,8 @@ def test_loss_and_heal_per_kind() -> None:
 
 
 @pytest.mark.parametrize(("args", "needle"), [
-    (["--backend", "udp"], "the soak does not check it yet"),
-    (["--backend", "nope"], "--backend nope: the soak runs vxlan, host-gw"),
+    (["--backend", "aws-vpc"], "--backend aws-vpc: the soak runs udp, vxlan, host-gw, wireguard"),
+    (["--backend", "nope"], "--backend nope: the soak runs udp, vxlan, host-gw, wireguard"),
     (["--minutes", "0"], "--minutes 0"),
     (["--hosts", "1"], "--hosts 1"),
     (["--kinds", "route-delete,bogus"], "--kinds: unknown fault kind bogus"),
@@ -71,3 +71,13 @@ def test_bad_arguments_are_one_line(args: list[str], needle: str, capsys: pytest
 def test_good_arguments() -> None:
     o = parse(["--minutes", "2", "--seed", "9", "--backend", "host-gw", "--kinds", "route-delete, host-cut"])
     assert (o.minutes, o.seed, o.backend, o.kinds) == (2, 9, "host-gw", ("route-delete", "host-cut"))
+
+
+def test_udp_report_lists_the_kinds_that_do_not_apply_and_a_restart_as_data_path() -> None:
+    m = meta() | {"backend": "udp", "kinds_not_applicable": not_applicable("udp")}
+    rep = summarize(m, [rec(1, "flanneld-sigkill", T0 + 5, T0 + 6)], {}, 100, [(T0 + 7, True)], [], T0, T0 + 10)
+    assert rep["kinds"]["flanneld-sigkill"]["data_path"] is True
+    table = markdown(rep)
+    assert "Fault kinds not applicable on udp (not injected):" in table
+    assert "- fdb-delete: only vxlan programs FDB entries" in table
+    assert "| flanneld-sigkill | yes | 1 |" in table

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pyflannel.lab.soak.schedule import DEFAULT_KINDS, KINDS, kinds_for, schedule
+from pyflannel.lab.soak.schedule import DEFAULT_KINDS, KINDS, kinds_for, not_applicable, schedule, touches_data_path
 
 HOSTS = (1, 2, 3, 4, 5)
 
@@ -68,6 +68,20 @@ def test_every_kind_and_target_shows_up_in_a_long_run() -> None:
 def test_kinds_for_a_backend_and_unknown_kinds() -> None:
     assert "fdb-delete" in kinds_for("vxlan")
     assert "fdb-delete" not in kinds_for("host-gw")
+    assert "device-delete" in kinds_for("wireguard") and "route-delete" in kinds_for("udp")
+    skipped = not_applicable("udp")
+    assert set(skipped) == {"neigh-delete", "fdb-delete", "device-delete"}
+    assert "TUN device" in skipped["device-delete"] and "only vxlan" in skipped["fdb-delete"]
+    assert not_applicable("host-gw")["device-delete"] == "host-gw has no device of its own"
+    assert not_applicable("vxlan") == {} and set(not_applicable("host-gw", ("fdb-delete", "host-cut"))) == {
+        "fdb-delete"}
+    assert set(not_applicable("udp")).isdisjoint(kinds_for("udp"))
+
+
+def test_a_flanneld_restart_touches_udps_data_path_only() -> None:
+    assert touches_data_path("flanneld-sigkill", "udp") and touches_data_path("flanneld-sigterm", "udp")
+    assert not touches_data_path("flanneld-sigkill", "vxlan") and not touches_data_path("flanneld-sigkill", "wireguard")
+    assert touches_data_path("route-delete", "host-gw") and not touches_data_path("lease-delete", "udp")
     with pytest.raises(ValueError, match="unknown fault kind nope"):
         kinds_for("vxlan", ("nope",))
     assert schedule(1, 100, HOSTS, ()) == []

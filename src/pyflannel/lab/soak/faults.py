@@ -11,9 +11,9 @@ from collections.abc import Callable
 
 from ..cluster import PREFIX, Host
 from ..netns import LabError, in_ns, sh
-from .invariants import LeaseView, read_leases
+from .invariants import WG_DEV, LeaseView, read_leases
 from .schedule import Fault
-from .soaklab import SoakLab
+from .soaklab import NETWORK, SoakLab
 
 _CUT = """table inet soakcut {
   chain out { type filter hook output priority -10; ip daddr { %(ips)s } tcp dport 2379 drop; }
@@ -152,8 +152,11 @@ class Injector:
         return " ".join(cmd)
 
     def _route_delete(self, fault: Fault) -> str:
+        backend = self.soak.backend
+        if backend in ("udp", "wireguard"):  # no route per peer: the network's one route via the device
+            return self._by_hand(self._host(fault), "ip", "route", "del", str(NETWORK))
         lease = self._peer_lease(fault)
-        dev = "flannel.1" if self.soak.backend == "vxlan" else "eth0"
+        dev = "flannel.1" if backend == "vxlan" else "eth0"
         return self._by_hand(self._host(fault), "ip", "route", "del", str(lease.subnet), "dev", dev)
 
     def _neigh_delete(self, fault: Fault) -> str:
@@ -167,7 +170,8 @@ class Injector:
                              lease.public_ip)
 
     def _device_delete(self, fault: Fault) -> str:
-        return self._by_hand(self._host(fault), "ip", "link", "del", "flannel.1")
+        return self._by_hand(self._host(fault), "ip", "link", "del", WG_DEV if self.soak.backend == "wireguard"
+                             else "flannel.1")
 
     def _iptables_flush(self, fault: Fault) -> str:
         host = self._host(fault)

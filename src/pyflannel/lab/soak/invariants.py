@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from dataclasses import dataclass, field
 
 from ...core.errors import StoreDataError
@@ -26,7 +27,9 @@ class LeaseView:
     key: str
     subnet: ipaddress.IPv4Network
     public_ip: str
-    vtep_mac: str = ""
+    vtep_mac: str = ""  # vxlan
+    public_key: str = ""  # wireguard
+    port: int = 0  # wireguard: the peer's listen port (0: the default)
 
 
 def read_leases(kvs: list[tuple[str, bytes, int]], garbage: set[bytes]) -> tuple[list[LeaseView], list[str]]:
@@ -46,7 +49,9 @@ def read_leases(kvs: list[tuple[str, bytes, int]], garbage: set[bytes]) -> tuple
             problems.append(f"lease {key} was written without a TTL (no etcd lease)")
         data = attrs.backend_data if isinstance(attrs.backend_data, dict) else {}
         mac = data.get("VtepMAC") or data.get("vtepMAC") or ""
-        leases.append(LeaseView(key, subnet, str(attrs.public_ip), str(mac).lower()))
+        port = data.get("Port", 0)
+        leases.append(LeaseView(key, subnet, str(attrs.public_ip), str(mac).lower(), str(data.get("PublicKey", "")),
+                                port if isinstance(port, int) and not isinstance(port, bool) else 0))
     return leases, problems
 
 
@@ -68,9 +73,21 @@ def duplicate_problems(leases: list[LeaseView], subnets: dict[int, str]) -> list
     return problems
 
 
-def expected_kernel(backend: str, leases: list[LeaseView], host_ip: str) -> set[str]:
-    """The forwarding entries a host at ``host_ip`` must have for its peers' leases."""
+UDP_PORT = 8285  # the udp backend's default Port: the pump sends to every peer on it
+WG_PORT = 51820  # the wireguard backend's default ListenPort
+WG_DEV = "flannel-wg"
+_TUN = re.compile(r"^flannel\d+$")  # udp's TUN device: the kernel names it
+
+
+def expected_kernel(backend: str, leases: list[LeaseView], host_ip: str,
+                    network: ipaddress.IPv4Network | None = None) -> set[str]:
+    """The forwarding entries a host at ``host_ip`` must have for its peers' leases: vxlan and
+    host-gw a route per peer (vxlan also its neighbour and FDB entry); udp the network's route via
+    its TUN device and a row per peer in the pump's table; wireguard the network's route via
+    flannel-wg and a WireGuard peer per lease (key, endpoint, allowed IPs)."""
     out: set[str] = set()
+    if network is not None and backend in ("udp", "wireguard"):
+        out.add(f"route {network} dev {'flannelN' if backend == 'udp' else WG_DEV}")
     for lease in leases:
         if lease.public_ip == host_ip:
             continue
@@ -81,24 +98,35 @@ def expected_kernel(backend: str, leases: list[LeaseView], host_ip: str) -> set[
             out.add(f"fdb {lease.vtep_mac} {lease.public_ip}")
         elif backend == "host-gw":
             out.add(f"route {lease.subnet} via {lease.public_ip} dev eth0")
+        elif backend == "udp":
+            out.add(f"pump {lease.subnet} {lease.public_ip}:{UDP_PORT}")
+        elif backend == "wireguard":
+            out.add(f"wg {lease.public_key} {lease.public_ip}:{lease.port or WG_PORT} {lease.subnet}")
     return out
 
 
 def actual_kernel(backend: str, network: ipaddress.IPv4Network, own: ipaddress.IPv4Network | None,
-                  routes: str, neighs: str, fdbs: str) -> set[str]:
+                  routes: str, neighs: str = "", fdbs: str = "", peers: str | None = "", wg: str | None = ""
+                  ) -> set[str]:
     """The forwarding entries in a host's kernel, from ``ip -j route``, ``ip -j neigh show dev
-    flannel.1`` and ``bridge -j fdb show dev flannel.1`` (empty strings: nothing)."""
+    flannel.1`` and ``bridge -j fdb show dev flannel.1`` (empty strings: nothing); udp: flanneld's
+    ``/peers`` (the pump's own table), wireguard: ``wg show flannel-wg dump``. None for those two:
+    they could not be read (flanneld or the device did not answer), which matches no lease."""
     out: set[str] = set()
     for r in _json_list(routes):
         dst, gw, dev = r.get("dst", ""), r.get("gateway"), r.get("dev", "")
-        if not gw or dev not in ("flannel.1", "eth0") or dst == "default":
+        if dst == "default":
             continue
         try:
             net = ipaddress.IPv4Network(dst if "/" in dst else f"{dst}/32")
         except ValueError:
             continue
-        if net.subnet_of(network) and net != own:
+        if not net.subnet_of(network) or net == own:
+            continue
+        if gw and dev in ("flannel.1", "eth0"):
             out.add(f"route {net} via {gw} dev {dev}")
+        elif not gw and (_TUN.match(dev) or dev == WG_DEV):
+            out.add(f"route {net} dev {'flannelN' if _TUN.match(dev) else dev}")
     if backend == "vxlan":
         for n in _json_list(neighs):
             if n.get("lladdr") and n.get("dst"):
@@ -106,6 +134,29 @@ def actual_kernel(backend: str, network: ipaddress.IPv4Network, own: ipaddress.I
         for f in _json_list(fdbs):
             if f.get("dst") and f.get("mac") and f["mac"] != "00:00:00:00:00:00":
                 out.add(f"fdb {f['mac'].lower()} {f['dst']}")
+    if backend == "udp":
+        out |= _pump_rows(peers)
+    if backend == "wireguard":
+        out |= _wg_peers(wg)
+    return out
+
+
+def _pump_rows(peers: str | None) -> set[str]:
+    try:
+        rows = json.loads(peers or "")["peers"]
+        return {f"pump {r['subnet']} {r['public_ip']}:{r['port']}" for r in rows}
+    except (ValueError, KeyError, TypeError):
+        return {"pump: flanneld's /peers did not answer"}
+
+
+def _wg_peers(dump: str | None) -> set[str]:
+    if dump is None:
+        return {f"wg: `wg show {WG_DEV} dump` failed"}
+    out = set()
+    for line in dump.splitlines()[1:]:  # the first line is the device's own (its private key: never shown)
+        f = line.split("\t")
+        if len(f) >= 4:
+            out |= {f"wg {f[0]} {f[2]} {allowed}" for allowed in f[3].split(",") if allowed != "(none)"}
     return out
 
 

@@ -17,7 +17,7 @@ import html
 import statistics
 from typing import Any
 
-from .schedule import KINDS
+from .schedule import KINDS, touches_data_path
 
 NO_HEAL_WINDOW = 5.0  # seconds after its end a fault that never healed is charged with
 
@@ -85,7 +85,7 @@ def summarize(meta: dict[str, Any], records: list[dict[str, Any]], pairs: dict[t
     kinds = {}
     for name, k in sorted(by_kind.items()):
         kinds[name] = {"injected": k["injected"], "skipped": k["skipped"], "errors": k["errors"],
-                       "unhealed": k["unhealed"], "data_path": KINDS[name].data_path,
+                       "unhealed": k["unhealed"], "data_path": touches_data_path(name, meta["backend"]),
                        "lost": _stats(k["lost"]), "heal_s": _stats(k["heal"])}
     seconds = max(1, int(t1 - t0) + 1)
     per_second = [0] * seconds
@@ -117,6 +117,9 @@ def markdown(rep: dict[str, Any]) -> str:
                   f"when it renews it): {', '.join(rep['garbage_left'])}", ""]
     for v in rep["violations"]:
         lines.append(f"- at {v['t']:.1f} s: {v['what']}")
+    if rep.get("kinds_not_applicable"):
+        lines += ["", f"Fault kinds not applicable on {rep['backend']} (not injected):"]
+        lines += [f"- {kind}: {why}" for kind, why in rep["kinds_not_applicable"].items()]
     lines += ["", "| fault | data path | injected | skipped | lost pings (median / max) | heal s (median / max) |"
               " never healed |", "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for name, k in rep["kinds"].items():

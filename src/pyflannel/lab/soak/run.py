@@ -17,8 +17,8 @@ from ..netns import LabError
 from . import report
 from .faults import Injector, Skipped
 from .invariants import EnvWatch, ResourceWatch, duplicate_problems, expected_kernel, read_leases
-from .schedule import DEFAULT_KINDS, Fault, kinds_for, schedule
-from .soaklab import SoakLab
+from .schedule import DEFAULT_KINDS, Fault, kinds_for, not_applicable, schedule
+from .soaklab import NETWORK, SoakLab
 from .traffic import Pinger, TcpStream
 
 RESOURCE_SETTLE = 15.0  # seconds a flanneld runs before its descriptors and threads are its baseline
@@ -222,7 +222,7 @@ class Soak:
         if leases is not None:
             if not any(lv.public_ip == h.ip and lv.subnet == own for lv in leases):
                 out.append(f"h{h.index}: no lease in etcd for its subnet {own}")
-            want, have = expected_kernel(self.soak.backend, leases, h.ip), self.soak.kernel(h)
+            want, have = expected_kernel(self.soak.backend, leases, h.ip, NETWORK), self.soak.kernel(h)
             if want != have:
                 out.append(f"h{h.index}: kernel lacks {sorted(want - have)}, has extra {sorted(have - want)}")
         rules, want_rules = self.soak.rules(h), self.rules.get(h.index)
@@ -254,7 +254,8 @@ class Soak:
             a, b = (int(x.lstrip("h")) for x in p.label.split("->"))
             pairs.setdefault((a, b), []).extend(lost)
         meta = {"seed": o.seed, "minutes": o.minutes, "backend": o.backend, "hosts": o.hosts,
-                "kinds_enabled": list(self.kinds), "mean_gap_s": o.mean_gap, "heal_bound_s": o.bound,
+                "kinds_enabled": list(self.kinds), "kinds_not_applicable": not_applicable(o.backend, o.kinds),
+                "mean_gap_s": o.mean_gap, "heal_bound_s": o.bound,
                 "stopped_early": bool(self.state.violations),
                 "schedule": [f.label() for f in faults],
                 "tcp": {"bytes": tcp.bytes, "connections": tcp.connections, "corrupt": tcp.corrupt,

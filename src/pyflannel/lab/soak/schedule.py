@@ -24,21 +24,33 @@ class Kind:
     data_path: bool  # touches the data path itself: packet loss is expected
     backends: tuple[str, ...] = ()  # only on these backends (empty: every backend)
     description: str = ""
+    why_not: tuple[tuple[str, str], ...] = ()  # (backend, why it is not injected there): the report lists it
+    data_path_on: tuple[str, ...] = ()  # backends where it touches the data path all the same
 
 
 KINDS: dict[str, Kind] = {k.name: k for k in (
-    Kind("flanneld-sigkill", "host", (0.2, 2.0), False, description="flanneld SIGKILLed, started again"),
-    Kind("flanneld-sigterm", "host", (0.2, 2.0), False, description="flanneld SIGTERMed, started again"),
+    Kind("flanneld-sigkill", "host", (0.2, 2.0), False, description="flanneld SIGKILLed, started again",
+         data_path_on=("udp",)),  # udp: the pump runs inside flanneld, flannel0 goes with it
+    Kind("flanneld-sigterm", "host", (0.2, 2.0), False, description="flanneld SIGTERMed, started again",
+         data_path_on=("udp",)),
     Kind("etcd-member-kill", "etcd", (1.0, 8.0), False, description="an etcd member SIGKILLed, restarted"),
     Kind("etcd-leader-kill", "etcd", (1.0, 8.0), False, description="the etcd leader SIGKILLed, restarted"),
     Kind("host-cut", "host", (2.0, 10.0), False,
          description="a host's packets to etcd dropped (no clean close), then let through"),
     Kind("lease-delete", "host", (0, 0), False, description="a host's lease deleted from etcd"),
     Kind("lease-garbage", "host", (0, 0), False, description="a host's lease overwritten with garbage"),
-    Kind("route-delete", "peer", (0, 0), True, description="a host's route to a peer deleted by hand"),
-    Kind("neigh-delete", "peer", (0, 0), True, ("vxlan",), "a host's neighbour entry for a peer deleted"),
-    Kind("fdb-delete", "peer", (0, 0), True, ("vxlan",), "a host's FDB entry for a peer deleted"),
-    Kind("device-delete", "host", (0, 0), True, ("vxlan",), "a host's flannel.1 deleted by hand"),
+    Kind("route-delete", "peer", (0, 0), True,
+         description="a host's route to a peer deleted by hand (udp, wireguard: the network's one route)"),
+    Kind("neigh-delete", "peer", (0, 0), True, ("vxlan",), "a host's neighbour entry for a peer deleted",
+         (("*", "only vxlan programs neighbour entries"),)),
+    Kind("fdb-delete", "peer", (0, 0), True, ("vxlan",), "a host's FDB entry for a peer deleted",
+         (("*", "only vxlan programs FDB entries"),)),
+    Kind("device-delete", "host", (0, 0), True, ("vxlan", "wireguard"),
+         "a host's flannel.1 (vxlan) or flannel-wg (wireguard) deleted by hand",
+         (("host-gw", "host-gw has no device of its own"),
+          ("udp", "flannel0 is a TUN device whose only descriptor flanneld's pump holds: deleted, it comes back "
+                  "only when flanneld restarts (flanneld logs `device flannel0 is gone: restart flanneld`; Go "
+                  "flannel cannot make it again either)"))),
     Kind("iptables-flush", "host", (0, 0), False, description="every iptables chain of a host flushed"),
     Kind("link-down", "host", (0.5, 3.0), True, description="a host's underlay link down, then up"),
     Kind("host-join", "join", (0, 0), False, description="a new host joins (flanneld, docker0, a container)"),
@@ -79,6 +91,23 @@ def kinds_for(backend: str, wanted: tuple[str, ...] = DEFAULT_KINDS) -> tuple[st
     if unknown:
         raise ValueError(f"unknown fault kind {', '.join(unknown)}: the kinds are {', '.join(KINDS)}")
     return tuple(k for k in wanted if not KINDS[k].backends or backend in KINDS[k].backends)
+
+
+def not_applicable(backend: str, wanted: tuple[str, ...] = DEFAULT_KINDS) -> dict[str, str]:
+    """The kinds of ``wanted`` that do not apply to ``backend``, each with the reason (the report)."""
+    out = {}
+    for k in wanted:
+        kind = KINDS.get(k)
+        if kind is not None and kind.backends and backend not in kind.backends:
+            why = dict(kind.why_not)
+            out[k] = why.get(backend) or why.get("*") or f"only on {', '.join(kind.backends)}"
+    return out
+
+
+def touches_data_path(kind: str, backend: str) -> bool:
+    """Whether a fault of ``kind`` touches ``backend``'s data path itself (loss is expected)."""
+    k = KINDS[kind]
+    return k.data_path or backend in k.data_path_on
 
 
 def schedule(seed: int, seconds: float, hosts: tuple[int, ...], kinds: tuple[str, ...] = DEFAULT_KINDS, *,
@@ -134,4 +163,4 @@ def schedule(seed: int, seconds: float, hosts: tuple[int, ...], kinds: tuple[str
     return faults
 
 
-__all__ = ["DEFAULT_KINDS", "KINDS", "Fault", "Kind", "kinds_for", "schedule"]
+__all__ = ["DEFAULT_KINDS", "KINDS", "Fault", "Kind", "kinds_for", "not_applicable", "schedule", "touches_data_path"]

@@ -18,11 +18,13 @@ from ...instance import lock_path
 from ..cluster import PREFIX, Host, Lab
 from ..etcd_cluster import EtcdCluster, build_cluster, make_pki
 from ..netns import LabError, in_ns, ns_delete, sh
-from .invariants import actual_kernel
+from .invariants import WG_DEV, actual_kernel
 
 NETWORK = ipaddress.IPv4Network("10.0.0.0/16")
 # flanneld's own iptables rules (-ip-masq, the FORWARD accepts): what a flush must bring back
 _RULE_TABLES = ("filter", "nat")
+# udp: flanneld serves /peers (the pump's own table) here, inside each host's namespace only
+HEALTH_PORT = 18471
 
 
 @dataclass
@@ -47,7 +49,8 @@ class SoakLab:
             os.makedirs(pki, exist_ok=True)
             config = json.dumps({"Network": str(NETWORK), "Backend": {"Type": backend}})
             cluster = build_cluster(lab, "tls", make_pki(pki), config)
-            soak = cls(lab, cluster, (*cluster.client_flags, "-ip-masq", *extra))
+            health = ("-healthz-ip=127.0.0.1", f"-healthz-port={HEALTH_PORT}") if backend == "udp" else ()
+            soak = cls(lab, cluster, (*cluster.client_flags, "-ip-masq", *health, *extra))
             lab.hosts = [lab._host(i) for i in range(1, hosts + 1)]
             lab.save()
             for host in lab.hosts:
@@ -116,13 +119,26 @@ class SoakLab:
         return None
 
     def kernel(self, host: Host) -> set[str]:
+        """The host's forwarding state as lines (``invariants.actual_kernel``): its routes; vxlan
+        its neighbour and FDB entries; udp the pump's table from flanneld's /peers; wireguard the
+        device's peers from ``wg show``."""
         ns = host.ns
         routes = sh(["ip", "-n", ns, "-j", "route", "show"], check=False).stdout
         neighs = fdbs = ""
+        peers: str | None = ""
+        wg: str | None = ""
         if self.backend == "vxlan":
             neighs = sh(["ip", "-n", ns, "-j", "neigh", "show", "dev", "flannel.1"], check=False).stdout
             fdbs = sh(["bridge", "-n", ns, "-j", "fdb", "show", "dev", "flannel.1"], check=False).stdout
-        return actual_kernel(self.backend, NETWORK, self.own_subnet(host), routes, neighs, fdbs)
+        elif self.backend == "udp":
+            res = sh(in_ns(ns, "curl", "-sf", "-m", "2", f"http://127.0.0.1:{HEALTH_PORT}/peers"), check=False)
+            peers = res.stdout if res.returncode == 0 else None
+        elif self.backend == "wireguard":
+            try:
+                wg = self.lab.wg(host, "show", WG_DEV, "dump")
+            except LabError:
+                wg = None
+        return actual_kernel(self.backend, NETWORK, self.own_subnet(host), routes, neighs, fdbs, peers, wg)
 
     def rules(self, host: Host) -> set[str]:
         """flanneld's iptables rules on ``host`` (the lines naming a FLANNEL chain)."""
