@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from pyflannel.lab.soak.__main__ import parse
-from pyflannel.lab.soak.report import heal_time, markdown, summarize, svg
-from pyflannel.lab.soak.schedule import Fault, not_applicable
+from pyflannel.lab.soak.report import heal_time, markdown, reproduce_args, summarize, svg
+from pyflannel.lab.soak.schedule import Fault, kinds_for, not_applicable
 
 T0 = 1000.0
 
@@ -81,3 +81,10 @@ def test_udp_report_lists_the_kinds_that_do_not_apply_and_a_restart_as_data_path
     assert "Fault kinds not applicable on udp (not injected):" in table
     assert "- fdb-delete: only vxlan programs FDB entries" in table
     assert "| flanneld-sigkill | yes | 1 |" in table
+
+
+def test_the_reproduce_line_names_every_argument_that_is_not_the_default() -> None:
+    rep = meta() | {"kinds_enabled": list(kinds_for("vxlan")), "mean_gap_s": 6.0}
+    assert reproduce_args(rep) == "--minutes 1 --seed 4 --backend vxlan"
+    rep |= {"hosts": 3, "mean_gap_s": 2.0, "kinds_enabled": ["lease-delete"]}
+    assert reproduce_args(rep) == "--minutes 1 --seed 4 --backend vxlan --hosts 3 --mean-gap 2 --kinds lease-delete"

@@ -17,7 +17,7 @@ import html
 import statistics
 from typing import Any
 
-from .schedule import KINDS, touches_data_path
+from .schedule import KINDS, kinds_for, touches_data_path
 
 NO_HEAL_WINDOW = 5.0  # seconds after its end a fault that never healed is charged with
 
@@ -103,10 +103,22 @@ def _fmt(v: float | None, unit: str = "") -> str:
     return "-" if v is None else f"{v:g}{unit}"
 
 
+def reproduce_args(rep: dict[str, Any]) -> str:
+    """The ``make soak`` arguments that run this report's faults again."""
+    args = f"--minutes {rep['minutes']:g} --seed {rep['seed']} --backend {rep['backend']}"
+    if rep.get("hosts", 5) != 5:
+        args += f" --hosts {rep['hosts']}"
+    if rep.get("mean_gap_s", 6.0) != 6.0:
+        args += f" --mean-gap {rep['mean_gap_s']:g}"
+    kinds = rep.get("kinds_enabled")
+    if kinds and tuple(kinds) != kinds_for(rep["backend"]):
+        args += f" --kinds {','.join(kinds)}"
+    return args
+
+
 def markdown(rep: dict[str, Any]) -> str:
     lines = [f"# Chaos soak: {rep['backend']}, {rep['hosts']} hosts, {rep['seconds']:g} s, seed {rep['seed']}", "",
-             f"Reproduce: `make soak SOAK_ARGS=\"--minutes {rep['minutes']:g} --seed {rep['seed']} --backend "
-             f"{rep['backend']}\"`", "",
+             f"Reproduce: `make soak SOAK_ARGS=\"{reproduce_args(rep)}\"`", "",
              f"Pings sent {rep['pings_sent']}, lost {rep['pings_lost']}; TCP stream {rep['tcp']['bytes']} bytes in "
              f"{rep['tcp']['connections']} connection(s), corrupted: {rep['tcp']['corrupt'] is not None}; "
              f"check rounds {rep['check_rounds']}; flanneld peak RSS {rep['resources']['rss_mb']:g} MB, "
@@ -173,4 +185,4 @@ def svg(rep: dict[str, Any], width: int = 960, height: int = 320) -> str:
     return "\n".join(out) + "\n"
 
 
-__all__ = ["heal_time", "markdown", "summarize", "svg"]
+__all__ = ["heal_time", "markdown", "reproduce_args", "summarize", "svg"]
