@@ -33,9 +33,17 @@ log = logging.getLogger(__name__)
 
 NUD_PERMANENT = 0x80
 RTMGRP_LINK, RTMGRP_NEIGH, RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_ROUTE = 0x1, 0x4, 0x40, 0x400
+NUD_FAILED = 0x20
 RTM_NEWLINK, RTM_DELLINK, RTM_NEWROUTE, RTM_DELROUTE, RTM_DELNEIGH = 16, 17, 24, 25, 29
 AF_BRIDGE = 7
 MAIN_TABLE = 254
+
+
+def _was_ours(family: int, state: int) -> bool:
+    """A deleted neighbour or FDB entry that may have been one of ours (permanent). A permanent
+    IPv4/IPv6 neighbour deleted by hand is reported FAILED, not PERMANENT (the kernel marks it
+    failed before it removes it): a full run tells ours from the kernel's own failed entries."""
+    return bool(state & NUD_PERMANENT) or (family != AF_BRIDGE and bool(state & NUD_FAILED))
 
 
 class KernelMonitor:
@@ -118,7 +126,7 @@ class KernelMonitor:
                 keep = table == MAIN_TABLE and (proto == RTPROT_FLANNEL) == (mtype == RTM_DELROUTE)
             elif mtype == RTM_DELNEIGH and length >= 28:
                 ifindex, state = struct.unpack_from("=iH", data, body + 4)
-                keep = ifindex in self._owned_index and bool(state & NUD_PERMANENT)
+                keep = ifindex in self._owned_index and _was_ours(data[body], state)
             if keep:
                 out.append(data[off:off + length])
             off += (length + 3) & ~3
@@ -149,7 +157,7 @@ class KernelMonitor:
             return self._route_reason(event, msg)
         if event == "RTM_DELNEIGH":
             dev = self._owned_index.get(get("ifindex", -1))
-            if dev and get("state", 0) & NUD_PERMANENT:
+            if dev and _was_ours(get("family"), get("state", 0)):
                 if get("family") == AF_BRIDGE:
                     dst = get("NDA_DST")
                     return (f"fdb entry deleted on {dev}",
