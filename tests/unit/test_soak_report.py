@@ -42,13 +42,16 @@ def test_loss_and_heal_per_kind() -> None:
     assert k["injected"] == 2 and k["lost"] == {"median": 1, "max": 2} and k["heal_s"]["max"] == 0.7
     assert k["data_path"] is True
     assert rep["kinds"]["flanneld-sigkill"]["lost"] == {"median": 1, "max": 1}
+    # no fault here overlaps a data-path fault (but itself): each one's loss is its own
+    assert rep["kinds"]["flanneld-sigkill"]["alone"] == 1 and rep["kinds"]["route-delete"]["alone"] == 2
     assert rep["kinds"]["lease-delete"] == {"injected": 0, "skipped": 1, "errors": 0, "unhealed": 0,
                                             "data_path": False, "lost": {"median": None, "max": None},
-                                            "heal_s": {"median": None, "max": None}}
+                                            "heal_s": {"median": None, "max": None}, "alone": 0,
+                                            "lost_alone": {"median": None, "max": None}}
     assert rep["pings_lost"] == 6 and sum(rep["loss_per_second"]) == 6 and rep["loss_per_second"][10:12] == [2, 1]
     table = markdown(rep)
     assert "**Invariant violations: 0**" in table
-    assert "| route-delete | yes | 2 | 0 | 1 / 2 | 0.35 / 0.7 | 0 |" in table
+    assert "| route-delete | yes | 2 | 0 | 1 / 2 | 2: 1 / 2 | 0.35 / 0.7 | 0 |" in table
     assert "--seed 4" in table and "garbage at the end (flanneld rewrites" in table
     chart = svg(rep)
     assert chart.startswith("<svg") and chart.count("<line") == 4 + 2 and "route-delete" in chart
@@ -88,3 +91,13 @@ def test_the_reproduce_line_names_every_argument_that_is_not_the_default() -> No
     assert reproduce_args(rep) == "--minutes 1 --seed 4 --backend vxlan"
     rep |= {"hosts": 3, "mean_gap_s": 2.0, "kinds_enabled": ["lease-delete"]}
     assert reproduce_args(rep) == "--minutes 1 --seed 4 --backend vxlan --hosts 3 --mean-gap 2 --kinds lease-delete"
+
+
+def test_a_fault_overlapping_a_data_path_fault_is_not_counted_alone() -> None:
+    rounds = [(T0 + t / 10, True) for t in range(0, 600)]
+    records = [rec(1, "route-delete", T0 + 10, T0 + 10), rec(2, "lease-delete", T0 + 10.5, T0 + 10.5),
+               rec(3, "lease-delete", T0 + 30, T0 + 30)]
+    pairs = {(1, 2): [T0 + 10.2, T0 + 10.6]}
+    k = summarize(meta(), records, pairs, 5000, rounds, [], T0, T0 + 60)["kinds"]["lease-delete"]
+    assert k["lost"] == {"median": 0.5, "max": 1}  # the route's loss is charged to the deletion beside it
+    assert (k["alone"], k["lost_alone"]) == (1, {"median": 0, "max": 0})  # but not when alone

@@ -66,8 +66,8 @@ def summarize(meta: dict[str, Any], records: list[dict[str, Any]], pairs: dict[t
         else:
             heal = heal_time(rec["end"], rounds)
             f["heal_s"] = heal
-            f["lost"] = _fault_loss(rec["fault"], pairs, rec["start"],
-                                    rec["end"] + (NO_HEAL_WINDOW if heal is None else heal) + 1)
+            f["window"] = (rec["start"], rec["end"] + (NO_HEAL_WINDOW if heal is None else heal) + 1)
+            f["lost"] = _fault_loss(rec["fault"], pairs, *f["window"])
         faults.append(f)
         k = by_kind.setdefault(kind, {"injected": 0, "skipped": 0, "errors": 0, "unhealed": 0, "lost": [],
                                       "heal": []})
@@ -82,11 +82,14 @@ def summarize(meta: dict[str, Any], records: list[dict[str, Any]], pairs: dict[t
                 k["unhealed"] += 1
             else:
                 k["heal"].append(f["heal_s"])
+    alone = _alone(faults, meta["backend"])
     kinds = {}
     for name, k in sorted(by_kind.items()):
+        solo = [f["lost"] for f in faults if f["fault"]["kind"] == name and f["fault"]["seq"] in alone]
         kinds[name] = {"injected": k["injected"], "skipped": k["skipped"], "errors": k["errors"],
                        "unhealed": k["unhealed"], "data_path": touches_data_path(name, meta["backend"]),
-                       "lost": _stats(k["lost"]), "heal_s": _stats(k["heal"])}
+                       "lost": _stats(k["lost"]), "heal_s": _stats(k["heal"]),
+                       "alone": len(solo), "lost_alone": _stats(solo)}
     seconds = max(1, int(t1 - t0) + 1)
     per_second = [0] * seconds
     for t in losses:
@@ -97,6 +100,15 @@ def summarize(meta: dict[str, Any], records: list[dict[str, Any]], pairs: dict[t
             "check_rounds": len(rounds), "loss_per_second": per_second,
             "fault_marks": [{"t": round(r["start"] - t0, 2), "seq": r["fault"]["seq"], "kind": r["fault"]["kind"]}
                             for r in records if r.get("start")]}
+
+
+def _alone(faults: list[dict[str, Any]], backend: str) -> set[int]:
+    """The faults (by seq) whose window no data-path fault's window overlaps: the loss charged to
+    them is theirs alone (every pair touches every other host, so time decides)."""
+    windows = [(f["fault"]["seq"], f["window"], touches_data_path(f["fault"]["kind"], backend))
+               for f in faults if f.get("window")]
+    dp = [(seq, w) for seq, w, data_path in windows if data_path]
+    return {seq for seq, (lo, hi), _ in windows if not any(o != seq and a < hi and lo < b for o, (a, b) in dp)}
 
 
 def _fmt(v: float | None, unit: str = "") -> str:
@@ -132,11 +144,14 @@ def markdown(rep: dict[str, Any]) -> str:
     if rep.get("kinds_not_applicable"):
         lines += ["", f"Fault kinds not applicable on {rep['backend']} (not injected):"]
         lines += [f"- {kind}: {why}" for kind, why in rep["kinds_not_applicable"].items()]
-    lines += ["", "| fault | data path | injected | skipped | lost pings (median / max) | heal s (median / max) |"
-              " never healed |", "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines += ["", "| fault | data path | injected | skipped | lost pings (median / max) | alone: n, lost (median / "
+              "max) | heal s (median / max) | never healed |",
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, k in rep["kinds"].items():
+        solo = k.get("lost_alone", {"median": None, "max": None})
         lines.append(f"| {name} | {'yes' if k['data_path'] else 'no'} | {k['injected']} | {k['skipped']} | "
                      f"{_fmt(k['lost']['median'])} / {_fmt(k['lost']['max'])} | "
+                     f"{k.get('alone', 0)}: {_fmt(solo['median'])} / {_fmt(solo['max'])} | "
                      f"{_fmt(k['heal_s']['median'])} / {_fmt(k['heal_s']['max'])} | {k['unhealed']} |")
     return "\n".join(lines) + "\n"
 
