@@ -58,7 +58,6 @@ class Soak:
         self.garbage: set[bytes] = set()
         self.env = EnvWatch()
         self.resources = ResourceWatch()
-        self.first_seen: dict[int, float] = {}
         self.inconsistent_since: float | None = None
         self.last_good: dict[str, Any] = {}  # key -> its last valid LeaseView
         self.garbage_left: list[str] = []  # keys still holding the soak's garbage
@@ -106,9 +105,11 @@ class Soak:
                 p.stop()
             if tcp is not None:
                 tcp.stop()
-            if self.state.violations:
-                self._keep_logs()
-            soak.down()
+            try:
+                if self.state.violations:
+                    self._keep_logs()
+            finally:
+                soak.down()
 
     def _joined(self, host: Any) -> None:
         """Pings between the new host and every other, both ways; its rules as it made them."""
@@ -207,11 +208,12 @@ class Soak:
         self._judge(unsettled)
 
     def _resources(self, h: Any) -> list[str]:
+        """A flanneld's resources, counted from RESOURCE_SETTLE s after it was ready (it wrote
+        subnet.env since it started): a start slowed down by a busy machine is no leak (its
+        baseline taken while Python was still importing said 1 thread)."""
         stats = self.soak.proc_stats(h)
-        if stats is None:
-            return []
-        pid = stats[0]
-        if time.monotonic() - self.first_seen.setdefault(pid, time.monotonic()) < RESOURCE_SETTLE:
+        ready = self.soak.ready_since(h, stats[0]) if stats is not None else None
+        if stats is None or ready is None or time.time() - ready < RESOURCE_SETTLE:
             return []
         return self.resources.sample(h.index, *stats)
 
@@ -277,8 +279,8 @@ class Soak:
     def _keep_logs(self) -> None:
         dest = os.path.join(self.opts.out, f"{self.opts.prefix}-logs-seed{self.opts.seed}")
         shutil.rmtree(dest, ignore_errors=True)
-        shutil.copytree(self.soak.lab.state_dir, dest, ignore=shutil.ignore_patterns("data", "member", "pki",
-                                                                                        "*.key", "wgkey"))
+        shutil.copytree(self.soak.lab.state_dir, dest, ignore=shutil.ignore_patterns(
+            "data", "member", "pki", "*.key", "wgkey", "*.sock"))  # wireguard-go's sockets cannot be copied
         with open(os.path.join(dest, "violations.json"), "w") as f:
             json.dump({"seed": self.opts.seed, "violations": self.state.violations,
                        "faults": [self.state.records[k] for k in sorted(self.state.records)]}, f, indent=1)

@@ -161,6 +161,20 @@ class SoakLab:
             return None
         return pid, int(status["VmRSS"].split()[0]), fds, int(status["Threads"])
 
+    def ready_since(self, host: Host, pid: int) -> float | None:
+        """When flanneld ``pid`` on ``host`` became ready (wrote subnet.env after it started), as
+        wall time; None while it has not."""
+        try:
+            with open("/proc/stat") as f:
+                boot = next(float(line.split()[1]) for line in f if line.startswith("btime "))
+            with open(f"/proc/{pid}/stat") as f:
+                ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+            written = os.stat(self.lab.subnet_file(host)).st_mtime
+        except (OSError, ValueError, IndexError, StopIteration):
+            return None
+        started = boot + ticks / os.sysconf("SC_CLK_TCK")
+        return written if written >= started - 1 else None
+
     def nft(self, host: Host, script: str) -> None:
         res = subprocess.run(in_ns(host.ns, "nft", "-f", "-"), input=script, text=True, capture_output=True,
                              timeout=10, check=False)
