@@ -10,7 +10,9 @@ Layout for lab ``NAME`` (default ``pfl``), all inside network namespaces:
                those in ``host_command`` the command given there (a packaged flanneld in a chroot)
     NAME-cI    one container behind host I's docker0 (its address: the subnet's .2)
 
-State (logs, subnet.env, etcd data, lab.json) lives in /run/pyflannel-lab/NAME.
+State (logs, subnet.env, etcd data, lab.json) lives in /run/pyflannel-lab/NAME. This module builds
+the namespaces, the underlay, etcd (or the API server) and docker0; running flanneld on the hosts
+is lab/flanneld_hosts.py (``Lab`` has its methods).
 """
 
 from __future__ import annotations
@@ -21,15 +23,13 @@ import json
 import os
 import shlex
 import shutil
-import subprocess
-import sys
-import time
 from dataclasses import asdict, dataclass, field
 
 from ..core.subnetenv import parse_subnet_env
 from ..instance import lock_path
-from . import goflannel, ipv6, kube_lab
+from . import ipv6, kube_lab
 from .etcd_server import EtcdServer
+from .flanneld_hosts import PREFIX, FlanneldHosts, Host, venv_tool
 from .kube_lab import KubeApi
 from .netns import LabError, in_ns, ns_add, ns_delete, ns_kill_all, ns_list, sh, sysctl, veth
 
@@ -37,39 +37,12 @@ STATE_ROOT = "/run/pyflannel-lab"
 UNDERLAY = ipaddress.IPv4Network("198.18.0.0/24")
 GATEWAY = "198.18.0.1"
 ETCD_IP = "198.18.0.2"
-PREFIX = "/atomic.io/network"
 ARTICLE_CONFIG = '{ "Network": "10.0.0.0/16" }'
 LAB_BACKENDS = ("udp", "vxlan", "host-gw", "wireguard")  # what runs in namespaces on one machine (no cloud API)
-# wireguard-go's control sockets live in /run/wireguard, which network namespaces share: each host's
-# flanneld (and the wireguard-go it starts) runs in a private mount namespace with its own folder on
-# /run/wireguard; a restart binds the same folder again, so the socket of the running device is kept
-_PRIVATE_RUN_WG = 'mkdir -p /run/wireguard "$0" && mount --bind "$0" /run/wireguard && exec "$@"'
-
-
-def _tool(name: str) -> list[str]:
-    """Our console script from the running venv, or ``python -m`` as a fallback."""
-    script = os.path.join(os.path.dirname(sys.executable), name)
-    if os.path.exists(script):
-        return [script]
-    module = {"flanneld": "flanneld", "mk-docker-opts": "mk_docker_opts"}[name]
-    return [sys.executable, "-m", f"pyflannel.cli.{module}"]
 
 
 @dataclass
-class Host:
-    index: int
-    ns: str
-    container_ns: str
-    ip: str
-    subnet: str = ""  # FLANNEL_SUBNET, e.g. 10.0.53.1/24
-    container_ip: str = ""
-    docker_opts: str = ""
-    go: bool = False  # runs Go flannel's flanneld, not ours
-    container_ip6: str = ""  # dual stack (lab/ipv6.py)
-
-
-@dataclass
-class Lab:
+class Lab(FlanneldHosts):
     name: str = "pfl"
     hosts_n: int = 3
     backend: str = "udp"
@@ -248,109 +221,11 @@ class Lab:
         os.makedirs(self.host_dir(host), exist_ok=True)
         return host
 
-    def flanneld_command(self, host: Host, extra: tuple[str, ...] = (), *, prefix: str = PREFIX,
-                         subnet_file: str | None = None) -> list[str]:
-        """The article's flags: FLANNEL_ETCD_ENDPOINTS and FLANNEL_ETCD_PREFIX from
-        /etc/sysconfig/flanneld, then the host's own ``host_extra`` and ``extra``. ``prefix`` and
-        ``subnet_file``: another network's flanneld on the same host (default: the lab's network
-        and the host's subnet.env). A ``go`` host runs Go flannel's flanneld with the same flags, a
-        host in ``host_command`` that command. In kube mode the store flags are the API server's
-        and ``NODE_NAME`` names the host's Node."""
-        if self.kube:
-            return in_ns(host.ns, *self.host_wrapper(host), "env", f"NODE_NAME={kube_lab.node_name(host.index)}",
-                         *self.flanneld_binary(host), *kube_lab.flanneld_args(self.state_dir, self.net_conf_path),
-                         f"--subnet-file={subnet_file or self.subnet_file(host)}",
-                         *self.host_extra.get(host.index, ()), *extra)
-        return in_ns(host.ns, *self.host_wrapper(host), *self.flanneld_binary(host),
-                     f"-etcd-endpoints={self.etcd_endpoint}", f"-etcd-prefix={prefix}",
-                     f"--subnet-file={subnet_file or self.subnet_file(host)}", *self.host_extra.get(host.index, ()),
-                     *extra)
-
-    def wg_dir(self, host: Host) -> str:
-        return os.path.join(self.host_dir(host), "wireguard")
-
-    def host_wrapper(self, host: Host) -> list[str]:
-        """For wireguard: run in a private mount namespace with this host's own /run/wireguard and
-        key file (``WIREGUARD_KEY_FILE``)."""
-        if self.backend != "wireguard" or host.go:
-            return []
-        key = os.path.join(self.host_dir(host), "wgkey")
-        return ["env", f"WIREGUARD_KEY_FILE={key}", "unshare", "-m", "--propagation", "private", "sh", "-c",
-                _PRIVATE_RUN_WG, self.wg_dir(host)]
-
-    def wg(self, host: Host, *args: str, check: bool = True) -> str:
-        """``wg ARGS`` as seen on ``host`` (its network namespace and its own /run/wireguard)."""
-        cmd = in_ns(host.ns, "unshare", "-m", "--propagation", "private", "sh", "-c", _PRIVATE_RUN_WG,
-                    self.wg_dir(host), "wg", *args)
-        return sh(cmd, check=check).stdout
-
-    def flanneld_binary(self, host: Host) -> list[str]:
-        if host.index in self.host_command:
-            return list(self.host_command[host.index])
-        if not host.go:
-            return _tool("flanneld")
-        path = goflannel.binary()
-        if path is None:
-            raise LabError(goflannel.missing())
-        return [path]
-
-    def start_flanneld(self, host: Host, extra: tuple[str, ...] = (), env: dict[str, str] | None = None,
-                       subnet_file: str | None = None) -> subprocess.Popen[bytes]:
-        with open(self.log_file(host), "ab") as log:
-            proc = subprocess.Popen(self.flanneld_command(host, extra, subnet_file=subnet_file), stdout=log,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                                    env=None if env is None else dict(os.environ, **env))
-        with open(os.path.join(self.host_dir(host), "flanneld.pid"), "w") as f:
-            f.write(str(proc.pid))
-        return proc
-
-    def flanneld_pid(self, host: Host) -> int | None:
-        with contextlib.suppress(OSError, ValueError):
-            with open(os.path.join(self.host_dir(host), "flanneld.pid")) as f:
-                pid = int(f.read())
-            os.kill(pid, 0)
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().split(")")[-1].split()[0] != "Z":
-                    return pid
-        return None
-
-    def stop_flanneld(self, host: Host, sig: int = 15, timeout: float = 10.0) -> None:
-        pid = self.flanneld_pid(host)
-        if pid is None:
-            return
-        os.kill(pid, sig)
-        deadline = time.monotonic() + timeout
-        while self.flanneld_pid(host) is not None:
-            if time.monotonic() > deadline:
-                raise LabError(f"flanneld on {host.ns} did not exit within {timeout:g}s")
-            time.sleep(0.05)
-
-    def wait_subnet(self, host: Host, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        path = self.subnet_file(host)
-        while time.monotonic() < deadline:
-            if os.path.exists(path):
-                with open(path) as f:
-                    values = parse_subnet_env(f.read(), source=path)
-                host.subnet = values.get("FLANNEL_SUBNET", "")
-                if host.subnet:
-                    return host.subnet
-            if self.flanneld_pid(host) is None:
-                break
-            time.sleep(0.1)
-        raise LabError(f"flanneld on {host.ns} wrote no {path} within {timeout:g}s; its log "
-                       f"{self.log_file(host)} ends with:\n{self.log_tail(host)}")
-
-    def log_tail(self, host: Host, lines: int = 15) -> str:
-        with contextlib.suppress(OSError), open(self.log_file(host)) as f:
-            return "".join(f.readlines()[-lines:])
-        return "(no log)"
-
     def docker(self, host: Host) -> None:
         """What `systemctl start docker` does after flanneld in the article: docker0 from
         mk-docker-opts's --bip and --mtu, then one container behind it."""
         opts_file = os.path.join(self.host_dir(host), "docker_opts.env")
-        sh([*_tool("mk-docker-opts"), "-f", self.subnet_file(host), "-d", opts_file])
+        sh([*venv_tool("mk-docker-opts"), "-f", self.subnet_file(host), "-d", opts_file])
         with open(opts_file) as f:
             values = parse_subnet_env(f.read(), source=opts_file)
         host.docker_opts = values["DOCKER_OPTS"].strip()
