@@ -14,43 +14,21 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
+WHAT="Go flannel"
 VERSION=v0.28.9
 MODULE=github.com/flannel-io/flannel
 CACHE=$PWD/.cache/goflannel
 BIN=$CACHE/bin/flannel
-STAMP=$CACHE/bin/flannel.version
-mkdir -p "$CACHE"
+SKIPS="the tests running Go flannel beside pyflannel will skip"
+REQUIRE=PYFLANNEL_REQUIRE_GO_FLANNEL
+source scripts/go-env.sh  # exits here when built already; give_up, need_go, start_build, built
 
-if [ -x "$BIN" ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$VERSION" ]; then
-  rm -f "$CACHE/status"
-  exit 0
-fi
-
-give_up() {  # one message, remembered for the tests' skip line
-  echo "setup: Go flannel $VERSION not built: $1; the tests running Go flannel beside pyflannel will skip" >&2
-  echo "$1" > "$CACHE/status"
-  if [ "${PYFLANNEL_REQUIRE_GO_FLANNEL:-}" = 1 ]; then
-    echo "setup: PYFLANNEL_REQUIRE_GO_FLANNEL=1: failing instead" >&2
-    exit 1
-  fi
-  exit 0
-}
-
-install_go="install Go >= 1.25 from https://go.dev/dl/ (Debian 12's golang-go is 1.19) and put it on PATH, then re-run make setup"
-command -v go >/dev/null || give_up "no Go toolchain found (go is not on PATH): $install_go"
+need_go 25 "flannel $VERSION"
 command -v gcc >/dev/null || give_up "gcc not found (flannel's udp proxy is cgo): apt-get install gcc"
-goversion=$(go env GOVERSION 2>/dev/null)
-if ! [[ $goversion =~ ^go1\.([0-9]+) ]] || [ "${BASH_REMATCH[1]}" -lt 25 ]; then
-  give_up "${goversion:-go} is too old (flannel $VERSION needs Go >= 1.25): $install_go"
-fi
 
-export GOMODCACHE=$CACHE/mod GOCACHE=$CACHE/build GOBIN=$CACHE/bin CGO_ENABLED=1
-export GOFLAGS=-modcacherw  # so that rm -rf .cache works
+start_build "building Go flannel $VERSION into .cache/goflannel (first time only, a few minutes)"
+export GOBIN=$CACHE/bin CGO_ENABLED=1
 LDFLAGS="-X $MODULE/pkg/version.Version=$VERSION"
-log=$CACHE/build.log
-echo "setup: building Go flannel $VERSION into .cache/goflannel (first time only, a few minutes)"
-start=$SECONDS
-rm -f "$BIN"
 if go install -ldflags "$LDFLAGS" "$MODULE@$VERSION" >"$log" 2>&1; then
   how="go install $MODULE@$VERSION"
 elif grep -q 'tencentcloud-sdk-go/tencentcloud/vpc@.*403 Forbidden' "$log" \
@@ -71,7 +49,5 @@ elif grep -q 'tencentcloud-sdk-go/tencentcloud/vpc@.*403 Forbidden' "$log" \
 else
   give_up "go install $MODULE@$VERSION failed (network or module proxy; see .cache/goflannel/build.log): $(grep -m1 -E 'error|cannot|Forbidden|dial' "$log")"
 fi
-echo "$VERSION" > "$STAMP"
 echo "$how" > "$CACHE/bin/flannel.how"
-rm -f "$CACHE/status"
-echo "setup: Go flannel $VERSION built in $((SECONDS - start)) s ($how)"
+built "$how"

@@ -17,40 +17,19 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
+WHAT=kube-apiserver
 VERSION=v1.36.3
 STAGING_VERSION=v0.${VERSION#v1.}
 CACHE=${KUBEAPISERVER_CACHE:-$PWD/.cache/kubeapiserver}  # another folder: to time a build from nothing
 BIN=$CACHE/bin/kube-apiserver
-STAMP=$CACHE/bin/kube-apiserver.version
-mkdir -p "$CACHE/bin"
+SKIPS="the kube-mode tests will skip"
+REQUIRE=PYFLANNEL_REQUIRE_KUBE_APISERVER
+source scripts/go-env.sh  # exits here when built already; give_up, need_go, start_build, built
 
-if [ -x "$BIN" ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$VERSION" ]; then
-  rm -f "$CACHE/status"
-  exit 0
-fi
+need_go 26 "kubernetes $VERSION"
 
-give_up() {  # one message, remembered for the tests' skip line
-  echo "setup: kube-apiserver $VERSION not built: $1; the kube-mode tests will skip" >&2
-  echo "$1" > "$CACHE/status"
-  if [ "${PYFLANNEL_REQUIRE_KUBE_APISERVER:-}" = 1 ]; then
-    echo "setup: PYFLANNEL_REQUIRE_KUBE_APISERVER=1: failing instead" >&2
-    exit 1
-  fi
-  exit 0
-}
-
-install_go="install Go >= 1.26 from https://go.dev/dl/ (Debian 12's golang-go is 1.19) and put it on PATH, then re-run make setup"
-command -v go >/dev/null || give_up "no Go toolchain found (go is not on PATH): $install_go"
-goversion=$(go env GOVERSION 2>/dev/null)
-if ! [[ $goversion =~ ^go1\.([0-9]+) ]] || [ "${BASH_REMATCH[1]}" -lt 26 ]; then
-  give_up "${goversion:-go} is too old (kubernetes $VERSION needs Go >= 1.26): $install_go"
-fi
-
-export GOMODCACHE=$CACHE/mod GOCACHE=$CACHE/build GOFLAGS=-modcacherw GOTOOLCHAIN=local CGO_ENABLED=0
-log=$CACHE/build.log
-echo "setup: building kube-apiserver $VERSION into .cache/kubeapiserver (first time only, several minutes)"
-start=$SECONDS
-rm -f "$BIN"
+start_build "building kube-apiserver $VERSION into .cache/kubeapiserver (first time only, several minutes)"
+export GOTOOLCHAIN=local CGO_ENABLED=0
 : > "$log"
 gomod=$(go mod download -json "k8s.io/kubernetes@$VERSION" 2>>"$log" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
 [ -f "$gomod" ] || give_up "go mod download k8s.io/kubernetes@$VERSION failed (network or module proxy; see .cache/kubeapiserver/build.log): $(grep -m1 -E 'error|dial|Forbidden' "$log")"
@@ -78,6 +57,4 @@ if ! (cd "$src" && go build -mod=mod -trimpath -ldflags "-s -w" -gcflags "$gcfla
         k8s.io/kubernetes/cmd/kube-apiserver) >>"$log" 2>&1; then
   give_up "go build of kube-apiserver $VERSION failed (see .cache/kubeapiserver/build.log): $(grep -m1 -E 'error|cannot|Forbidden|dial|not found' "$log")"
 fi
-echo "$VERSION" > "$STAMP"
-rm -f "$CACHE/status"
-echo "setup: kube-apiserver $VERSION built in $((SECONDS - start)) s"
+built
