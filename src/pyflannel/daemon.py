@@ -33,7 +33,7 @@ from .core.config import NetworkConfig, parse_config
 from .core.errors import ConfigError, KernelError, LeaseLost, LocalConfigError, StoreUnavailable
 from .core.events import PeerTable, Snapshot
 from .core.lease import Lease
-from .core.leasecheck import screen
+from .core.leasecheck import screen, screen_held
 from .core.subnetenv import SubnetEnv, render_subnet_env, subnet_env_for
 from .core.trace import device
 from .keeper import LeaseKeeper
@@ -161,7 +161,8 @@ class Conductor:
                 if data is not None:
                     config = parse_config(data)
                     self.probe.config_seen = data
-                    # an unknown Backend.Type or a bad Backend option is a config error too
+                    # an unknown Backend.Type or a bad Backend option is a config error too; what the
+                    # backend ignores is said here, once (its constructor says nothing)
                     for warning in get_backend(config.backend_type).check_config(config):
                         log.warning(warning)
                     return config
@@ -324,6 +325,8 @@ class Conductor:
             warnings: list[str] = []
             ev = screen(raw, config, self.registry.subnets_prefix, warnings,
                         any_len=isinstance(self.registry, KubeRegistry))
+            # a second key for a subnet another key holds is a bad key too (and its delete no delete)
+            ev = screen_held(ev, self.peers, self.registry.subnets_prefix, prefer=self.keeper.lease.key)
             for warning in warnings:
                 if warning not in self._v6_seen:  # once per key and cause
                     self._v6_seen.add(warning)

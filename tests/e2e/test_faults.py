@@ -216,13 +216,18 @@ def _kernel_state(lab: Lab, host) -> str:
 
 
 def test_misshapen_and_impossible_leases_never_reach_the_kernel(lab: Lab) -> None:
-    """Issue 13 (1, 2): a /25 inside a host's /24, a /23 around it, a subnet outside the network and
-    leases whose PublicIP no host can have are skipped on every host with one warning naming the
-    key; the victim's containers stay reachable."""
+    """Issue 13 (1, 2): a /25 inside a host's /24, a /23 around it, a subnet outside the network,
+    a second key for the victim's very subnet (``<subnet>&<IPv6 subnet>``) and leases whose PublicIP
+    no host can have are skipped on every host with one warning naming the key; the victim's
+    flanneld keeps running, its containers stay reachable, and deleting the second key removes
+    nobody."""
     victim, thief = lab.hosts[0], lab.hosts[2]
     third = int(subnet_of(victim).split(".")[2])
+    victim_pid = lab.flanneld_pid(victim)
     value = lease_json  # each backend's own lease shape, with the address under test
+    second_key = f"10.0.{third}.0-24&fd00:99::-64"
     hostile = {
+        second_key: value(lab, "10.0.153.0", thief.ip),  # VtepMAC 02:42:00:00:00:99
         f"10.0.{third}.128-25": value(lab, "10.0.0.128", thief.ip),
         f"10.0.{third & ~1}.0-23": value(lab, "10.0.0.0", thief.ip),
         "10.1.7.0-24": value(lab, "10.1.7.0", thief.ip),
@@ -243,19 +248,32 @@ def test_misshapen_and_impossible_leases_never_reach_the_kernel(lab: Lab) -> Non
                 wait_for(lambda h=host: not unwarned(h), timeout=10, what="warnings")
             except AssertionError:
                 raise AssertionError(f"{host.ns} did not warn about {unwarned()}:\n{lab.log_tail(host, 30)}") from None
+        stolen = (f"{subnet_of(victim)} via {thief.ip}", "02:42:00:00:00:99",
+                  f'"subnet": "{subnet_of(victim)}", "public_ip": "{thief.ip}"')
         for host in lab.hosts:
             state = _kernel_state(lab, host)
             for needle in (f"10.0.{third}.128/25", f"10.0.{third & ~1}.0/23", "10.1.7.0/24", "10.0.201.0",
                            "10.0.202.0", "10.0.203.0", "10.0.204.0", "10.0.205.0", "10.0.206.0", "224.0.0.1",
-                           "dst 0.0.0.0", "169.254.9.9", "255.255.255.255"):
+                           "dst 0.0.0.0", "169.254.9.9", "255.255.255.255", *stolen):
                 assert needle not in state, f"{needle} reached the kernel of {host.ns}:\n{state}"
+        assert lab.flanneld_pid(victim) == victim_pid, f"the victim's flanneld ended:\n{lab.log_tail(victim, 30)}"
         for host in lab.hosts[1:]:
             ok, out = lab.ping(host, victim)
             assert ok, f"{host.ns} cannot reach the victim's container: {out}"
         # one warning per key, not one per event or per host restart of the watch
         assert log_text(lab, lab.hosts[1]).count(f"key={PREFIX}/subnets/10.0.{third}.128-25") == 1
+        # the second key deleted: the victim's subnet stays programmed everywhere (a lease put after
+        # the delete is programmed once the delete has been seen: events arrive in order)
+        lab.etcdctl("del", f"{PREFIX}/subnets/{second_key}")
+        lab.etcdctl("put", f"{PREFIX}/subnets/10.0.207.0-24", value(lab, "10.0.207.0", "198.18.0.99"))
+        for host in lab.hosts:
+            wait_for(lambda h=host: has_route(h, "10.0.207.0/24"), timeout=10,
+                     what=f"{host.ns} programming 10.0.207.0/24")
+        for host in lab.hosts[1:]:
+            assert has_route(host, subnet_of(victim)), (
+                f"{host.ns} dropped the victim's subnet:\n{_kernel_state(lab, host)}")
     finally:
-        for key in hostile:
+        for key in (*hostile, "10.0.207.0-24"):
             lab.etcdctl("del", f"{PREFIX}/subnets/{key}", check=False)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from pyflannel.core.config import parse_config
 from pyflannel.core.events import Changes, PeerTable, Snapshot
 from pyflannel.core.lease import Lease, LeaseAttrs
-from pyflannel.core.leasecheck import screen, subnet_problem
+from pyflannel.core.leasecheck import screen, screen_held, subnet_problem
 
 CONFIG = parse_config('{"Network": "10.0.0.0/16"}')
 N = ipaddress.IPv4Network
@@ -73,3 +74,62 @@ def test_kube_mode_takes_a_podcidr_of_any_length_inside_the_network():
     got = screen(snap, CONFIG, "node ", any_len=True)
     assert [le.subnet for le in got.leases] == [N("10.0.5.0/25"), N("10.0.6.0/23")]
     assert [b.key for b in got.bad] == ["node 10.1.0.0-24"] and "outside the network" in got.bad[0].reason
+
+
+# ---- a second key for a subnet already held (issue 13, 1: "must not overlap a lease already held") ----
+V6 = ipaddress.IPv6Network
+
+
+def alias(subnet: str, v6: str, ip: str = "198.18.0.66", created: int = 0) -> Lease:
+    """A canonical key for ``subnet`` that is not the holder's: ``10.0.5.0-24&fd00:99::-64``."""
+    return Lease(N(subnet), LeaseAttrs(ipaddress.IPv4Address(ip)), V6(v6), lease_id=9, create_revision=created)
+
+
+def held(*leases: Lease) -> PeerTable:
+    table = PeerTable()
+    table.apply(Snapshot(leases, 1))
+    return table
+
+
+def test_a_second_key_for_a_held_subnet_is_refused_and_its_delete_changes_nothing():
+    victim = lease("10.0.5.0/24", "198.18.0.2")
+    table = held(victim)
+    thief = alias("10.0.5.0/24", "fd00:99::/64")
+    got = screen_held(Changes((thief,), (), 5), table, "/p/subnets/")
+    assert got.puts == () and [b.key for b in got.bad] == ["/p/subnets/10.0.5.0-24&fd00:99::-64"]
+    assert "already held by /p/subnets/10.0.5.0-24" in got.bad[0].reason and got.bad[0].subnet is None
+    table.apply(got)
+    assert table.leases[N("10.0.5.0/24")] == victim
+    # the thief's key deleted: the holder stays; the holder's own key deleted: it goes
+    gone = screen_held(Changes((), (N("10.0.5.0/24"),), 6, deleted_keys=(thief.key,)), table)
+    assert gone.deletes == () and not table.apply(gone)
+    gone = screen_held(Changes((), (N("10.0.5.0/24"),), 7, deleted_keys=(victim.key,)), table)
+    assert gone.deletes == (N("10.0.5.0/24"),) and table.apply(gone).removed == (victim,)
+
+
+def test_an_ipv6_subnet_held_by_another_key_is_refused():
+    owner = alias("10.0.5.0/24", "fd00:5::/64", "198.18.0.2")
+    table = held(owner)
+    thief = alias("10.0.99.0/24", "fd00:5::/64")
+    got = screen_held(Changes((thief, alias("10.0.98.0/24", "fd00:98::/64")), (), 5), table)
+    assert [le.subnet for le in got.puts] == [N("10.0.98.0/24")]
+    assert "fd00:5::/64 is already held by 10.0.5.0-24&fd00:5::-64" in got.bad[0].reason
+    # once the owner's key is deleted, its subnets are free for a new key in the same batch
+    free = screen_held(Changes((thief,), (owner.subnet,), 6, deleted_keys=(owner.key,)), table)
+    assert free.puts == (thief,) and free.deletes == (owner.subnet,)
+
+
+def test_a_snapshot_keeps_the_holder_then_our_own_key_then_the_oldest_key():
+    victim = lease("10.0.5.0/24", "198.18.0.2")
+    thief = alias("10.0.5.0/24", "fd00:99::/64", created=3)
+    # a fresh host: the older key wins, whichever order etcd lists them in
+    for order in ((victim, thief), (thief, victim)):
+        older = dataclasses.replace(victim, create_revision=2)
+        got = screen_held(Snapshot(tuple(older if le is victim else le for le in order), 9), PeerTable())
+        assert got.leases == (older,) and [b.key for b in got.bad] == [thief.key]
+    # the key our keeper holds wins on our host, and the key in the table keeps its subnet on a re-list
+    young = dataclasses.replace(victim, create_revision=5)
+    assert screen_held(Snapshot((young, thief), 9), PeerTable(), prefer=victim.key).leases == (young,)
+    assert screen_held(Snapshot((young, thief), 9), held(victim)).leases == (young,)
+    snap = Snapshot((victim,), 9)
+    assert screen_held(snap, held(victim)) is snap

@@ -42,6 +42,9 @@ class Changes:
     deletes: tuple[ipaddress.IPv4Network, ...] = ()
     revision: int = 0
     bad: tuple[BadLease, ...] = ()
+    # the key (``Lease.key``) of each of ``deletes``, in the same order, when the store knows it: a
+    # deleted key that does not hold its subnet (``leasecheck.screen_held``) removes nobody
+    deleted_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -82,12 +85,15 @@ class PeerTable:
     revision: int = 0
     grace: float = 0.0
     departing: dict[ipaddress.IPv4Network, float] = field(default_factory=dict)  # subnet -> when it goes
+    by_ipv6: dict[ipaddress.IPv6Network, ipaddress.IPv4Network] = field(default_factory=dict)  # dual stack
 
     def apply(self, event: Snapshot | Changes, now: float = 0.0) -> PeerDelta:
         self.revision = max(self.revision, event.revision)
         if isinstance(event, Snapshot):
             self.departing.clear()
-            return self._replace(event)
+            delta = self._replace(event)
+            self.by_ipv6 = {le.ipv6_subnet: sn for sn, le in self.leases.items() if le.ipv6_subnet is not None}
+            return delta
         added, removed, changed = [], [], []
         for subnet in event.deletes:
             if self.grace > 0:
@@ -97,10 +103,15 @@ class PeerTable:
             old = self.leases.pop(subnet, None)
             if old is not None:
                 removed.append(old)
+                self._unindex(old)
         for lease in event.puts:
             self.departing.pop(lease.subnet, None)
             old = self.leases.get(lease.subnet)
             self.leases[lease.subnet] = lease
+            if old is not None:
+                self._unindex(old)
+            if lease.ipv6_subnet is not None:
+                self.by_ipv6[lease.ipv6_subnet] = lease.subnet
             if old is None:
                 added.append(lease)
             elif _identity(old) != _identity(lease):
@@ -120,7 +131,12 @@ class PeerTable:
             old = self.leases.pop(subnet, None)
             if old is not None:
                 removed.append(old)
+                self._unindex(old)
         return PeerDelta(removed=tuple(removed))
+
+    def _unindex(self, lease: Lease) -> None:
+        if lease.ipv6_subnet is not None and self.by_ipv6.get(lease.ipv6_subnet) == lease.subnet:
+            del self.by_ipv6[lease.ipv6_subnet]
 
     def _replace(self, event: Snapshot) -> PeerDelta:
         fresh = {lease.subnet: lease for lease in event.leases}

@@ -73,6 +73,8 @@ class Lease:
     lease_id: int = 0  # etcd lease id; 0 = a reservation (a key without a TTL)
     mod_revision: int = 0
     expiration: float | None = field(default=None, compare=False)  # unix time; None = unknown/never
+    # etcd's create revision of the key (0: not known): which of two keys for one subnet came first
+    create_revision: int = field(default=0, compare=False)
 
     @property
     def key(self) -> str:

@@ -6,9 +6,13 @@ would otherwise be programmed on every host and pull half of A's containers towa
 Go flannel programs such keys; pyflannel skips them, one warning per key (``store.manager.log_bad``).
 
 The rules: a lease is exactly ``SubnetLen`` long, aligned (the key parser already refuses host
-bits) and inside ``Network``. Two aligned subnets of one length are either the same key or
-disjoint, so with these rules no lease can overlap another one: the overlap check of the issue
-falls out of the length rule and needs no table walk per event.
+bits) and inside ``Network``. Two aligned subnets of one length are either the same subnet or
+disjoint, so with these rules no lease can overlap another one's subnet partly. The same subnet
+under a second key is still possible: a key names an IPv4 and, optionally, an IPv6 subnet
+(``10.0.5.0-24`` and ``10.0.5.0-24&fd00:99::-64`` are two keys for one IPv4 subnet;
+``10.0.99.0-24&fd00:5::-64`` takes another host's IPv6 subnet). ``screen_held`` refuses a key
+for a subnet that another key holds (the peer table's, found per subnet: O(size of the event)),
+and a deleted key removes a peer only if it is the key that holds the subnet.
 
 In kube mode (``any_len``) the length rule is off: a subnet is a node's podCIDR, whose length is
 the controller manager's ``--node-cidr-mask-size``, not SubnetLen (Go flannel ignores SubnetLen
@@ -21,7 +25,7 @@ import dataclasses
 import ipaddress
 
 from .config import NetworkConfig
-from .events import BadLease, Changes, Snapshot
+from .events import BadLease, Changes, PeerTable, Snapshot
 from .lease import Lease
 
 
@@ -89,3 +93,76 @@ def screen(event: Snapshot | Changes, config: NetworkConfig, prefix: str = "",
     if isinstance(event, Snapshot):
         return Snapshot(tuple(kept), event.revision, bad)
     return Changes(tuple(kept), event.deletes, event.revision, bad)
+
+
+def _taken(sn: object, holder: str, prefix: str) -> str:
+    return (f"{sn} is already held by {prefix}{holder}: a second key for it would take that host's traffic "
+            "(Go flannel would program it)")
+
+
+class _Claims:
+    """Which key holds each IPv4 and IPv6 subnet, as the leases of one event are accepted."""
+
+    def __init__(self, holder: object) -> None:
+        self.holder = holder  # subnet -> the key holding it before this event ("" if none)
+        self.claimed: dict[object, str] = {}
+
+    def problem(self, le: Lease, prefix: str) -> str | None:
+        for sn in (le.subnet, le.ipv6_subnet):
+            if sn is None:
+                continue
+            holder = self.claimed.get(sn) or self.holder(sn)  # type: ignore[operator]
+            if holder and holder != le.key:
+                return _taken(sn, holder, prefix)
+        self.claimed[le.subnet] = le.key
+        if le.ipv6_subnet is not None:
+            self.claimed[le.ipv6_subnet] = le.key
+        return None
+
+
+def screen_held(event: Snapshot | Changes, table: PeerTable, prefix: str = "", prefer: str = ""
+                ) -> Snapshot | Changes:
+    """``event`` with every lease whose IPv4 or IPv6 subnet is held by another key moved to ``bad``
+    (named by ``prefix`` + its key), and deletes of keys that hold nothing dropped. The holder is
+    the key in ``table`` (the peer table before this event); in a snapshot the key ``prefer`` (our
+    own lease's), then the key ``table`` holds, then the oldest key (etcd's create revision) keeps
+    the subnet. O(size of the event)."""
+    held, by6 = table.leases, table.by_ipv6
+    if isinstance(event, Snapshot):
+        def rank(le: Lease) -> tuple[int, int]:
+            now = held.get(le.subnet)
+            first = 0 if le.key == prefer else 1 if now is not None and now.key == le.key else 2
+            return first, le.create_revision or 1 << 62
+
+        claims = _Claims(lambda sn: "")
+        lost = {id(le): why for le in sorted(event.leases, key=rank) if (why := claims.problem(le, prefix))}
+        if not lost:
+            return event
+        return Snapshot(tuple(le for le in event.leases if id(le) not in lost), event.revision,
+                        event.bad + tuple(BadLease(prefix + le.key, lost[id(le)]) for le in event.leases
+                                          if id(le) in lost))
+    deletes, deleted_keys, keys = [], [], event.deleted_keys
+    for i, sn in enumerate(event.deletes):
+        now = held.get(sn)
+        if i < len(keys) and now is not None and now.key != keys[i]:
+            continue  # a key that never held the subnet went away: its holder stays
+        deletes.append(sn)
+        deleted_keys += keys[i:i + 1]
+    gone = set(deletes)
+
+    def holder(sn: object) -> str:
+        sn4 = by6.get(sn) if isinstance(sn, ipaddress.IPv6Network) else sn
+        now = held.get(sn4) if sn4 is not None and sn4 not in gone else None  # type: ignore[arg-type]
+        return now.key if now is not None else ""
+
+    claims = _Claims(holder)
+    kept, misfits = [], []
+    for le in event.puts:
+        why = claims.problem(le, prefix)
+        if why is None:
+            kept.append(le)
+        else:
+            misfits.append(BadLease(prefix + le.key, why))
+    if not misfits and len(deletes) == len(event.deletes):
+        return event
+    return Changes(tuple(kept), tuple(deletes), event.revision, event.bad + tuple(misfits), tuple(deleted_keys))

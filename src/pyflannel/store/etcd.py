@@ -228,7 +228,8 @@ class EtcdRegistry:
         kv = await self._kv()
         await self._call(kv.put, self.config_key, data, timeout=_CALL_TIMEOUT)
 
-    def _decode(self, key: bytes, value: bytes, lease_id: int, mod_revision: int) -> Lease | BadLease:
+    def _decode(self, key: bytes, value: bytes, lease_id: int, mod_revision: int, create_revision: int = 0
+                ) -> Lease | BadLease:
         skey = key.decode(errors="replace")
         tail = skey[len(self.subnets_prefix):]
         try:
@@ -243,7 +244,7 @@ class EtcdRegistry:
             attrs = parse_lease_attrs(value)
         except StoreDataError as err:
             return BadLease(skey, str(err), subnet, mod_revision)
-        return Lease(subnet, attrs, v6, lease_id=lease_id, mod_revision=mod_revision)
+        return Lease(subnet, attrs, v6, lease_id=lease_id, mod_revision=mod_revision, create_revision=create_revision)
 
     async def list_leases(self) -> Snapshot:
         kv = await self._kv()
@@ -251,7 +252,7 @@ class EtcdRegistry:
         resp = await self._call(kv.get, p, prefix_range_end(p.encode()), timeout=_CALL_TIMEOUT)
         leases, bad = [], []
         for item in resp.kvs:
-            got = self._decode(item.key, item.value, item.lease, item.mod_revision)
+            got = self._decode(item.key, item.value, item.lease, item.mod_revision, item.create_revision)
             (bad if isinstance(got, BadLease) else leases).append(got)
         return Snapshot(tuple(leases), resp.header.revision, tuple(bad))
 
@@ -342,20 +343,24 @@ class EtcdRegistry:
                 if not resp.events:
                     continue
                 # One response may hold several events for one key (a watch catching up): the
-                # last one wins, so puts and deletes come out disjoint and order-free.
-                last: dict[ipaddress.IPv4Network, Lease | None] = {}
+                # last one wins, so puts and deletes come out disjoint and order-free. By key, not
+                # by subnet: two keys can name one subnet (leasecheck.screen_held picks the holder).
+                last: dict[str, Lease | ipaddress.IPv4Network] = {}
                 bad = []
                 for ev in resp.events:
-                    got = self._decode(ev.kv.key, ev.kv.value, ev.kv.lease, ev.kv.mod_revision)
+                    got = self._decode(ev.kv.key, ev.kv.value, ev.kv.lease, ev.kv.mod_revision,
+                                       ev.kv.create_revision)
                     if ev.type == 1:  # DELETE: the key alone says which subnet went away
                         if got.subnet is not None:
-                            last[got.subnet] = None
+                            last[got.key[len(p):] if isinstance(got, BadLease) else got.key] = got.subnet
                     elif isinstance(got, BadLease):
                         bad.append(got)
                     else:
-                        last[got.subnet] = got
-                yield Changes(tuple(le for le in last.values() if le is not None),
-                              tuple(sn for sn, le in last.items() if le is None), resp.header.revision, tuple(bad))
+                        last[got.key] = got
+                gone = [(key, sn) for key, sn in last.items() if not isinstance(sn, Lease)]
+                yield Changes(tuple(le for le in last.values() if isinstance(le, Lease)),
+                              tuple(sn for _, sn in gone), resp.header.revision, tuple(bad),
+                              tuple(key for key, _ in gone))
         except (EtcdError, grpc.aio.AioRpcError) as err:
             yield WatchLost(f"watch on etcd at {self.endpoints} failed: {_describe(err)}")
         finally:
