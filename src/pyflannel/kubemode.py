@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 
+from .backend import get_backend
 from .core import kubenode
 from .core.config import NetworkConfig, parse_config
 from .core.errors import ConfigError, LocalConfigError, StoreUnavailable
@@ -24,7 +25,12 @@ async def read_config(registry: KubeRegistry) -> NetworkConfig:
         raise LocalConfigError(f"network config {path} not found: mount the kube-flannel-cfg ConfigMap's "
                                "net-conf.json there, or pass -net-config-path=FILE")
     try:
-        return parse_config(data)
+        config = parse_config(data)
+        # as in etcd mode (Conductor.wait_for_config): a bad Backend is a config error, and what it
+        # ignores (unknown keys, IPv6 it does not carry) is said here, once
+        for warning in get_backend(config.backend_type).check_config(config):
+            log.warning(warning)
+        return config
     except ConfigError as err:
         raise LocalConfigError(f"invalid network config {path}: {err}; fix net-conf.json in the ConfigMap") from err
 

@@ -26,7 +26,7 @@ ALLOWED = {
     "keeper": {"core", "store"},
     "storeprobe": {"core", "store", "observe"},
     "preflight": {"core", "kernel"},
-    "kubemode": {"core", "store"},
+    "kubemode": {"core", "store", "backend"},
     "daemon": {"core", "store", "kernel", "backend", "systemd", "observe", "subnetfile", "converger", "keeper",
                "kubemode", "instance", "process", "preflight", "storeprobe"},
     "lifecycle": {"core", "daemon", "instance", "observe", "process"},

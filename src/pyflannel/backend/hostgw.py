@@ -56,8 +56,6 @@ class HostGwBackend(PlanningBackend):
                 "use the vxlan backend behind NAT)")
         super().__init__(ext, config)
         self._memo: dict[int, tuple[Lease, Route]] = {}
-        for warning in check_keys(config, (), "host-gw"):
-            log.warning(warning)
 
     @classmethod
     def check_config(cls, config: NetworkConfig) -> list[str]:

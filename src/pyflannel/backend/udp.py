@@ -87,8 +87,6 @@ class UdpBackend(PlanningBackend):
 
     def __init__(self, ext: ExternalInterface, config: NetworkConfig) -> None:
         super().__init__(ext, config)
-        for warning in self.check_config(config):
-            log.warning(warning)
         self.port = int_option(config, "Port", DEFAULT_PORT, 1, 65535, "udp")
         self.tun_fd: int | None = None
         self.tun_name = ""

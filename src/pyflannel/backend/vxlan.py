@@ -166,8 +166,6 @@ class VxlanBackend(PlanningBackend):
 
     def __init__(self, ext: ExternalInterface, config: NetworkConfig) -> None:
         super().__init__(ext, config)
-        for warning in check_keys(config, KNOWN_KEYS, "vxlan"):
-            log.warning(warning)
         self.opts = parse_options(config, ext.mtu)
         self.needs_onlink = self.opts.direct_routing
         self.mac = self.mac6 = ""

@@ -45,8 +45,6 @@ class WireguardBackend(PlanningBackend):
 
     def __init__(self, ext: ExternalInterface, config: NetworkConfig) -> None:
         super().__init__(ext, config)
-        for warning in check_keys(config, KNOWN_KEYS, "wireguard"):
-            log.warning(warning)
         self.opts = parse_options(config, ext.mtu)
         self.network6 = config.ipv6_network if config.enable_ipv6 and ext.ext_v6_addr is not None else None
         self.devs: tuple[WgDevice, ...] = wp.devices(self.opts, True, self.network6 is not None)
