@@ -79,3 +79,41 @@ def test_backends_are_independent() -> None:
         shared = {"__init__", "base", "base_cloud", path.stem, stem, f"{stem}_pump", f"{stem}_plan"}
         others = {p.stem for p in (SRC / "backend").glob("*.py")} - shared
         assert not [o for o in others if f"from .{o} import" in text], path.name
+
+
+def _guarded_lines(tree: ast.AST) -> set[int]:
+    """Lines inside ``with guard(...)``/``with session(...)`` (also ``netlink.``-qualified), or inside
+    a lambda handed to ``_ignore_gone`` (which runs it under ``guard``)."""
+    def name(call: ast.expr) -> str:
+        func = call.func if isinstance(call, ast.Call) else None
+        return func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+
+    lines: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.With) and any(name(item.context_expr) in ("guard", "session") for item in node.items):
+            lines.update(range(node.lineno, (node.end_lineno or node.lineno) + 1))
+        elif isinstance(node, ast.Call) and name(node) == "_ignore_gone":
+            for arg in node.args:
+                if isinstance(arg, ast.Lambda):
+                    lines.update(range(arg.lineno, (arg.end_lineno or arg.lineno) + 1))
+    return lines
+
+
+@pytest.mark.parametrize("path", sorted(p for p in SRC.rglob("*.py") if p != SRC / "kernel" / "netlink.py"),
+                         ids=lambda p: str(p.relative_to(SRC)))
+def test_every_netlink_call_goes_through_kernel_netlink(path: pathlib.Path) -> None:
+    """Issue 12 (3): every pyroute2 IPRoute socket outside kernel/netlink.py is opened, and every
+    request on it (``ipr.…``) sent, under ``netlink.guard``/``netlink.session``, so that an error is
+    one KernelError line naming the object, the errno and the fix, never a pyroute2 traceback."""
+    tree = ast.parse(path.read_text())
+    guarded = _guarded_lines(tree)
+    loose = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        opens = isinstance(func, ast.Name) and func.id == "IPRoute"
+        asks = isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id == "ipr"
+        if (opens or asks) and node.lineno not in guarded:
+            loose.append(f"line {node.lineno}: {ast.unparse(node)[:60]}")
+    assert not loose, f"{path.relative_to(SRC)}: netlink outside netlink.guard/session: {loose}"

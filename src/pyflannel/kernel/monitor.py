@@ -24,9 +24,7 @@ import struct
 import threading
 from collections.abc import Callable, Iterable
 
-from pyroute2 import IPRoute
-
-from .netlink import RTPROT_FLANNEL
+from .netlink import RTPROT_FLANNEL, session
 from .nldump import decode_event
 
 log = logging.getLogger(__name__)
@@ -138,7 +136,7 @@ class KernelMonitor:
         if not self.owned_devs:
             return
         found = {}
-        with IPRoute() as ipr:
+        with session("look up our devices") as ipr:
             for name in self.owned_devs:
                 idx = ipr.link_lookup(ifname=name)
                 if idx:
