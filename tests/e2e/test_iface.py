@@ -85,6 +85,11 @@ def test_public_ip(ns: str) -> None:
     got = select(ns, iface=["eth0"], public="203.0.113.9")
     assert got["addr"] == "198.18.1.10" and got["ext"] == "203.0.113.9", "NAT: --iface with --public-ip"
     assert "is not an address of any interface" in str(select(ns, public="203.0.113.9")["error"])
+    # issue 13 (2): an address no host can be reached on is refused before any lease is taken
+    for bad, why in (("224.0.0.1", "is a multicast address"), ("127.0.0.1", "is a loopback address"),
+                     ("169.254.9.9", "is a link-local address"), ("255.255.255.255", "is the broadcast address")):
+        err = str(select(ns, iface=["eth0"], public=bad).get("error"))
+        assert err.startswith(f"cannot use --public-ip as this host's public IP: {bad} {why}"), err
 
 
 def test_no_match_names_the_interfaces(ns: str) -> None:

@@ -103,6 +103,12 @@ def test_reserve_errors(etcd_server, cfg_file, capsys) -> None:
     assert ctl(etcd_server, "leases", "reserve", "10.0.7.1/24", "198.18.0.12") == 1
     assert "bad subnet" in capsys.readouterr().err
     assert ctl(etcd_server, "leases", "reserve", "10.0.53.0/24", "198.18.0.11") == 0, "own lease -> reservation"
+    # issue 13 (2): a PublicIP no host can have is never written
+    for bad in ("0.0.0.0", "224.0.0.1", "127.0.0.1", "169.254.9.9", "255.255.255.255"):
+        assert ctl(etcd_server, "leases", "reserve", "10.0.54.0/24", bad) == 1, bad
+        err = capsys.readouterr().err
+        assert bad in err and "\n" not in err.rstrip("\n") and "Traceback" not in err, err
+    assert ctl(etcd_server, "leases", "list") == 0 and "10.0.54.0" not in capsys.readouterr().out
 
 
 def test_garbage_keys_are_listed_as_bad(etcd_server, cfg_file, capsys) -> None:

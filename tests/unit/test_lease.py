@@ -362,3 +362,30 @@ def test_ipv6_only_lease_keeps_an_unset_public_ip_as_go_writes_it():
     expected = b'{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8::10"}'
     assert parse_lease_attrs(expected) == LeaseAttrs(A4(0), A6("2001:db8::10"))
     assert render_lease_attrs(LeaseAttrs(A4(0), A6("2001:DB8:0:0::0010"))) == expected
+
+
+@pytest.mark.parametrize("text,why", [
+    ("0.0.0.0", "is unspecified"), ("224.0.0.1", "is a multicast address"), ("239.1.2.3", "is a multicast address"),
+    ("255.255.255.255", "is the broadcast address"), ("127.0.0.1", "is a loopback address"),
+    ("169.254.9.9", "is a link-local address"), ("ff02::1", "is a multicast address"), ("::1", "is a loopback address"),
+    ("fe80::1", "is a link-local address"), ("::", "is unspecified"),
+])
+def test_a_public_ip_no_host_can_have_is_never_read_or_written(text, why):
+    """Issue 13 (2): such a lease would point routes, FDB entries or tunnels at nothing."""
+    ip = ipaddress.ip_address(text)
+    assert why in (public_ip_problem(ip) or "")
+    if ip.version == 4:
+        with pytest.raises(StoreDataError, match=why):
+            parse_lease_attrs(json.dumps({"PublicIP": text}))
+        with pytest.raises(StoreDataError, match=why):
+            render_lease_attrs(LeaseAttrs(ip))
+    else:  # a dual-stack lease keeps its IPv4 half; the IPv6 half is dropped, saying why
+        attrs = parse_lease_attrs(json.dumps({"PublicIP": "198.18.0.2", "PublicIPv6": text}))
+        assert attrs.public_ipv6 is None and why in attrs.ipv6_problem
+        with pytest.raises(StoreDataError, match=why):  # an IPv6-only lease with it is bad
+            parse_lease_attrs(json.dumps({"PublicIPv6": text}))
+
+
+def test_a_public_ip_a_host_can_have_passes():
+    for text in ("198.18.0.2", "10.1.2.3", "203.0.113.9", "2001:db8::2"):
+        assert public_ip_problem(ipaddress.ip_address(text)) is None
