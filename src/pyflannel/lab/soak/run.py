@@ -54,6 +54,7 @@ class Soak:
         self.log = log
         self.kinds = kinds_for(opts.backend, opts.kinds)
         self.stop = threading.Event()
+        self.stopped_early = False  # set when a violation ended the run before its time
         self.state = _State()
         self.garbage: set[bytes] = set()
         self.env = EnvWatch()
@@ -91,6 +92,7 @@ class Soak:
             while time.monotonic() - self.m0 < seconds and not self.stop.is_set():
                 self._round(tcp)
                 time.sleep(0.05)
+            self.stopped_early = self.stop.is_set()  # a violation ended the run before its time
             self.stop.set()
             for t in threads:
                 t.join(timeout=60)
@@ -258,7 +260,7 @@ class Soak:
         meta = {"seed": o.seed, "minutes": o.minutes, "backend": o.backend, "hosts": o.hosts,
                 "kinds_enabled": list(self.kinds), "kinds_not_applicable": not_applicable(o.backend, o.kinds),
                 "mean_gap_s": o.mean_gap, "heal_bound_s": o.bound,
-                "stopped_early": bool(self.state.violations),
+                "stopped_early": self.stopped_early,
                 "schedule": [f.label() for f in faults],
                 "tcp": {"bytes": tcp.bytes, "connections": tcp.connections, "corrupt": tcp.corrupt,
                         "errors": tcp.errors[:20]},
