@@ -133,3 +133,12 @@ def test_a_snapshot_keeps_the_holder_then_our_own_key_then_the_oldest_key():
     assert screen_held(Snapshot((young, thief), 9), held(victim)).leases == (young,)
     snap = Snapshot((victim,), 9)
     assert screen_held(snap, held(victim)) is snap
+
+
+def test_ipv6_only_keys_share_no_ipv4_subnet():
+    # Go names an IPv6-only lease 0.0.0.0-0&<IPv6 subnet>: 0.0.0.0/0 is no subnet, held by nobody
+    a, b = alias("0.0.0.0/0", "fd00:1::/64", "198.18.0.2"), alias("0.0.0.0/0", "fd00:2::/64", "198.18.0.3")
+    snap = Snapshot((a, b), 3)
+    assert screen_held(snap, PeerTable()) is snap
+    ch = Changes((b,), (), 4)
+    assert screen_held(ch, held(a)) is ch

@@ -108,7 +108,8 @@ class _Claims:
         self.claimed: dict[object, str] = {}
 
     def problem(self, le: Lease, prefix: str) -> str | None:
-        for sn in (le.subnet, le.ipv6_subnet):
+        # 0.0.0.0/0: no IPv4 subnet at all (Go's key of an IPv6-only lease, 0.0.0.0-0&<IPv6 subnet>)
+        for sn in (le.subnet if le.subnet.prefixlen else None, le.ipv6_subnet):
             if sn is None:
                 continue
             holder = self.claimed.get(sn) or self.holder(sn)  # type: ignore[operator]
