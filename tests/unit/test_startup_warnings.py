@@ -37,7 +37,7 @@ def test_a_backend_names_an_unknown_key_in_check_config_and_its_constructor_logs
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
-@pytest.mark.parametrize("btype,says", [("udp", True), ("wireguard", True), ("aws-vpc", True), ("gce", True),
+@pytest.mark.parametrize("btype,says", [("udp", True), ("wireguard", False), ("aws-vpc", True), ("gce", True),
                                         ("vxlan", False), ("host-gw", False)])
 def test_enable_ipv6_on_a_backend_that_carries_ipv4_only_is_named(btype: str, says: bool) -> None:
     warnings = get_backend(btype).check_config(config({"Type": btype}, **{k: v for k, v in DUAL.items()
