@@ -59,7 +59,7 @@ def test_an_unhealed_fault_is_a_violation_that_keeps_the_logs(tmp_path, monkeypa
     assert len(rep["violations"]) == 1, rep["violations"]
     assert "not healed 3s after the last fault" in rep["violations"][0]["what"]
     assert "route 10.0.250.0/24 via 198.18.0.99 dev eth0" in rep["violations"][0]["what"]
-    assert rep["stopped_early"], "the run went on to its end after the violation"  # not a measured duration
+    assert rep["stopped_early"] and rep["seconds"] < 60
     kept = tmp_path / f"soak-latest-logs-seed{SEED}"
     assert (kept / "violations.json").exists() and (kept / "h1" / "flanneld.log").exists()
     assert json.loads((kept / "violations.json").read_text())["faults"][0]["fault"]["kind"] == "iptables-flush"
