@@ -191,18 +191,22 @@ def ensure_route(dst: ipaddress.IPv4Network, oif: int, gateway: ipaddress.IPv4Ad
         ipr.route("replace", **kw)
 
 
-def set_sysctl(path: str, value: str) -> None:
+def set_sysctl(path: str, value: str, *, missing_ok: bool = False) -> bool:
     """Write /proc/sys/<path> (of this process's network namespace) if it differs. An IPv6 setting
     on a kernel without IPv6 (booted with ipv6.disable=1: no /proc/sys/net/ipv6) has nothing to
-    set and is skipped."""
+    set and is skipped. ``missing_ok``: a setting that does not exist (yet: its device is missing)
+    is not set and False is returned, instead of a KernelError; True otherwise."""
     full = f"/proc/sys/{path}"
     if path.startswith("net/ipv6/") and not os.path.isdir("/proc/sys/net/ipv6"):
-        return
+        return True
+    if missing_ok and not os.path.exists(full):
+        return False
     try:
         with open(full) as f:
             if f.read().strip() == value:
-                return
+                return True
         with open(full, "w") as f:
             f.write(value)
     except OSError as err:
         raise KernelError(f"cannot set sysctl {path}={value}: {err.strerror}") from err
+    return True

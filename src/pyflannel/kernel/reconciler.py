@@ -259,11 +259,14 @@ class Reconciler:
         self._believed = None
         self.full_runs += 1
         self.expected_gone.clear()  # a leftover (an entry that was already gone) must not hide a later deletion
+        # A device's own setting (disable_ipv6, accept_ra) goes before the device is brought up
+        # (flannel0 would otherwise send the kernel's IPv6 router solicitations into the pump), but
+        # it is gone while the device is (deleted by hand): those are set once the device is back,
+        # since failing on one first would keep the device from ever being made again.
+        later = [(p, v) for p, v in desired.sysctls if not netlink.set_sysctl(p, v, missing_ok=True)]
         with netlink.session("reconcile") as ipr:
             links = [self.ensure_link(ipr, spec) for spec in desired.links]
-            # after the devices: a device's own setting (accept_ra) is gone while the device is
-            # (deleted by hand), and failing on it first would keep the device from being made again
-            for path, value in desired.sysctls:
+            for path, value in later:
                 netlink.set_sysctl(path, value)
             with guard("list devices"):
                 self._index = {m.get("ifname"): m["index"] for m in ipr.get_links()}
