@@ -194,8 +194,10 @@ class KubeRegistry:
         raise LocalConfigError("in kube mode the network config is the file -net-config-path (the ConfigMap)")
 
     async def probe(self) -> None:
-        """A cheap call that fails when the API server is unreachable or refuses us."""
-        await self._call("get", f"nodes/{self.node}", self._core.read_node, self.node)
+        """A cheap call that fails when the API server is unreachable or refuses us. Our Node not
+        found is an answer: the server is there (the lease keeper makes the Node's lease again)."""
+        with contextlib.suppress(_NotFound):
+            await self._call("get", f"nodes/{self.node}", self._core.read_node, self.node)
 
     # ---- nodes --------------------------------------------------------------------------------------
     async def get_node(self) -> dict[str, Any] | None:
