@@ -26,15 +26,22 @@ from collections.abc import Callable, Iterable
 
 from .netlink import RTPROT_FLANNEL, session
 from .nldump import decode_event
+from .nlwire import (
+    AF_BRIDGE,
+    NUD_FAILED,
+    NUD_PERMANENT,
+    RT_TABLE_MAIN,
+    RTM_DELLINK,
+    RTM_DELNEIGH,
+    RTM_DELROUTE,
+    RTM_NEWLINK,
+    RTM_NEWROUTE,
+)
 
 log = logging.getLogger(__name__)
 
-NUD_PERMANENT = 0x80
 RTMGRP_LINK, RTMGRP_NEIGH, RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_ROUTE = 0x1, 0x4, 0x40, 0x400
-NUD_FAILED = 0x20
-RTM_NEWLINK, RTM_DELLINK, RTM_NEWROUTE, RTM_DELROUTE, RTM_DELNEIGH = 16, 17, 24, 25, 29
-AF_BRIDGE = 7
-MAIN_TABLE = 254
+MAIN_TABLE = RT_TABLE_MAIN
 
 
 def _was_ours(family: int, state: int) -> bool:

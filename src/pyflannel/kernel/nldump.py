@@ -16,16 +16,33 @@ import socket
 import struct
 from collections.abc import Iterator
 
-NLMSG_ERROR, NLMSG_DONE = 2, 3
-RTM_NEWROUTE, RTM_GETROUTE, RTM_NEWNEIGH, RTM_GETNEIGH = 24, 26, 28, 30
-NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
-RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE = 1, 4, 5, 15
-NDA_DST, NDA_LLADDR = 1, 2
-AF_BRIDGE = 7
-_HDR = struct.Struct("=IHHII")
-_ATTR = struct.Struct("=HH")
-_RTMSG = struct.Struct("=BBBBBBBBI")
-_NDMSG = struct.Struct("=BBHiHBB")
+from .nlwire import (
+    AF_BRIDGE,
+    IFLA_IFNAME,
+    NDA_DST,
+    NDA_LLADDR,
+    NLM_F_DUMP,
+    NLM_F_REQUEST,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    RTA_DST,
+    RTA_GATEWAY,
+    RTA_OIF,
+    RTA_TABLE,
+    RTM_DELLINK,
+    RTM_DELNEIGH,
+    RTM_DELROUTE,
+    RTM_GETNEIGH,
+    RTM_GETROUTE,
+    RTM_NEWLINK,
+    RTM_NEWNEIGH,
+    RTM_NEWROUTE,
+)
+from .nlwire import ATTR as _ATTR
+from .nlwire import HDR as _HDR
+from .nlwire import IFINFO as _IFINFO
+from .nlwire import NDMSG as _NDMSG
+from .nlwire import RTMSG as _RTMSG
 
 # (dst, dst_len, protocol, oif, gateway or None, rtm_flags); addresses as host-order ints
 RouteRow = tuple[int, int, int, int, int | None, int]
@@ -83,9 +100,6 @@ def _mac(raw: memoryview | None) -> str:
     return ":".join(f"{b:02x}" for b in raw) if raw is not None else ""
 
 
-_IFINFO = struct.Struct("=BxHiII")
-IFLA_IFNAME = 3
-RTM_NEWLINK, RTM_DELLINK, RTM_DELROUTE, RTM_DELNEIGH = 16, 17, 25, 29
 _EVENTS = {RTM_NEWLINK: "RTM_NEWLINK", RTM_DELLINK: "RTM_DELLINK", RTM_NEWROUTE: "RTM_NEWROUTE",
            RTM_DELROUTE: "RTM_DELROUTE", RTM_NEWNEIGH: "RTM_NEWNEIGH", RTM_DELNEIGH: "RTM_DELNEIGH"}
 

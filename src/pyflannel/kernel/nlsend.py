@@ -23,22 +23,38 @@ import select
 import socket
 import struct
 
-NLMSG_ERROR = 2
-RTM_NEWROUTE, RTM_DELROUTE, RTM_NEWNEIGH, RTM_DELNEIGH = 24, 25, 28, 29
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x100, 0x200, 0x400
-RTA_DST, RTA_OIF, RTA_GATEWAY = 1, 4, 5
-NDA_DST, NDA_LLADDR = 1, 2
-RT_TABLE_MAIN, RT_SCOPE_UNIVERSE, RTN_UNSPEC, RTN_UNICAST = 254, 0, 0, 1
-NUD_NOARP, NUD_PERMANENT = 0x40, 0x80
-NTF_SELF = 0x02
-AF_BRIDGE = 7
+from .nlwire import (
+    AF_BRIDGE,
+    NDA_DST,
+    NDA_LLADDR,
+    NLM_F_ACK,
+    NLM_F_CREATE,
+    NLM_F_EXCL,
+    NLM_F_REPLACE,
+    NLM_F_REQUEST,
+    NLMSG_ERROR,
+    NTF_SELF,
+    NUD_NOARP,
+    NUD_PERMANENT,
+    RT_SCOPE_UNIVERSE,
+    RT_TABLE_MAIN,
+    RTA_DST,
+    RTA_GATEWAY,
+    RTA_OIF,
+    RTM_DELNEIGH,
+    RTM_DELROUTE,
+    RTM_NEWNEIGH,
+    RTM_NEWROUTE,
+    RTN_UNICAST,
+    RTN_UNSPEC,
+)
+from .nlwire import ATTR as _ATTR
+from .nlwire import HDR as _HDR
+from .nlwire import NDMSG as _NDMSG
+from .nlwire import RTMSG as _RTMSG
+
 SOL_NETLINK, NETLINK_CAP_ACK = 270, 10
 ACK_WAIT_S = 5.0
-
-_HDR = struct.Struct("=IHHII")
-_RTMSG = struct.Struct("=BBBBBBBBI")
-_NDMSG = struct.Struct("=BBHiHBB")
-_ATTR = struct.Struct("=HH")
 _U32 = struct.Struct("=I")
 _ERR = struct.Struct("=i")
 
