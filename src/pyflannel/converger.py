@@ -35,15 +35,15 @@ from .core.backoff import Backoff, LogOnce
 from .core.desired import DesiredState
 from .core.errors import FlannelError, KernelError, LocalConfigError, TransientError
 from .core.host import HostFacts
-from .core.lease import Lease
-from .core.plan import Plan, PumpPlan, shared_public_ips, target_of
+from .core.lease import Lease, SubnetId
+from .core.plan import Plan, PumpPlan, public_of, shared_public_ips, target_of
 from .kernel.host import OnlinkCache
 from .kernel.monitor import KernelMonitor
 from .kernel.reconciler import Reconciler
 
 log = logging.getLogger("pyflannel.converger")
 
-Net = ipaddress.IPv4Network
+Net = SubnetId  # a lease's ident (core/lease.py)
 
 
 # upper bounds of the run-time histogram (flannel_reconcile_duration_seconds): a delta run takes
@@ -279,16 +279,16 @@ class Converger:
         if table is None:
             return self.backend.plan(own, None, HostFacts()), {}
         peers = dict(table)  # a copy keeps the keys' hashes (an IPv4Network's is computed in Python)
-        peers.pop(own.subnet, None)
+        peers.pop(own.ident, None)
         selection = self.backend.select(peers)
         for lease, why in selection.skipped:
-            if (lease.subnet, why) not in self._warned:
-                self._warned.add((lease.subnet, why))
-                log.warning("skipping peer %s (%s): %s", lease.subnet, lease.attrs.public_ip, why)
+            if (lease.ident, why) not in self._warned:
+                self._warned.add((lease.ident, why))
+                log.warning("skipping peer %s (%s): %s", lease.ident, public_of(lease), why)
         for lease, why in selection.notes:
-            if (lease.subnet, why) not in self._warned:
-                self._warned.add((lease.subnet, why))
-                log.warning("peer %s (%s): %s", lease.subnet, lease.attrs.public_ip, why)
+            if (lease.ident, why) not in self._warned:
+                self._warned.add((lease.ident, why))
+                log.warning("peer %s (%s): %s", lease.ident, public_of(lease), why)
         self._warn_shared(own, selection.peers)
         facts = HostFacts()
         if self.backend.needs_onlink:

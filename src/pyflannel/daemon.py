@@ -32,7 +32,7 @@ from .core.backoff import Backoff, LogOnce
 from .core.config import NetworkConfig, parse_config
 from .core.errors import ConfigError, KernelError, LeaseLost, LocalConfigError, StoreUnavailable
 from .core.events import PeerTable, Snapshot
-from .core.lease import Lease
+from .core.lease import Lease, SubnetId
 from .core.leasecheck import screen, screen_held
 from .core.subnetenv import SubnetEnv, render_subnet_env, subnet_env_for
 from .core.trace import device
@@ -81,6 +81,13 @@ class Options:
     unsupported: tuple[str, ...] = ()  # warnings for accepted flags that do nothing yet, logged at start
 
 
+def _public(lease: Lease) -> str:
+    """A lease's public address for the log: PublicIP, or PublicIPv6 on an IPv6-only network."""
+    if lease.attrs.public_ip.is_unspecified and lease.attrs.public_ipv6 is not None:
+        return str(lease.attrs.public_ipv6)
+    return str(lease.attrs.public_ip)
+
+
 class Conductor:
     def __init__(self, opts: Options) -> None:
         self.opts = opts
@@ -121,14 +128,14 @@ class Conductor:
             wg_peers=lambda: self.backend.peer_stats() if self.backend is not None else [])
 
     def _known_peers(self) -> int:
-        own = self.lease.subnet if self.lease is not None else None
+        own = self.lease.ident if self.lease is not None else None
         return sum(1 for subnet in self.peers.leases if subnet != own)
 
     def programmed(self) -> dict[str, object]:
         """The peers as the data path has them now: for udp the pump's table itself."""
         conv = self.converger
         out: dict[str, object] = {"backend": self.backend.name if self.backend else "",
-                                  "subnet": str(self.lease.subnet) if self.lease else None}
+                                  "subnet": str(self.lease.ident) if self.lease else None}
         if conv is None:
             return out | {"peers": []}
         table = conv.pump_table()
@@ -137,8 +144,8 @@ class Conductor:
                              "public_ip": str(ipaddress.IPv4Address(ip)), "port": port}
                             for net, plen, ip, port in table.routes]
         else:
-            out["peers"] = [{"subnet": str(sn), "public_ip": str(le.attrs.public_ip)}
-                            for sn, le in sorted(conv.programmed.items())]
+            out["peers"] = [{"subnet": str(sn), "public_ip": _public(le)}
+                            for sn, le in sorted(conv.programmed.items(), key=lambda kv: (kv[0].version, kv[0]))]
         return out
 
     async def start_http(self) -> None:
@@ -206,16 +213,17 @@ class Conductor:
         log.info("network config network=%s subnet_len=%d backend=%s", config.network, config.subnet_len,
                  config.backend_type)
         self._warn_unsupported()
-        if not config.enable_ipv4:
-            raise LocalConfigError(f"the network config is IPv6-only (EnableIPv4 false, IPv6Network "
-                                   f"{config.ipv6_network}), which this pyflannel does not run yet: set EnableIPv4 "
-                                   "true with a Network for a dual-stack network")
+        if not config.enable_ipv4 and not getattr(get_backend(config.backend_type), "ipv6_only", False):
+            raise LocalConfigError(f"the {config.backend_type} backend cannot run an IPv6-only network (EnableIPv4 "
+                                   f"false, IPv6Network {config.ipv6_network}): use the vxlan or host-gw backend, or "
+                                   "set EnableIPv4 true with a Network for a dual-stack network")
         ext = await asyncio.to_thread(
             select_external_interface, list(opts.ifaces), list(opts.iface_regex), opts.iface_can_reach, opts.public_ip,
-            opts.public_ipv6, config.enable_ipv6,
+            opts.public_ipv6, config.enable_ipv6, config.enable_ipv4,
         )
-        log.info("using interface name=%s addr=%s public_ip=%s mtu=%d%s", ext.name, ext.iface_addr, ext.ext_addr,
-                 ext.mtu, f" addr_v6={ext.iface_v6_addr} public_ipv6={ext.ext_v6_addr}" if config.enable_ipv6 else "")
+        log.info("using interface name=%s addr=%s public_ip=%s mtu=%d%s", ext.name, ext.iface_addr if config.enable_ipv4
+                 else "-", ext.ext_addr if config.enable_ipv4 else "-", ext.mtu,
+                 f" addr_v6={ext.iface_v6_addr} public_ipv6={ext.ext_v6_addr}" if config.enable_ipv6 else "")
         self.backend = backend = get_backend(config.backend_type)(ext, config)
         self.converger = converger = Converger(backend, full_check_s=opts.kernel_check_s)
         if isinstance(self.registry, KubeRegistry):
@@ -226,17 +234,19 @@ class Conductor:
         if isinstance(self.registry, KubeRegistry):
             manager = KubeLeaseManager(self.registry, attrs)
         else:
+            # an IPv6-only network's subnet.env has no FLANNEL_SUBNET: that is no problem there
+            problem = prev.problem if config.enable_ipv4 or prev.ipv6_subnet is None else ""
             manager = LeaseManager(self.registry, attrs, ttl=opts.lease_ttl_s, previous_subnet=prev.subnet,
-                                   previous_problem=prev.problem and f"subnet.env {opts.subnet_file} names no "
-                                                                     f"usable subnet: {prev.problem}",
+                                   previous_problem=problem and f"subnet.env {opts.subnet_file} names no "
+                                                                f"usable subnet: {problem}",
                                    previous_ipv6_subnet=prev.ipv6_subnet)
         lease = await self.acquire(config, manager)
         self.keeper = LeaseKeeper(lease, manager, self.registry, opts.renew_margin_min * 60)
         await converger.start(lease, await backend.start(lease))
         await self._setup_traffic(config, lease, prev.network, prev.subnet)
-        assert config.network is not None
-        env = subnet_env_for(config.network, lease.subnet, backend.mtu(), opts.ip_masq,
-                             config.ipv6_network if config.enable_ipv6 else None, lease.ipv6_subnet)
+        v4 = config.enable_ipv4
+        env = subnet_env_for(config.network if v4 else None, lease.subnet if v4 else None, backend.mtu(),
+                             opts.ip_masq, config.ipv6_network if config.enable_ipv6 else None, lease.ipv6_subnet)
         # Everything built so far (modules, clients, the backend) lives as long as the process:
         # out of the collector's sight, a full collection no longer walks it again and again.
         gc.freeze()
@@ -248,7 +258,8 @@ class Conductor:
             tg.create_task(self._guard("keeper", self.keeper.run()))
             tg.create_task(self._guard("traffic-check", self.traffic_loop()))
             tg.create_task(self._guard("store-probe", self.probe.run(config)))
-            tg.create_task(preflight.run(config, device(config), lease.subnet, lambda: self.peers.leases))
+            if config.enable_ipv4:  # its checks and probes are IPv4's
+                tg.create_task(preflight.run(config, device(config), lease.subnet, lambda: self.peers.leases))
             if isinstance(manager, KubeLeaseManager) and opts.kube is not None and opts.kube.set_network_unavailable:
                 tg.create_task(self._guard("node-condition", manager.complete()))
 
@@ -272,12 +283,12 @@ class Conductor:
         self.stats.not_ready = ""
         self.stats.subnet_file_written = True
         lease = self.lease
-        log.info("flannel is ready: wrote %s subnet=%s mtu=%d", path, env.subnet, env.mtu)
+        log.info("flannel is ready: wrote %s subnet=%s mtu=%d", path, env.subnet or env.ipv6_subnet, env.mtu)
         if prev_subnet is not None and lease is not None and prev_subnet != lease.subnet:
             log.error("SUBNET CHANGED from %s to %s: restart docker (or the container runtime) so that its "
                       "bridge moves to the new subnet", prev_subnet, lease.subnet)
         # as Go flannel: READY=1 alone; after a failure, also a STATUS= replacing the one with the cause
-        sd_notify("READY=1" + (f"\nSTATUS=ready: subnet {env.subnet}" if recovered else ""))
+        sd_notify("READY=1" + (f"\nSTATUS=ready: subnet {env.subnet or env.ipv6_subnet}" if recovered else ""))
 
     def _warn_unsupported(self) -> None:
         """Accepted settings that do nothing yet say so, once, at start-up (a backend that carries no
@@ -288,11 +299,12 @@ class Conductor:
     async def _setup_traffic(self, config: NetworkConfig, lease: Lease, prev_network: object,
                              prev_subnet: object) -> None:
         opts = self.opts
-        assert config.network is not None
-        self.traffic = TrafficManager(nftables=config.enable_nftables, ip_masq=opts.ip_masq,
-                                      forward_rules=opts.forward_rules, random_fully=opts.ip_masq_random_fully)
         try:
-            await asyncio.to_thread(self.traffic.setup, config.network, lease.subnet, prev_network, prev_subnet)
+            if config.enable_ipv4:
+                assert config.network is not None
+                self.traffic = TrafficManager(nftables=config.enable_nftables, ip_masq=opts.ip_masq,
+                                              forward_rules=opts.forward_rules, random_fully=opts.ip_masq_random_fully)
+                await asyncio.to_thread(self.traffic.setup, config.network, lease.subnet, prev_network, prev_subnet)
             if config.enable_ipv6 and config.ipv6_network is not None and lease.ipv6_subnet is not None:
                 self.traffic6 = TrafficManager(nftables=config.enable_nftables, ip_masq=opts.ip_masq,
                                                forward_rules=opts.forward_rules,
@@ -341,18 +353,18 @@ class Conductor:
                       type(ev).__name__.lower(), ev.revision, len(delta.added), len(delta.removed),
                       len(delta.changed), len(ev.bad), len(self.peers.leases))
             for le in delta.added:
-                if le.subnet != own:
+                if le.ident != own:
                     self._bad_seen.discard(le.key)
-                    log.info("peer added subnet=%s public_ip=%s", le.subnet, le.attrs.public_ip)
+                    log.info("peer added subnet=%s public_ip=%s", le.ident, _public(le))
             self._log_removed(delta.removed, own)
             if delta or first:
                 self.converger.mark_dirty(self.peers.leases)
             first = False
 
-    def _log_removed(self, removed: tuple[Lease, ...], own: ipaddress.IPv4Network) -> None:
+    def _log_removed(self, removed: tuple[Lease, ...], own: SubnetId) -> None:
         for le in removed:
-            if le.subnet != own:
-                log.info("peer removed subnet=%s public_ip=%s", le.subnet, le.attrs.public_ip)
+            if le.ident != own:
+                log.info("peer removed subnet=%s public_ip=%s", le.ident, _public(le))
 
     def _schedule_expiry(self) -> None:
         """A timer for the first deleted lease still in its grace (PeerTable.expire), if any."""
@@ -376,7 +388,7 @@ class Conductor:
         someone flushed them."""
         while True:
             await asyncio.sleep(self.opts.iptables_resync_s)
-            if self.traffic is None:
+            if not self._traffic_managers():
                 continue
             try:
                 for manager in self._traffic_managers():
@@ -388,7 +400,8 @@ class Conductor:
                 self._traffic_log.error("cannot check the iptables/nftables rules, retrying: %s", err)
             except OSError as err:  # e.g. EMFILE: no descriptor left to run iptables with
                 self._traffic_log.error("cannot check the iptables/nftables rules, retrying: cannot run %s: %s",
-                                        "nft" if self.traffic.nftables else "iptables", err.strerror or err)
+                                        "nft" if self._traffic_managers()[0].nftables else "iptables",
+                                        err.strerror or err)
 
     async def close(self) -> None:
         if self.converger is not None:

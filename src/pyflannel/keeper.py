@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -20,7 +19,7 @@ from typing import TypeVar
 from .core.backoff import Backoff, LogOnce
 from .core.errors import LeaseLost, StoreUnavailable
 from .core.events import BadLease, Changes, Snapshot
-from .core.lease import Lease
+from .core.lease import Lease, SubnetId
 from .store.etcd import EtcdRegistry
 from .store.manager import LeaseManager
 
@@ -32,6 +31,14 @@ _T = TypeVar("_T")
 class _Seen:
     lease: Lease | None  # None: our key was deleted (or holds garbage)
     garbage: BadLease | None = None  # our key's value no longer decodes
+
+
+def _owner(lease: Lease) -> str:
+    """Who a lease says it belongs to: its PublicIP; on an IPv6-only network (PublicIP 0.0.0.0 on
+    every host) its PublicIPv6."""
+    if lease.attrs.public_ip.is_unspecified and lease.attrs.public_ipv6 is not None:
+        return str(lease.attrs.public_ipv6)
+    return str(lease.attrs.public_ip)
 
 
 class LeaseKeeper:
@@ -49,21 +56,22 @@ class LeaseKeeper:
         self.renewals = 0
 
     @property
-    def subnet(self) -> ipaddress.IPv4Network:
-        return self.lease.subnet
+    def subnet(self) -> SubnetId:
+        """Our lease's ident (its IPv4 subnet; its IPv6 subnet on an IPv6-only network)."""
+        return self.lease.ident
 
     def observe(self, ev: Snapshot | Changes) -> None:
         """What the watcher saw of our key in ``ev`` (O(size of ev)); acted on by ``run``."""
-        own = self.lease.subnet
+        own = self.lease.ident
         key = self.registry.subnets_prefix + self.lease.key
         garbage = next((b for b in ev.bad if b.subnet == own and b.key == key), None)
         if garbage is not None:
             seen = _Seen(None, garbage)
         elif isinstance(ev, Snapshot):
-            mine = next((le for le in ev.leases if le.subnet == own), None)
+            mine = next((le for le in ev.leases if le.ident == own), None)
             seen = _Seen(mine)
         else:
-            mine = next((le for le in reversed(ev.puts) if le.subnet == own), None)
+            mine = next((le for le in reversed(ev.puts) if le.ident == own), None)
             if mine is not None:
                 seen = _Seen(mine)
             elif own in ev.deletes:
@@ -84,7 +92,7 @@ class LeaseKeeper:
                     await self._restore(seen.garbage)
                     continue
                 if seen.lease is None:
-                    log.warning("our lease %s was deleted from %s; taking it again", self.lease.subnet,
+                    log.warning("our lease %s was deleted from %s; taking it again", self.lease.ident,
                                 self.registry.store_name)
                     await self._retake()
                     continue
@@ -107,7 +115,7 @@ class LeaseKeeper:
         if lease.expiration != self.lease.expiration or lease.is_reservation != self.lease.is_reservation:
             self._renew_at = self._renewal_time(lease)
             if self._renew_at is not None:
-                log.debug("lease %s: next renewal in %.0fs", lease.subnet, self._renew_at - time.time())
+                log.debug("lease %s: next renewal in %.0fs", lease.ident, self._renew_at - time.time())
         self.lease = lease
 
     def _until_renewal(self) -> float | None:
@@ -118,8 +126,8 @@ class LeaseKeeper:
 
     def _follow(self, seen: Lease) -> None:
         """Our key changed: our own renewal (follow its revision), or another host took it."""
-        if seen.attrs.public_ip != self.lease.attrs.public_ip:
-            raise LeaseLost(f"our subnet {seen.subnet} now belongs to {seen.attrs.public_ip}: someone else took it; "
+        if _owner(seen) != _owner(self.lease):
+            raise LeaseLost(f"our subnet {seen.ident} now belongs to {_owner(seen)}: someone else took it; "
                             "exiting so that a restart leases a new subnet (then restart docker)")
         self._set(Lease(seen.subnet, self.lease.attrs, seen.ipv6_subnet, seen.lease_id, seen.mod_revision,
                         self.lease.expiration))
@@ -130,17 +138,17 @@ class LeaseKeeper:
         except StoreUnavailable as err:
             delay = self._retry_delay()
             self._renew_log.error("cannot renew lease %s (it expires in %s), retrying with a backoff: %s",
-                                  self.lease.subnet, self._time_left(), err)
+                                  self.lease.ident, self._time_left(), err)
             self._not_before = time.time() + delay
             return
         self._retry.reset()
         if new is None:  # changed under us: let the watcher's view settle, then try again
             self._not_before = time.time() + 1.0
             return
-        self._renew_log.ok("lease %s can be renewed again", new.subnet)
+        self._renew_log.ok("lease %s can be renewed again", new.ident)
         self._set(new)
         self.renewals += 1
-        log.info("lease renewed subnet=%s expires_in=%ds", new.subnet, int((new.expiration or 0) - time.time()))
+        log.info("lease renewed subnet=%s expires_in=%ds", new.ident, int((new.expiration or 0) - time.time()))
 
     def _retry_delay(self) -> float:
         """After a failed renewal: the backoff (0.5 s doubling up to 10 s), but never more than a
@@ -157,22 +165,22 @@ class LeaseKeeper:
         """Someone overwrote our key with a value that is no lease (no TTL: it would stay for good,
         and a restart would lease another subnet): write our lease back over exactly that value."""
         log.warning("our lease %s was overwritten with something that is not a lease (%s); writing it back",
-                    self.lease.subnet, garbage.reason)
+                    self.lease.ident, garbage.reason)
         new = await self._until_stored(lambda: self.manager.restore(self.lease, garbage.mod_revision),
-                                       f"write our lease {self.lease.subnet} back")
+                                       f"write our lease {self.lease.ident} back")
         if new is None:  # changed again meanwhile: the watcher says what it is now
             return
         self._set(new)
-        log.info("lease %s written back", new.subnet)
+        log.info("lease %s written back", new.ident)
 
     async def _retake(self) -> None:
         """Re-create our deleted lease, riding out an unavailable etcd; LeaseLost if another host
         took the subnet meanwhile."""
-        own = self.lease.subnet
+        own = self.lease.ident
 
         async def attempt() -> Lease:
             while True:
-                new = await self.manager.recreate(own, self.lease.ipv6_subnet)
+                new = await self.manager.recreate(self.lease.subnet, self.lease.ipv6_subnet)
                 if new is not None:
                     return new
                 # the key exists: our own earlier attempt, or another host
@@ -180,8 +188,8 @@ class LeaseKeeper:
                 new = next((le for le in snap.leases if le.key == self.lease.key), None)
                 if new is None:
                     continue
-                if new.attrs.public_ip != self.lease.attrs.public_ip:
-                    raise LeaseLost(f"our lease {own} was deleted and {new.attrs.public_ip} took the subnet; "
+                if _owner(new) != _owner(self.lease):
+                    raise LeaseLost(f"our lease {own} was deleted and {_owner(new)} took the subnet; "
                                     "exiting so that a restart leases a new one (then restart docker)")
                 return new
 

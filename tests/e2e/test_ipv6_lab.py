@@ -1,6 +1,8 @@
-"""Dual-stack labs of three hosts on vxlan and host-gw (``Lab(ipv6="dual")``): every container
-pair reaches each other over IPv6 and IPv4; the lease JSON, key and subnet.env are Go's; deleting
-a lease removes both families' entries; a restart keeps both subnets and loses no IPv6 ping."""
+"""Dual-stack and IPv6-only labs of three hosts on vxlan and host-gw (``Lab(ipv6="dual"|"only")``):
+every container pair reaches each other over IPv6 (and IPv4 in dual stack); the lease JSON, key and
+subnet.env are Go's; deleting a lease removes its entries (both families'); a restart keeps the
+subnets and loses no IPv6 ping. IPv6-only also: no IPv4 state at all, a malformed peer lease is
+skipped with one warning, and an interface without IPv6 is named with the fix."""
 
 from __future__ import annotations
 
@@ -19,11 +21,17 @@ from pyflannel.lab.netns import in_ns, sh
 from .helpers import all_pairs_ping, ip, log_text, ping_across_restart, wait_for
 
 
-@pytest.fixture(scope="module", params=["vxlan", "host-gw"])
+@pytest.fixture(scope="module", params=[("vxlan", "dual"), ("host-gw", "dual"), ("vxlan", "only"),
+                                        ("host-gw", "only")], ids=lambda p: f"{p[0]}-{p[1]}")
 def lab(request: pytest.FixtureRequest, make_lab) -> Iterator[Lab]:
-    name = {"vxlan": "pf6v", "host-gw": "pf6g"}[request.param]
-    with make_lab(name, 3, request.param, ipv6="dual", host_extra={i: ("-ip-masq",) for i in (1, 2, 3)}) as lab:
+    backend, mode = request.param
+    name = {"vxlan": "pf6v", "host-gw": "pf6g"}[backend] + ("o" if mode == "only" else "")
+    with make_lab(name, 3, backend, ipv6=mode, host_extra={i: ("-ip-masq",) for i in (1, 2, 3)}) as lab:
         yield lab
+
+
+def only(lab: Lab) -> bool:
+    return lab.ipv6 == "only"
 
 
 def env(lab: Lab, host) -> dict[str, str]:
@@ -36,7 +44,9 @@ def subnet6(lab: Lab, host) -> ipaddress.IPv6Network:
 
 
 def key(lab: Lab, host) -> str:
-    sn = ipaddress.IPv4Interface(env(lab, host)["FLANNEL_SUBNET"]).network
+    # IPv6-only: Go's MakeSubnetKey with an empty IPv4 subnet, 0.0.0.0-0
+    sn = (ipaddress.IPv4Network("0.0.0.0/0") if only(lab)
+          else ipaddress.IPv4Interface(env(lab, host)["FLANNEL_SUBNET"]).network)
     sn6 = subnet6(lab, host)
     return f"{PREFIX}/subnets/{sn.network_address}-{sn.prefixlen}&{sn6.network_address.compressed}-{sn6.prefixlen}"
 
@@ -68,28 +78,34 @@ def test_all_six_pairs_ping_over_ipv6_and_ipv4(lab: Lab) -> None:
     # the first IPv6 packets may wait on neighbour discovery and DAD of the new addresses: each pair
     # must answer within the deadline
     wait_for(lambda: all_pairs_ping6(lab) == [], timeout=15, what="all six IPv6 pairs to answer")
-    assert all_pairs_ping(lab) == []
+    if only(lab):  # no IPv4 anywhere in the overlay: no container address, no flannel route or device
+        h = lab.hosts[0]
+        assert all(not x.container_ip for x in lab.hosts)
+        assert "proto 151" not in ip(h.ns, "route", "show") and "flannel.1" not in ip(h.ns, "link", "show")
+    else:
+        assert all_pairs_ping(lab) == []
 
 
 def test_lease_key_json_and_subnet_env_are_gos(lab: Lab) -> None:
     h = lab.hosts[0]
     e = env(lab, h)
     sn6 = subnet6(lab, h)
-    assert list(e) == ["FLANNEL_NETWORK", "FLANNEL_SUBNET", "FLANNEL_IPV6_NETWORK", "FLANNEL_IPV6_SUBNET",
-                       "FLANNEL_MTU", "FLANNEL_IPMASQ"]
+    v4 = [] if only(lab) else ["FLANNEL_NETWORK", "FLANNEL_SUBNET"]  # Go writes them only with EnableIPv4
+    assert list(e) == [*v4, "FLANNEL_IPV6_NETWORK", "FLANNEL_IPV6_SUBNET", "FLANNEL_MTU", "FLANNEL_IPMASQ"]
     assert e["FLANNEL_IPV6_NETWORK"] == NETWORK6 and e["FLANNEL_IPV6_SUBNET"] == f"{sn6.network_address + 1}/64"
     assert sn6.subnet_of(ipaddress.IPv6Network(NETWORK6))
     value = lab.etcdctl("get", key(lab, h), "--print-value-only").strip()
     pub6 = host_ip6(h.index)
+    pub = "0.0.0.0" if only(lab) else h.ip  # Go's zero IP4 when EnableIPv4 is false
     if lab.backend == "vxlan":
-        assert value == (f'{{"PublicIP":"{h.ip}","PublicIPv6":"{pub6}","BackendType":"vxlan",'
-                         f'"BackendData":{{"VNI":1,"VtepMAC":"{mac(h, "flannel.1")}"}},'
+        v4data = "" if only(lab) else f'"BackendData":{{"VNI":1,"VtepMAC":"{mac(h, "flannel.1")}"}},'
+        assert value == (f'{{"PublicIP":"{pub}","PublicIPv6":"{pub6}","BackendType":"vxlan",{v4data}'
                          f'"BackendV6Data":{{"VNI":1,"VtepMAC":"{mac(h, "flannel-v6.1")}"}}}}')
         assert f"{sn6.network_address}/128" in ip(h.ns, "-6", "addr", "show", "dev", "flannel-v6.1")
         assert "mtu 1430" in ip(h.ns, "link", "show", "flannel-v6.1")  # the kernel's IPv6 headroom (70)
         assert e["FLANNEL_MTU"] == "1450"  # as Go: MTU - 50 whatever the family
     else:
-        assert value == f'{{"PublicIP":"{h.ip}","PublicIPv6":"{pub6}","BackendType":"host-gw"}}'
+        assert value == f'{{"PublicIP":"{pub}","PublicIPv6":"{pub6}","BackendType":"host-gw"}}'
 
 
 def test_deleted_lease_removes_both_families(lab: Lab) -> None:
@@ -97,11 +113,11 @@ def test_deleted_lease_removes_both_families(lab: Lab) -> None:
     k3 = key(lab, h3)
     lab.stop_flanneld(h3)
     lab.etcdctl("del", k3)
-    sn = env(lab, h3)["FLANNEL_SUBNET"].rsplit(".", 1)[0] + ".0/24"
+    sn = "" if only(lab) else env(lab, h3)["FLANNEL_SUBNET"].rsplit(".", 1)[0] + ".0/24"
 
     def gone() -> bool:
         return all(not ip(h.ns, "-6", "route", "show", str(subnet6(lab, h3))).strip()
-                   and not ip(h.ns, "route", "show", sn).strip() for h in (h1, h2))
+                   and not (sn and ip(h.ns, "route", "show", sn).strip()) for h in (h1, h2))
 
     wait_for(gone, timeout=LEASE_DELETE_GRACE_S + 2, what="h3's IPv4 and IPv6 routes to go on h1 and h2")
     lab.start_flanneld(h3)  # back on the same subnets from its subnet.env
@@ -132,6 +148,8 @@ def test_ip6tables_rules_are_flannels_and_restored(lab: Lab) -> None:
     assert all(w in rules() for w in want), rules()
     fwd = sh(in_ns(h.ns, "ip6tables", "-w", "-S", "FLANNEL-FWD")).stdout
     assert f'-A FLANNEL-FWD -s {net6} -m comment --comment "flanneld forward" -j ACCEPT' in fwd
+    if only(lab):  # IPv6 rules only: iptables has no flannel chain
+        assert "FLANNEL" not in sh(in_ns(h.ns, "iptables", "-w", "-t", "nat", "-S")).stdout
     sh(in_ns(h.ns, "ip6tables", "-w", "-t", "nat", "-F", "FLANNEL-POSTRTG"))
     wait_for(lambda: all(w in rules() for w in want), timeout=15, what="ip6tables rules restored")
 
@@ -140,3 +158,38 @@ def test_lab_status_names_the_ipv6_addresses(lab: Lab) -> None:
     rows = lab.status()
     assert [r["ip6"] for r in rows] == [host_ip6(h.index) for h in lab.hosts]
     assert json.loads(json.dumps(rows))  # plain data
+
+
+def test_ipv6_only_malformed_peer_lease_is_skipped_with_one_warning(lab: Lab) -> None:
+    if not only(lab):
+        pytest.skip("IPv6-only")
+    h1, h2 = lab.hosts[0], lab.hosts[1]
+    bad, marker = f"{PREFIX}/subnets/0.0.0.0-0&2001:db8:42:ff::-64", f"{PREFIX}/subnets/0.0.0.0-0&2001:db8:42:fe::-64"
+    for pip6 in ("2001:db8::zz", "2001:db8::zy"):  # written twice: still one warning
+        lab.etcdctl("put", bad, f'{{"PublicIP":"0.0.0.0","PublicIPv6":"{pip6}","BackendType":"{lab.backend}"}}')
+    v6data = ',"BackendV6Data":{"VNI":1,"VtepMAC":"02:00:00:00:00:99"}' if lab.backend == "vxlan" else ""
+    lab.etcdctl("put", marker, f'{{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8::99","BackendType":"{lab.backend}"'
+                               f"{v6data}}}")
+    try:
+        # the watch delivers in order: once the good lease after them is programmed, both bad puts were seen
+        wait_for(lambda: "2001:db8:42:fe::/64" in ip(h1.ns, "-6", "route", "show"), what="the good lease's route")
+        assert log_text(lab, h1).count(f"skipping bad lease key={bad}") == 1
+        assert "2001:db8:42:ff::" not in ip(h1.ns, "-6", "route", "show")
+        assert lab.ping6(h1, h2, 1)[0]  # the other peers are kept
+    finally:
+        lab.etcdctl("del", bad)
+        lab.etcdctl("del", marker)
+    wait_for(lambda: "2001:db8:42:fe::" not in ip(h1.ns, "-6", "route", "show"), what="the good lease's route gone")
+
+
+def test_ipv6_only_interface_without_ipv6_is_named_with_the_fix(lab: Lab) -> None:
+    if not only(lab) or lab.backend != "vxlan":
+        pytest.skip("IPv6-only, once")
+    # the etcd namespace's eth0 has an IPv4 address only
+    res = sh(in_ns(lab.etcd_ns, *lab.flanneld_binary(lab.hosts[0]), f"-etcd-endpoints={lab.etcd_endpoint}",
+                   f"-etcd-prefix={PREFIX}", "-iface=eth0", f"--subnet-file={lab.state_dir}/noipv6.env"),
+             check=False, timeout=30)
+    out = res.stdout + res.stderr
+    assert res.returncode == 1, out
+    assert "interface eth0 has no usable IPv6 address: give it a global one (ip -6 addr add ADDR/64 dev eth0)" in out
+    assert "Traceback" not in out

@@ -19,7 +19,6 @@ registry maps ``Backend.Type`` to a constructor imported only when chosen.
 from __future__ import annotations
 
 import importlib
-import ipaddress
 from collections.abc import Mapping
 from typing import Protocol
 
@@ -27,7 +26,7 @@ from ..core.config import NetworkConfig
 from ..core.desired import LinkSpec
 from ..core.errors import ConfigError
 from ..core.host import ExternalInterface, HostFacts
-from ..core.lease import Lease, LeaseAttrs
+from ..core.lease import Lease, LeaseAttrs, SubnetId
 from ..core.plan import Plan, Selection
 
 _CONSTRUCTORS: dict[str, str] = {
@@ -39,7 +38,7 @@ _CONSTRUCTORS: dict[str, str] = {
     "wireguard": "pyflannel.backend.wireguard:WireguardBackend",
 }
 
-Net = ipaddress.IPv4Network
+Net = SubnetId  # a lease's ident (core/lease.py)
 
 
 class HostOps(Protocol):

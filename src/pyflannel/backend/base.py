@@ -10,11 +10,11 @@ from ..core.config import NetworkConfig
 from ..core.errors import ConfigError
 from ..core.gojson import Fields
 from ..core.host import ExternalInterface, HostFacts
-from ..core.lease import Lease, LeaseAttrs
+from ..core.lease import Lease, LeaseAttrs, SubnetId
 from ..core.plan import Plan, Selection, Verdicts, select_peers
 from . import HostOps, Target
 
-Net = ipaddress.IPv4Network
+Net = SubnetId  # a lease's ident (core/lease.py)
 
 
 def check_keys(config: NetworkConfig, known: Iterable[str], backend: str) -> list[str]:
@@ -54,12 +54,13 @@ class PlanningBackend:
     lease_types: tuple[str, ...] = ()  # BackendType values of peers we can reach
     stored_mac = ""  # kube mode: the VTEP MAC our node's annotation names (a restart keeps it)
     needs_onlink = False
+    ipv6_only = False  # runs an IPv6-only network (EnableIPv4 false): vxlan and host-gw
 
     def __init__(self, ext: ExternalInterface, config: NetworkConfig) -> None:
         self.ext = ext
         self.config = config
-        assert config.network is not None
-        self.network: Net = config.network
+        # None on an IPv6-only network (EnableIPv4 false), whatever "Network" says
+        self.network: ipaddress.IPv4Network | None = config.network if config.enable_ipv4 else None
         self._verdicts: Verdicts = {}
 
     @classmethod

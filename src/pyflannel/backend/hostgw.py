@@ -12,28 +12,31 @@ from ..core.config import NetworkConfig
 from ..core.desired import DesiredState, Route
 from ..core.errors import LocalConfigError
 from ..core.host import ExternalInterface, HostFacts
-from ..core.lease import Lease, LeaseAttrs
+from ..core.lease import Lease, LeaseAttrs, SubnetId
 from ..core.plan import Plan
 from .base import PlanningBackend, check_keys
 
 log = logging.getLogger(__name__)
 
 
-def plan_hostgw(network: ipaddress.IPv4Network, ext_name: str, peers: Mapping[ipaddress.IPv4Network, Lease],
+def plan_hostgw(network: ipaddress.IPv4Network | None, ext_name: str, peers: Mapping[SubnetId, Lease],
                 network6: ipaddress.IPv6Network | None = None,
                 memo: dict[int, tuple[Lease, Route]] | None = None) -> DesiredState:
     """Pure: peers' leases in, one route per peer out; in dual stack (``network6``) also one IPv6
-    route per peer, ``<peer IPv6 subnet> via <peer PublicIPv6>``. ``memo`` (optional, replaced in
-    place) keeps each peer's route while its lease object is the same (keyed by the lease's id), so
-    a run after one lease event builds one route, and the diff finds the others unchanged by
-    identity instead of comparing and hashing addresses."""
-    if memo is None:
-        routes = [Route(sn, ext_name, le.attrs.public_ip) for sn, le in peers.items()]
+    route per peer, ``<peer IPv6 subnet> via <peer PublicIPv6>``; IPv6-only (``network`` None)
+    only those. ``memo`` (optional, replaced in place) keeps each peer's route while its lease
+    object is the same (keyed by the lease's id), so a run after one lease event builds one route,
+    and the diff finds the others unchanged by identity instead of comparing and hashing addresses."""
+    if network is None:
+        routes: list[Route] = []
+    elif memo is None:
+        routes = [Route(le.subnet, ext_name, le.attrs.public_ip) for le in peers.values()]
     else:
         fresh: dict[int, tuple[Lease, Route]] = {}
-        for sn, le in peers.items():
+        for le in peers.values():
             hit = memo.get(id(le))
-            fresh[id(le)] = hit if hit is not None and hit[0] is le else (le, Route(sn, ext_name, le.attrs.public_ip))
+            fresh[id(le)] = hit if hit is not None and hit[0] is le else (le, Route(le.subnet, ext_name,
+                                                                                    le.attrs.public_ip))
         memo.clear()
         memo.update(fresh)
         routes = [route for _le, route in fresh.values()]
@@ -46,6 +49,7 @@ def plan_hostgw(network: ipaddress.IPv4Network, ext_name: str, peers: Mapping[ip
 class HostGwBackend(PlanningBackend):
     name = "host-gw"
     lease_types = ("host-gw",)
+    ipv6_only = True
 
     def __init__(self, ext: ExternalInterface, config: NetworkConfig) -> None:
         if ext.ext_addr != ext.iface_addr or ext.ext_v6_addr != ext.iface_v6_addr:
@@ -67,7 +71,7 @@ class HostGwBackend(PlanningBackend):
     def mtu(self) -> int:
         return self.ext.mtu
 
-    def plan(self, own: Lease, peers: Mapping[ipaddress.IPv4Network, Lease] | None, facts: HostFacts
+    def plan(self, own: Lease, peers: Mapping[SubnetId, Lease] | None, facts: HostFacts
              ) -> tuple[Plan, ...]:
         v6 = self.config.ipv6_network if self.config.enable_ipv6 and self.ext.ext_v6_addr is not None else None
         return (plan_hostgw(self.network, self.ext.name, peers or {}, v6, self._memo),)

@@ -14,6 +14,7 @@ peers), and a recreated device gets all its peers back at once.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -25,7 +26,7 @@ from ..core.config import NetworkConfig
 from ..core.desired import Address, DesiredState, Fdb, LinkSpec, Neigh, Route, VxlanSpec
 from ..core.errors import KernelError, LocalConfigError
 from ..core.host import ExternalInterface, HostFacts
-from ..core.lease import Lease, LeaseAttrs
+from ..core.lease import Lease, LeaseAttrs, SubnetId
 from ..core.plan import Plan
 from . import HostOps
 from .base import PlanningBackend, bool_option, check_keys, int_option
@@ -103,6 +104,22 @@ def own_ipv6(opts: VxlanOptions, own: Lease, network6: ipaddress.IPv6Network, li
                         network6=network6)
 
 
+def plan_vxlan6(opts: VxlanOptions, own: Lease, network6: ipaddress.IPv6Network, link6: LinkSpec, ext_name: str,
+                peers: Mapping[SubnetId, Lease]) -> DesiredState:
+    """Pure: an IPv6-only network (EnableIPv4 false): flannel-v6.<VNI> alone, with every peer's
+    IPv6 route, neighbour and FDB entry (no flannel.<VNI>, no IPv4 route is ours)."""
+    routes, neighs, fdbs = [], [], []
+    for lease in peers.values():
+        entries = peer_entries6(opts, lease)
+        if entries is not None:
+            routes.append(entries[0])
+            neighs.append(entries[1])
+            fdbs.append(entries[2])
+    own6 = own_ipv6(opts, own, network6, link6)
+    return dataclasses.replace(own6, network=None, routes=frozenset(routes), neighs=frozenset(neighs),
+                               fdbs=frozenset(fdbs), watch=(ext_name,))
+
+
 def peer_entries(opts: VxlanOptions, ext_name: str, sn: ipaddress.IPv4Network, lease: Lease, direct: bool
                  ) -> PeerEntries | None:
     """Pure: one peer's route, neighbour and FDB entry (only a route when it is directly routed)."""
@@ -163,6 +180,7 @@ def plan_vxlan(
 class VxlanBackend(PlanningBackend):
     name = "vxlan"
     lease_types = ("vxlan",)
+    ipv6_only = True
 
     def __init__(self, ext: ExternalInterface, config: NetworkConfig) -> None:
         super().__init__(ext, config)
@@ -170,6 +188,7 @@ class VxlanBackend(PlanningBackend):
         self.needs_onlink = self.opts.direct_routing
         self.mac = self.mac6 = ""
         self.ipv6 = config.enable_ipv6 and config.ipv6_network is not None and ext.ext_v6_addr is not None
+        self.ipv4 = config.enable_ipv4  # False: IPv6-only, flannel-v6.<VNI> alone
         self._memo: dict[int, tuple[Lease, bool, PeerEntries | None]] = {}
         log.info("VXLAN config: VNI=%d Port=%d GBP=%s Learning=%s DirectRouting=%s", self.opts.vni,
                  self.opts.port, self.opts.gbp, self.opts.learning, self.opts.direct_routing)
@@ -194,14 +213,21 @@ class VxlanBackend(PlanningBackend):
                         VxlanSpec(o.vni, o.port, self.ext.ext_v6_addr, self.ext.index, o.gbp, o.learning))
 
     def lease_attrs(self) -> LeaseAttrs:
+        """As Go's newSubnetAttrs: BackendData for IPv4, BackendV6Data for IPv6; IPv6-only leases
+        carry PublicIP 0.0.0.0 and no BackendData."""
         v6 = {"VNI": self.opts.vni, "VtepMAC": self.mac6} if self.ipv6 else None
-        return LeaseAttrs(self.ext.ext_addr, self.ext.ext_v6_addr if self.ipv6 else None, "vxlan",
-                          {"VNI": self.opts.vni, "VtepMAC": self.mac}, v6)
+        v4 = {"VNI": self.opts.vni, "VtepMAC": self.mac} if self.ipv4 else None
+        return LeaseAttrs(self.ext.ext_addr if self.ipv4 else ipaddress.IPv4Address(0),
+                          self.ext.ext_v6_addr if self.ipv6 else None, "vxlan", v4, v6)
 
     def mtu(self) -> int:
         return self.opts.mtu - OVERHEAD
 
     def peer_problem(self, lease: Lease) -> str | None:
+        if not self.ipv4:
+            if peer_mac(lease, v6=True) is None:
+                return f"its BackendV6Data has no valid VtepMAC: {lease.attrs.backend_v6_data!r}"
+            return None
         if peer_mac(lease) is None:
             return f"its BackendData has no valid VtepMAC: {lease.attrs.backend_data!r}"
         return None
@@ -209,16 +235,18 @@ class VxlanBackend(PlanningBackend):
     async def prepare(self, host: HostOps) -> LeaseAttrs:
         """The device now, so that its MAC goes into the lease: the MAC of a compatible device left
         by our previous run (the peers know it), else a new random one."""
-        host.claim_device(self.opts.dev, f"network {self.network}",
-                          f"two networks on one host need different VXLAN VNIs: give this one another "
-                          f'("Backend": {{"Type": "vxlan", "VNI": {self.opts.vni + 1}}})')
+        name = self.network or self.config.ipv6_network
         try:
-            self.mac = (await asyncio.to_thread(host.existing_mac, self.link_spec()) or self.stored_mac
-                        or random_mac())
-            self.mac = await asyncio.to_thread(host.ensure_link, self.link_spec())
-            await asyncio.to_thread(host.set_sysctl, f"net/ipv6/conf/{self.opts.dev}/accept_ra", "0")
+            if self.ipv4:
+                host.claim_device(self.opts.dev, f"network {name}",
+                                  f"two networks on one host need different VXLAN VNIs: give this one another "
+                                  f'("Backend": {{"Type": "vxlan", "VNI": {self.opts.vni + 1}}})')
+                self.mac = (await asyncio.to_thread(host.existing_mac, self.link_spec()) or self.stored_mac
+                            or random_mac())
+                self.mac = await asyncio.to_thread(host.ensure_link, self.link_spec())
+                await asyncio.to_thread(host.set_sysctl, f"net/ipv6/conf/{self.opts.dev}/accept_ra", "0")
             if self.ipv6:
-                host.claim_device(self.opts.dev6, f"network {self.network}", "give this network another VNI")
+                host.claim_device(self.opts.dev6, f"network {name}", "give this network another VNI")
                 self.mac6 = await asyncio.to_thread(host.existing_mac, self.link_spec6()) or random_mac()
                 self.mac6 = await asyncio.to_thread(host.ensure_link, self.link_spec6())
                 await asyncio.to_thread(host.set_sysctl, f"net/ipv6/conf/{self.opts.dev6}/accept_ra", "0")
@@ -226,8 +254,13 @@ class VxlanBackend(PlanningBackend):
             raise LocalConfigError(f"vxlan backend: {err}") from err
         return self.lease_attrs()
 
-    def plan(self, own: Lease, peers: Mapping[ipaddress.IPv4Network, Lease] | None, facts: HostFacts
+    def plan(self, own: Lease, peers: Mapping[SubnetId, Lease] | None, facts: HostFacts
              ) -> tuple[Plan, ...]:
+        if not self.ipv4:
+            assert own.ipv6_subnet is not None and self.config.ipv6_network is not None
+            return (plan_vxlan6(self.opts, own, self.config.ipv6_network, self.link_spec6(), self.ext.name,
+                                peers or {}),)
+        assert self.network is not None
         v6 = None
         if self.ipv6 and own.ipv6_subnet is not None and self.config.ipv6_network is not None:
             v6 = own_ipv6(self.opts, own, self.config.ipv6_network, self.link_spec6())

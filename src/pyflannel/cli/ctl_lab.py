@@ -22,12 +22,15 @@ def lab_command(args: argparse.Namespace) -> int:
             raise FlannelError(f"the lab cannot run backend {args.backend!r}: it runs {', '.join(LAB_BACKENDS)} "
                                "(aws-vpc and gce need their clouds; their tests use local API servers)")
         ipv6 = getattr(args, "ipv6", "") or ""
-        if ipv6 and ipv6 != "dual":
-            raise FlannelError(f"--ipv6 {ipv6}: the lab runs dual-stack networks (--ipv6 dual); IPv6-only "
-                               "networks are not run by pyflannel yet")
-        if ipv6 and args.backend not in ("vxlan", "host-gw", "wireguard"):
+        if ipv6 and ipv6 not in ("dual", "only"):
+            raise FlannelError(f"--ipv6 {ipv6}: the lab runs dual-stack (--ipv6 dual) or IPv6-only (--ipv6 only) "
+                               "networks")
+        if ipv6 == "dual" and args.backend not in ("vxlan", "host-gw", "wireguard"):
             raise FlannelError(f"--ipv6 dual: backend {args.backend} carries IPv4 only (as Go flannel's); "
                                "use --backend vxlan, host-gw or wireguard")
+        if ipv6 == "only" and args.backend not in ("vxlan", "host-gw"):
+            raise FlannelError(f"--ipv6 only: backend {args.backend} cannot run an IPv6-only network in this "
+                               "pyflannel; use --backend vxlan or --backend host-gw")
         if not 1 <= args.hosts <= 200:
             raise FlannelError(f"--hosts {args.hosts}: the lab runs 1..200 hosts")
         if args.kube:
@@ -63,7 +66,7 @@ def _print_status(lab: object) -> None:
     from ..lab.cluster import PREFIX, Lab
 
     assert isinstance(lab, Lab)
-    stack = ", dual stack" if lab.ipv6 else ""
+    stack = {"dual": ", dual stack", "only": ", IPv6-only"}.get(lab.ipv6, "")
     if lab.kube:
         kubeconfig = os.path.join(lab.state_dir, "kube", "admin.kubeconfig")
         print(f"lab {lab.name}: backend {lab.backend}{stack}, Kubernetes mode: kube-apiserver "

@@ -7,7 +7,7 @@ from the same FLANNELD_* environment, before or after the subcommand.
     flannelctl [-subnet-file=…] [-healthz-port=N] status | doctor [--json]
     flannelctl trace SRC DST [--json]
     flannelctl lab up|down|status|demo [--name NAME] [--hosts N] [--backend udp|vxlan|host-gw|wireguard]
-                                       [--ipv6 dual] [--kube]
+                                       [--ipv6 dual|only] [--kube]
                [--keep] [--force]
 
 Exit 0 = fine, 1 = the input or the store is wrong (one message naming what and how to fix),
@@ -114,7 +114,8 @@ def _parser() -> argparse.ArgumentParser:
     lab.add_argument("--hosts", type=int, default=3, help="number of hosts (default 3)")
     lab.add_argument("--backend", default="udp", help="backend type (default udp, the article's)")
     lab.add_argument("--ipv6", choices=["dual", "only"], default="",
-                     help="up: a dual-stack network on an IPv6 underlay from 2001:db8::/32 (vxlan, host-gw)")
+                     help="up: a dual-stack (dual) or IPv6-only (only) network on an IPv6 underlay from "
+                     "2001:db8::/32 (vxlan, host-gw)")
     lab.add_argument("--keep", action="store_true", help="demo: leave the lab running afterwards")
     lab.add_argument("--kube", action="store_true", help="up, demo: Kubernetes mode (-kube-subnet-mgr) against a "
                      "real kube-apiserver (built by make setup) instead of etcd leases")

@@ -103,7 +103,7 @@ class Fdb(_CachedHash):
 
 @dataclass(frozen=True)
 class DesiredState:
-    network: ipaddress.IPv4Network  # our routes are the proto-marked ones inside this network
+    network: ipaddress.IPv4Network | None  # our routes are the proto-marked ones inside this network (None: IPv6-only)
     links: tuple[LinkSpec, ...] = ()
     addresses: tuple[Address, ...] = ()
     routes: frozenset[Route] = frozenset()
@@ -116,7 +116,7 @@ class DesiredState:
 
     @property
     def networks(self) -> tuple[IPNet, ...]:
-        return (self.network,) if self.network6 is None else (self.network, self.network6)
+        return tuple(n for n in (self.network, self.network6) if n is not None)
 
 
 @dataclass(frozen=True)

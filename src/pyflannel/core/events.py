@@ -8,11 +8,10 @@ snapshot that lacks a key removes a peer.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .lease import Lease
+from .lease import Lease, SubnetId
 
 
 @dataclass(frozen=True)
@@ -21,7 +20,7 @@ class BadLease:
 
     key: str
     reason: str
-    subnet: ipaddress.IPv4Network | None = None  # known when only the value is bad
+    subnet: SubnetId | None = None  # the lease's ident (``Lease.ident``), known when only the value is bad
     mod_revision: int = 0  # the revision that wrote it (0: not known)
 
 
@@ -39,7 +38,7 @@ class Changes:
     """Puts and deletes seen by the watch, up to ``revision``."""
 
     puts: tuple[Lease, ...] = ()
-    deletes: tuple[ipaddress.IPv4Network, ...] = ()
+    deletes: tuple[SubnetId, ...] = ()  # idents (``Lease.ident``) of the deleted keys
     revision: int = 0
     bad: tuple[BadLease, ...] = ()
     # the key (``Lease.key``) of each of ``deletes``, in the same order, when the store knows it: a
@@ -71,9 +70,10 @@ class PeerDelta:
 
 @dataclass
 class PeerTable:
-    """Known leases by subnet (ours included). ``apply`` costs O(size of the event) for changes,
-    O(N) for a snapshot, and says what changed for the data path: who is where. A renewal (a new
-    lease id or revision) updates the entry but is no change.
+    """Known leases by subnet (``Lease.ident``: an IPv6-only lease's IPv6 subnet; ours included).
+    ``apply`` costs O(size of the event) for changes, O(N) for a snapshot, and says what changed
+    for the data path: who is where. A renewal (a new lease id or revision) updates the entry but
+    is no change.
 
     A DELETE takes effect ``grace`` seconds later (``expire``), not at once: a lease deleted by
     hand is put back by its owner within milliseconds (keeper.py), and removing its routes
@@ -81,11 +81,11 @@ class PeerTable:
     removal (and changes the data path only if the lease says something else: another host took
     the subnet); a snapshot without the key removes it at once."""
 
-    leases: dict[ipaddress.IPv4Network, Lease] = field(default_factory=dict)
+    leases: dict[SubnetId, Lease] = field(default_factory=dict)
     revision: int = 0
     grace: float = 0.0
-    departing: dict[ipaddress.IPv4Network, float] = field(default_factory=dict)  # subnet -> when it goes
-    by_ipv6: dict[ipaddress.IPv6Network, ipaddress.IPv4Network] = field(default_factory=dict)  # dual stack
+    departing: dict[SubnetId, float] = field(default_factory=dict)  # subnet (ident) -> when it goes
+    by_ipv6: dict[ipaddress.IPv6Network, SubnetId] = field(default_factory=dict)  # IPv6 subnet -> ident
 
     def apply(self, event: Snapshot | Changes, now: float = 0.0) -> PeerDelta:
         self.revision = max(self.revision, event.revision)
@@ -105,13 +105,13 @@ class PeerTable:
                 removed.append(old)
                 self._unindex(old)
         for lease in event.puts:
-            self.departing.pop(lease.subnet, None)
-            old = self.leases.get(lease.subnet)
-            self.leases[lease.subnet] = lease
+            self.departing.pop(lease.ident, None)
+            old = self.leases.get(lease.ident)
+            self.leases[lease.ident] = lease
             if old is not None:
                 self._unindex(old)
             if lease.ipv6_subnet is not None:
-                self.by_ipv6[lease.ipv6_subnet] = lease.subnet
+                self.by_ipv6[lease.ipv6_subnet] = lease.ident
             if old is None:
                 added.append(lease)
             elif _identity(old) != _identity(lease):
@@ -135,11 +135,11 @@ class PeerTable:
         return PeerDelta(removed=tuple(removed))
 
     def _unindex(self, lease: Lease) -> None:
-        if lease.ipv6_subnet is not None and self.by_ipv6.get(lease.ipv6_subnet) == lease.subnet:
+        if lease.ipv6_subnet is not None and self.by_ipv6.get(lease.ipv6_subnet) == lease.ident:
             del self.by_ipv6[lease.ipv6_subnet]
 
     def _replace(self, event: Snapshot) -> PeerDelta:
-        fresh = {lease.subnet: lease for lease in event.leases}
+        fresh = {lease.ident: lease for lease in event.leases}
         # A key whose value went bad keeps its last good lease: garbage is not a delete.
         for bad in event.bad:
             if bad.subnet is not None and bad.subnet in self.leases and bad.subnet not in fresh:
@@ -149,7 +149,7 @@ class PeerTable:
                          tuple(le for sn, le in old.items() if sn not in fresh),
                          tuple(le for sn, le in fresh.items() if sn in old and _identity(old[sn]) != _identity(le)))
 
-    def peers(self, own: ipaddress.IPv4Network | None) -> Mapping[ipaddress.IPv4Network, Lease]:
+    def peers(self, own: SubnetId | None) -> Mapping[SubnetId, Lease]:
         return {sn: lease for sn, lease in self.leases.items() if sn != own}
 
 

@@ -51,6 +51,17 @@ def parse_subnet_key(key: str) -> tuple[ipaddress.IPv4Network, ipaddress.IPv6Net
     return subnet, v6
 
 
+SubnetId = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def subnet_id(subnet: ipaddress.IPv4Network, ipv6_subnet: ipaddress.IPv6Network | None) -> SubnetId:
+    """What names a lease among its network's leases: its IPv4 subnet; for an IPv6-only lease,
+    whose key's IPv4 half is Go's ``0.0.0.0-0`` on every host, its IPv6 subnet."""
+    if subnet.prefixlen == 0 and ipv6_subnet is not None:
+        return ipv6_subnet
+    return subnet
+
+
 @dataclass(frozen=True)
 class LeaseAttrs:
     """The JSON value stored at ``<prefix>/subnets/<key>``."""
@@ -79,6 +90,11 @@ class Lease:
     @property
     def key(self) -> str:
         return render_subnet_key(self.subnet, self.ipv6_subnet)
+
+    @property
+    def ident(self) -> SubnetId:
+        """The subnet that names this lease (``subnet_id``): the peer table's key."""
+        return subnet_id(self.subnet, self.ipv6_subnet)
 
     @property
     def is_reservation(self) -> bool:

@@ -17,6 +17,9 @@ and a deleted key removes a peer only if it is the key that holds the subnet.
 In kube mode (``any_len``) the length rule is off: a subnet is a node's podCIDR, whose length is
 the controller manager's ``--node-cidr-mask-size``, not SubnetLen (Go flannel ignores SubnetLen
 there too), and the node IPAM controller hands out disjoint podCIDRs. Inside ``Network`` still holds.
+
+On an IPv6-only network (EnableIPv4 false) the same rules hold for the IPv6 subnet (IPv6SubnetLen,
+inside IPv6Network), the IPv4 half must be Go's ``0.0.0.0-0`` and the lease must name a PublicIPv6.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 
+from .allocate import NO_IPV4
 from .config import NetworkConfig
 from .events import BadLease, Changes, PeerTable, Snapshot
 from .lease import Lease
@@ -56,6 +60,20 @@ def ipv6_problem(lease: Lease, config: NetworkConfig) -> str | None:
     return None
 
 
+def ipv6_only_problem(lease: Lease, config: NetworkConfig) -> str | None:
+    """Why a lease cannot be a host's of an IPv6-only network (EnableIPv4 false), or None. Its key
+    is Go's ``0.0.0.0-0&<IPv6 subnet>``: there is no IPv4 half to fall back on, so an unusable IPv6
+    half makes the whole lease bad."""
+    if lease.subnet != NO_IPV4:
+        return f"it names the IPv4 subnet {lease.subnet}, but this network is IPv6-only (EnableIPv4 false)"
+    if lease.ipv6_subnet is None:
+        return "it names no IPv6 subnet, but this network is IPv6-only (EnableIPv4 false)"
+    problem = ipv6_problem(lease, config)
+    if problem is None and lease.attrs.public_ipv6 is None:
+        problem = "it has no PublicIPv6: no host can be reached for it"
+    return problem
+
+
 def _drop_ipv6(lease: Lease, config: NetworkConfig, prefix: str, warnings: list[str] | None) -> Lease:
     problem = ipv6_problem(lease, config)
     if problem is None:
@@ -77,6 +95,13 @@ def screen(event: Snapshot | Changes, config: NetworkConfig, prefix: str = "",
     kept: list[Lease] = []
     changed = False
     for lease in leases:
+        if not config.enable_ipv4:
+            problem = ipv6_only_problem(lease, config)
+            if problem is None:
+                kept.append(lease)
+            else:
+                misfits.append(BadLease(prefix + lease.key, problem, lease.ident))
+            continue
         if config.enable_ipv6 and lease.ipv6_subnet is not None:
             fixed = _drop_ipv6(lease, config, prefix, warnings)
             changed, lease = changed or fixed is not lease, fixed
@@ -92,7 +117,7 @@ def screen(event: Snapshot | Changes, config: NetworkConfig, prefix: str = "",
     bad = event.bad + tuple(misfits)
     if isinstance(event, Snapshot):
         return Snapshot(tuple(kept), event.revision, bad)
-    return Changes(tuple(kept), event.deletes, event.revision, bad)
+    return Changes(tuple(kept), event.deletes, event.revision, bad, event.deleted_keys)
 
 
 def _taken(sn: object, holder: str, prefix: str) -> str:
@@ -131,7 +156,7 @@ def screen_held(event: Snapshot | Changes, table: PeerTable, prefix: str = "", p
     held, by6 = table.leases, table.by_ipv6
     if isinstance(event, Snapshot):
         def rank(le: Lease) -> tuple[int, int]:
-            now = held.get(le.subnet)
+            now = held.get(le.ident)
             first = 0 if le.key == prefer else 1 if now is not None and now.key == le.key else 2
             return first, le.create_revision or 1 << 62
 

@@ -17,9 +17,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from .desired import DesiredState
-from .lease import Lease
+from .lease import Lease, SubnetId
 
-Net = ipaddress.IPv4Network
+Net = SubnetId  # a lease's ident: its IPv4 subnet, or the IPv6 subnet of an IPv6-only lease
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ def select_peers(peers: Mapping[Net, Lease], network: Net | None, lease_types: I
         hit = memo.get(id(lease)) if memo is not None else None
         if hit is not None and hit[0] is lease:
             why = hit[1]
-        elif network is not None and not sn.subnet_of(network):
+        elif network is not None and not lease.subnet.subnet_of(network):
             why = f"its subnet is outside the network {network}"
         elif lease.attrs.backend_type not in types:
             why = f"its backend is {lease.attrs.backend_type or 'udp'!r}, this network runs {backend}"
@@ -143,13 +143,24 @@ def select_peers(peers: Mapping[Net, Lease], network: Net | None, lease_types: I
     return Selection(ok, tuple(skipped))
 
 
-def shared_public_ips(own: Lease, peers: Mapping[Net, Lease]) -> list[tuple[ipaddress.IPv4Address, list[Net]]]:
+def public_of(lease: Lease) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """Where a lease's host is: its PublicIP, or its PublicIPv6 on an IPv6-only network (whose
+    leases all carry PublicIP 0.0.0.0, as Go writes them)."""
+    if lease.attrs.public_ip.is_unspecified and lease.attrs.public_ipv6 is not None:
+        return lease.attrs.public_ipv6
+    return lease.attrs.public_ip
+
+
+def shared_public_ips(own: Lease, peers: Mapping[Net, Lease]
+                      ) -> list[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, list[Net]]]:
     """Public IPs claimed by more than one lease (ours included): one of them is stale or forged.
     The subnets of each come in table order (sorting is left to whoever prints them)."""
-    # by the address as an int: hashing an IPv4Address runs Python code, an int's does not
-    by_ip: dict[int, tuple[ipaddress.IPv4Address, list[Net]]] = {int(own.attrs.public_ip): (own.attrs.public_ip,
-                                                                                             [own.subnet])}
+    # by (family, the address as an int): hashing an IPv4Address runs Python code, an int's does not.
+    # IPv6-only leases all say PublicIP 0.0.0.0: their PublicIPv6 counts (``public_of``)
+    first = public_of(own)
+    by_ip: dict[tuple[int, int], tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, list[Net]]] = {
+        (first.version, int(first)): (first, [own.ident])}
     for sn, le in peers.items():
-        ip = le.attrs.public_ip
-        by_ip.setdefault(int(ip), (ip, []))[1].append(sn)
+        ip = public_of(le)
+        by_ip.setdefault((ip.version, int(ip)), (ip, []))[1].append(sn)
     return [(ip, nets) for ip, nets in by_ip.values() if len(nets) > 1]

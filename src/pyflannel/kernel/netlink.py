@@ -135,9 +135,9 @@ def _addrs(family: int, index: int | None) -> list[Addr]:
         return out
 
 
-def default_route_oif() -> int | None:
+def default_route_oif(version: int = 4) -> int | None:
     with _ipr("list routes") as ipr:
-        for r in ipr.get_routes(family=2, table=254):
+        for r in ipr.get_routes(family=10 if version == 6 else 2, table=254):
             if r["dst_len"] == 0 and r.get("oif"):
                 return int(r.get("oif"))
     return None

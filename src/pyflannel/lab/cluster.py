@@ -53,7 +53,7 @@ class Lab(FlanneldHosts):
     host_command: dict[int, tuple[str, ...]] = field(default_factory=dict)
     kube: bool = False  # -kube-subnet-mgr against a real kube-apiserver (kube_lab.py) instead of etcd
     hosts: list[Host] = field(default_factory=list)
-    ipv6: str = ""  # "dual": an IPv6 underlay and a dual-stack network (lab/ipv6.py)
+    ipv6: str = ""  # "dual" | "only": an IPv6 underlay, a dual-stack or IPv6-only network (lab/ipv6.py)
     etcd_server: EtcdServer | None = field(default=None, repr=False)
     kube_api: KubeApi | None = field(default=None, repr=False)
 
@@ -146,7 +146,7 @@ class Lab(FlanneldHosts):
             config["SubnetMax"] = self.subnet_max
         if self.backend != "udp":
             config["Backend"] = {"Type": self.backend}
-        return json.dumps(ipv6.config(config) if self.ipv6 else config)
+        return json.dumps(ipv6.config(config, self.ipv6) if self.ipv6 else config)
 
     def _underlay(self) -> None:
         ns = self.underlay_ns
@@ -217,7 +217,7 @@ class Lab(FlanneldHosts):
         self._attach(host.ns, host.ip, f"h{i}")
         sysctl(host.ns, "net.ipv4.ip_forward", "1")
         if self.ipv6:
-            ipv6.attach(host.ns, i)
+            ipv6.attach(host.ns, i, self.ipv6)
         os.makedirs(self.host_dir(host), exist_ok=True)
         return host
 
@@ -230,17 +230,19 @@ class Lab(FlanneldHosts):
             values = parse_subnet_env(f.read(), source=opts_file)
         host.docker_opts = values["DOCKER_OPTS"].strip()
         opts = dict(o.lstrip("-").split("=", 1) for o in shlex.split(host.docker_opts))
-        bip, mtu = ipaddress.IPv4Interface(opts["bip"]), opts["mtu"]
+        mtu = opts["mtu"]
         ns, c = host.ns, host.container_ns
         sh(["ip", "-n", ns, "link", "add", "docker0", "type", "bridge"])
-        sh(["ip", "-n", ns, "addr", "add", str(bip), "dev", "docker0"])
         sh(["ip", "-n", ns, "link", "set", "docker0", "up", "mtu", mtu])
         ns_add(c)
         veth(c, "eth0", ns, f"veth{host.index}", mtu=int(mtu))
         sh(["ip", "-n", ns, "link", "set", f"veth{host.index}", "master", "docker0"])
-        host.container_ip = str(bip.ip + 1)
-        sh(["ip", "-n", c, "addr", "add", f"{host.container_ip}/{bip.network.prefixlen}", "dev", "eth0"])
-        sh(["ip", "-n", c, "route", "add", "default", "via", str(bip.ip)])
+        if "bip" in opts:  # an IPv6-only network's subnet.env names no IPv4 subnet: no --bip
+            bip = ipaddress.IPv4Interface(opts["bip"])
+            sh(["ip", "-n", ns, "addr", "add", str(bip), "dev", "docker0"])
+            host.container_ip = str(bip.ip + 1)
+            sh(["ip", "-n", c, "addr", "add", f"{host.container_ip}/{bip.network.prefixlen}", "dev", "eth0"])
+            sh(["ip", "-n", c, "route", "add", "default", "via", str(bip.ip)])
         if self.ipv6:
             host.container_ip6 = ipv6.docker(ns, c, self.subnet_file(host))
 

@@ -135,7 +135,7 @@ class FlanneldHosts:
             if os.path.exists(path):
                 with open(path) as f:
                     values = parse_subnet_env(f.read(), source=path)
-                host.subnet = values.get("FLANNEL_SUBNET", "")
+                host.subnet = values.get("FLANNEL_SUBNET", "") or values.get("FLANNEL_IPV6_SUBNET", "")
                 if host.subnet:
                     return host.subnet
             if self.flanneld_pid(host) is None:

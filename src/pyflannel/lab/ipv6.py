@@ -1,10 +1,16 @@
-"""The lab's IPv6 half (``flannelctl lab up --ipv6 dual``): an IPv6 underlay beside the IPv4 one,
-from the 2001:db8::/32 documentation space and only inside the lab's namespaces, a dual-stack
-network config, and each container's IPv6 address from its host's FLANNEL_IPV6_SUBNET.
+"""The lab's IPv6 half (``flannelctl lab up --ipv6 dual|only``): an IPv6 underlay beside the IPv4
+one, from the 2001:db8::/32 documentation space and only inside the lab's namespaces, a dual-stack
+(``dual``) or IPv6-only (``only``: EnableIPv4 false) network config, and each container's IPv6
+address from its host's FLANNEL_IPV6_SUBNET.
 
     NAME-ul    br0 also has 2001:db8::1/64
-    NAME-hI    eth0 also has 2001:db8::(10+I)/64 (hex digits), IPv6 forwarding on
-    NAME-cI    eth0 also has the host's IPv6 subnet ::2, default route via docker0's ::1
+    NAME-hI    eth0 also has 2001:db8::(10+I)/64 (hex digits), IPv6 forwarding on; with ``only``
+               also an IPv6 default route via 2001:db8::1 (flanneld picks its interface by it)
+    NAME-cI    eth0 also has the host's IPv6 subnet ::2, default route via docker0's ::1; with
+               ``only`` no IPv4 address at all (subnet.env names no IPv4 subnet)
+
+With ``only`` the IPv4 underlay still carries etcd (the control plane); flannel's data path, the
+leases and every route are IPv6.
 """
 
 from __future__ import annotations
@@ -19,15 +25,19 @@ from .netns import in_ns, sh, sysctl
 UNDERLAY6 = ipaddress.IPv6Network("2001:db8::/64")
 GATEWAY6 = "2001:db8::1"
 NETWORK6 = "2001:db8:42::/56"  # the overlay's IPv6Network
-MODES = ("dual",)  # IPv6-only networks are not run yet
+MODES = ("dual", "only")
 
 
 def host_ip6(index: int) -> str:
     return str(UNDERLAY6.network_address + 0x10 + index)
 
 
-def config(base: dict[str, Any]) -> dict[str, Any]:
-    """The dual-stack network config: ``base`` with EnableIPv6 and IPv6Network."""
+def config(base: dict[str, Any], mode: str = "dual") -> dict[str, Any]:
+    """The dual-stack network config: ``base`` with EnableIPv6 and IPv6Network; IPv6-only
+    (``mode`` "only"): EnableIPv4 false and no Network."""
+    if mode == "only":
+        return {"EnableIPv4": False, "EnableIPv6": True, "IPv6Network": NETWORK6,
+                **{k: v for k, v in base.items() if k not in ("Network", "SubnetMax", "SubnetLen", "SubnetMin")}}
     return {**base, "EnableIPv6": True, "IPv6Network": NETWORK6}
 
 
@@ -35,10 +45,13 @@ def underlay(ns: str) -> None:
     sh(["ip", "-n", ns, "-6", "addr", "add", f"{GATEWAY6}/{UNDERLAY6.prefixlen}", "dev", "br0", "nodad"])
 
 
-def attach(ns: str, index: int) -> None:
-    """Host ``index``'s IPv6 underlay address and forwarding (its eth0 is already plugged in)."""
+def attach(ns: str, index: int, mode: str = "dual") -> None:
+    """Host ``index``'s IPv6 underlay address and forwarding (its eth0 is already plugged in);
+    IPv6-only: also the IPv6 default route."""
     sysctl(ns, "net.ipv6.conf.all.forwarding", "1")
     sh(["ip", "-n", ns, "-6", "addr", "add", f"{host_ip6(index)}/{UNDERLAY6.prefixlen}", "dev", "eth0", "nodad"])
+    if mode == "only":
+        sh(["ip", "-n", ns, "-6", "route", "add", "default", "via", GATEWAY6, "dev", "eth0"])
 
 
 def subnet6(subnet_file: str) -> ipaddress.IPv6Interface | None:
@@ -68,5 +81,5 @@ def ping6(container_ns: str, dst: str, count: int = 3, timeout: float = 2.0) -> 
     return res.returncode == 0, res.stdout + res.stderr
 
 
-def default_config(base: str) -> str:
-    return json.dumps(config(json.loads(base)))
+def default_config(base: str, mode: str = "dual") -> str:
+    return json.dumps(config(json.loads(base), mode))

@@ -30,7 +30,16 @@ from etcd3aio.kv import KVService, prefix_range_end
 
 from ..core.errors import LocalConfigError, StoreDataError, StoreUnavailable
 from ..core.events import BadLease, Changes, Snapshot, WatchLost
-from ..core.lease import Lease, LeaseAttrs, parse_lease_attrs, parse_subnet_key, render_lease_attrs, render_subnet_key
+from ..core.lease import (
+    Lease,
+    LeaseAttrs,
+    SubnetId,
+    parse_lease_attrs,
+    parse_subnet_key,
+    render_lease_attrs,
+    render_subnet_key,
+    subnet_id,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -243,7 +252,7 @@ class EtcdRegistry:
                 raise StoreDataError(f"lease value is {len(value)} bytes, far too large")
             attrs = parse_lease_attrs(value)
         except StoreDataError as err:
-            return BadLease(skey, str(err), subnet, mod_revision)
+            return BadLease(skey, str(err), subnet_id(subnet, v6), mod_revision)
         return Lease(subnet, attrs, v6, lease_id=lease_id, mod_revision=mod_revision, create_revision=create_revision)
 
     async def list_leases(self) -> Snapshot:
@@ -345,22 +354,23 @@ class EtcdRegistry:
                 # One response may hold several events for one key (a watch catching up): the
                 # last one wins, so puts and deletes come out disjoint and order-free. By key, not
                 # by subnet: two keys can name one subnet (leasecheck.screen_held picks the holder).
-                last: dict[str, Lease | ipaddress.IPv4Network] = {}
+                last: dict[str, Lease | SubnetId] = {}
                 bad = []
                 for ev in resp.events:
                     got = self._decode(ev.kv.key, ev.kv.value, ev.kv.lease, ev.kv.mod_revision,
                                        ev.kv.create_revision)
                     if ev.type == 1:  # DELETE: the key alone says which subnet went away
-                        if got.subnet is not None:
-                            last[got.key[len(p):] if isinstance(got, BadLease) else got.key] = got.subnet
+                        gone = got.ident if isinstance(got, Lease) else got.subnet
+                        if gone is not None:
+                            last[got.key[len(p):] if isinstance(got, BadLease) else got.key] = gone
                     elif isinstance(got, BadLease):
                         bad.append(got)
                     else:
                         last[got.key] = got
-                gone = [(key, sn) for key, sn in last.items() if not isinstance(sn, Lease)]
+                gone_keys = [(key, sn) for key, sn in last.items() if not isinstance(sn, Lease)]
                 yield Changes(tuple(le for le in last.values() if isinstance(le, Lease)),
-                              tuple(sn for _, sn in gone), resp.header.revision, tuple(bad),
-                              tuple(key for key, _ in gone))
+                              tuple(sn for _, sn in gone_keys), resp.header.revision, tuple(bad),
+                              tuple(key for key, _ in gone_keys))
         except (EtcdError, grpc.aio.AioRpcError) as err:
             yield WatchLost(f"watch on etcd at {self.endpoints} failed: {_describe(err)}")
         finally:

@@ -41,11 +41,14 @@ class AcquireResult:
 
 
 def _taken(snap: Snapshot) -> list[ipaddress.IPv4Network]:
-    return [le.subnet for le in snap.leases] + [b.subnet for b in snap.bad if b.subnet is not None]
+    return [le.subnet for le in snap.leases] + [b.subnet for b in snap.bad
+                                                if isinstance(b.subnet, ipaddress.IPv4Network)]
 
 
 def _taken6(snap: Snapshot) -> list[ipaddress.IPv6Network]:
-    return [le.ipv6_subnet for le in snap.leases if le.ipv6_subnet is not None]
+    """IPv6 subnets in use, also those of IPv6-only keys whose value is bad (still someone's)."""
+    return [le.ipv6_subnet for le in snap.leases if le.ipv6_subnet is not None] + [
+        b.subnet for b in snap.bad if isinstance(b.subnet, ipaddress.IPv6Network)]
 
 
 class LeaseManager:
