@@ -34,6 +34,7 @@ from .core.errors import ConfigError, KernelError, LeaseLost, LocalConfigError, 
 from .core.events import PeerTable, Snapshot
 from .core.lease import Lease, SubnetId
 from .core.leasecheck import screen, screen_held
+from .core.plan import public_of
 from .core.subnetenv import SubnetEnv, render_subnet_env, subnet_env_for
 from .core.trace import device
 from .keeper import LeaseKeeper
@@ -81,13 +82,6 @@ class Options:
     unsupported: tuple[str, ...] = ()  # warnings for accepted flags that do nothing yet, logged at start
 
 
-def _public(lease: Lease) -> str:
-    """A lease's public address for the log: PublicIP, or PublicIPv6 on an IPv6-only network."""
-    if lease.attrs.public_ip.is_unspecified and lease.attrs.public_ipv6 is not None:
-        return str(lease.attrs.public_ipv6)
-    return str(lease.attrs.public_ip)
-
-
 class Conductor:
     def __init__(self, opts: Options) -> None:
         self.opts = opts
@@ -124,7 +118,8 @@ class Conductor:
             etcd_errors=lambda: self.registry.errors, bad_leases=lambda: len(self._bad_seen),
             reconcile=reconcile, masq_repairs=lambda: sum(m.repairs for m in self._traffic_managers()),
             programmed=self.programmed, known=self._known_peers, compiled_pump=pump_built,
-            network=lambda: str(self.config.network) if self.config is not None else "",
+            network=lambda: "" if self.config is None else str(self.config.network if self.config.enable_ipv4
+                                                              else self.config.ipv6_network),
             wg_peers=lambda: self.backend.peer_stats() if self.backend is not None else [])
 
     def _known_peers(self) -> int:
@@ -144,7 +139,7 @@ class Conductor:
                              "public_ip": str(ipaddress.IPv4Address(ip)), "port": port}
                             for net, plen, ip, port in table.routes]
         else:
-            out["peers"] = [{"subnet": str(sn), "public_ip": _public(le)}
+            out["peers"] = [{"subnet": str(sn), "public_ip": str(public_of(le))}
                             for sn, le in sorted(conv.programmed.items(), key=lambda kv: (kv[0].version, kv[0]))]
         return out
 
@@ -355,7 +350,7 @@ class Conductor:
             for le in delta.added:
                 if le.ident != own:
                     self._bad_seen.discard(le.key)
-                    log.info("peer added subnet=%s public_ip=%s", le.ident, _public(le))
+                    log.info("peer added subnet=%s public_ip=%s", le.ident, public_of(le))
             self._log_removed(delta.removed, own)
             if delta or first:
                 self.converger.mark_dirty(self.peers.leases)
@@ -364,7 +359,7 @@ class Conductor:
     def _log_removed(self, removed: tuple[Lease, ...], own: SubnetId) -> None:
         for le in removed:
             if le.ident != own:
-                log.info("peer removed subnet=%s public_ip=%s", le.ident, _public(le))
+                log.info("peer removed subnet=%s public_ip=%s", le.ident, public_of(le))
 
     def _schedule_expiry(self) -> None:
         """A timer for the first deleted lease still in its grace (PeerTable.expire), if any."""

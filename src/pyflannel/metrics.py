@@ -78,7 +78,8 @@ class FlannelCollector(Collector):
         expiry = _gauge("flannel_lease_expiry_timestamp_seconds", "When our lease expires (unix time); absent for "
                         "a reservation")
         if lease is not None:
-            info.add_metric([str(lease.subnet), str(lease.attrs.public_ip), v.backend(),
+            pub = lease.attrs.public_ipv6 if lease.attrs.public_ip.is_unspecified else lease.attrs.public_ip
+            info.add_metric([str(lease.ident), str(pub), v.backend(),
                              str(lease.is_reservation).lower(), v.network()], 1)
             if lease.expiration:
                 expiry.add_metric([], lease.expiration)

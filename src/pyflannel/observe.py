@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .core.backoff import LogOnce
+from .core.plan import public_of
 
 log = logging.getLogger("flanneld.http")
 
@@ -85,10 +86,10 @@ def state_lines(view: View, now: float | None = None, show: int = 8) -> list[str
     if lease is None:
         own = "lease: none yet"
     elif lease.is_reservation:
-        own = f"lease {lease.subnet} public_ip={lease.attrs.public_ip} reservation (never expires)"
+        own = f"lease {lease.ident} public_ip={public_of(lease)} reservation (never expires)"
     else:
         left = "unknown" if lease.expiration is None else _span(lease.expiration - now)
-        own = f"lease {lease.subnet} public_ip={lease.attrs.public_ip} expires_in={left}"
+        own = f"lease {lease.ident} public_ip={public_of(lease)} expires_in={left}"
     lines = [f"state: {own} backend={view.backend() or '-'} ready={'yes' if readiness(s)[0] else 'no'} "
              f"etcd={'ok' if s.store_ok else 'UNREACHABLE'} up={_span(now - s.started)}"]
     rows = list(view.programmed().get("peers", []))
