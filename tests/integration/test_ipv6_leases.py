@@ -141,3 +141,35 @@ def test_leases_list_shows_both_halves(etcd_server, capsys):
     row = json.loads(out[0])["Leases"][0]
     assert (row["IPv6Subnet"], row["PublicIPv6"]) == ("2001:cafe:42:19::/64", "2001:db8::19")
     assert "10.42.9.0/24 2001:cafe:42:19::/64" in out[2] and "198.18.0.19 2001:db8::19" in out[2]
+
+
+ONLY = parse_config('{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"2001:cafe:42::/56",'
+                    '"IPv6SubnetMin":"2001:cafe:42:10::","IPv6SubnetMax":"2001:cafe:42:1f::","Backend":{"Type":"host-gw"}}')
+
+
+def v6only(ip6: str) -> LeaseAttrs:
+    return LeaseAttrs(A4(0), A6(ip6), "host-gw")
+
+
+def test_ipv6_only_hosts_each_get_their_own_lease_and_keep_it(etcd_server):
+    """Go's key and JSON with IPv4 off; every host publishes PublicIP 0.0.0.0, yet each leases its
+    own IPv6 subnet (Go would hand the second host the first one's lease) and finds it again by
+    its PublicIPv6; a host whose lease is gone asks for FLANNEL_IPV6_SUBNET again."""
+    async def body(reg):
+        got = [await LeaseManager(reg, v6only(f"2001:db8::1{i}")).acquire(ONLY) for i in range(3)]
+        subnets = [g.lease.ipv6_subnet for g in got]
+        assert len(set(subnets)) == 3 and all(g.how == "allocated" for g in got)
+        assert all(A6("2001:cafe:42:10::") <= sn.network_address <= A6("2001:cafe:42:1f::") for sn in subnets)
+        key = SUBNETS + f"0.0.0.0-0&{subnets[1].network_address.compressed}-64"
+        assert get_json(etcd_server, key)["value"] == (
+            b'{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8::11","BackendType":"host-gw"}')
+        again = await LeaseManager(reg, v6only("2001:db8::11")).acquire(ONLY)
+        assert (again.how, again.lease.ipv6_subnet) == ("reused", subnets[1])
+        await reg.delete_lease(again.lease.subnet, None, again.lease.ipv6_subnet)
+        back = await LeaseManager(reg, v6only("2001:db8::11"), previous_ipv6_subnet=subnets[1]).acquire(ONLY)
+        assert (back.how, back.lease.ipv6_subnet) == ("previous", subnets[1])
+        return subnets
+
+    subnets = run(with_registry(etcd_server, body))
+    keys = ctl(etcd_server, "get", "--prefix", SUBNETS, "--keys-only").split()
+    assert sorted(keys) == sorted(SUBNETS + f"0.0.0.0-0&{sn.network_address.compressed}-64" for sn in subnets)

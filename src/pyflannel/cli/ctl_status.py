@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from ..core.config import NetworkConfig
 from ..core.errors import FlannelError, KernelError
+from ..core.plan import public_of
 from ..core.subnetenv import previous_subnets
 from ..instance import holder
 from ..store.etcd import EtcdRegistry
@@ -29,7 +30,8 @@ if TYPE_CHECKING:
 
 async def status(registry: EtcdRegistry, subnet_file: str, healthz_port: int, healthz_ip: str = "") -> int:
     values = read_subnet_env(subnet_file)
-    own, _ = previous_subnets(values)
+    own4, own6 = previous_subnets(values)
+    own = own4 if own4 is not None else own6  # an IPv6-only network's lease is known by its IPv6 subnet
     if own is None:
         raise FlannelError(f"{subnet_file} holds no valid FLANNEL_SUBNET (found {values.get('FLANNEL_SUBNET')!r}): "
                            "is flanneld done starting here? give -subnet-file if it writes elsewhere")
@@ -46,15 +48,16 @@ async def status(registry: EtcdRegistry, subnet_file: str, healthz_port: int, he
     config = await network_config(registry)
     assert config is not None
     snap = await registry.list_leases()
-    mine = next((le for le in snap.leases if le.subnet == own), None)
-    line("subnet.env", f"{subnet_file}: FLANNEL_SUBNET={values.get('FLANNEL_SUBNET')} "
+    mine = next((le for le in snap.leases if le.ident == own), None)
+    subnet_line = "FLANNEL_SUBNET" if own4 is not None else "FLANNEL_IPV6_SUBNET"
+    line("subnet.env", f"{subnet_file}: {subnet_line}={values.get(subnet_line)} "
                        f"FLANNEL_MTU={values.get('FLANNEL_MTU')}")
-    line("network", f"{config.network} backend {config.backend_type}")
+    line("network", f"{config.network if config.enable_ipv4 else config.ipv6_network} backend {config.backend_type}")
     bad = next((b for b in snap.bad if b.subnet == own), None)
     if mine is not None:
         ttl = None if mine.is_reservation else await registry.time_to_live(mine.lease_id)
         expired = ttl is not None and ttl <= 0
-        line("lease", f"{mine.subnet} public IP {mine.attrs.public_ip}, expires in {_expires(ttl)}",
+        line("lease", f"{mine.ident} public IP {public_of(mine)}, expires in {_expires(ttl)}",
              "our lease has expired" if expired else "")
     elif bad is not None:
         line("lease", f"{own}: its key {bad.key} holds garbage ({bad.reason}): revoke it (flannelctl leases "
@@ -62,7 +65,7 @@ async def status(registry: EtcdRegistry, subnet_file: str, healthz_port: int, he
     else:
         line("lease", f"{own}: NOT in etcd (flanneld retakes it, or leases a new subnet when restarted)",
              "our lease is not in etcd")
-    line("peers", f"{len([le for le in snap.leases if le.subnet != own])} (bad keys: {len(snap.bad)})")
+    line("peers", f"{len([le for le in snap.leases if le.ident != own])} (bad keys: {len(snap.bad)})")
     text, ok = await asyncio.to_thread(_devices, config)  # pyroute2's sync API wants no loop
     line("devices", text, "" if ok else f"device: {text}")
     if config.backend_type == "wireguard" and ok:
@@ -91,7 +94,8 @@ def _devices(config: NetworkConfig) -> tuple[str, bool]:
 
 def device_name(config: NetworkConfig) -> str | None:
     """The device flanneld owns for this backend; None for one that needs none (host-gw)."""
-    return {"udp": "flannel0", "vxlan": f"flannel.{config.backend_option('VNI', 1)}",
+    vni = config.backend_option("VNI", 1)
+    return {"udp": "flannel0", "vxlan": f"flannel.{vni}" if config.enable_ipv4 else f"flannel-v6.{vni}",
             "wireguard": "flannel-wg"}.get(config.backend_type)
 
 
