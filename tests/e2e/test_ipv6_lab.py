@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -106,6 +108,11 @@ def test_lease_key_json_and_subnet_env_are_gos(lab: Lab) -> None:
         assert e["FLANNEL_MTU"] == "1450"  # as Go: MTU - 50 whatever the family
     else:
         assert value == f'{{"PublicIP":"{pub}","PublicIPv6":"{pub6}","BackendType":"host-gw"}}'
+    if only(lab):  # flannelctl status finds our lease by FLANNEL_IPV6_SUBNET
+        res = sh(in_ns(h.ns, os.path.join(os.path.dirname(sys.executable), "flannelctl"),
+                       f"-etcd-endpoints={lab.etcd_endpoint}", f"-etcd-prefix={PREFIX}",
+                       f"-subnet-file={lab.subnet_file(h)}", "status"), check=False)
+        assert res.returncode == 0 and f"lease       {sn6} public IP {pub6}" in res.stdout, res.stdout + res.stderr
 
 
 def test_deleted_lease_removes_both_families(lab: Lab) -> None:
