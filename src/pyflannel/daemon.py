@@ -189,8 +189,9 @@ class Conductor:
         while True:
             try:
                 got = await manager.acquire(config)
-                log.info("lease acquired subnet=%s%s how=%s attempts=%d reservation=%s", got.lease.subnet,
-                         f" ipv6_subnet={got.lease.ipv6_subnet}" if got.lease.ipv6_subnet else "",
+                sn6 = got.lease.ipv6_subnet  # named apart in dual stack; IPv6-only: it is the subnet
+                log.info("lease acquired subnet=%s%s how=%s attempts=%d reservation=%s", got.lease.ident,
+                         f" ipv6_subnet={sn6}" if sn6 not in (None, got.lease.ident) else "",
                          got.how, got.attempts, got.lease.is_reservation)
                 return got.lease
             except StoreUnavailable as err:
@@ -205,13 +206,15 @@ class Conductor:
             self.config = config = await kubemode.read_config(self.registry)
         else:
             self.config = config = await self.wait_for_config()
-        log.info("network config network=%s subnet_len=%d backend=%s", config.network, config.subnet_len,
-                 config.backend_type)
+        if config.enable_ipv4:
+            log.info("network config network=%s subnet_len=%d backend=%s", config.network, config.subnet_len,
+                     config.backend_type)
+        else:
+            log.info("network config IPv6-only ipv6_network=%s ipv6_subnet_len=%d backend=%s", config.ipv6_network,
+                     config.ipv6_subnet_len, config.backend_type)
         self._warn_unsupported()
-        if not config.enable_ipv4 and not getattr(get_backend(config.backend_type), "ipv6_only", False):
-            raise LocalConfigError(f"the {config.backend_type} backend cannot run an IPv6-only network (EnableIPv4 "
-                                   f"false, IPv6Network {config.ipv6_network}): use the vxlan or host-gw backend, or "
-                                   "set EnableIPv4 true with a Network for a dual-stack network")
+        if not config.enable_ipv4:
+            self._check_ipv6_only(config)
         ext = await asyncio.to_thread(
             select_external_interface, list(opts.ifaces), list(opts.iface_regex), opts.iface_can_reach, opts.public_ip,
             opts.public_ipv6, config.enable_ipv6, config.enable_ipv4,
@@ -284,6 +287,16 @@ class Conductor:
                       "bridge moves to the new subnet", prev_subnet, lease.subnet)
         # as Go flannel: READY=1 alone; after a failure, also a STATUS= replacing the one with the cause
         sd_notify("READY=1" + (f"\nSTATUS=ready: subnet {env.subnet or env.ipv6_subnet}" if recovered else ""))
+
+    def _check_ipv6_only(self, config: NetworkConfig) -> None:
+        """An IPv6-only network (EnableIPv4 false) runs on vxlan and host-gw, in etcd mode."""
+        if not getattr(get_backend(config.backend_type), "ipv6_only", False):
+            raise LocalConfigError(f"the {config.backend_type} backend cannot run an IPv6-only network (EnableIPv4 "
+                                   f"false, IPv6Network {config.ipv6_network}): use the vxlan or host-gw backend, or "
+                                   "set EnableIPv4 true with a Network for a dual-stack network")
+        if isinstance(self.registry, KubeRegistry):
+            raise LocalConfigError("an IPv6-only network (EnableIPv4 false) is not run in Kubernetes mode by this "
+                                   "pyflannel yet: run it with etcd, or set EnableIPv4 true with a Network")
 
     def _warn_unsupported(self) -> None:
         """Accepted settings that do nothing yet say so, once, at start-up (a backend that carries no
