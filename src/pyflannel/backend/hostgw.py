@@ -1,6 +1,7 @@
 """The host-gw backend (docs/compatibility.md#host-gw): a route per peer, ``<peer subnet> via <peer
-PublicIP> dev <external interface>``. No encapsulation, so every host must be on one L2 segment,
-and behind NAT it cannot work: refused with flannel's message."""
+PublicIP> dev <external interface>`` (IPv6: ``via <peer PublicIPv6>``, also on an IPv6-only
+network). No encapsulation, so every host must be on one L2 segment, and behind NAT it cannot
+work: refused with flannel's message."""
 
 from __future__ import annotations
 

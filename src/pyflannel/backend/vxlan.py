@@ -4,7 +4,9 @@ Device ``flannel.<VNI>`` (local = our public IP, learning off, MTU = underlay MT
 ``<our subnet network address>/32``. Per peer: a permanent neighbour ``<peer subnet address>
 lladdr <peer VtepMAC>``, a permanent FDB entry ``<peer VtepMAC> dst <peer PublicIP> self`` and a
 route ``<peer subnet> via <peer subnet address> dev flannel.1 onlink``; with DirectRouting, a
-peer whose PublicIP is directly connected gets a plain route via that address instead.
+peer whose PublicIP is directly connected gets a plain route via that address instead. Dual stack
+adds ``flannel-v6.<VNI>`` with the same entries for IPv6; an IPv6-only network (EnableIPv4 false)
+has ``flannel-v6.<VNI>`` alone (``plan_vxlan6``).
 
 Better than flannel: the VTEP MAC of an existing compatible device is kept across restarts and
 re-used when the device is recreated (flannel's etcd mode picks a new one and never tells its
