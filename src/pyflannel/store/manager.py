@@ -131,8 +131,9 @@ class LeaseManager:
     async def _try_previous(self, config: NetworkConfig, snap: Snapshot) -> tuple[Lease | None, str] | None:
         """The subnets subnet.env remembers, if free and still fitting: (lease or None after a lost
         race, "previous"), or None to allocate."""
-        prev = self.previous_subnet if config.enable_ipv4 else NO_IPV4
         prev6 = self.previous_ipv6_subnet if config.enable_ipv6 else None
+        # IPv6-only: the IPv6 subnet is the one remembered; the IPv4 half is always Go's 0.0.0.0-0
+        prev = self.previous_subnet if config.enable_ipv4 else (NO_IPV4 if prev6 is not None else None)
         if prev is None:
             return None
         if config.enable_ipv6 and prev6 is None:  # a subnet.env (or lease) of before IPv6: a new IPv6 subnet
