@@ -8,6 +8,7 @@ snapshot that lacks a key removes a peer.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
