@@ -46,7 +46,7 @@ from .store.etcd import EtcdOptions, EtcdRegistry
 from .store.etcd_v2 import only_in_v2, v2_config
 from .store.kube import KubeOptions, KubeRegistry
 from .store.kube_manager import KubeLeaseManager
-from .store.manager import DEFAULT_TTL, LeaseManager, log_bad, watch_leases
+from .store.manager import DEFAULT_TTL, LeaseManager, track_bad, watch_leases
 from .storeprobe import StoreProbe
 from .subnetfile import read_previous_subnet, try_write_subnet_file, unwritable_fix
 from .systemd import sd_notify
@@ -353,7 +353,7 @@ class Conductor:
                     log.warning("%s", warning)
             if isinstance(ev, Snapshot):
                 self.stats.watch_relists += 0 if first else 1
-            log_bad(ev.bad, self._bad_seen)
+            track_bad(ev, self._bad_seen, self.registry.subnets_prefix)
             self.keeper.observe(ev)
             delta = self.peers.apply(ev, time.monotonic())
             self._schedule_expiry()
@@ -362,7 +362,6 @@ class Conductor:
                       len(delta.changed), len(ev.bad), len(self.peers.leases))
             for le in delta.added:
                 if le.ident != own:
-                    self._bad_seen.discard(le.key)
                     log.info("peer added subnet=%s public_ip=%s", le.ident, public_of(le))
             self._log_removed(delta.removed, own)
             if delta or first:

@@ -31,6 +31,12 @@ import json, urllib.request
 print(json.dumps(json.load(urllib.request.urlopen("http://127.0.0.1:8081/peers", timeout=3))))
 """
 
+BAD_LEASES = """
+import urllib.request
+text = urllib.request.urlopen("http://127.0.0.1:8081/metrics", timeout=3).read().decode()
+print(next(line.split()[-1] for line in text.splitlines() if line.startswith("flannel_bad_leases ")))
+"""
+
 HEALTHZ = ("-healthz-port=8081", "-healthz-ip=127.0.0.1")
 
 
@@ -57,6 +63,13 @@ def lease_json(lab: Lab, subnet: str, ip_: str) -> str:
 
 
 LAB: dict[str, Lab] = {}
+
+
+def bad_leases(host) -> float:
+    """flanneld's flannel_bad_leases gauge."""
+    out = subprocess.run(in_ns(host.ns, sys.executable, "-c", BAD_LEASES), capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0, out.stderr
+    return float(out.stdout)
 
 
 def pump_table(host) -> list[dict[str, object]]:
@@ -278,6 +291,12 @@ def test_misshapen_and_impossible_leases_never_reach_the_kernel(lab: Lab) -> Non
         for host in lab.hosts[1:]:
             assert has_route(host, subnet_of(victim)), (
                 f"{host.ns} dropped the victim's subnet:\n{_kernel_state(lab, host)}")
+        # the bad keys revoked: flannel_bad_leases counts none any more (it used to count them for ever)
+        assert all(bad_leases(h) >= len(hostile) - 1 for h in lab.hosts), [bad_leases(h) for h in lab.hosts]
+        for key in hostile:
+            lab.etcdctl("del", f"{PREFIX}/subnets/{key}")
+        for host in lab.hosts:
+            wait_for(lambda h=host: bad_leases(h) == 0, timeout=10, what=f"{host.ns}'s flannel_bad_leases back to 0")
     finally:
         for key in (*hostile, "10.0.207.0-24"):
             lab.etcdctl("del", f"{PREFIX}/subnets/{key}", check=False)

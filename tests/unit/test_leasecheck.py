@@ -142,3 +142,22 @@ def test_ipv6_only_keys_share_no_ipv4_subnet():
     assert screen_held(snap, PeerTable()) is snap
     ch = Changes((b,), (), 4)
     assert screen_held(ch, held(a)) is ch
+
+
+def test_bad_keys_are_counted_while_they_are_bad():
+    """flannel_bad_leases counts the keys bad right now: a bad key deleted or put right is no longer
+    counted, and warned about again only if it breaks anew (it used to count for ever)."""
+    from pyflannel.core.events import BadLease
+    from pyflannel.store.manager import track_bad
+
+    seen: set[str] = set()
+    p = "/p/subnets/"
+    track_bad(Snapshot((), 1, (BadLease(p + "10.0.5.128-25", "a /25"), BadLease(p + "x", "not a key"))), seen, p)
+    assert seen == {p + "10.0.5.128-25", p + "x"}
+    track_bad(Changes((), (N("10.0.5.128/25"),), 2, deleted_keys=("10.0.5.128-25",)), seen, p)
+    assert seen == {p + "x"}
+    track_bad(Changes((), (), 3, (BadLease(p + "10.0.6.0-24", "not JSON", N("10.0.6.0/24")),)), seen, p)
+    track_bad(Changes((lease("10.0.6.0/24"),), (), 4), seen, p)
+    assert seen == {p + "x"}
+    track_bad(Snapshot((), 5), seen, p)  # a re-list without it: gone
+    assert seen == set()
