@@ -31,7 +31,7 @@ from .converger import Converger
 from .core.backoff import Backoff, LogOnce
 from .core.config import NetworkConfig, parse_config
 from .core.errors import ConfigError, KernelError, LeaseLost, LocalConfigError, StoreUnavailable
-from .core.events import PeerTable, Snapshot
+from .core.events import Changes, PeerTable, Snapshot
 from .core.lease import Lease, SubnetId
 from .core.leasecheck import screen, screen_held
 from .core.plan import public_of
@@ -353,7 +353,8 @@ class Conductor:
                     log.warning("%s", warning)
             if isinstance(ev, Snapshot):
                 self.stats.watch_relists += 0 if first else 1
-            track_bad(ev, self._bad_seen, self.registry.subnets_prefix)
+            track_bad(ev, self._bad_seen, self.registry.subnets_prefix,
+                      raw.deleted_keys if isinstance(raw, Changes) else ())
             self.keeper.observe(ev)
             delta = self.peers.apply(ev, time.monotonic())
             self._schedule_expiry()

@@ -161,3 +161,22 @@ def test_bad_keys_are_counted_while_they_are_bad():
     assert seen == {p + "x"}
     track_bad(Snapshot((), 5), seen, p)  # a re-list without it: gone
     assert seen == set()
+
+
+def test_a_revoked_second_key_is_no_longer_counted():
+    """The delete of a second key for a held subnet is screened away (it removes nobody), yet the key
+    is gone: the gauge learns it from the keys the store reported, before screening. So does a key
+    that names no subnet at all (the store reports it after the subnets' keys)."""
+    from pyflannel.core.events import BadLease
+    from pyflannel.store.manager import track_bad
+
+    p = "/p/subnets/"
+    holder = lease("10.0.5.0/24")
+    table = held(holder)
+    second = "10.0.5.0-24&fd00:99::-64"
+    seen = {p + second, p + "junk"}
+    raw = Changes((), (N("10.0.5.0/24"),), 7, deleted_keys=(second, "junk"))
+    ev = screen_held(raw, table)
+    assert not ev.deletes, "the second key's delete removed the holder"
+    track_bad(ev, seen, p, raw.deleted_keys)
+    assert seen == set()

@@ -43,7 +43,8 @@ class Changes:
     revision: int = 0
     bad: tuple[BadLease, ...] = ()
     # the key (``Lease.key``) of each of ``deletes``, in the same order, when the store knows it: a
-    # deleted key that does not hold its subnet (``leasecheck.screen_held``) removes nobody
+    # deleted key that does not hold its subnet (``leasecheck.screen_held``) removes nobody; after
+    # them, the deleted keys that name no subnet at all (bad keys going away: flannel_bad_leases)
     deleted_keys: tuple[str, ...] = ()
 
 

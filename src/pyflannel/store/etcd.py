@@ -355,7 +355,7 @@ class EtcdRegistry:
                 # last one wins, so puts and deletes come out disjoint and order-free. By key, not
                 # by subnet: two keys can name one subnet (leasecheck.screen_held picks the holder).
                 last: dict[str, Lease | SubnetId] = {}
-                bad = []
+                bad, odd = [], []
                 for ev in resp.events:
                     got = self._decode(ev.kv.key, ev.kv.value, ev.kv.lease, ev.kv.mod_revision,
                                        ev.kv.create_revision)
@@ -363,6 +363,8 @@ class EtcdRegistry:
                         gone = got.ident if isinstance(got, Lease) else got.subnet
                         if gone is not None:
                             last[got.key[len(p):] if isinstance(got, BadLease) else got.key] = gone
+                        else:  # not a subnet key at all: only flannel_bad_leases cares that it went
+                            odd.append(got.key[len(p):])
                     elif isinstance(got, BadLease):
                         bad.append(got)
                     else:
@@ -370,7 +372,7 @@ class EtcdRegistry:
                 gone_keys = [(key, sn) for key, sn in last.items() if not isinstance(sn, Lease)]
                 yield Changes(tuple(le for le in last.values() if isinstance(le, Lease)),
                               tuple(sn for _, sn in gone_keys), resp.header.revision, tuple(bad),
-                              tuple(key for key, _ in gone_keys))
+                              tuple(key for key, _ in gone_keys) + tuple(odd))
         except (EtcdError, grpc.aio.AioRpcError) as err:
             yield WatchLost(f"watch on etcd at {self.endpoints} failed: {_describe(err)}")
         finally:

@@ -205,16 +205,18 @@ async def watch_leases(registry: Registry, *, retry_delay: float = 1.0) -> Async
         await asyncio.sleep(0.05)
 
 
-def track_bad(ev: Snapshot | Changes, seen: set[str], prefix: str) -> None:
+def track_bad(ev: Snapshot | Changes, seen: set[str], prefix: str, deleted_keys: tuple[str, ...] = ()) -> None:
     """Warn once per bad key in ``ev`` and keep ``seen`` as the set of keys bad right now (the
     flannel_bad_leases gauge): a snapshot says exactly which; a key put again as a good lease, or
-    deleted, is no longer bad (and is warned about again if it breaks anew)."""
+    deleted, is no longer bad (and is warned about again if it breaks anew). ``deleted_keys``: every
+    key the store reported deleted, before screening (``screen_held`` drops the delete of a key
+    that held nothing, such as a revoked second key, which is exactly a bad key going away)."""
     log_bad(ev.bad, seen)
     if isinstance(ev, Snapshot):
         seen.intersection_update(b.key for b in ev.bad)
         return
     still = {b.key for b in ev.bad}
-    for key in [prefix + le.key for le in ev.puts] + [prefix + key for key in ev.deleted_keys]:
+    for key in [prefix + le.key for le in ev.puts] + [prefix + key for key in deleted_keys or ev.deleted_keys]:
         if key not in still:
             seen.discard(key)
 
