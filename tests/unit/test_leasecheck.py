@@ -167,7 +167,6 @@ def test_a_revoked_second_key_is_no_longer_counted():
     """The delete of a second key for a held subnet is screened away (it removes nobody), yet the key
     is gone: the gauge learns it from the keys the store reported, before screening. So does a key
     that names no subnet at all (the store reports it after the subnets' keys)."""
-    from pyflannel.core.events import BadLease
     from pyflannel.store.manager import track_bad
 
     p = "/p/subnets/"
