@@ -101,3 +101,13 @@ def test_a_fault_overlapping_a_data_path_fault_is_not_counted_alone() -> None:
     k = summarize(meta(), records, pairs, 5000, rounds, [], T0, T0 + 60)["kinds"]["lease-delete"]
     assert k["lost"] == {"median": 0.5, "max": 1}  # the route's loss is charged to the deletion beside it
     assert (k["alone"], k["lost_alone"]) == (1, {"median": 0, "max": 0})  # but not when alone
+
+
+def test_a_restart_reports_how_long_the_new_flanneld_took_to_be_ready() -> None:
+    records = [rec(1, "flanneld-sigkill", T0 + 5, T0 + 9, ready_s=2.5), rec(2, "flanneld-sigkill", T0 + 20, T0 + 21,
+                                                                              ready_s=0.5),
+               rec(3, "lease-delete", T0 + 30, T0 + 30)]
+    rep = summarize(meta(), records, {}, 100, [(T0 + 40, True)], [], T0, T0 + 50)
+    assert rep["kinds"]["flanneld-sigkill"]["ready_s"] == {"median": 1.5, "max": 2.5}
+    assert "ready_s" not in rep["kinds"]["lease-delete"]
+    assert "flanneld-sigkill 1.5 / 2.5 s" in markdown(rep)

@@ -5,6 +5,7 @@ reported, not counted as a violation."""
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -22,8 +23,15 @@ _CUT = """table inet soakcut {
 """
 
 
+READY_BOUND = 60.0  # seconds a restarted flanneld has to say it is ready; longer is a violation
+
+
 class Skipped(Exception):
     """The fault did not apply (nothing to delete, etcd did not answer): reported as such."""
+
+
+class Unready(Exception):
+    """A restarted flanneld did not say it was ready within ``READY_BOUND``: a violation."""
 
 
 class Injector:
@@ -35,14 +43,16 @@ class Injector:
         self.lease_lost = lease_lost
         self.joined, self.leaving = joined, leaving  # the run's traffic follows the hosts
         self.down_member: dict[int, int] = {}  # fault seq -> member index killed
+        self.stops: dict[int, int] = {}  # host index -> how many times a fault stopped its flanneld
+        self.ready_s: dict[int, float] = {}  # fault seq -> seconds its restarted flanneld took to be ready
 
     def inject(self, fault: Fault) -> str:
         return getattr(self, "_" + fault.kind.replace("-", "_"))(fault)
 
-    def undo(self, fault: Fault) -> None:
+    def undo(self, fault: Fault) -> str | None:
+        """Undo the fault; some undos return a note of their own (a restart: how long until ready)."""
         fn = getattr(self, "_undo_" + fault.kind.replace("-", "_"), None)
-        if fn is not None:
-            fn(fault)
+        return None if fn is None else fn(fault)
 
     # ---- flanneld ----------------------------------------------------------------------------------
     def _host(self, fault: Fault, index: int = 0) -> Host:
@@ -56,6 +66,7 @@ class Injector:
         pid = self.soak.lab.flanneld_pid(host)
         if pid is None:
             raise Skipped("flanneld was not running")
+        self.stops[host.index] = self.stops.get(host.index, 0) + 1
         self.soak.lab.stop_flanneld(host, signal.SIGKILL)
         return f"killed pid {pid}"
 
@@ -64,11 +75,31 @@ class Injector:
         pid = self.soak.lab.flanneld_pid(host)
         if pid is None:
             raise Skipped("flanneld was not running")
+        self.stops[host.index] = self.stops.get(host.index, 0) + 1
         self.soak.lab.stop_flanneld(host, signal.SIGTERM, timeout=20)
         return f"stopped pid {pid}"
 
-    def _undo_flanneld_sigkill(self, fault: Fault) -> None:
-        self.soak.start(self._host(fault))
+    def _undo_flanneld_sigkill(self, fault: Fault) -> str:
+        """Start it again; the fault lasts until the new flanneld logs that it is ready (as an etcd
+        member's restart lasts until it answers), so a start slowed by a busy machine is not counted
+        against the heal bound; the note says how long it took."""
+        host = self._host(fault)
+        log = self.soak.lab.log_file(host)
+        offset = _size(log)
+        self.soak.start(host)
+        t0, stops = time.monotonic(), self.stops.get(host.index, 0)
+        while time.monotonic() - t0 < READY_BOUND:
+            if b"flannel is ready" in _read_from(log, offset):
+                self.ready_s[fault.seq] = round(time.monotonic() - t0, 2)
+                return f"ready after {self.ready_s[fault.seq]:.1f}s"
+            if self.stops.get(host.index, 0) != stops:  # another fault stopped it: that one waits
+                return f"stopped again by another fault {time.monotonic() - t0:.1f}s after it started"
+            if self.soak.lab.flanneld_pid(host) is None:
+                raise Unready(f"flanneld on h{host.index} exited after its restart; its log {log} ends "
+                              f"with:\n{self.soak.lab.log_tail(host)}")
+            time.sleep(0.1)
+        raise Unready(f"flanneld on h{host.index} did not say it was ready within {READY_BOUND:g}s of its "
+                      f"restart; its log {log} ends with:\n{self.soak.lab.log_tail(host)}")
 
     _undo_flanneld_sigterm = _undo_flanneld_sigkill
 
@@ -179,7 +210,6 @@ class Injector:
             self._by_hand(host, "iptables", "-t", table, "-F")
         return "iptables -F (filter, nat)"
 
-
     # ---- hosts joining and leaving -----------------------------------------------------------------
     def _host_join(self, fault: Fault) -> str:
         host = self.soak.join(fault.target)
@@ -191,10 +221,27 @@ class Injector:
         lease = self._own_lease(host)
         self.leaving(host)
         self.lease_lost(fault.target)
+        self.stops[host.index] = self.stops.get(host.index, 0) + 1
         self.soak.leave(host)
         # what its lease's TTL would do in time, or `flannelctl leases revoke` at once
         self.soak.cluster.etcdctl("del", lease.key, timeout=3)
         return f"{host.ns} left, {lease.key} revoked"
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def _read_from(path: str, offset: int) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read()
+    except OSError:
+        return b""
 
 
 def wait_until(t: float) -> None:
@@ -203,4 +250,4 @@ def wait_until(t: float) -> None:
         time.sleep(min(left, 0.5))
 
 
-__all__ = ["PREFIX", "Injector", "Skipped", "wait_until"]
+__all__ = ["PREFIX", "READY_BOUND", "Injector", "Skipped", "Unready", "wait_until"]

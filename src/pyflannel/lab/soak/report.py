@@ -70,7 +70,9 @@ def summarize(meta: dict[str, Any], records: list[dict[str, Any]], pairs: dict[t
             f["lost"] = _fault_loss(rec["fault"], pairs, *f["window"])
         faults.append(f)
         k = by_kind.setdefault(kind, {"injected": 0, "skipped": 0, "errors": 0, "unhealed": 0, "lost": [],
-                                      "heal": []})
+                                      "heal": [], "ready": []})
+        if rec.get("ready_s") is not None:
+            k["ready"].append(rec["ready_s"])
         if rec.get("skipped"):
             k["skipped"] += 1
         elif rec.get("error"):
@@ -90,6 +92,8 @@ def summarize(meta: dict[str, Any], records: list[dict[str, Any]], pairs: dict[t
                        "unhealed": k["unhealed"], "data_path": touches_data_path(name, meta["backend"]),
                        "lost": _stats(k["lost"]), "heal_s": _stats(k["heal"]),
                        "alone": len(solo), "lost_alone": _stats(solo)}
+        if k["ready"]:  # a flanneld restart: how long the new flanneld took to say it was ready
+            kinds[name]["ready_s"] = _stats(k["ready"])
     seconds = max(1, int(t1 - t0) + 1)
     per_second = [0] * seconds
     for t in losses:
@@ -153,6 +157,11 @@ def markdown(rep: dict[str, Any]) -> str:
                      f"{_fmt(k['lost']['median'])} / {_fmt(k['lost']['max'])} | "
                      f"{k.get('alone', 0)}: {_fmt(solo['median'])} / {_fmt(solo['max'])} | "
                      f"{_fmt(k['heal_s']['median'])} / {_fmt(k['heal_s']['max'])} | {k['unhealed']} |")
+    ready = [f"{name} {_fmt(k['ready_s']['median'])} / {_fmt(k['ready_s']['max'])} s"
+             for name, k in rep["kinds"].items() if k.get("ready_s")]
+    if ready:
+        lines += ["", "A restarted flanneld said it was ready after (median / max; its fault lasts until then): "
+                  + ", ".join(ready) + "."]
     return "\n".join(lines) + "\n"
 
 

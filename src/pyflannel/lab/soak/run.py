@@ -15,7 +15,7 @@ from typing import Any
 
 from ..netns import LabError
 from . import report
-from .faults import Injector, Skipped
+from .faults import Injector, Skipped, Unready
 from .invariants import EnvWatch, ResourceWatch, duplicate_problems, expected_kernel, read_leases
 from .schedule import DEFAULT_KINDS, Fault, kinds_for, not_applicable, schedule
 from .soaklab import NETWORK, SoakLab
@@ -157,7 +157,14 @@ class Soak:
             self.log(f"soak: {time.monotonic() - self.m0:7.1f}s {f.label()}: {rec['note']}")
             if f.duration:
                 self.stop.wait(max(0.0, self.m0 + f.end - time.monotonic()))
-            self.injector.undo(f)
+            undone = self.injector.undo(f)
+            rec["ready_s"] = self.injector.ready_s.pop(f.seq, None)
+            if undone:
+                rec["note"] += f"; {undone}"
+                self.log(f"soak: {time.monotonic() - self.m0:7.1f}s {f.label()}: {undone}")
+        except Unready as err:
+            if not self.stop.is_set():  # not a lab being taken down at the end of the run
+                self._violation(str(err))
         except Skipped as err:
             rec["skipped"] = str(err)
             self.log(f"soak: {time.monotonic() - self.m0:7.1f}s {f.label()}: skipped ({err})")

@@ -159,6 +159,8 @@ class SoakLab:
             fds = len(os.listdir(f"/proc/{pid}/fd"))
         except OSError:
             return None
+        if "VmRSS" not in status:  # exiting: a zombie has no memory left to count
+            return None
         return pid, int(status["VmRSS"].split()[0]), fds, int(status["Threads"])
 
     def ready_since(self, host: Host, pid: int) -> float | None:
