@@ -17,8 +17,8 @@ import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # pfbench.datapath.PATHS (not imported here: that needs pyflannel, which preflight checks first)
-DATA_PATHS = ("underlay", "hand-vxlan", "vxlan", "host-gw", "udp", "wireguard", "wireguard6", "go-vxlan", "go-host-gw",
-              "go-udp")
+DATA_PATHS = ("underlay", "hand-vxlan", "vxlan", "vxlan6", "host-gw", "udp", "wireguard", "wireguard6", "go-vxlan",
+              "go-host-gw", "go-udp")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

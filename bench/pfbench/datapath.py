@@ -5,6 +5,9 @@ Paths, each in its own lab (all up at once, so the rounds interleave and drift h
     underlay     host to host over the veth underlay (pfb-hand)     the floor of every ratio
     hand-vxlan   kernel VXLAN typed in with ip/bridge (pfb-hand)    reference of vxlan and host-gw
     vxlan        flanneld, vxlan backend (pfb-vxlan)
+    vxlan6       the same backend on a dual-stack lab (pfb-vxlan6), container to container over IPv6:
+                 flannel-v6.1 over the IPv6 underlay                reference: vxlan (IPv4, same
+                 rounds); also against hand-vxlan, the kernel reference (``ratio_kernel``)
     host-gw      flanneld, host-gw backend (pfb-hostgw)
     udp          flanneld, udp backend: TUN + the pump (pfb-udp)   reference: vxlan
     wireguard    flanneld, wireguard backend over wireguard-go (pfb-wg)   reference: vxlan
@@ -36,10 +39,11 @@ from pyflannel.lab.netns import LabError, in_ns, ns_pids, sh
 
 from .common import BenchError, Figure, cpu_seconds, log, percentile
 
-PATHS = ("underlay", "hand-vxlan", "vxlan", "host-gw", "udp", "wireguard", "wireguard6", "go-vxlan", "go-host-gw",
-         "go-udp")
-RATIO_TO = {"vxlan": "hand-vxlan", "host-gw": "hand-vxlan", "udp": "vxlan", "wireguard": "vxlan",
+PATHS = ("underlay", "hand-vxlan", "vxlan", "vxlan6", "host-gw", "udp", "wireguard", "wireguard6", "go-vxlan",
+         "go-host-gw", "go-udp")
+RATIO_TO = {"vxlan": "hand-vxlan", "vxlan6": "vxlan", "host-gw": "hand-vxlan", "udp": "vxlan", "wireguard": "vxlan",
             "wireguard6": "wireguard", "go-vxlan": "hand-vxlan", "go-host-gw": "hand-vxlan", "go-udp": "vxlan"}
+KERNEL_REF = {"vxlan6": "hand-vxlan"}  # a second reference, on the row as ``ratio_kernel``
 GO_OF = {"vxlan": "go-vxlan", "host-gw": "go-host-gw", "udp": "go-udp"}  # pyflannel path -> Go flannel's
 METRICS = {  # name -> unit; higher is better for the first three (the chart's six panels)
     "tcp_1": "Gbit/s", "tcp_4": "Gbit/s", "udp64_pps": "packets/s",
@@ -48,13 +52,15 @@ METRICS = {  # name -> unit; higher is better for the first three (the chart's s
 EXTRA_METRICS = {"wg_go_cpu_s_per_gb": "s/GB"}  # wireguard-go's own CPU, apart from flanneld's
 NO_RATIO = ("cpu_s_per_gb", "wg_go_cpu_s_per_gb")
 LABS = {  # path -> (lab name, backend, runs Go flannel)
-    "vxlan": ("pfb-vxlan", "vxlan", False), "host-gw": ("pfb-hostgw", "host-gw", False),
+    "vxlan": ("pfb-vxlan", "vxlan", False), "vxlan6": ("pfb-vxlan6", "vxlan", False),
+    "host-gw": ("pfb-hostgw", "host-gw", False),
     "udp": ("pfb-udp", "udp", False), "wireguard": ("pfb-wg", "wireguard", False),
     "wireguard6": ("pfb-wg6", "wireguard", False),
     "go-vxlan": ("pfb-govxlan", "vxlan", True), "go-host-gw": ("pfb-gohostgw", "host-gw", True),
     "go-udp": ("pfb-goudp", "udp", True),
 }
-IPV6_PATHS = ("wireguard6",)  # dual-stack labs, measured between the containers' IPv6 addresses
+IPV6_PATHS = ("vxlan6", "wireguard6")  # dual-stack labs, measured between the containers' IPv6 addresses
+DEV6 = {"vxlan6": "flannel-v6.1", "wireguard6": "flannel-wg-v6"}  # the device their IPv6 traffic must leave by
 PING_COUNT = 2000
 
 
@@ -109,10 +115,37 @@ def build(notes: list[str], info: dict[str, str], wanted: tuple[str, ...] = PATH
                          f"no figures for it. ping said: {out.strip()[-300:]}")
             log(notes[-1])
             continue
+        wrong = _wrong_device(path_name, a.ns, dst)
+        if wrong:
+            notes.append(wrong)
+            log(notes[-1])
+            continue
         paths.append(Path(path_name, a.container_ns, b.container_ns, "eth0", dst,
                           [lab.flanneld_pid(a), lab.flanneld_pid(b)],
                           [p for h in (a, b) for p in ns_pids(h.ns) if _comm(p) == "wireguard-go"]))
     return paths
+
+
+def _wrong_device(path_name: str, host_ns: str, dst: str) -> str:
+    """Why the path is not what it claims ("" when it is): its IPv6 traffic must leave the sending
+    host by DEV6's device (flannel-v6.1 for vxlan6), not by some other route."""
+    want = DEV6.get(path_name)
+    if want is None:
+        return ""
+    out = sh(["ip", "-n", host_ns, "-6", "-j", "route", "get", dst], check=False).stdout
+    dev = route_dev(out)
+    if dev == want:
+        return ""
+    return f"{path_name}: {host_ns} routes {dst} via {dev or 'nothing'}, not {want}; no figures for it"
+
+
+def route_dev(route_get_json: str) -> str:
+    """The device of ``ip -j route get``'s answer ("" when there is none)."""
+    try:
+        routes = json.loads(route_get_json or "[]")
+    except json.JSONDecodeError:
+        return ""
+    return str(routes[0].get("dev", "")) if routes and isinstance(routes[0], dict) else ""
 
 
 def _comm(pid: int) -> str:
@@ -228,8 +261,9 @@ def _last(path: Path, metric: str) -> str:
 
 def rows(paths: list[Path]) -> list[dict]:
     """The flat rows of bench/README.md; ``ratio`` is median / median of ``ratio_to`` measured in this run,
-    ``ratio_underlay`` the same against the underlay; on pyflannel's vxlan, host-gw and udp rows
-    ``ratio_go`` is the same against Go flannel's path (``go_path``), CPU included."""
+    ``ratio_underlay`` the same against the underlay, ``ratio_kernel`` (vxlan6) against hand-vxlan; on
+    pyflannel's vxlan, host-gw and udp rows ``ratio_go`` is the same against Go flannel's path
+    (``go_path``), CPU included."""
     by_name = {p.name: p for p in paths}
     out = []
     for path in sorted(paths, key=lambda p: PATHS.index(p.name)):
@@ -245,6 +279,10 @@ def rows(paths: list[Path]) -> list[dict]:
                 "ratio_to": ref if ref_fig else None,
                 "ratio": _ratio(fig, ref_fig), "ratio_underlay": _ratio(fig, under),
             }
+            kernel = KERNEL_REF.get(path.name) if metric not in NO_RATIO else None
+            kernel_fig = by_name[kernel].figures.get(metric) if kernel in by_name else None
+            if kernel_fig is not None and kernel_fig.values:
+                row.update(ratio_kernel=_ratio(fig, kernel_fig))
             go = GO_OF.get(path.name)
             go_fig = by_name[go].figures.get(metric) if go in by_name else None
             if go_fig is not None and go_fig.values:

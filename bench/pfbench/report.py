@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Any
 
-from .datapath import EXTRA_METRICS, GO_OF, METRICS, PATHS, RATIO_TO
+from .datapath import EXTRA_METRICS, GO_OF, KERNEL_REF, METRICS, PATHS, RATIO_TO
 
 LABELS = {"tcp_1": "TCP 1 stream Gbit/s", "tcp_4": "TCP 4 streams Gbit/s", "udp64_pps": "UDP 64 B kpps",
           "rtt_us_p50": "RTT p50 µs", "rtt_us_p99": "RTT p99 µs", "cpu_s_per_gb": "flanneld CPU s/GB",
@@ -141,7 +141,7 @@ def datapath_markdown(dp: list[dict], merged: bool = False) -> list[str]:
         shown = [*METRICS, *(k for k in EXTRA_METRICS if any(m == k for _, m in rows))]
         out += ["", "## Data path, container to container across two hosts", "",
                 "go-…: Go flannel's flanneld with the same flags; wireguard: over wireguard-go (this kernel has no "
-                "WireGuard).", "",
+                "WireGuard); …6: the same backend on a dual-stack lab, container to container over IPv6.", "",
                 "| path | " + " | ".join(LABELS[k] for k in shown) + " |",
                 "| --- |" + " --- |" * len(shown)]
         for p in paths:
@@ -156,10 +156,13 @@ def datapath_markdown(dp: list[dict], merged: bool = False) -> list[str]:
                 "| path | reference | " + " | ".join(LABELS[k] for k in ratio_metrics) + " |",
                 "| --- | --- |" + " --- |" * len(ratio_metrics)]
         for p in paths:
-            for ref, key in ((RATIO_TO.get(p), "ratio"), ("underlay", "ratio_underlay")):
+            for ref, key in ((RATIO_TO.get(p), "ratio"), (KERNEL_REF.get(p), "ratio_kernel"),
+                             ("underlay", "ratio_underlay")):
                 if ref is None or ref == p:
                     continue
                 vals = [rows.get((p, k), {}).get(key) for k in ratio_metrics]
+                if all(v is None for v in vals):
+                    continue
                 out.append(f"| {p} | {ref} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in vals) + " |")
         go_paths = [p for p in paths if GO_OF.get(p) in paths]
         if go_paths:
@@ -203,9 +206,9 @@ def chart(doc: dict[str, Any], path: str) -> None:
     rows = {(r["backend"], r["metric"]): r for r in doc["datapath"]}
     paths = [p for p in PATHS if any(b == p for b, _ in rows)]
     fig, axes = plt.subplots(2, 3, figsize=(18, 9))
-    colors = {"underlay": "#9e9e9e", "hand-vxlan": "#5c6bc0", "vxlan": "#26a69a", "host-gw": "#66bb6a",
-              "udp": "#ef6c00", "wireguard": "#8e24aa", "wireguard6": "#ba68c8", "go-vxlan": "#80cbc4",
-              "go-host-gw": "#a5d6a7", "go-udp": "#ffcc80"}
+    colors = {"underlay": "#9e9e9e", "hand-vxlan": "#5c6bc0", "vxlan": "#26a69a", "vxlan6": "#80deea",
+              "host-gw": "#66bb6a", "udp": "#ef6c00", "wireguard": "#8e24aa", "wireguard6": "#ba68c8",
+              "go-vxlan": "#80cbc4", "go-host-gw": "#a5d6a7", "go-udp": "#ffcc80"}
     for ax, metric in zip(axes.flat, METRICS, strict=True):
         scale = 1e-3 if metric == "udp64_pps" else 1.0
         names = [p for p in paths if (p, metric) in rows]
@@ -230,7 +233,8 @@ def chart(doc: dict[str, Any], path: str) -> None:
     fig.suptitle(f"pyflannel data path, container to container, {doc['date']} - {m['cores']} x {m['cpu']}, "
                  f"Linux {m['kernel']}; median of {doc['params']['rounds']}, whiskers = min-max;\n"
                  "xN = ratio to the reference measured in the same run: hand-vxlan for vxlan, host-gw and Go's, "
-                 "vxlan for udp, go-udp and wireguard; go-…: Go flannel", fontsize=10)
+                 "vxlan for udp, go-udp, wireguard and vxlan6 (IPv6), wireguard for wireguard6; go-…: Go flannel",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -52,3 +52,23 @@ def test_controlplane_rows_keep_go_apart_and_give_pyflannel_its_ratio() -> None:
     text = "\n".join(controlplane_markdown(res.rows()))
     assert "| 1000 | pyflannel | 1.10 | 1.00 | 1.20 | s | 0.50 |" in text
     assert "| 1000 | Go flannel | 2.20 |" in text
+
+
+def test_vxlan6_rows_carry_the_ratio_to_ipv4_vxlan_and_to_the_kernel_reference() -> None:
+    paths = [_path("hand-vxlan", {"tcp_1": [10.0, 10.0, 10.0]}), _path("vxlan", {"tcp_1": [8.0, 8.0, 8.0]}),
+             _path("vxlan6", {"tcp_1": [6.0, 7.0, 5.0], "cpu_s_per_gb": [0.1, 0.1, 0.1]})]
+    rows = {(r["backend"], r["metric"]): r for r in datapath.rows(paths)}
+    v6 = rows[("vxlan6", "tcp_1")]
+    assert (v6["ratio_to"], v6["ratio"], v6["ratio_kernel"]) == ("vxlan", 0.75, 0.6)
+    assert "ratio_kernel" not in rows[("vxlan", "tcp_1")]  # only the IPv6 path has a second reference
+    assert "ratio_kernel" not in rows[("vxlan6", "cpu_s_per_gb")]  # CPU gets no ratio
+    text = "\n".join(datapath_markdown(datapath.rows(paths)))
+    assert "| vxlan6 | vxlan | 0.750 |" in text and "| vxlan6 | hand-vxlan | 0.600 |" in text
+    assert "| vxlan6 | underlay |" not in text  # no underlay in this run: no row of dashes
+
+
+def test_an_ipv6_path_leaving_by_another_device_is_named() -> None:
+    route = '[{"dst":"2001:db8:42:3::2","gateway":"2001:db8:42:3::","dev":"flannel-v6.1","flags":["onlink"]}]'
+    assert datapath.route_dev(route) == "flannel-v6.1"
+    assert datapath.route_dev("") == "" and datapath.route_dev("not json") == ""
+    assert datapath.route_dev('[{"dst":"2001:db8:42:3::2","dev":"eth0"}]') == "eth0"
