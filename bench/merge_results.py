@@ -49,8 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         parts.append({"file": path, "date": doc["date"], "command": doc.get("command", ""),
                       "runtime_s": doc["runtime_s"], "params": doc["params"], "notes": doc["notes"],
                       "cpu_busy_at_start_pct": doc["machine"].get("cpu_busy_at_start_pct"),
-                      "loadavg_at_start": doc["machine"].get("loadavg_at_start")})
-    machine = {k: v for k, v in doc["machine"].items() if k not in ("cpu_busy_at_start_pct", "loadavg_at_start")}
+                      "loadavg_at_start": doc["machine"].get("loadavg_at_start"),
+                      "loadavg_at_end": doc["machine"].get("loadavg_at_end")})
+    machine = {k: v for k, v in doc["machine"].items()
+               if k not in ("cpu_busy_at_start_pct", "loadavg_at_start", "loadavg_at_end")}
     merged = {"title": args.title, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "commit": args.commit,
               "machine": machine, "machine_notes": args.note, "datapath": list(dp_rows.values()),
               "controlplane": list(rows.values()),
@@ -62,8 +64,11 @@ def main(argv: list[str] | None = None) -> int:
           f"Linux {m['kernel']}, Python {m['python']}, pyflannel {m['pyflannel']}. "
           f"Merged {time.strftime('%Y-%m-%d')} from {len(parts)} runs of bench/run.py:", ""]
     for i, p in enumerate(parts):
+        load = f", load average {p['loadavg_at_start']} at its start" if p.get("loadavg_at_start") is not None else ""
+        if p.get("loadavg_at_end"):
+            load += f", {' / '.join(map(str, p['loadavg_at_end']))} (1 / 5 / 15 min) at its end"
         md.append(f"{i + 1}. {p['date']}, {p['runtime_s'] / 60:.1f} min, CPUs {p['cpu_busy_at_start_pct']}% busy "
-                  f"before it started: `{p['command']}`")
+                  f"before it started{load}: `{p['command']}`")
     if args.note:
         md += [""] + [f"- {n}" for n in args.note]
     md += report.datapath_markdown(merged["datapath"], merged=True)

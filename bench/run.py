@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     if failure:
         common.log(failure)
         notes.append(failure)
+    mach["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]  # 1, 5 and 15 min: the run's own load too
     late = sorted(set(ns_list()) - set(foreign) - set(common.bench_namespaces()))
     if late:
         notes.append(f"other network namespaces appeared during the run ({', '.join(late[:8])}"

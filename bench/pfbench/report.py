@@ -184,7 +184,7 @@ def markdown(doc: dict[str, Any]) -> str:
     out = [f"# pyflannel benchmark, {doc['date']}", "",
            f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, Linux {m['kernel']}, Python {m['python']}, "
            f"{m['iperf3']}, pyflannel {m['pyflannel']}. Suite runtime {doc['runtime_s'] / 60:.1f} min. "
-           "Each figure: median (min-max) of its runs: "
+           + _load(m) + "Each figure: median (min-max) of its runs: "
            f"{prm['rounds']} interleaved rounds for the data path, {prm['conv_rounds']} lease PUTs per cluster size, "
            f"{prm['cold_runs']} cold starts, {prm['idle_windows']} idle windows of {prm['idle_seconds']:g} s"
            + (f", up to {prm['burst_runs']} runs per lease burst size" if prm.get("bursts") else "") + "."
@@ -195,6 +195,16 @@ def markdown(doc: dict[str, Any]) -> str:
     if doc["notes"]:
         out += ["", "## Notes", ""] + [f"- {n}" for n in doc["notes"]]
     return "\n".join(out) + "\n"
+
+
+def _load(m: dict[str, Any]) -> str:
+    """The machine's load average at the start and the end of the run (a 2-core machine: above 2, other
+    work competed for the CPUs)."""
+    out = f"Load average {m['loadavg_at_start']} at the start" if m.get("loadavg_at_start") is not None else ""
+    if m.get("loadavg_at_end"):
+        out += (", " if out else "Load average ") + f"{' / '.join(map(str, m['loadavg_at_end']))} (1 / 5 / 15 min) " \
+               "at the end"
+    return out + ". " if out else ""
 
 
 def chart(doc: dict[str, Any], path: str) -> None:
