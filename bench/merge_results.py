@@ -31,14 +31,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--title", default="pyflannel control-plane benchmark")
     ap.add_argument("--commit", default="", help="the commit measured")
     ap.add_argument("--note", action="append", default=[], help="a note for the top (repeatable)")
+    ap.add_argument("--repeats", action="store_true",
+                    help="the runs measured the same data paths again: each data-path row becomes the median over "
+                         "the runs (pfbench/repeats.py), not the later run's")
     ap.add_argument("--chart", help="also draw the data-path chart (as bench/run.py's datapath.png) to this PNG")
     args = ap.parse_args(argv)
     sys.path.insert(0, HERE)
-    from pfbench import report
+    from pfbench import repeats, report
 
     rows: dict[tuple[str, int, str], dict] = {}
     dp_rows: dict[tuple[str, str], dict] = {}
     parts = []
+    runs: list[list[dict]] = []
     for i, path in enumerate(args.parts):
         with open(path) as f:
             doc = json.load(f)
@@ -46,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             rows[(r["metric"], r["hosts"], r.get("flanneld", ""))] = {**r, "part": i + 1}
         for r in doc.get("datapath", []):
             dp_rows[(r["backend"], r["metric"])] = {**r, "part": i + 1}
+        runs.append(doc.get("datapath", []))
         parts.append({"file": path, "date": doc["date"], "command": doc.get("command", ""),
                       "runtime_s": doc["runtime_s"], "params": doc["params"], "notes": doc["notes"],
                       "cpu_busy_at_start_pct": doc["machine"].get("cpu_busy_at_start_pct"),
@@ -54,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     machine = {k: v for k, v in doc["machine"].items()
                if k not in ("cpu_busy_at_start_pct", "loadavg_at_start", "loadavg_at_end")}
     merged = {"title": args.title, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "commit": args.commit,
-              "machine": machine, "machine_notes": args.note, "datapath": list(dp_rows.values()),
+              "machine": machine, "machine_notes": args.note,
+              "datapath": repeats.repeated_rows(runs) if args.repeats else list(dp_rows.values()),
               "controlplane": list(rows.values()),
               "notes": [f"part {i + 1}: {n}" for i, p in enumerate(parts) for n in p["notes"]], "parts": parts}
     report.write_json(args.out + ".json", merged)
@@ -71,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"before it started{load}: `{p['command']}`")
     if args.note:
         md += [""] + [f"- {n}" for n in args.note]
-    md += report.datapath_markdown(merged["datapath"], merged=True)
+    md += report.datapath_markdown(merged["datapath"], merged=True, repeats=args.repeats)
+    if args.repeats:
+        md += repeats.run_medians_markdown(merged["datapath"])
     md += report.controlplane_markdown(merged["controlplane"])
     if merged["notes"]:
         md += ["", "## Notes", ""] + [f"- {n}" for n in merged["notes"]]
@@ -80,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.chart and merged["datapath"]:
         rounds = sorted({p["params"]["rounds"] for p in parts if p["params"].get("paths")})
         report.chart({**merged, "params": {"rounds": "/".join(map(str, rounds)) or "?"}}, args.chart)
-    print(f"wrote {args.out}.json and {args.out}.md ({len(dp_rows)} data-path and {len(rows)} control-plane rows)")
+    print(f"wrote {args.out}.json and {args.out}.md ({len(merged['datapath'])} data-path and {len(rows)} "
+          "control-plane rows)")
     return 0
 
 

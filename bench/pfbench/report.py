@@ -132,8 +132,9 @@ def controlplane_markdown(cp: list[dict]) -> list[str]:
     return out
 
 
-def datapath_markdown(dp: list[dict], merged: bool = False) -> list[str]:
-    """The data-path tables (markdown lines), also used by bench/merge_results.py."""
+def datapath_markdown(dp: list[dict], merged: bool = False, repeats: bool = False) -> list[str]:
+    """The data-path tables (markdown lines), also used by bench/merge_results.py (``repeats``: each row
+    the median over several runs of the same paths, pfbench/repeats.py)."""
     out: list[str] = []
     rows = {(r["backend"], r["metric"]): r for r in dp}
     paths = [p for p in PATHS if any(b == p for b, _ in rows)]
@@ -141,7 +142,9 @@ def datapath_markdown(dp: list[dict], merged: bool = False) -> list[str]:
         shown = [*METRICS, *(k for k in EXTRA_METRICS if any(m == k for _, m in rows))]
         out += ["", "## Data path, container to container across two hosts", "",
                 "go-…: Go flannel's flanneld with the same flags; wireguard: over wireguard-go (this kernel has no "
-                "WireGuard); …6: the same backend on a dual-stack lab, container to container over IPv6.", "",
+                "WireGuard); …6: the same backend on a dual-stack lab, container to container over IPv6."
+                + (" Each figure: the median over the runs of each run's median (min-max: over every round of every "
+                   "run)." if repeats else ""), "",
                 "| path | " + " | ".join(LABELS[k] for k in shown) + " |",
                 "| --- |" + " --- |" * len(shown)]
         for p in paths:
@@ -152,6 +155,8 @@ def datapath_markdown(dp: list[dict], merged: bool = False) -> list[str]:
             out.append(f"| {p} | " + " | ".join(cells) + " |")
         ratio_metrics = [k for k in METRICS if k != "cpu_s_per_gb"]
         run = "the same run (the row's part)" if merged else "this run"
+        if repeats:
+            run = "each run, the median over the runs"
         out += ["", f"Ratios of medians measured in {run} (for RTT a ratio above 1 means slower):", "",
                 "| path | reference | " + " | ".join(LABELS[k] for k in ratio_metrics) + " |",
                 "| --- | --- |" + " --- |" * len(ratio_metrics)]

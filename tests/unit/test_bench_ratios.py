@@ -8,7 +8,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "bench"))
 
-from pfbench import controlplane, datapath
+from pfbench import controlplane, datapath, repeats
 from pfbench.report import controlplane_markdown, datapath_markdown
 
 
@@ -72,3 +72,20 @@ def test_an_ipv6_path_leaving_by_another_device_is_named() -> None:
     assert datapath.route_dev(route) == "flannel-v6.1"
     assert datapath.route_dev("") == "" and datapath.route_dev("not json") == ""
     assert datapath.route_dev('[{"dst":"2001:db8:42:3::2","dev":"eth0"}]') == "eth0"
+
+
+def test_repeated_runs_give_the_median_of_the_runs_and_of_their_ratios() -> None:
+    def run(v4: float, v6: float) -> list[dict]:
+        return datapath.rows([_path("vxlan", {"tcp_1": [v4] * 3}), _path("vxlan6", {"tcp_1": [v6 - 1, v6, v6 + 1]})])
+
+    runs = [run(10.0, 9.0), run(9.0, 9.9), run(8.0, 9.6)]  # ratios 0.9, 1.1, 1.2
+    rows = {(r["backend"], r["metric"]): r for r in repeats.repeated_rows(runs)}
+    v6 = rows[("vxlan6", "tcp_1")]
+    assert (v6["median"], v6["min"], v6["max"], v6["runs"]) == (9.6, 8.0, 10.9, 9)
+    assert v6["run_medians"] == [9.0, 9.9, 9.6] and v6["run_ratios"] == [0.9, 1.1, 1.2]
+    # the median of the ratios each run measured: not the last run's (1.2), not 9.6 / 9.0 across runs
+    assert (v6["ratio_to"], v6["ratio"]) == ("vxlan", 1.1)
+    assert rows[("vxlan", "tcp_1")]["ratio"] is None  # its reference was not measured: still no ratio
+    text = "\n".join(repeats.run_medians_markdown(list(rows.values())))
+    assert ("| vxlan6 | TCP 1 stream Gbit/s | 9.00 (x0.90) | 9.90 (x1.10) | 9.60 (x1.20) | 9.60 (x1.10 of vxlan) |"
+            in text)
