@@ -289,11 +289,11 @@ class Conductor:
         sd_notify("READY=1" + (f"\nSTATUS=ready: subnet {env.subnet or env.ipv6_subnet}" if recovered else ""))
 
     def _check_ipv6_only(self, config: NetworkConfig) -> None:
-        """An IPv6-only network (EnableIPv4 false) runs on vxlan and host-gw, in etcd mode."""
+        """An IPv6-only network (EnableIPv4 false) runs on vxlan, host-gw and wireguard, in etcd mode."""
         if not getattr(get_backend(config.backend_type), "ipv6_only", False):
             raise LocalConfigError(f"the {config.backend_type} backend cannot run an IPv6-only network (EnableIPv4 "
-                                   f"false, IPv6Network {config.ipv6_network}): use the vxlan or host-gw backend, or "
-                                   "set EnableIPv4 true with a Network for a dual-stack network")
+                                   f"false, IPv6Network {config.ipv6_network}): use the vxlan, host-gw or wireguard "
+                                   "backend, or set EnableIPv4 true with a Network for a dual-stack network")
         if isinstance(self.registry, KubeRegistry):
             raise LocalConfigError("an IPv6-only network (EnableIPv4 false) is not run in Kubernetes mode by this "
                                    "pyflannel yet: run it with etcd, or set EnableIPv4 true with a Network")

@@ -154,6 +154,6 @@ def test_shared_public_ip_is_judged_by_public_ipv6():
 
 
 @pytest.mark.parametrize("backend,runs", [("vxlan", True), ("host-gw", True), ("udp", False),
-                                          ("wireguard", False), ("aws-vpc", False)])
+                                          ("wireguard", True), ("aws-vpc", False)])
 def test_which_backends_run_ipv6_only(backend: str, runs: bool):
     assert getattr(get_backend(backend), "ipv6_only", False) is runs  # as the daemon asks

@@ -54,7 +54,7 @@ class PlanningBackend:
     lease_types: tuple[str, ...] = ()  # BackendType values of peers we can reach
     stored_mac = ""  # kube mode: the VTEP MAC our node's annotation names (a restart keeps it)
     needs_onlink = False
-    ipv6_only = False  # runs an IPv6-only network (EnableIPv4 false): vxlan and host-gw
+    ipv6_only = False  # runs an IPv6-only network (EnableIPv4 false): vxlan, host-gw and wireguard
 
     def __init__(self, ext: ExternalInterface, config: NetworkConfig) -> None:
         self.ext = ext

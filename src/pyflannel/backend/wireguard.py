@@ -9,6 +9,12 @@ Our lease: ``{"PublicIP":…,"PublicIPv6":null,"BackendType":"wireguard","Backen
 Two plans per run: the device's peer set (``WgPlan``, applied by ``wg`` first) and the kernel
 state (``DesiredState``: link up and MTU, address, the network route).
 
+IPv6: on a dual-stack network the IPv6 half rides ``flannel-wg-v6`` (Mode ``separate``, Go's
+default) or ``flannel-wg`` (the other Modes), with ``BackendV6Data``; on an IPv6-only network
+(EnableIPv4 false) only the device carrying IPv6 is made (``flannel-wg-v6`` on ``ListenPortV6``
+in Mode ``separate``), the lease says ``"PublicIP":"0.0.0.0"`` with ``BackendV6Data`` alone, and
+no IPv4 address, route or peer exists (wireguard_plan.py has the Modes).
+
 Better than Go: the device, its key and its peers outlive a flanneld restart (Go deletes the
 device on exit), so a restart loses no packet; a stale peer is removed by its lease's public key,
 never by endpoint, so several hosts behind one NAT address work.
@@ -29,7 +35,7 @@ from ..core.lease import Lease, LeaseAttrs
 from ..core.plan import Plan, Selection, WgPlan
 from . import HostOps, PeerTarget, Target
 from . import wireguard_plan as wp
-from .base import PlanningBackend, check_keys
+from .base import Net, PlanningBackend, check_keys
 from .wireguard_plan import DEV, DEV6, OVERHEAD, WgDevice, parse_options, plan_peers
 
 log = logging.getLogger(__name__)
@@ -42,12 +48,13 @@ __all__ = ["DEV", "DEV6", "WireguardBackend", "parse_options", "plan_peers"]
 class WireguardBackend(PlanningBackend):
     name = "wireguard"
     lease_types = ("wireguard",)
+    ipv6_only = True  # runs an IPv6-only network: the IPv6 device alone
 
     def __init__(self, ext: ExternalInterface, config: NetworkConfig) -> None:
         super().__init__(ext, config)
         self.opts = parse_options(config, ext.mtu)
         self.network6 = config.ipv6_network if config.enable_ipv6 and ext.ext_v6_addr is not None else None
-        self.devs: tuple[WgDevice, ...] = wp.devices(self.opts, True, self.network6 is not None)
+        self.devs: tuple[WgDevice, ...] = wp.devices(self.opts, config.enable_ipv4, self.network6 is not None)
         self.key_file = os.environ.get("WIREGUARD_KEY_FILE") or DEFAULT_KEY_FILE
         self.public_key = ""
         self.kinds: dict[str, str] = {}  # device -> link kind: "wireguard" (kernel) or "tun" (wireguard-go)
@@ -60,8 +67,11 @@ class WireguardBackend(PlanningBackend):
         return check_keys(config, KNOWN_KEYS, "wireguard")
 
     def lease_attrs(self) -> LeaseAttrs:
+        """As Go's newSubnetAttrs: BackendData with IPv4, BackendV6Data with IPv6, each naming the port
+        of the device that carries that family; IPv6-only leases say PublicIP 0.0.0.0."""
         v6 = self.network6 is not None
-        return LeaseAttrs(self.ext.ext_addr, self.ext.ext_v6_addr if v6 else None, "wireguard",
+        public = self.ext.ext_addr if self.network is not None else ipaddress.IPv4Address(0)
+        return LeaseAttrs(public, self.ext.ext_v6_addr if v6 else None, "wireguard",
                           wp.backend_data(self.devs, self.public_key, False),
                           wp.backend_data(self.devs, self.public_key, True) if v6 else None)
 
@@ -72,17 +82,21 @@ class WireguardBackend(PlanningBackend):
         return tuple(LinkSpec(d.name, self.kinds.get(d.name, ""), self.mtu()) for d in self.devs)
 
     def peer_problem(self, lease: Lease) -> str | None:
+        if self.network is None:  # IPv6-only: the IPv6 half is all a peer has
+            if lease.ipv6_subnet is None or lease.attrs.public_ipv6 is None:
+                return "it has no IPv6 subnet or PublicIPv6 (this network is IPv6-only)"
+            return wp.v6_problem(lease)
         if wp.peer_key(lease) is None:
             return f"its BackendData has no valid PublicKey: {lease.attrs.backend_data!r}"
         if wp.peer_port(lease, self.opts.listen_port) is None:
             return f"its BackendData has no valid Port: {lease.attrs.backend_data!r}"
         return None
 
-    def select(self, peers: Mapping[ipaddress.IPv4Network, Lease]) -> Selection:
+    def select(self, peers: Mapping[Net, Lease]) -> Selection:
         """As every backend's, plus a note for each dual-stack peer whose IPv6 half we cannot
         program (its IPv4 half is)."""
         sel = super().select(peers)
-        if self.network6 is None:
+        if self.network6 is None or self.network is None:
             return sel
         notes = tuple((le, f"{why}; using only its IPv4 part") for le in sel.peers.values()
                       if (why := wp.v6_problem(le)) is not None)
@@ -92,7 +106,8 @@ class WireguardBackend(PlanningBackend):
         """The key (reused, or made once) and the devices, before the lease: the public key goes
         into the lease. A device left by our previous run is kept with its peers."""
         for dev in self.devs:
-            host.claim_device(dev.name, f"network {self.network}", "one host runs one wireguard network")
+            host.claim_device(dev.name, f"network {self.network or self.network6}",
+                              "one host runs one wireguard network")
         self.public_key = await asyncio.to_thread(host.wg_key, self.key_file)
         for dev in self.devs:
             self.kinds[dev.name] = await asyncio.to_thread(host.wg_device, dev.name, self.mtu())
@@ -109,7 +124,7 @@ class WireguardBackend(PlanningBackend):
             self._targets[dev.target] = self._host.wg_target(dev.name, self.public_key)
         return dict(self._targets)
 
-    def plan(self, own: Lease, peers: Mapping[ipaddress.IPv4Network, Lease] | None, facts: HostFacts
+    def plan(self, own: Lease, peers: Mapping[Net, Lease] | None, facts: HostFacts
              ) -> tuple[Plan, ...]:
         """One ``WgPlan`` per device (its peer set), then the kernel state of them all."""
         own4, own6 = self.ext.ext_addr, self.ext.ext_v6_addr

@@ -11,6 +11,13 @@ Devices as Go flannel makes them (pkg/backend/wireguard):
   peer per lease with both subnets as allowed IPs, reached over IPv4 (``ipv4``), IPv6
   (``ipv6``), or the family Go's ``selectMode`` picks (``auto``).
 
+On an IPv6-only network (EnableIPv4 false) ``separate`` makes ``flannel-wg-v6`` alone, on
+``ListenPortV6``, as Go does; ``auto`` and ``ipv6`` make ``flannel-wg`` on ``ListenPort``
+carrying IPv6 alone, every peer reached over IPv6 (Go's ``selectMode`` may pick the leases'
+``0.0.0.0`` there, and Go routes its empty IPv4 ``Network``, 0.0.0.0/0, through the device);
+``ipv4`` is refused (every peer's IPv4 endpoint would be ``0.0.0.0``). No IPv4 address, route
+or ``BackendData`` is made.
+
 Unlike Go, the port we publish for a family is the port of the device that carries it: in
 ``auto``/``ipv4``/``ipv6`` mode ``BackendV6Data.Port`` is ``ListenPort`` (Go publishes
 ``ListenPortV6``, where nothing listens).
@@ -25,7 +32,7 @@ from dataclasses import dataclass
 from ..core.config import NetworkConfig
 from ..core.desired import Address, DesiredState, LinkSpec, Route
 from ..core.errors import ConfigError
-from ..core.lease import Lease
+from ..core.lease import Lease, SubnetId
 from ..core.plan import WgPeer
 from ..core.wgconf import valid_key
 from .base import int_option
@@ -72,6 +79,9 @@ def parse_options(config: NetworkConfig, ext_mtu: int) -> WgOptions:
     if mode == "ipv6" and not config.enable_ipv6:
         raise ConfigError('wireguard backend: Mode "ipv6" reaches peers over IPv6, but the network has no IPv6: '
                           'set "EnableIPv6": true and an "IPv6Network", or use Mode "separate"')
+    if mode == "ipv4" and not config.enable_ipv4:
+        raise ConfigError('wireguard backend: Mode "ipv4" reaches peers over IPv4, but the network is IPv6-only '
+                          '(EnableIPv4 false): use Mode "separate" (the default), "ipv6" or "auto"')
     return WgOptions(
         listen_port=int_option(config, "ListenPort", 51820, 1, 65535, "wireguard"),
         listen_port_v6=int_option(config, "ListenPortV6", 51821, 1, 65535, "wireguard"),
@@ -163,7 +173,7 @@ def _endpoint(lease: Lease, dev_port: int, family: int) -> str | None:
     return None if port is None else f"{lease.attrs.public_ip}:{port}"
 
 
-def plan_peers(opts: WgOptions, dev: WgDevice, peers: Mapping[ipaddress.IPv4Network, Lease],
+def plan_peers(opts: WgOptions, dev: WgDevice, peers: Mapping[SubnetId, Lease],
                own4: ipaddress.IPv4Address | None = None, own6: ipaddress.IPv6Address | None = None
                ) -> tuple[WgPeer, ...]:
     """Pure: the peer set of one device. A device carrying one family has one peer per lease that
@@ -196,13 +206,13 @@ def plan_peers(opts: WgOptions, dev: WgDevice, peers: Mapping[ipaddress.IPv4Netw
     return tuple(sorted(out))
 
 
-def plan_kernel(network: ipaddress.IPv4Network, network6: ipaddress.IPv6Network | None, own: Lease,
+def plan_kernel(network: ipaddress.IPv4Network | None, network6: ipaddress.IPv6Network | None, own: Lease,
                 devs: tuple[WgDevice, ...], links: tuple[LinkSpec, ...]) -> DesiredState:
     """Pure: each device up with its MTU, our subnet's address on the device carrying that family
-    (``/32``, ``/128``) and a route for each network through it."""
+    (``/32``, ``/128``) and a route for each network through it (``network`` None: IPv6-only)."""
     addresses, routes = [], set()
     for dev in devs:
-        if dev.v4:
+        if dev.v4 and network is not None:
             addr = ipaddress.IPv4Interface(f"{own.subnet.network_address}/32")
             addresses.append(Address(dev.name, addr, network))
             routes.add(Route(network, dev.name))

@@ -28,9 +28,9 @@ def lab_command(args: argparse.Namespace) -> int:
         if ipv6 == "dual" and args.backend not in ("vxlan", "host-gw", "wireguard"):
             raise FlannelError(f"--ipv6 dual: backend {args.backend} carries IPv4 only (as Go flannel's); "
                                "use --backend vxlan, host-gw or wireguard")
-        if ipv6 == "only" and args.backend not in ("vxlan", "host-gw"):
-            raise FlannelError(f"--ipv6 only: backend {args.backend} cannot run an IPv6-only network in this "
-                               "pyflannel; use --backend vxlan or --backend host-gw")
+        if ipv6 == "only" and args.backend not in ("vxlan", "host-gw", "wireguard"):
+            raise FlannelError(f"--ipv6 only: backend {args.backend} cannot run an IPv6-only network (as Go "
+                               "flannel's); use --backend vxlan, host-gw or wireguard")
         if not 1 <= args.hosts <= 200:
             raise FlannelError(f"--hosts {args.hosts}: the lab runs 1..200 hosts")
         if args.kube:

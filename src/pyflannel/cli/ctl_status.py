@@ -69,8 +69,9 @@ async def status(registry: EtcdRegistry, subnet_file: str, healthz_port: int, he
     text, ok = await asyncio.to_thread(_devices, config)  # pyroute2's sync API wants no loop
     line("devices", text, "" if ok else f"device: {text}")
     if config.backend_type == "wireguard" and ok:
-        keys = {le.attrs.backend_data.get("PublicKey"): le for le in snap.leases
-                if le.subnet != own and isinstance(le.attrs.backend_data, dict)}
+        # the key is in BackendData, or in BackendV6Data alone on an IPv6-only network
+        keys = {data.get("PublicKey"): le for le in snap.leases if le.ident != own
+                for data in (le.attrs.backend_data, le.attrs.backend_v6_data) if isinstance(data, dict)}
         for label, text in await asyncio.to_thread(_wg_peers, keys, device_names(config)):
             line(label, text)
     if healthz_port:
@@ -101,13 +102,13 @@ def device_name(config: NetworkConfig) -> str | None:
 
 def device_names(config: NetworkConfig) -> list[str]:
     """Every device flanneld owns for this backend (wireguard's Mode "separate" on a dual-stack
-    network: flannel-wg and flannel-wg-v6)."""
+    network: flannel-wg and flannel-wg-v6; on an IPv6-only one flannel-wg-v6 alone)."""
     first = device_name(config)
     if first is None:
         return []
     if config.backend_type == "wireguard" and config.enable_ipv6 and config.backend_option("Mode",
                                                                                            "separate") == "separate":
-        return [first, "flannel-wg-v6"]
+        return [first, "flannel-wg-v6"] if config.enable_ipv4 else ["flannel-wg-v6"]
     return [first]
 
 
@@ -148,8 +149,8 @@ def _wg_peers(leases: dict[object, object], names: list[str]) -> list[tuple[str,
         now = time.time()
         for p in sorted(state.peers.values(), key=lambda p: p.endpoint):
             lease = leases.get(p.public_key)
-            subnet = "(no lease)" if lease is None else str(
-                lease.ipv6_subnet if dev.endswith("-v6") else lease.subnet)  # type: ignore[attr-defined]
+            subnet = "(no lease)" if lease is None else str(  # ident: the IPv6 subnet of an IPv6-only lease
+                lease.ipv6_subnet if dev.endswith("-v6") else lease.ident)  # type: ignore[attr-defined]
             seen = f"handshake {int(now - p.latest_handshake)}s ago" if p.latest_handshake else "no handshake yet"
             out.append(("  peer", f"{subnet} {p.endpoint or '(no endpoint)'} {seen}, rx {p.rx} B, tx {p.tx} B"))
     return out
