@@ -24,9 +24,12 @@ def cfg(**fields: Any) -> NetworkConfig:
     return parse_config(json.dumps(fields))
 
 
+HUNG = 60.0  # seconds: far above any busy machine's time (~0.3 s idle), so only a hang fails
+
+
 def within(seconds: float, fn, *args):
     """``fn(*args)``, failing the test if it has not returned by the deadline (a hung search fails
-    there instead of hanging the suite; speed itself is measured in bench/)."""
+    there instead of hanging the suite; speed itself is measured in bench/, never here)."""
     pool = ThreadPoolExecutor(1)
     try:
         return pool.submit(fn, *args).result(timeout=seconds)
@@ -249,7 +252,7 @@ def test_large_network_is_quick():
     assert candidate_count(c) > 65536
     rng = random.Random(42)
     taken = [N4("10.0.0.0/9"), N4("10.128.0.0/10"), N4("10.192.0.0/11")]
-    picks = within(2.0, lambda: [pick_subnet(c, taken, rng) for _ in range(200)])
+    picks = within(HUNG, lambda: [pick_subnet(c, taken, rng) for _ in range(200)])
     assert len(picks) == 200
     for sn in picks:
         check_pick(c, taken, sn)
@@ -265,14 +268,14 @@ def test_large_network_nearly_full_finds_the_last_free_block():
         base += 1 << (32 - plen)
         plen += 1
     assert N4("10.255.255.0/24") not in taken
-    sn = within(3.0, pick_subnet, c, taken, random.Random(9))
+    sn = within(HUNG, pick_subnet, c, taken, random.Random(9))
     assert sn.subnet_of(N4("10.255.255.0/24"))
     check_pick(c, taken, sn)
 
 
-def test_large_network_exhausted_is_reported_quickly():
+def test_large_network_exhausted_is_reported_without_a_hang():
     c = cfg(Network="10.0.0.0/8", SubnetLen=28)
     with pytest.raises(AllocationError) as info:
-        within(5.0, pick_subnet, c, [N4("10.0.0.0/8")], random.Random(0))
+        within(HUNG, pick_subnet, c, [N4("10.0.0.0/8")], random.Random(0))
     assert "10.0.0.0/8" in str(info.value)
     assert str(candidate_count(c)) in str(info.value)
