@@ -28,6 +28,7 @@ from . import kubemode, preflight
 from .backend import Backend, get_backend
 from .backend.udp_pump import available as pump_built
 from .converger import Converger
+from .core import kubenode
 from .core.backoff import Backoff, LogOnce
 from .core.config import NetworkConfig, parse_config
 from .core.errors import ConfigError, KernelError, LeaseLost, LocalConfigError, StoreUnavailable
@@ -204,6 +205,7 @@ class Conductor:
         if isinstance(self.registry, KubeRegistry):
             await self.registry.connect()
             self.config = config = await kubemode.read_config(self.registry)
+            self.registry.families = kubenode.Families(config.enable_ipv4, config.enable_ipv6)
         else:
             self.config = config = await self.wait_for_config()
         if config.enable_ipv4:
@@ -225,7 +227,7 @@ class Conductor:
         self.backend = backend = get_backend(config.backend_type)(ext, config)
         self.converger = converger = Converger(backend, full_check_s=opts.kernel_check_s)
         if isinstance(self.registry, KubeRegistry):
-            backend.stored_mac = await kubemode.stored_mac(self.registry)
+            backend.stored_mac, backend.stored_mac6 = await kubemode.stored_macs(self.registry)
         attrs = await backend.prepare(KernelHost(converger.reconciler))
         prev = read_previous_subnet(opts.subnet_file, config.subnet_len)
         manager: LeaseManager | KubeLeaseManager
@@ -289,14 +291,11 @@ class Conductor:
         sd_notify("READY=1" + (f"\nSTATUS=ready: subnet {env.subnet or env.ipv6_subnet}" if recovered else ""))
 
     def _check_ipv6_only(self, config: NetworkConfig) -> None:
-        """An IPv6-only network (EnableIPv4 false) runs on vxlan, host-gw and wireguard, in etcd mode."""
+        """An IPv6-only network (EnableIPv4 false) runs on vxlan, host-gw and wireguard, in etcd or kube mode."""
         if not getattr(get_backend(config.backend_type), "ipv6_only", False):
             raise LocalConfigError(f"the {config.backend_type} backend cannot run an IPv6-only network (EnableIPv4 "
                                    f"false, IPv6Network {config.ipv6_network}): use the vxlan, host-gw or wireguard "
                                    "backend, or set EnableIPv4 true with a Network for a dual-stack network")
-        if isinstance(self.registry, KubeRegistry):
-            raise LocalConfigError("an IPv6-only network (EnableIPv4 false) is not run in Kubernetes mode by this "
-                                   "pyflannel yet: run it with etcd, or set EnableIPv4 true with a Network")
 
     def _warn_unsupported(self) -> None:
         """Accepted settings that do nothing yet say so, once, at start-up (a backend that carries no

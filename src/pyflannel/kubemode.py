@@ -1,6 +1,7 @@
 """The start-up steps that differ in kube mode (``-kube-subnet-mgr``), for the Conductor: the
-network config is a file (the ConfigMap's net-conf.json) and the VTEP MAC comes back from our
-node's ``backend-data`` annotation, so that a restart with a new device keeps the MAC the peers know.
+network config is a file (the ConfigMap's net-conf.json) and the VTEP MACs come back from our
+node's ``backend-data`` and ``backend-v6-data`` annotations, so that a restart with a new device
+keeps the MACs the peers know.
 """
 
 from __future__ import annotations
@@ -35,15 +36,19 @@ async def read_config(registry: KubeRegistry) -> NetworkConfig:
         raise LocalConfigError(f"invalid network config {path}: {err}; fix net-conf.json in the ConfigMap") from err
 
 
-async def stored_mac(registry: KubeRegistry) -> str:
-    """The VTEP MAC our node's annotation names ("" if none or the API server cannot say)."""
+async def stored_macs(registry: KubeRegistry) -> tuple[str, str]:
+    """The VTEP MACs (IPv4's, IPv6's) our node's annotations name ("" if none or the API server
+    cannot say), as Go's GetStoredMacAddresses."""
     try:
         node = await registry.get_node()
     except StoreUnavailable as err:
         log.warning("cannot read our node's annotations for the previous VTEP MAC (%s); a new device gets a new "
                     "MAC", err)
-        return ""
-    mac = kubenode.stored_mac(node, registry.prefix) if node is not None else ""
-    if mac:
-        log.info("VTEP MAC from node %s's annotation: %s", registry.node, mac)
-    return mac
+        return "", ""
+    if node is None:
+        return "", ""
+    mac, mac6 = kubenode.stored_mac(node, registry.prefix), kubenode.stored_mac(node, registry.prefix, v6=True)
+    if mac or mac6:
+        log.info("VTEP MAC from node %s's annotations: %s%s", registry.node, mac or "-",
+                 f" (IPv6: {mac6})" if mac6 else "")
+    return mac, mac6

@@ -53,6 +53,7 @@ class PlanningBackend:
     name = ""
     lease_types: tuple[str, ...] = ()  # BackendType values of peers we can reach
     stored_mac = ""  # kube mode: the VTEP MAC our node's annotation names (a restart keeps it)
+    stored_mac6 = ""  # kube mode: the same for IPv6 (backend-v6-data)
     needs_onlink = False
     ipv6_only = False  # runs an IPv6-only network (EnableIPv4 false): vxlan, host-gw and wireguard
 

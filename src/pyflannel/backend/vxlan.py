@@ -249,7 +249,8 @@ class VxlanBackend(PlanningBackend):
                 await asyncio.to_thread(host.set_sysctl, f"net/ipv6/conf/{self.opts.dev}/accept_ra", "0")
             if self.ipv6:
                 host.claim_device(self.opts.dev6, f"network {name}", "give this network another VNI")
-                self.mac6 = await asyncio.to_thread(host.existing_mac, self.link_spec6()) or random_mac()
+                self.mac6 = (await asyncio.to_thread(host.existing_mac, self.link_spec6()) or self.stored_mac6
+                             or random_mac())
                 self.mac6 = await asyncio.to_thread(host.ensure_link, self.link_spec6())
                 await asyncio.to_thread(host.set_sysctl, f"net/ipv6/conf/{self.opts.dev6}/accept_ra", "0")
         except KernelError as err:

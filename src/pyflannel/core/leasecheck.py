@@ -15,8 +15,9 @@ for a subnet that another key holds (the peer table's, found per subnet: O(size 
 and a deleted key removes a peer only if it is the key that holds the subnet.
 
 In kube mode (``any_len``) the length rule is off: a subnet is a node's podCIDR, whose length is
-the controller manager's ``--node-cidr-mask-size``, not SubnetLen (Go flannel ignores SubnetLen
-there too), and the node IPAM controller hands out disjoint podCIDRs. Inside ``Network`` still holds.
+the controller manager's ``--node-cidr-mask-size`` (``-ipv6``), not SubnetLen or IPv6SubnetLen (Go
+flannel ignores them there too), and the node IPAM controller hands out disjoint podCIDRs. Inside
+``Network`` (``IPv6Network``) still holds.
 
 On an IPv6-only network (EnableIPv4 false) the same rules hold for the IPv6 subnet (IPv6SubnetLen,
 inside IPv6Network), the IPv4 half must be Go's ``0.0.0.0-0`` and the lease must name a PublicIPv6.
@@ -46,21 +47,24 @@ def subnet_problem(subnet: ipaddress.IPv4Network, config: NetworkConfig, *, any_
     return None
 
 
-def ipv6_problem(lease: Lease, config: NetworkConfig) -> str | None:
-    """Why the IPv6 half of a dual-stack peer's lease cannot be programmed, or None."""
+def ipv6_problem(lease: Lease, config: NetworkConfig, *, any_len: bool = False) -> str | None:
+    """Why the IPv6 half of a dual-stack peer's lease cannot be programmed, or None (also when it
+    has none: a lease whose IPv6 half did not decode says why in ``attrs.ipv6_problem``)."""
     net6, sn6 = config.ipv6_network, lease.ipv6_subnet
-    if not config.enable_ipv6 or net6 is None or sn6 is None:
+    if not config.enable_ipv6 or net6 is None:
         return None
     if lease.attrs.ipv6_problem:
         return lease.attrs.ipv6_problem
-    if sn6.prefixlen != config.ipv6_subnet_len:
+    if sn6 is None:
+        return None
+    if sn6.prefixlen != config.ipv6_subnet_len and not any_len:
         return f"its IPv6 subnet {sn6} is not a /{config.ipv6_subnet_len} (IPv6SubnetLen)"
     if not sn6.subnet_of(net6):
         return f"its IPv6 subnet {sn6} is outside the IPv6 network {net6}"
     return None
 
 
-def ipv6_only_problem(lease: Lease, config: NetworkConfig) -> str | None:
+def ipv6_only_problem(lease: Lease, config: NetworkConfig, *, any_len: bool = False) -> str | None:
     """Why a lease cannot be a host's of an IPv6-only network (EnableIPv4 false), or None. Its key
     is Go's ``0.0.0.0-0&<IPv6 subnet>``: there is no IPv4 half to fall back on, so an unusable IPv6
     half makes the whole lease bad."""
@@ -68,14 +72,15 @@ def ipv6_only_problem(lease: Lease, config: NetworkConfig) -> str | None:
         return f"it names the IPv4 subnet {lease.subnet}, but this network is IPv6-only (EnableIPv4 false)"
     if lease.ipv6_subnet is None:
         return "it names no IPv6 subnet, but this network is IPv6-only (EnableIPv4 false)"
-    problem = ipv6_problem(lease, config)
+    problem = ipv6_problem(lease, config, any_len=any_len)
     if problem is None and lease.attrs.public_ipv6 is None:
         problem = "it has no PublicIPv6: no host can be reached for it"
     return problem
 
 
-def _drop_ipv6(lease: Lease, config: NetworkConfig, prefix: str, warnings: list[str] | None) -> Lease:
-    problem = ipv6_problem(lease, config)
+def _drop_ipv6(lease: Lease, config: NetworkConfig, prefix: str, warnings: list[str] | None,
+               any_len: bool) -> Lease:
+    problem = ipv6_problem(lease, config, any_len=any_len)
     if problem is None:
         return lease
     if warnings is not None:
@@ -96,14 +101,14 @@ def screen(event: Snapshot | Changes, config: NetworkConfig, prefix: str = "",
     changed = False
     for lease in leases:
         if not config.enable_ipv4:
-            problem = ipv6_only_problem(lease, config)
+            problem = ipv6_only_problem(lease, config, any_len=any_len)
             if problem is None:
                 kept.append(lease)
             else:
                 misfits.append(BadLease(prefix + lease.key, problem, lease.ident))
             continue
-        if config.enable_ipv6 and lease.ipv6_subnet is not None:
-            fixed = _drop_ipv6(lease, config, prefix, warnings)
+        if config.enable_ipv6 and (lease.ipv6_subnet is not None or lease.attrs.ipv6_problem):
+            fixed = _drop_ipv6(lease, config, prefix, warnings, any_len)
             changed, lease = changed or fixed is not lease, fixed
         problem = subnet_problem(lease.subnet, config, any_len=any_len)
         if problem is None and lease.attrs.public_ip.is_unspecified:

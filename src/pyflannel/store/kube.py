@@ -6,7 +6,9 @@ certificates, tokens, exec plugins) and watches with ``resourceVersion`` and
 ``allowWatchBookmarks``. Only the raw JSON is used (``_preload_content=False``): 1000 Node models
 need not be built to read four annotations. It is imported only in kube mode (~0.7 s, ~60 MB).
 
-The subnet of each node is ``spec.podCIDR``, set by Kubernetes; flanneld only publishes its
+The subnets of each node are its podCIDRs (``spec.podCIDRs``: IPv4, IPv6 or one of each), set by
+Kubernetes; which of them make its lease is the network config's (``families``, set once the
+config is read: kubenode.node_to_lease). flanneld only publishes its
 annotations on its own node (a patch on ``nodes/status``, as Go flannel) and marks the node
 NetworkUnavailable=False. The watch resumes from its last ``resourceVersion`` (bookmarks keep it
 fresh) and reports ``WatchLost`` on 410 Gone, so the manager re-lists.
@@ -28,7 +30,7 @@ from typing import Any
 from ..core import kubenode
 from ..core.errors import LocalConfigError, StoreDataError, StoreUnavailable
 from ..core.events import BadLease, Changes, Snapshot, WatchLost
-from ..core.lease import Lease, LeaseAttrs
+from ..core.lease import Lease, LeaseAttrs, SubnetId
 
 log = logging.getLogger(__name__)
 WATCH_TIMEOUT_S = 300  # the server ends each watch call after this; we resume from the last version
@@ -93,7 +95,8 @@ class KubeRegistry:
         self.node = ""  # our node's name, set by ``connect``
         self._api: Any = None
         self._core: Any = None
-        self._names: dict[str, ipaddress.IPv4Network] = {}  # node name -> the subnet last reported
+        self._names: dict[str, SubnetId] = {}  # node name -> the ident of the lease last reported
+        self.families = kubenode.Families()  # EnableIPv4/EnableIPv6 of the network config
         self._incluster: Any = None  # in-cluster config: its loader, to re-read the token file on a 401
         self.watch_timeout = _watch_timeout()
 
@@ -220,11 +223,12 @@ class KubeRegistry:
     def _decode(self, node: dict[str, Any]) -> Lease | BadLease | None:
         name = kubenode.node_name(node)
         try:
-            return kubenode.node_to_lease(node, self.prefix)
+            return kubenode.node_to_lease(node, self.prefix, self.families)
         except StoreDataError as err:
-            subnet = None
+            subnet: SubnetId | None = None
             with contextlib.suppress(StoreDataError):
-                subnet = kubenode.pod_cidr(node)
+                v4, v6 = kubenode.pod_cidrs(node)
+                subnet = v4 if self.families.ipv4 else v6
             return BadLease(f"node {name}", str(err), subnet)
 
     async def list_leases(self) -> Snapshot:
@@ -234,7 +238,7 @@ class KubeRegistry:
             got = self._decode(node)
             if isinstance(got, Lease):
                 leases.append(got)
-                names[kubenode.node_name(node)] = got.subnet
+                names[kubenode.node_name(node)] = got.ident
             elif isinstance(got, BadLease):
                 bad.append(got)
         self._names = names
@@ -298,9 +302,9 @@ class KubeRegistry:
         if kind == "DELETED":
             return Changes(deletes=(old,) if old is not None else (), revision=version)
         got = self._decode(node)
-        deletes = (old,) if old is not None and not (isinstance(got, Lease) and got.subnet == old) else ()
+        deletes = (old,) if old is not None and not (isinstance(got, Lease) and got.ident == old) else ()
         if isinstance(got, Lease):
-            self._names[name] = got.subnet
+            self._names[name] = got.ident
             return Changes(puts=(got,), deletes=deletes, revision=version)
         bad = (got,) if isinstance(got, BadLease) else ()
         if isinstance(got, BadLease) and got.subnet == old:  # garbage is not a delete: keep its last good lease
