@@ -1,6 +1,8 @@
 """Kube mode end to end (issue 16): three hosts with -kube-subnet-mgr against a real kube-apiserver
 (built by setup, backed by Debian's etcd, client certificates and RBAC on): subnets from the Node
-objects' podCIDRs, peers from their annotations, node changes followed through the watch."""
+objects' podCIDRs, peers from their annotations, node changes followed through the watch. With IPv6
+(issue 18): the host-gw lab is dual-stack (podCIDRs IPv4 and IPv6), and an IPv6-only vxlan lab
+(podCIDRs IPv6 only) pings over IPv6 and writes the annotations Go flannel writes."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import pytest
 
 from pyflannel.lab import kube_lab
 from pyflannel.lab.cluster import Lab
+from pyflannel.lab.ipv6 import NETWORK6, host_ip6
 from pyflannel.lab.netns import in_ns
 
 from .helpers import all_pairs_ping, ip, log_text, wait_for
@@ -41,10 +44,16 @@ def readyz_text(host) -> str:
                           timeout=20).stdout
 
 
-@pytest.fixture(scope="module", params=["vxlan", "host-gw", "udp"])
+# param -> (lab name, backend, IPv6 mode): host-gw runs dual stack, "vxlan-only" an IPv6-only network
+LABS = {"vxlan": ("pfkv", "vxlan", ""), "host-gw": ("pfkg", "host-gw", "dual"), "udp": ("pfku", "udp", ""),
+        "vxlan-only": ("pfk6", "vxlan", "only")}
+
+
+@pytest.fixture(scope="module", params=list(LABS))
 def lab(request: pytest.FixtureRequest, kube_apiserver: str, make_lab) -> Iterator[Lab]:
-    name = {"vxlan": "pfkv", "host-gw": "pfkg", "udp": "pfku"}[request.param]
-    with make_lab(name, 3, request.param, kube=True, wait=60.0, host_extra={i: HEALTHZ for i in (1, 2, 3)}) as lab:
+    name, backend, ipv6 = LABS[request.param]
+    with make_lab(name, 3, backend, kube=True, wait=60.0, ipv6=ipv6,
+                  host_extra={i: HEALTHZ for i in (1, 2, 3)}) as lab:
         yield lab
 
 
@@ -57,9 +66,28 @@ def has_route(lab: Lab, host, cidr: str) -> bool:
     return cidr in ip(host.ns, "route", "show", cidr)
 
 
+def all_pairs_ping6(lab: Lab) -> list[tuple[int, int]]:
+    return [(a.index, b.index) for a in lab.hosts for b in lab.hosts if a is not b and not lab.ping6(a, b, 1)[0]]
+
+
 def test_subnets_are_the_podcidrs_and_all_pairs_ping(lab: Lab) -> None:
-    assert [h.subnet for h in lab.hosts] == ["10.0.1.1/24", "10.0.2.1/24", "10.0.3.1/24"]
-    assert all_pairs_ping(lab) == []
+    if lab.ipv6 == "only":
+        assert [h.subnet for h in lab.hosts] == [f"2001:db8:42:{i}::1/64" for i in (1, 2, 3)]
+        assert all(not h.container_ip for h in lab.hosts)
+    else:
+        assert [h.subnet for h in lab.hosts] == ["10.0.1.1/24", "10.0.2.1/24", "10.0.3.1/24"]
+        assert all_pairs_ping(lab) == []
+    if lab.ipv6:
+        assert all(h.container_ip6 for h in lab.hosts), "every host's subnet.env names its IPv6 podCIDR"
+        with open(lab.subnet_file(lab.hosts[1])) as f:
+            env = f.read()
+        assert f"FLANNEL_IPV6_NETWORK={NETWORK6}\n" in env and "FLANNEL_IPV6_SUBNET=2001:db8:42:2::1/64\n" in env
+        # the first packets may wait on neighbour discovery and DAD of the new addresses
+        wait_for(lambda: all_pairs_ping6(lab) == [], 20, what="all six pairs to ping over IPv6")
+
+
+def vtep_mac(host, dev: str) -> str:
+    return ip(host.ns, "link", "show", dev).split("link/ether ")[1].split()[0]
 
 
 def test_annotations_and_network_condition_as_go_flannel(lab: Lab) -> None:
@@ -67,13 +95,19 @@ def test_annotations_and_network_condition_as_go_flannel(lab: Lab) -> None:
     node = api(lab).node("h1")
     ann = node["metadata"]["annotations"]
     assert ann[A + "kube-subnet-manager"] == "true"
-    assert ann[A + "public-ip"] == h.ip
     assert ann[A + "backend-type"] == ("" if lab.backend == "udp" else lab.backend)  # Go's udp lease has no type
-    if lab.backend == "vxlan":
-        mac = ip(h.ns, "link", "show", "flannel.1").split("link/ether ")[1].split()[0]
-        assert ann[A + "backend-data"] == f'{{"VNI":1,"VtepMAC":"{mac}"}}'
+    if lab.ipv6 == "only":  # Go's AcquireLease: vxlan without BackendData writes no IPv4 pair at all
+        assert A + "public-ip" not in ann and A + "backend-data" not in ann, ann
     else:
-        assert ann[A + "backend-data"] == "null"
+        assert ann[A + "public-ip"] == h.ip
+        assert ann[A + "backend-data"] == (f'{{"VNI":1,"VtepMAC":"{vtep_mac(h, "flannel.1")}"}}'
+                                           if lab.backend == "vxlan" else "null")
+    if lab.ipv6:
+        assert ann[A + "public-ipv6"] == host_ip6(1)
+        assert ann[A + "backend-v6-data"] == ("null" if lab.backend == "host-gw"
+                                               else f'{{"VNI":1,"VtepMAC":"{vtep_mac(h, "flannel-v6.1")}"}}')
+    else:
+        assert A + "public-ipv6" not in ann and A + "backend-v6-data" not in ann, ann
     cond = wait_for(lambda: [c for c in api(lab).node("h1").get("status", {}).get("conditions", [])
                              if c["type"] == "NetworkUnavailable"], 20, what="NetworkUnavailable condition")
     assert (cond[0]["status"], cond[0]["reason"]) == ("False", "FlannelIsUp")
@@ -121,12 +155,16 @@ def test_restart_with_a_new_device_keeps_the_vtep_mac(lab: Lab) -> None:
     wait_for(lambda: lab.ping(lab.hosts[0], h2)[0], 30, what="h1 -> h2 ping after the restart")
 
 
-def run_once(lab: Lab, env: dict[str, str], *extra: str, timeout: float = 20.0) -> subprocess.CompletedProcess:
+VNI9 = '{"Network": "10.0.0.0/16", "Backend": {"Type": "vxlan", "VNI": 9}}'
+
+
+def run_once(lab: Lab, env: dict[str, str], *extra: str, timeout: float = 20.0,
+             config: str = VNI9) -> subprocess.CompletedProcess:
     """flanneld in h1's namespace on its own subnet file and VNI 9 (so h1's flanneld is untouched),
     until it exits or ``timeout``; its output."""
     conf = os.path.join(lab.state_dir, "net-conf-vni9.json")
     with open(conf, "w") as f:
-        f.write('{"Network": "10.0.0.0/16", "Backend": {"Type": "vxlan", "VNI": 9}}')
+        f.write(config)
     h = lab.hosts[0]
     cmd = in_ns(h.ns, "env", "-u", "NODE_NAME", *[f"{k}={v}" for k, v in env.items()],
                 *lab.flanneld_binary(h), "-kube-subnet-mgr", f"-kubeconfig-file={extra[0] if extra else ''}",
@@ -158,6 +196,54 @@ def test_bad_inputs_one_clear_line(lab: Lab) -> None:
     assert "Traceback" not in res.stderr
     for name in ("outside", "nocidr"):
         api(lab).delete_node(name)
+
+
+# ---- IPv6: a malformed IPv6 half, a node without the IPv6 podCIDR the network needs ----------------
+@pytest.mark.parametrize("lab", ["host-gw"], indirect=True)
+def test_dual_stack_node_with_a_malformed_ipv6_annotation_keeps_its_ipv4_part(lab: Lab) -> None:
+    h1 = lab.hosts[0]
+    api(lab).create_node("junk6", ["10.0.9.0/24", "2001:db8:42:9::/64"])
+    api(lab).annotate("junk6", {A + "kube-subnet-manager": "true", A + "public-ip": "198.18.0.97",
+                                A + "backend-type": "host-gw", A + "backend-data": "null",
+                                A + "public-ipv6": "2001:db8::zz", A + "backend-v6-data": "null"})
+    try:
+        wait_for(lambda: "10.0.9.0/24 via 198.18.0.97 dev eth0" in ip(h1.ns, "route", "show", "10.0.9.0/24"), 20,
+                 what="h1 to route to junk6's IPv4 podCIDR")
+        api(lab).annotate("junk6", {"example.com/touched": "1"})  # a second event for the same node
+        assert "2001:db8:42:9::/64" not in ip(h1.ns, "-6", "route")
+    finally:
+        api(lab).delete_node("junk6")
+    wait_for(lambda: not has_route(lab, h1, "10.0.9.0/24"), 20, what="h1 to drop junk6's route")
+    lines = [ln for ln in log_text(lab, h1).splitlines() if "node junk6" in ln and "public-ipv6" in ln]
+    assert len(lines) == 1 and "'2001:db8::zz' is not an IPv6 address" in lines[0] and \
+        "using only its IPv4 part 10.0.9.0/24" in lines[0], lines
+    assert all_pairs_ping6(lab) == []
+
+
+ONLY9 = json.dumps({"EnableIPv4": False, "EnableIPv6": True, "IPv6Network": NETWORK6,
+                    "Backend": {"Type": "vxlan", "VNI": 9}})
+
+
+@pytest.mark.parametrize("lab", ["vxlan-only"], indirect=True)
+def test_ipv6_only_bad_nodes_one_clear_line(lab: Lab) -> None:
+    h1 = lab.hosts[0]
+    # a peer whose only (IPv6) half is malformed: skipped with one warning, the others kept
+    api(lab).create_node("junk", ["2001:db8:42:9::/64"])
+    api(lab).annotate("junk", {A + "kube-subnet-manager": "true", A + "backend-type": "vxlan",
+                               A + "public-ipv6": "not-an-ip", A + "backend-v6-data": "{}"})
+    wait_for(lambda: "node junk" in log_text(lab, h1), 20, what="a warning naming node junk")
+    assert "2001:db8:42:9::/64" not in ip(h1.ns, "-6", "route")
+    api(lab).delete_node("junk")
+    # our own node without the IPv6 podCIDR this IPv6-only network needs: one line naming it and the fix
+    api(lab).create_node("v4only", "10.0.9.0/24")
+    try:
+        res = run_once(lab, {"NODE_NAME": "v4only"}, api(lab).kubeconfig(), config=ONLY9)
+    finally:
+        api(lab).delete_node("v4only")
+    assert res.returncode == 1, res.stderr
+    assert "node 'v4only' has no IPv6 podCIDR (spec.podCIDRs ['10.0.9.0/24'])" in res.stderr, res.stderr
+    assert "--allocate-node-cidrs --cluster-cidr=2001:db8:42::/56" in res.stderr and "Traceback" not in res.stderr
+    assert all_pairs_ping6(lab) == []
 
 
 # ---- dist/kubernetes/kube-flannel.yml on the real API server ----------------------------------------

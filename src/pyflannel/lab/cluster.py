@@ -138,7 +138,8 @@ class Lab(FlanneldHosts):
 
     def _default_config(self) -> str:
         if self.kube:
-            return kube_lab.net_conf(self.backend)
+            conf = kube_lab.net_conf(self.backend)
+            return ipv6.default_config(conf, self.ipv6) if self.ipv6 else conf
         if self.backend == "udp" and not self.subnet_max and not self.ipv6:
             return ARTICLE_CONFIG
         config: dict[str, object] = {"Network": "10.0.0.0/16"}
@@ -208,7 +209,7 @@ class Lab(FlanneldHosts):
         self.kube_api = KubeApi(self.state_dir, ETCD_IP, self.etcd_ns)
         self.kube_api.start()
         for i in range(1, (self.hosts_n if nodes is None else nodes) + 1):
-            self.kube_api.create_node(kube_lab.node_name(i), kube_lab.pod_cidr(i))
+            self.kube_api.create_node(kube_lab.node_name(i), kube_lab.pod_cidrs(i, self.ipv6))
 
     def _host(self, i: int) -> Host:
         host = Host(i, f"{self.name}-h{i}", f"{self.name}-c{i}", str(UNDERLAY.network_address + 10 + i),

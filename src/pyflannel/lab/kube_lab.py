@@ -1,9 +1,9 @@
 """The lab in kube mode (``Lab(kube=True)``): a real kube-apiserver (with its etcd) in NAME-etcd at
-198.18.0.2:6443, one Node object per host with ``spec.podCIDR`` set as the node IPAM controller
-would (10.0.I.0/24 for host I), and flanneld run with ``-kube-subnet-mgr`` as user ``flannel``,
-a client certificate bound to a copy of flannel's ClusterRole (the smallest that works, read from
-dist/kubernetes/kube-flannel.yml; named flannel-lab so that the manifest itself can be applied),
-with NODE_NAME=hI and the network config in a file.
+198.18.0.2:6443, one Node object per host with ``spec.podCIDRs`` set as the node IPAM controller
+would (10.0.I.0/24 for host I; with ``ipv6`` also or only 2001:db8:42:I::/64), and flanneld run
+with ``-kube-subnet-mgr`` as user ``flannel``, a client certificate bound to a copy of flannel's
+ClusterRole (the smallest that works, read from dist/kubernetes/kube-flannel.yml; named flannel-lab
+so that the manifest itself can be applied), with NODE_NAME=hI and the network config in a file.
 """
 
 from __future__ import annotations
@@ -58,6 +58,17 @@ def pod_cidr(index: int) -> str:
     return f"10.0.{index}.0/24"
 
 
+def pod_cidr6(index: int) -> str:
+    """Host ``index``'s IPv6 podCIDR, a /64 of the lab's IPv6Network (lab/ipv6.py NETWORK6)."""
+    return f"2001:db8:42:{index:x}::/64"
+
+
+def pod_cidrs(index: int, ipv6: str = "") -> list[str]:
+    """As the node IPAM controller assigns them: IPv4 (``""``), IPv4 then IPv6 (``dual``: the
+    primary family first), IPv6 (``only``)."""
+    return {"": [pod_cidr(index)], "dual": [pod_cidr(index), pod_cidr6(index)], "only": [pod_cidr6(index)]}[ipv6]
+
+
 class KubeApi:
     """The lab's API server and what the tests do through it (as the admin)."""
 
@@ -103,8 +114,9 @@ class KubeApi:
             "spec": {"nodeName": node, "serviceAccountName": service_account,
                      "containers": [{"name": "kube-flannel", "image": "localhost/pyflannel:0.1.0"}]}})
 
-    def create_node(self, name: str, cidr: str | None) -> None:
-        spec = {"podCIDR": cidr, "podCIDRs": [cidr]} if cidr else {}
+    def create_node(self, name: str, cidr: str | list[str] | None) -> None:
+        cidrs = [cidr] if isinstance(cidr, str) else list(cidr or [])
+        spec = {"podCIDR": cidrs[0], "podCIDRs": cidrs} if cidrs else {}
         # with the annotation a kubelet puts on every Node it registers: Go flanneld panics on a node
         # without any annotation (it assigns into the nil map, pkg/subnet/kube/kube.go AcquireLease)
         meta = {"name": name, "annotations": {"volumes.kubernetes.io/controller-managed-attach-detach": "true"}}
