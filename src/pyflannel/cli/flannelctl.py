@@ -118,7 +118,8 @@ def _parser() -> argparse.ArgumentParser:
                      "2001:db8::/32 (vxlan, host-gw)")
     lab.add_argument("--keep", action="store_true", help="demo: leave the lab running afterwards")
     lab.add_argument("--kube", action="store_true", help="up, demo: Kubernetes mode (-kube-subnet-mgr) against a "
-                     "real kube-apiserver (built by make setup) instead of etcd leases")
+                     "real kube-apiserver (built by make setup) instead of etcd leases; with --ipv6 the "
+                     "Nodes get IPv6 podCIDRs too (dual) or only (only)")
     lab.add_argument("--force", action="store_true", help="up: replace a lab of that name that is running")
     return p
 
