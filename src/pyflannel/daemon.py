@@ -36,7 +36,7 @@ from .core.events import Changes, PeerTable, Snapshot
 from .core.lease import Lease, SubnetId
 from .core.leasecheck import screen, screen_held
 from .core.plan import public_of
-from .core.subnetenv import SubnetEnv, render_subnet_env, subnet_env_for
+from .core.subnetenv import PreviousRun, SubnetEnv, render_subnet_env, subnet_env_for
 from .core.trace import device
 from .keeper import LeaseKeeper
 from .kernel.host import KernelHost
@@ -243,7 +243,7 @@ class Conductor:
         lease = await self.acquire(config, manager)
         self.keeper = LeaseKeeper(lease, manager, self.registry, opts.renew_margin_min * 60)
         await converger.start(lease, await backend.start(lease))
-        await self._setup_traffic(config, lease, prev.network, prev.subnet)
+        await self._setup_traffic(config, lease, prev)
         v4 = config.enable_ipv4
         env = subnet_env_for(config.network if v4 else None, lease.subnet if v4 else None, backend.mtu(),
                              opts.ip_masq, config.ipv6_network if config.enable_ipv6 else None, lease.ipv6_subnet)
@@ -303,20 +303,22 @@ class Conductor:
         for warning in self.opts.unsupported:
             log.warning("%s", warning)
 
-    async def _setup_traffic(self, config: NetworkConfig, lease: Lease, prev_network: object,
-                             prev_subnet: object) -> None:
+    async def _setup_traffic(self, config: NetworkConfig, lease: Lease, prev: PreviousRun) -> None:
+        """Each family's rules, recycling those of the previous network and subnet subnet.env names
+        (as Go's SetupAndEnsureMasqRules with prevNetwork/prevSubnet and prevIPv6Network/prevIPv6Subnet)."""
         opts = self.opts
         try:
             if config.enable_ipv4:
                 assert config.network is not None
                 self.traffic = TrafficManager(nftables=config.enable_nftables, ip_masq=opts.ip_masq,
                                               forward_rules=opts.forward_rules, random_fully=opts.ip_masq_random_fully)
-                await asyncio.to_thread(self.traffic.setup, config.network, lease.subnet, prev_network, prev_subnet)
+                await asyncio.to_thread(self.traffic.setup, config.network, lease.subnet, prev.network, prev.subnet)
             if config.enable_ipv6 and config.ipv6_network is not None and lease.ipv6_subnet is not None:
                 self.traffic6 = TrafficManager(nftables=config.enable_nftables, ip_masq=opts.ip_masq,
                                                forward_rules=opts.forward_rules,
                                                random_fully=opts.ip_masq_random_fully, family=6)
-                await asyncio.to_thread(self.traffic6.setup, config.ipv6_network, lease.ipv6_subnet, None, None)
+                await asyncio.to_thread(self.traffic6.setup, config.ipv6_network, lease.ipv6_subnet, prev.ipv6_network,
+                                        prev.ipv6_subnet)
         except KernelError as err:
             raise LocalConfigError(f"cannot install the iptables/nftables rules: {err}") from err
         for manager in self._traffic_managers():

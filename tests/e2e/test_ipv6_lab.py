@@ -3,7 +3,8 @@
 container pair reaches each other over IPv6 (and IPv4 in dual stack); the lease JSON, key and
 subnet.env are Go's; deleting a lease removes its entries (both families'; wireguard: its peer); a
 restart keeps the subnets and loses no IPv6 ping (wireguard: wireguard-go and its device outlive
-flanneld). IPv6-only also: no IPv4 state at all, a malformed peer lease is skipped with one warning,
+flanneld); a restart on a changed IPv6Network leaves no ip6tables rule of the old one. IPv6-only
+also: no IPv4 state at all, a malformed peer lease is skipped with one warning,
 and an interface without IPv6 is named with the fix."""
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -254,3 +255,34 @@ def test_ipv6_only_interface_without_ipv6_is_named_with_the_fix(lab: Lab) -> Non
     assert res.returncode == 1, out
     assert "interface eth0 has no usable IPv6 address: give it a global one (ip -6 addr add ADDR/64 dev eth0)" in out
     assert "Traceback" not in out
+
+
+OTHER_PREFIX, OTHER6 = "/pfl-v6other/network", "2001:db8:43::/56"
+
+
+def restart_on_another_ipv6_network(lab: Lab, host, rules: Callable[[], str]) -> None:
+    """Restart ``host`` on a network whose IPv6Network changed (that config under another etcd
+    prefix), then back: each start deletes the rules of the IPv6 network (and subnet) its previous
+    subnet.env names (Go's prevIPv6Network/prevIPv6Subnet) and sets up the new network's."""
+    cfg = json.loads(lab.etcdctl("get", f"{PREFIX}/config", "--print-value-only"))
+    lab.put_config(json.dumps({**cfg, "IPv6Network": OTHER6}), prefix=OTHER_PREFIX)
+    for prefix, net6, left in ((OTHER_PREFIX, OTHER6, "2001:db8:42:"), (PREFIX, NETWORK6, "2001:db8:43:")):
+        assert left in rules(), rules()  # the rules of the network about to be left are there
+        lab.stop_flanneld(host)
+        lab.start_flanneld(host, prefix=prefix)
+        wait_for(lambda net6=net6: env(lab, host).get("FLANNEL_IPV6_NETWORK") == net6, timeout=30,
+                 what=f"{host.ns} up on {net6}")
+        now = rules()
+        assert left not in now and net6 in now, now
+
+
+def test_a_changed_ipv6_network_leaves_no_ip6tables_rule_of_the_old_one(lab: Lab) -> None:
+    if lab.backend != "vxlan" or only(lab):
+        pytest.skip("once, in the dual-stack vxlan lab (the nftables twin: test_nft_ipv6_lab)")
+    h = lab.hosts[-1]
+
+    def rules() -> str:
+        return "".join(sh(in_ns(h.ns, "ip6tables", "-w", "-t", t, "-S")).stdout for t in ("nat", "filter"))
+
+    restart_on_another_ipv6_network(lab, h, rules)
+    wait_for(lambda: programmed6(lab, lab.hosts[0], h), what="h3 back on its IPv6 subnet")

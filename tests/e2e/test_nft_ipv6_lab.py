@@ -1,8 +1,9 @@
 """IPv6 rules in nftables mode (``EnableNFTables``) in a dual-stack lab (docs/compatibility.md#nftables):
 flanneld fills ``ip6 flannel-ipv6`` with flannel's postrtg and forward rules, a container's IPv6
 traffic leaving the network is masqueraded to its host's address, a ``nft flush ruleset`` or a
-deleted table is repaired by the resync; and, in a bare namespace, switching the IPv6 rules between
-ip6tables and nftables moves them, releasing only the ip6 table."""
+deleted table is repaired by the resync, a restart on a changed IPv6Network leaves no rule of the
+old one; and, in a bare namespace, switching the IPv6 rules between ip6tables and nftables moves
+them, releasing only the ip6 table."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from pyflannel.lab.ipv6 import NETWORK6, config, host_ip6
 from pyflannel.lab.netns import in_ns, ns_add, ns_delete, sh
 
 from .helpers import TrafficDriver, capture_one, log_text, wait_for
-from .test_ipv6_lab import subnet6
+from .test_ipv6_lab import restart_on_another_ipv6_network, subnet6
 
 NAME = "pf6n"
 NS = "pftm6"  # the bare namespace of the release test (conftest's ``ns``)
@@ -124,3 +125,12 @@ def test_switching_modes_moves_the_ipv6_rules_and_releases_only_the_ip6_table(
     driver(nftables=False, ip_masq=True, forward_rules=True, family=6).call("setup", NET6, POD6, None, None)
     assert masq in ip6tables_nat()
     assert "table ip6 flannel-ipv6" not in tables() and "table ip flannel-ipv4" in tables()
+
+
+def test_a_changed_ipv6_network_leaves_no_nft_rule_of_the_old_one(lab: Lab) -> None:
+    h = lab.hosts[-1]
+
+    def rules() -> str:
+        return sh(in_ns(h.ns, "nft", "list", "table", "ip6", "flannel-ipv6")).stdout
+
+    restart_on_another_ipv6_network(lab, h, rules)

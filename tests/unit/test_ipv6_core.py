@@ -127,6 +127,18 @@ def test_previous_run_remembers_the_ipv6_subnet():
     assert cut.ipv6_subnet is None  # a cut-off last line names nothing
 
 
+def test_previous_run_remembers_the_ipv6_network_to_recycle_its_rules():
+    text = (b"FLANNEL_IPV6_NETWORK=2001:cafe:42::/56\nFLANNEL_IPV6_SUBNET=2001:cafe:42:9::1/64\n"
+            b"FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n")
+    prev = previous_run(salvage_subnet_env(text), 24)  # IPv6-only: no IPv4 lines
+    assert (prev.network, prev.ipv6_network, prev.ipv6_subnet) == (None, N6("2001:cafe:42::/56"),
+                                                                   N6("2001:cafe:42:9::/64"))
+    cut = previous_run(salvage_subnet_env(text[:text.index(b"\nFLANNEL_IPV6_SUBNET")]), 24)
+    assert cut.ipv6_network is None  # a cut-off last line names nothing
+    bad = previous_run(salvage_subnet_env(b"FLANNEL_IPV6_NETWORK=10.0.0.0/16\n"), 24)
+    assert bad.ipv6_network is None and bad.network is None
+
+
 def _lease(key: str, value: bytes):
     from pyflannel.core.lease import Lease
     sn, sn6 = parse_subnet_key(key)

@@ -31,6 +31,8 @@ KUBE_PROXY_MARK = "0x4000/0x4000"
 MULTICAST_V4 = "224.0.0.0/4"
 MULTICAST_V6 = "ff00::/8"
 
+Net = IPv4Network | IPv6Network
+
 _ADDR = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}(?:/\d{1,2})?\b|(?<![\w:])[0-9a-f]*:[0-9a-f:]*(?:/\d{1,3})?")
 _RANDOM_FULLY = (" --random-fully", " fully-random")
 
@@ -86,7 +88,7 @@ class OwnedChain:
         """Every spelling of this network's block."""
         return set(self.block_lines) | {r.line() for r in self.alt}
 
-    def naming(self, subnet: IPv4Network) -> OwnedChain:
+    def naming(self, subnet: Net) -> OwnedChain:
         """Only the rules that name ``subnet``: what may be recycled of a previous subnet's rules
         while another instance serves its network (the rest are that instance's rules too)."""
         return replace(self, rules=tuple(r for r in self.rules if str(subnet) in r.spec), head=0, alt=())
@@ -114,8 +116,7 @@ def _masq_rules(cluster: str, pod: str, random_fully: bool) -> tuple[Rule, ...]:
     )
 
 
-def masq_chain(network: IPv4Network | IPv6Network, subnet: IPv4Network | IPv6Network, random_fully: bool
-               ) -> OwnedChain:
+def masq_chain(network: Net, subnet: Net, random_fully: bool) -> OwnedChain:
     """FLANNEL-POSTRTG for ``network`` (the config Network) and ``subnet`` (our lease); the mark
     rule is shared by every network. IPv6 (ip6tables): the same rules, ``ff00::/8`` for multicast."""
     cluster, pod = str(network), str(subnet)
@@ -125,7 +126,7 @@ def masq_chain(network: IPv4Network | IPv6Network, subnet: IPv4Network | IPv6Net
     return OwnedChain("nat", MASQ_CHAIN, "POSTROUTING", jump, rules, head=1, alt=alt)
 
 
-def forward_chain(network: IPv4Network | IPv6Network) -> OwnedChain:
+def forward_chain(network: Net) -> OwnedChain:
     """FLANNEL-FWD: accept forwarding to and from the flannel network."""
     tail = ("-m", "comment", "--comment", FWD_COMMENT)
     rules = (
@@ -136,10 +137,11 @@ def forward_chain(network: IPv4Network | IPv6Network) -> OwnedChain:
     return OwnedChain("filter", FWD_CHAIN, "FORWARD", jump, rules)
 
 
-def stale_masq_chain(network: IPv4Network, subnet: IPv4Network, prev_network: IPv4Network | None,
-                     prev_subnet: IPv4Network | None, random_fully: bool) -> OwnedChain | None:
+def stale_masq_chain(network: Net, subnet: Net, prev_network: Net | None, prev_subnet: Net | None,
+                     random_fully: bool) -> OwnedChain | None:
     """The masquerade rules of the previous run, to recycle when the network or the subnet changed;
-    None when nothing changed or there was no previous run (no subnet.env)."""
+    None when nothing changed or there was no previous run (no subnet.env). Either family (Go's
+    deleteIP4Tables / deleteIP6Tables of the previous network's rules)."""
     if prev_network is None or prev_subnet is None:
         return None
     if prev_network == network and prev_subnet == subnet:
@@ -147,7 +149,7 @@ def stale_masq_chain(network: IPv4Network, subnet: IPv4Network, prev_network: IP
     return masq_chain(prev_network, prev_subnet, random_fully)
 
 
-def stale_forward_chain(network: IPv4Network, prev_network: IPv4Network | None) -> OwnedChain | None:
+def stale_forward_chain(network: Net, prev_network: Net | None) -> OwnedChain | None:
     """The forward rules of the previous run's network, when the network changed."""
     if prev_network is None or prev_network == network:
         return None

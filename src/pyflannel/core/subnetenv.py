@@ -31,6 +31,7 @@ from .errors import LocalConfigError
 SUBNET_KEY = "FLANNEL_SUBNET"
 IPV6_SUBNET_KEY = "FLANNEL_IPV6_SUBNET"
 NETWORK_KEY = "FLANNEL_NETWORK"
+IPV6_NETWORK_KEY = "FLANNEL_IPV6_NETWORK"
 MAX_SUBNET_ENV_BYTES = 64 * 1024  # flannel writes ~100 bytes; flanneld reads no more than this
 
 _KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
@@ -77,7 +78,7 @@ def render_subnet_env(env: SubnetEnv) -> str:
         lines.append(f"{NETWORK_KEY}={env.network}")
         lines.append(f"{SUBNET_KEY}={env.subnet}")
     if env.ipv6_network is not None:
-        lines.append(f"FLANNEL_IPV6_NETWORK={env.ipv6_network}")
+        lines.append(f"{IPV6_NETWORK_KEY}={env.ipv6_network}")
         lines.append(f"{IPV6_SUBNET_KEY}={env.ipv6_subnet}")
     lines.append(f"FLANNEL_MTU={env.mtu}")
     lines.append(f"FLANNEL_IPMASQ={'true' if env.ipmasq else 'false'}")
@@ -312,7 +313,7 @@ class PreviousRun:
     ``subnet``: the lease it names (network form), to be asked for again; ``network``: the network
     it served (to recycle old iptables rules). ``problem``: why a file that is there names no usable
     subnet (the caller says so plainly). ``recovered``: how a damaged ``FLANNEL_SUBNET`` still
-    named its subnet.
+    named its subnet. ``ipv6_subnet`` and ``ipv6_network``: the same for IPv6, from whole lines only.
     """
 
     subnet: ipaddress.IPv4Network | None = None
@@ -320,12 +321,28 @@ class PreviousRun:
     problem: str = ""
     recovered: str = ""
     ipv6_subnet: ipaddress.IPv6Network | None = None  # FLANNEL_IPV6_SUBNET's subnet, when whole
+    ipv6_network: ipaddress.IPv6Network | None = None  # FLANNEL_IPV6_NETWORK, when whole
 
 
 def previous_run(s: Salvaged, subnet_len: int) -> PreviousRun:
-    """``_previous_v4``, plus the IPv6 subnet of a whole ``FLANNEL_IPV6_SUBNET`` line."""
+    """``_previous_v4``, plus the IPv6 subnet and network of whole ``FLANNEL_IPV6_SUBNET`` and
+    ``FLANNEL_IPV6_NETWORK`` lines (Go's prevIPv6Subnet and prevIPv6Network)."""
     v6 = _first_cidr(s.values.get(IPV6_SUBNET_KEY), ipaddress.IPv6Interface) if s.cut_key != IPV6_SUBNET_KEY else None
-    return dataclasses.replace(_previous_v4(s, subnet_len), ipv6_subnet=None if v6 is None else v6.network)
+    return dataclasses.replace(_previous_v4(s, subnet_len), ipv6_subnet=None if v6 is None else v6.network,
+                               ipv6_network=_network(s, IPV6_NETWORK_KEY, ipaddress.IPv6Network))
+
+
+_N = TypeVar("_N", ipaddress.IPv4Network, ipaddress.IPv6Network)
+
+
+def _network(s: Salvaged, key: str, kind: type[_N]) -> _N | None:
+    """The network of a whole ``key`` line (host bits allowed, as Go's ParseCIDR), else None."""
+    if key not in s.values or s.cut_key == key:
+        return None
+    try:
+        return kind(s.values[key], strict=False)
+    except ValueError:
+        return None
 
 
 def _previous_v4(s: Salvaged, subnet_len: int) -> PreviousRun:
@@ -334,12 +351,7 @@ def _previous_v4(s: Salvaged, subnet_len: int) -> PreviousRun:
     whole (followed by ``/``, or ending a complete line) and is what flannel writes, the first
     address of a ``subnet_len`` subnet: ``10.0.53.1/2`` cut from ``10.0.53.1/24`` is
     ``10.0.53.0/24``; ``10.0.5`` names nothing."""
-    network = None
-    if NETWORK_KEY in s.values and s.cut_key != NETWORK_KEY:
-        try:
-            network = ipaddress.IPv4Network(s.values[NETWORK_KEY], strict=False)
-        except ValueError:
-            network = None
+    network = _network(s, NETWORK_KEY, ipaddress.IPv4Network)
     clean = s.values.get(SUBNET_KEY)
     complete = clean is not None and s.cut_key != SUBNET_KEY
     full = _first_cidr(clean, ipaddress.IPv4Interface)

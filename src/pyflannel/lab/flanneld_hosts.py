@@ -98,11 +98,11 @@ class FlanneldHosts:
         return [path]
 
     def start_flanneld(self, host: Host, extra: tuple[str, ...] = (), env: dict[str, str] | None = None,
-                       subnet_file: str | None = None) -> subprocess.Popen[bytes]:
+                       subnet_file: str | None = None, prefix: str = PREFIX) -> subprocess.Popen[bytes]:
+        cmd = self.flanneld_command(host, extra, prefix=prefix, subnet_file=subnet_file)
         with open(self.log_file(host), "ab") as log:
-            proc = subprocess.Popen(self.flanneld_command(host, extra, subnet_file=subnet_file), stdout=log,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                                    env=None if env is None else dict(os.environ, **env))
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True, env=None if env is None else dict(os.environ, **env))
         with open(os.path.join(self.host_dir(host), "flanneld.pid"), "w") as f:
             f.write(str(proc.pid))
         return proc
