@@ -292,7 +292,9 @@ class Converger:
         self._warn_shared(own, selection.peers)
         facts = HostFacts()
         if self.backend.needs_onlink:
-            ips = {le.attrs.public_ip for le in selection.peers.values()}
+            # both families (a dual-stack or IPv6-only peer's PublicIPv6 too); an IPv6-only lease's 0.0.0.0 is none
+            ips = {ip for le in selection.peers.values() for ip in (le.attrs.public_ip, le.attrs.public_ipv6)
+                   if ip is not None and not ip.is_unspecified}
             facts = HostFacts(onlink=await asyncio.to_thread(self.onlink.onlink, ips))
         self.kernel.peers = len(selection.peers)
         return self.backend.plan(own, selection.peers, facts), selection.peers

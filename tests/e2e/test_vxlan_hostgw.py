@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from pyflannel.daemon import LEASE_DELETE_GRACE_S
+from pyflannel.lab import ipv6
 from pyflannel.lab.cluster import PREFIX, Lab
 from pyflannel.lab.demo import capture_one
 from pyflannel.lab.netns import sh
@@ -174,13 +175,25 @@ def test_hostgw_refuses_nat(lab: Lab) -> None:
 
 
 def test_vxlan_direct_routing() -> None:
-    lab = Lab(name="pftr", hosts_n=2, backend="vxlan")
+    """Dual stack: each family's route to a peer on our L2 segment goes via its public address of
+    that family, on eth0, not through flannel.1 / flannel-v6.1 (Go's directRoute / v6DirectRoute)."""
+    lab = Lab(name="pftr", hosts_n=2, backend="vxlan", ipv6="dual")
     try:
-        lab.up(config='{"Network": "10.0.0.0/16", "Backend": {"Type": "vxlan", "DirectRouting": true}}')
+        lab.up(config=json.dumps(ipv6.config({"Network": "10.0.0.0/16",
+                                              "Backend": {"Type": "vxlan", "DirectRouting": True}})))
         h1, h2 = lab.hosts
-        wait_for(lambda: f"via {h2.ip} dev eth0" in ip(h1.ns, "route", "show", subnet_of(h2)),
-                 what="a direct route to the peer on our L2 segment")
+        for a, b in ((h1, h2), (h2, h1)):
+            wait_for(lambda a=a, b=b: f"via {b.ip} dev eth0" in ip(a.ns, "route", "show", subnet_of(b)),
+                     what="a direct route to the peer on our L2 segment")
+            gw6 = ipv6.subnet6(lab.subnet_file(b))
+            assert gw6 is not None
+            sn6 = str(gw6.network)
+            wait_for(lambda a=a, sn6=sn6, b=b: f"via {ipv6.host_ip6(b.index)} dev eth0"
+                     in ip(a.ns, "-6", "route", "show", sn6), what="a direct IPv6 route via the peer's PublicIPv6")
+            assert "flannel" not in ip(a.ns, "-6", "route", "show", sn6)
+            assert ip(a.ns, "-6", "neigh", "show", "dev", "flannel-v6.1", "nud", "permanent").strip() == ""
         assert all_pairs_ping(lab) == []
+        assert lab.ping6(h1, h2)[0] and lab.ping6(h2, h1)[0]
     finally:
         lab.down()
 

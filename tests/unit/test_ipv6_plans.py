@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 
 from pyflannel.backend.hostgw import plan_hostgw
-from pyflannel.backend.vxlan import VxlanOptions, own_ipv6, plan_vxlan
+from pyflannel.backend.vxlan import VxlanOptions, own_ipv6, plan_vxlan, plan_vxlan6
 from pyflannel.core.desired import ActualState, Fdb, LinkSpec, Neigh, Route, VxlanSpec, diff
 from pyflannel.core.lease import Lease, LeaseAttrs
 
@@ -72,3 +72,39 @@ def test_one_diff_for_both_families():
     gone = diff(plan_vxlan(VxlanOptions(), NET, OWN, LINK, "eth0", {}, v6=own_ipv6(VxlanOptions(), OWN, NET6, LINK6)),
                 ActualState(d.routes, d.neighs, d.fdbs))
     assert len(gone.del_routes) == len(gone.del_neighs) == len(gone.del_fdbs) == 2  # both families' entries go
+
+
+def test_vxlan_direct_routing_routes_ipv6_via_a_directly_connected_peers_public_ipv6():
+    near = vx6("10.0.80.0/24", "fd00:10:0:80::/64", "198.18.0.12", "2001:db8::12")
+    far = vx6("10.0.81.0/24", "fd00:10:0:81::/64", "192.0.2.9", "2001:db8:ff::9")
+    v4far = vx6("10.0.82.0/24", "fd00:10:0:82::/64", "192.0.2.10", "2001:db8::14")  # IPv6 on-link, IPv4 not
+    peers = {le.subnet: le for le in (near, far, v4far)}
+    onlink = frozenset({A4("198.18.0.12"), A6("2001:db8::12"), A6("2001:db8::14")})
+    opts = VxlanOptions(direct_routing=True)
+    d = plan_vxlan(opts, NET, OWN, LINK, "eth0", peers, onlink, v6=own_ipv6(opts, OWN, NET6, LINK6))
+    routes6 = {r for r in d.routes if r.dst.version == 6}
+    assert routes6 == {Route(N6("fd00:10:0:80::/64"), "eth0", A6("2001:db8::12")),
+                       Route(N6("fd00:10:0:81::/64"), "flannel-v6.1", A6("fd00:10:0:81::"), onlink=True),
+                       Route(N6("fd00:10:0:82::/64"), "eth0", A6("2001:db8::14"))}
+    assert Route(N4("10.0.80.0/24"), "eth0", A4("198.18.0.12")) in d.routes
+    assert Route(N4("10.0.82.0/24"), "flannel.1", A4("10.0.82.0"), onlink=True) in d.routes
+    # a directly routed IPv6 peer needs no neighbour or FDB entry on flannel-v6.1
+    assert {n.ip for n in d.neighs if n.dev == "flannel-v6.1"} == {A6("fd00:10:0:81::")}
+    assert {f.dst for f in d.fdbs if f.dev == "flannel-v6.1"} == {A6("2001:db8:ff::9")}
+    # without DirectRouting, the same facts change nothing
+    plain = plan_vxlan(VxlanOptions(), NET, OWN, LINK, "eth0", peers, onlink,
+                       v6=own_ipv6(VxlanOptions(), OWN, NET6, LINK6))
+    assert {r.dev for r in plain.routes} == {"flannel.1", "flannel-v6.1"}
+
+
+def test_vxlan_ipv6_only_direct_routing():
+    peer = Lease(N4("0.0.0.0/0"), LeaseAttrs(A4(0), A6("2001:db8::12"), "vxlan", None,
+                                              {"VNI": 1, "VtepMAC": "bb:bb:bb:bb:bb:06"}), N6("fd00:10:0:80::/64"))
+    far = Lease(N4("0.0.0.0/0"), LeaseAttrs(A4(0), A6("2001:db8:ff::9"), "vxlan", None,
+                                             {"VNI": 1, "VtepMAC": "bb:bb:bb:bb:bb:07"}), N6("fd00:10:0:81::/64"))
+    opts = VxlanOptions(direct_routing=True)
+    d = plan_vxlan6(opts, OWN, NET6, LINK6, "eth0", {peer.ident: peer, far.ident: far}, frozenset({A6("2001:db8::12")}))
+    assert d.routes == {Route(N6("fd00:10:0:80::/64"), "eth0", A6("2001:db8::12")),
+                        Route(N6("fd00:10:0:81::/64"), "flannel-v6.1", A6("fd00:10:0:81::"), onlink=True)}
+    assert [n.ip for n in d.neighs] == [A6("fd00:10:0:81::")] and [f.dst for f in d.fdbs] == [A6("2001:db8:ff::9")]
+    assert d.owned_devs == frozenset({"flannel-v6.1"})

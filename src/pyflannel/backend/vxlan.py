@@ -5,8 +5,9 @@ Device ``flannel.<VNI>`` (local = our public IP, learning off, MTU = underlay MT
 lladdr <peer VtepMAC>``, a permanent FDB entry ``<peer VtepMAC> dst <peer PublicIP> self`` and a
 route ``<peer subnet> via <peer subnet address> dev flannel.1 onlink``; with DirectRouting, a
 peer whose PublicIP is directly connected gets a plain route via that address instead. Dual stack
-adds ``flannel-v6.<VNI>`` with the same entries for IPv6; an IPv6-only network (EnableIPv4 false)
-has ``flannel-v6.<VNI>`` alone (``plan_vxlan6``).
+adds ``flannel-v6.<VNI>`` with the same entries for IPv6 (with DirectRouting, a peer whose
+PublicIPv6 is directly connected gets its IPv6 route via that address instead, as Go's v6Dev); an
+IPv6-only network (EnableIPv4 false) has ``flannel-v6.<VNI>`` alone (``plan_vxlan6``).
 
 Better than flannel: the VTEP MAC of an existing compatible device is kept across restarts and
 re-used when the device is recreated (flannel's etcd mode picks a new one and never tells its
@@ -85,16 +86,31 @@ def peer_mac(lease: Lease, v6: bool = False) -> str | None:
 
 
 PeerEntries = tuple[Route, Neigh | None, Fdb | None]
+Direct = frozenset[ipaddress.IPv4Address | ipaddress.IPv6Address]  # HostFacts.onlink: directly connected
 
 
-def peer_entries6(opts: VxlanOptions, lease: Lease) -> PeerEntries | None:
-    """Pure: a dual-stack peer's IPv6 route, neighbour and FDB entry on ``flannel-v6.<VNI>``: the
-    same shape as IPv4, gateway = its IPv6 subnet's address, FDB dst = its PublicIPv6."""
+def peer_entries6(opts: VxlanOptions, lease: Lease, ext_name: str = "", direct: Direct = frozenset()
+                  ) -> PeerEntries | None:
+    """Pure: a peer's IPv6 route, neighbour and FDB entry on ``flannel-v6.<VNI>``: the same shape
+    as IPv4, gateway = its IPv6 subnet's address, FDB dst = its PublicIPv6. With DirectRouting and
+    its PublicIPv6 in ``direct``: only a route via that address on ``ext_name``."""
     sn6, pip6, mac = lease.ipv6_subnet, lease.attrs.public_ipv6, peer_mac(lease, v6=True)
     if sn6 is None or pip6 is None or mac is None:
         return None
+    if opts.direct_routing and pip6 in direct:
+        return Route(sn6, ext_name, pip6), None, None
     gw = sn6.network_address
     return Route(sn6, opts.dev6, gw, onlink=True), Neigh(opts.dev6, gw, mac), Fdb(opts.dev6, mac, pip6)
+
+
+def _add(entries: PeerEntries | None, routes: list[Route], neighs: list[Neigh], fdbs: list[Fdb]) -> None:
+    if entries is None:
+        return
+    routes.append(entries[0])
+    if entries[1] is not None:
+        neighs.append(entries[1])
+    if entries[2] is not None:
+        fdbs.append(entries[2])
 
 
 def own_ipv6(opts: VxlanOptions, own: Lease, network6: ipaddress.IPv6Network, link6: LinkSpec) -> DesiredState:
@@ -107,16 +123,15 @@ def own_ipv6(opts: VxlanOptions, own: Lease, network6: ipaddress.IPv6Network, li
 
 
 def plan_vxlan6(opts: VxlanOptions, own: Lease, network6: ipaddress.IPv6Network, link6: LinkSpec, ext_name: str,
-                peers: Mapping[SubnetId, Lease]) -> DesiredState:
+                peers: Mapping[SubnetId, Lease], direct: Direct = frozenset()) -> DesiredState:
     """Pure: an IPv6-only network (EnableIPv4 false): flannel-v6.<VNI> alone, with every peer's
-    IPv6 route, neighbour and FDB entry (no flannel.<VNI>, no IPv4 route is ours)."""
-    routes, neighs, fdbs = [], [], []
+    IPv6 route, neighbour and FDB entry (no flannel.<VNI>, no IPv4 route is ours); with
+    DirectRouting, a route via the PublicIPv6 of each peer in ``direct``."""
+    routes: list[Route] = []
+    neighs: list[Neigh] = []
+    fdbs: list[Fdb] = []
     for lease in peers.values():
-        entries = peer_entries6(opts, lease)
-        if entries is not None:
-            routes.append(entries[0])
-            neighs.append(entries[1])
-            fdbs.append(entries[2])
+        _add(peer_entries6(opts, lease, ext_name, direct), routes, neighs, fdbs)
     own6 = own_ipv6(opts, own, network6, link6)
     return dataclasses.replace(own6, network=None, routes=frozenset(routes), neighs=frozenset(neighs),
                                fdbs=frozenset(fdbs), watch=(ext_name,))
@@ -137,7 +152,7 @@ def peer_entries(opts: VxlanOptions, ext_name: str, sn: ipaddress.IPv4Network, l
 
 def plan_vxlan(
     opts: VxlanOptions, network: ipaddress.IPv4Network, own: Lease, link: LinkSpec, ext_name: str,
-    peers: Mapping[ipaddress.IPv4Network, Lease], direct: frozenset[ipaddress.IPv4Address] = frozenset(),
+    peers: Mapping[ipaddress.IPv4Network, Lease], direct: Direct = frozenset(),
     memo: dict[int, tuple[Lease, bool, PeerEntries | None]] | None = None,
     v6: DesiredState | None = None,
 ) -> DesiredState:
@@ -145,8 +160,11 @@ def plan_vxlan(
     ``memo`` (optional, updated in place) keeps each peer's entries while its lease object is the
     same (keyed by its id: no subnet hashed), so a run after one lease event builds one peer's
     entries, not all of them. ``v6`` (dual
-    stack: ``own_ipv6``) adds flannel-v6.<VNI> and every peer's IPv6 entries."""
-    routes, neighs, fdbs = [], [], []
+    stack: ``own_ipv6``) adds flannel-v6.<VNI> and every peer's IPv6 entries. ``direct``: the peer
+    addresses (either family) that are directly connected, routed directly with DirectRouting."""
+    routes: list[Route] = []
+    neighs: list[Neigh] = []
+    fdbs: list[Fdb] = []
     fresh: dict[int, tuple[Lease, bool, PeerEntries | None]] = {}
     for sn, lease in peers.items():
         is_direct = opts.direct_routing and lease.attrs.public_ip in direct
@@ -158,16 +176,9 @@ def plan_vxlan(
         fresh[id(lease)] = (lease, is_direct, entries)
         if entries is None:
             continue
-        routes.append(entries[0])
-        if entries[1] is not None:
-            neighs.append(entries[1])
-        if entries[2] is not None:
-            fdbs.append(entries[2])
-        entries6 = peer_entries6(opts, lease) if v6 is not None else None
-        if entries6 is not None:
-            routes.append(entries6[0])
-            neighs.append(entries6[1])
-            fdbs.append(entries6[2])
+        _add(entries, routes, neighs, fdbs)
+        if v6 is not None:
+            _add(peer_entries6(opts, lease, ext_name, direct), routes, neighs, fdbs)
     if memo is not None:
         memo.clear()
         memo.update(fresh)
@@ -262,7 +273,7 @@ class VxlanBackend(PlanningBackend):
         if not self.ipv4:
             assert own.ipv6_subnet is not None and self.config.ipv6_network is not None
             return (plan_vxlan6(self.opts, own, self.config.ipv6_network, self.link_spec6(), self.ext.name,
-                                peers or {}),)
+                                peers or {}, facts.onlink),)
         assert self.network is not None
         v6 = None
         if self.ipv6 and own.ipv6_subnet is not None and self.config.ipv6_network is not None:

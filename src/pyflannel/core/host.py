@@ -22,7 +22,8 @@ class ExternalInterface:
 
 @dataclass(frozen=True)
 class HostFacts:
-    """What a plan may depend on besides the leases: today, which peer PublicIPs are directly
-    connected (vxlan DirectRouting). Gathered before planning, only for backends that ask."""
+    """What a plan may depend on besides the leases: today, which peer PublicIPs and PublicIPv6s
+    are directly connected (vxlan DirectRouting). Gathered before planning, only for backends that
+    ask."""
 
-    onlink: frozenset[ipaddress.IPv4Address] = frozenset()
+    onlink: frozenset[ipaddress.IPv4Address | ipaddress.IPv6Address] = frozenset()

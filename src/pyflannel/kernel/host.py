@@ -4,10 +4,9 @@ backends never import the kernel layer."""
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable
 
-from ..core.desired import LinkSpec
+from ..core.desired import IPAddr, LinkSpec
 from ..core.errors import KernelError, LocalConfigError
 from . import netlink, tun, wireguard
 from .hostpeers import HostPeers
@@ -79,16 +78,16 @@ class KernelHost:
 
 
 class OnlinkCache:
-    """Which peer PublicIPs are directly connected (no gateway on the way): one ``ip route get``
-    per new address, remembered until ``forget`` (the full kernel check)."""
+    """Which peer PublicIPs (and PublicIPv6s) are directly connected (no gateway on the way): one
+    ``ip route get`` per new address, remembered until ``forget`` (the full kernel check)."""
 
     def __init__(self) -> None:
-        self._known: dict[ipaddress.IPv4Address, bool] = {}
+        self._known: dict[IPAddr, bool] = {}
 
     def forget(self) -> None:
         self._known.clear()
 
-    def onlink(self, ips: Iterable[ipaddress.IPv4Address]) -> frozenset[ipaddress.IPv4Address]:
+    def onlink(self, ips: Iterable[IPAddr]) -> frozenset[IPAddr]:
         out = set()
         for ip in ips:
             hit = self._known.get(ip)

@@ -13,6 +13,7 @@ import contextlib
 import errno
 import ipaddress
 import os
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -152,11 +153,14 @@ def route_get(dst: ipaddress.IPv4Address | ipaddress.IPv6Address
         return int(r.get("RTA_OIF")), ipaddress.ip_address(src) if src else None
 
 
-def route_gateway(dst: ipaddress.IPv4Address) -> ipaddress.IPv4Address | None:
-    """The gateway of the route the kernel uses to reach ``dst``; None when directly connected."""
+def route_gateway(dst: ipaddress.IPv4Address | ipaddress.IPv6Address
+                  ) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The gateway of the route the kernel uses to reach ``dst`` (either family); None when
+    directly connected (Go's ip.DirectRouting)."""
     with _ipr(f"route get {dst}") as ipr:
-        gw = ipr.route("get", dst=str(dst))[0].get("RTA_GATEWAY")
-        return ipaddress.IPv4Address(gw) if gw else None
+        family = socket.AF_INET6 if dst.version == 6 else socket.AF_INET
+        gw = ipr.route("get", dst=str(dst), family=family)[0].get("RTA_GATEWAY")
+        return ipaddress.ip_address(gw) if gw else None
 
 
 def ensure_link_up(index: int, mtu: int | None = None, txqueuelen: int | None = None) -> None:
