@@ -60,6 +60,19 @@ def lease_key(host: Host) -> str:
     return f"{PREFIX}/subnets/{subnet_of(host).replace('/', '-')}"
 
 
+def wireguard_go_pids(host: Host) -> list[int]:
+    """The wireguard-go processes in ``host``'s network namespace."""
+    out = []
+    for pid in sh(["ip", "netns", "pids", host.ns]).stdout.split():
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if f.read().strip() == "wireguard-go":
+                    out.append(int(pid))
+        except OSError:
+            pass
+    return out
+
+
 def ip(host_ns: str, *args: str) -> str:
     return sh(["ip", "-n", host_ns, *args]).stdout
 

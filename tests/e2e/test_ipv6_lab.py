@@ -24,7 +24,7 @@ from pyflannel.lab.cluster import PREFIX, Lab
 from pyflannel.lab.ipv6 import NETWORK6, host_ip6
 from pyflannel.lab.netns import in_ns, sh
 
-from .helpers import all_pairs_ping, ip, log_text, ping_across_restart, wait_for
+from .helpers import all_pairs_ping, ip, log_text, ping_across_restart, wait_for, wireguard_go_pids
 
 
 @pytest.fixture(scope="module", params=[("vxlan", "dual"), ("host-gw", "dual"), ("vxlan", "only"),
@@ -73,18 +73,6 @@ def wg_public_key(lab: Lab, host) -> str:
 def wg_allowed(lab: Lab, host) -> dict[str, str]:
     """flannel-wg-v6's peers on ``host``: public key -> allowed IPs."""
     return dict(line.split("\t", 1) for line in lab.wg(host, "show", WG6, "allowed-ips").splitlines() if line)
-
-
-def wireguard_go_pids(host) -> list[int]:
-    out = []
-    for pid in sh(["ip", "netns", "pids", host.ns]).stdout.split():
-        try:
-            with open(f"/proc/{pid}/comm") as f:
-                if f.read().strip() == "wireguard-go":
-                    out.append(int(pid))
-        except OSError:
-            pass
-    return out
 
 
 def programmed6(lab: Lab, host, peer) -> bool:

@@ -22,7 +22,7 @@ from pyflannel.lab.ipv6 import NETWORK6, host_ip6
 from pyflannel.lab.netns import in_ns, ns_add, sh
 from pyflannel.lab.pcap import all_packets
 
-from .helpers import capture_one, ip, log_text, wait_for
+from .helpers import capture_one, ip, log_text, wait_for, wireguard_go_pids
 
 PATTERN = "a5c3f00dd00dfeedbeef0123456789ab"  # ping -p: 16 bytes repeated through the payload
 
@@ -67,19 +67,6 @@ def public_key(lab: Lab, host: Host) -> str:
 
 def all_pairs(lab: Lab, ping) -> list[tuple[int, int]]:
     return [(a.index, b.index) for a in lab.hosts for b in lab.hosts if a is not b and not ping(a, b, 1)[0]]
-
-
-def wireguard_go_pids(host: Host) -> list[int]:
-    pids = sh(["ip", "netns", "pids", host.ns]).stdout.split()
-    out = []
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/comm") as f:
-                if f.read().strip() == "wireguard-go":
-                    out.append(int(pid))
-        except OSError:
-            pass
-    return out
 
 
 def test_six_pairs_ping_over_ipv4_and_ipv6(lab: Lab) -> None:
