@@ -31,17 +31,16 @@ from .converger import Converger
 from .core import kubenode
 from .core.backoff import Backoff, LogOnce
 from .core.config import NetworkConfig, parse_config
-from .core.errors import ConfigError, KernelError, LeaseLost, LocalConfigError, StoreUnavailable
+from .core.errors import ConfigError, LeaseLost, LocalConfigError, StoreUnavailable
 from .core.events import Changes, PeerTable, Snapshot
 from .core.lease import Lease, SubnetId
 from .core.leasecheck import screen, screen_held
 from .core.plan import public_of
-from .core.subnetenv import PreviousRun, SubnetEnv, render_subnet_env, subnet_env_for
+from .core.subnetenv import SubnetEnv, render_subnet_env, subnet_env_for
 from .core.trace import device
 from .keeper import LeaseKeeper
 from .kernel.host import KernelHost
 from .kernel.iface import select_external_interface
-from .kernel.traffic import TrafficManager
 from .observe import HttpServer, Stats, View
 from .store.etcd import EtcdOptions, EtcdRegistry
 from .store.etcd_v2 import only_in_v2, v2_config
@@ -51,6 +50,7 @@ from .store.manager import DEFAULT_TTL, LeaseManager, track_bad, watch_leases
 from .storeprobe import StoreProbe
 from .subnetfile import read_previous_subnet, try_write_subnet_file, unwritable_fix
 from .systemd import sd_notify
+from .trafficrules import TrafficRules
 
 log = logging.getLogger("flanneld")
 
@@ -99,9 +99,8 @@ class Conductor:
         self.stats = Stats()
         self.probe = StoreProbe(self.registry, self.stats)
         self.http: HttpServer | None = None
-        self.traffic: TrafficManager | None = None
-        self.traffic6: TrafficManager | None = None  # dual stack: the IPv6 rules (ip6tables or nftables)
-        self._traffic_log = LogOnce(log)
+        self.rules = TrafficRules(ip_masq=opts.ip_masq, forward_rules=opts.forward_rules,
+                                  random_fully=opts.ip_masq_random_fully, resync_s=opts.iptables_resync_s)
 
     @property
     def lease(self) -> Lease | None:
@@ -117,7 +116,7 @@ class Conductor:
             peers=lambda: self.converger.stats.peers if self.converger is not None else 0,
             datapath=lambda: self.backend.stats() if self.backend is not None else {},
             etcd_errors=lambda: self.registry.errors, bad_leases=lambda: len(self._bad_seen),
-            reconcile=reconcile, masq_repairs=lambda: sum(m.repairs for m in self._traffic_managers()),
+            reconcile=reconcile, masq_repairs=lambda: self.rules.repairs,
             programmed=self.programmed, known=self._known_peers, compiled_pump=pump_built,
             network=lambda: "" if self.config is None else str(self.config.network if self.config.enable_ipv4
                                                               else self.config.ipv6_network),
@@ -243,7 +242,7 @@ class Conductor:
         lease = await self.acquire(config, manager)
         self.keeper = LeaseKeeper(lease, manager, self.registry, opts.renew_margin_min * 60)
         await converger.start(lease, await backend.start(lease))
-        await self._setup_traffic(config, lease, prev)
+        await self.rules.setup(config, lease, prev)
         v4 = config.enable_ipv4
         env = subnet_env_for(config.network if v4 else None, lease.subnet if v4 else None, backend.mtu(),
                              opts.ip_masq, config.ipv6_network if config.enable_ipv6 else None, lease.ipv6_subnet)
@@ -256,7 +255,7 @@ class Conductor:
             tg.create_task(self._guard("watcher", self.watch_loop()))
             tg.create_task(self._guard("converger", converger.run()))
             tg.create_task(self._guard("keeper", self.keeper.run()))
-            tg.create_task(self._guard("traffic-check", self.traffic_loop()))
+            tg.create_task(self._guard("traffic-check", self.rules.run()))
             tg.create_task(self._guard("store-probe", self.probe.run(config)))
             if config.enable_ipv4:  # its checks and probes are IPv4's
                 tg.create_task(preflight.run(config, device(config), lease.subnet, lambda: self.peers.leases))
@@ -302,30 +301,6 @@ class Conductor:
         IPv6 says so in its ``check_config``)."""
         for warning in self.opts.unsupported:
             log.warning("%s", warning)
-
-    async def _setup_traffic(self, config: NetworkConfig, lease: Lease, prev: PreviousRun) -> None:
-        """Each family's rules, recycling those of the previous network and subnet subnet.env names
-        (as Go's SetupAndEnsureMasqRules with prevNetwork/prevSubnet and prevIPv6Network/prevIPv6Subnet)."""
-        opts = self.opts
-        try:
-            if config.enable_ipv4:
-                assert config.network is not None
-                self.traffic = TrafficManager(nftables=config.enable_nftables, ip_masq=opts.ip_masq,
-                                              forward_rules=opts.forward_rules, random_fully=opts.ip_masq_random_fully)
-                await asyncio.to_thread(self.traffic.setup, config.network, lease.subnet, prev.network, prev.subnet)
-            if config.enable_ipv6 and config.ipv6_network is not None and lease.ipv6_subnet is not None:
-                self.traffic6 = TrafficManager(nftables=config.enable_nftables, ip_masq=opts.ip_masq,
-                                               forward_rules=opts.forward_rules,
-                                               random_fully=opts.ip_masq_random_fully, family=6)
-                await asyncio.to_thread(self.traffic6.setup, config.ipv6_network, lease.ipv6_subnet, prev.ipv6_network,
-                                        prev.ipv6_subnet)
-        except KernelError as err:
-            raise LocalConfigError(f"cannot install the iptables/nftables rules: {err}") from err
-        for manager in self._traffic_managers():
-            log.info("traffic rules: %s", manager.describe())
-
-    def _traffic_managers(self) -> list[TrafficManager]:
-        return [m for m in (self.traffic, self.traffic6) if m is not None]
 
     async def _guard(self, name: str, coro: object) -> None:
         try:
@@ -391,26 +366,6 @@ class Conductor:
             self._log_removed(delta.removed, self.keeper.subnet)
             self.converger.mark_dirty(self.peers.leases)
         self._schedule_expiry()
-
-    async def traffic_loop(self) -> None:
-        """Re-check our iptables/nftables rules every ``-iptables-resync`` seconds; restore them if
-        someone flushed them."""
-        while True:
-            await asyncio.sleep(self.opts.iptables_resync_s)
-            if not self._traffic_managers():
-                continue
-            try:
-                for manager in self._traffic_managers():
-                    if await asyncio.to_thread(manager.ensure):
-                        log.warning("%s rules were changed by someone else: restored them",
-                                    "IPv6 ip6tables/nftables" if manager.family == 6 else "iptables/nftables")
-                self._traffic_log.ok("iptables/nftables rules can be checked again")
-            except (KernelError, LocalConfigError) as err:
-                self._traffic_log.error("cannot check the iptables/nftables rules, retrying: %s", err)
-            except OSError as err:  # e.g. EMFILE: no descriptor left to run iptables with
-                self._traffic_log.error("cannot check the iptables/nftables rules, retrying: cannot run %s: %s",
-                                        "nft" if self._traffic_managers()[0].nftables else "iptables",
-                                        err.strerror or err)
 
     async def close(self) -> None:
         if self.converger is not None:

@@ -1,5 +1,5 @@
-"""The layering of docs/architecture.md, checked: cli > lifecycle > daemon > (converger, keeper, storeprobe) >
-(backend | store | kernel) > core; lab on top. Backends only plan: they import core, never kernel."""
+"""The layering of docs/architecture.md, checked: cli > lifecycle > daemon > (converger, keeper, storeprobe,
+trafficrules) > (backend | store | kernel) > core; lab on top. Backends only plan: they import core, never kernel."""
 
 from __future__ import annotations
 
@@ -25,10 +25,11 @@ ALLOWED = {
     "converger": {"core", "kernel", "backend"},
     "keeper": {"core", "store"},
     "storeprobe": {"core", "store", "observe"},
+    "trafficrules": {"core", "kernel"},
     "preflight": {"core", "kernel"},
     "kubemode": {"core", "store", "backend"},
     "daemon": {"core", "store", "kernel", "backend", "systemd", "observe", "subnetfile", "converger", "keeper",
-               "kubemode", "instance", "process", "preflight", "storeprobe"},
+               "kubemode", "instance", "process", "preflight", "storeprobe", "trafficrules"},
     "lifecycle": {"core", "daemon", "instance", "observe", "process"},
     "cli": {"core", "store", "kernel", "backend", "systemd", "daemon", "lifecycle", "lab", "__init__", "instance",
             "subnetfile"},
